@@ -188,3 +188,24 @@ where
         super::future::ResponseFuture::new(self.inner.call(req), self.classifier.clone())
     }
 }
+
+/// Stored in a response's extensions by a pacing layer (the rate limiter) that has taken the
+/// server's wait upon itself: every request that passes through that layer again is held until
+/// [`until`](Self::until). A retry layer above that sees it re-enters at once instead of sleeping
+/// the same wait a second time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitAbsorbed {
+    until: Instant,
+}
+
+impl WaitAbsorbed {
+    /// A notice that requests will be held until `until`.
+    pub fn new(until: Instant) -> Self {
+        WaitAbsorbed { until }
+    }
+
+    /// When the pacing layer lets requests through again.
+    pub fn until(&self) -> Instant {
+        self.until
+    }
+}

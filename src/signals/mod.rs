@@ -29,4 +29,4 @@ pub use body::{ApiError, DEFAULT_MAX_ERROR_BODY, ErrorBody, ErrorBodyLayer, Mayb
 pub use classify::{Classify, ClassifyFn, DefaultClassifier, Outcome, OutcomeKind, classify_fn};
 pub use headers::{BucketReading, Dialect, Dimension, RateLimitSnapshot};
 pub use hints::{MAX_HINT, RetryHints, WaitSource};
-pub use layer::{ResponseSignals, Signals, SignalsLayer};
+pub use layer::{ResponseSignals, Signals, SignalsLayer, WaitAbsorbed};

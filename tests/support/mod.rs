@@ -1,0 +1,2 @@
+//! Helpers shared by the integration tests. Each area adds its own submodule.
+#![allow(dead_code, unreachable_pub)]
