@@ -230,6 +230,7 @@ fn resilience_config() -> peers::ResilienceConfig {
         per_minute: HIGH_RPM as usize,
         concurrency: HIGH_CONCURRENCY,
         breaker_open: Duration::from_secs(30),
+        opened: None,
     }
 }
 

@@ -11,6 +11,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,9 +37,9 @@ pub const PEER_BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const PEER_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Whether a status is worth retrying for a user who only looks at the status: 429 and 5xx
-/// (529 included).
+/// (529 is a 5xx).
 pub fn retryable_status(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() || status.as_u16() == 529
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ where
 // tower-resilience 0.13
 
 /// How the tower-resilience stack is configured.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ResilienceConfig {
     /// Requests per minute for its rate limiter.
     pub per_minute: usize,
@@ -262,6 +264,8 @@ pub struct ResilienceConfig {
     /// The breaker's wait in the open state. tower-resilience 0.13 measures it with
     /// `std::time::Instant` (wall clock), not tokio's clock.
     pub breaker_open: Duration,
+    /// Counts the breaker's transitions to open, when given.
+    pub opened: Option<Arc<AtomicUsize>>,
 }
 
 fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
@@ -286,7 +290,7 @@ where
     B: Send + Sync + 'static,
 {
     use tower_resilience::bulkhead::BulkheadLayer;
-    use tower_resilience::circuitbreaker::CircuitBreakerLayer;
+    use tower_resilience::circuitbreaker::{CircuitBreakerLayer, CircuitState};
     use tower_resilience::ratelimiter::RateLimiterLayer;
     use tower_resilience::retry::{ExponentialRandomBackoff, RetryLayer};
 
@@ -299,8 +303,14 @@ where
         .backpressure()
         .build()
         .expect("valid rate limiter");
+    let opened = config.opened.clone();
     let breaker = CircuitBreakerLayer::standard()
         .wait_duration_in_open(config.breaker_open)
+        .on_state_transition(move |_from, to| {
+            if let (Some(opened), CircuitState::Open) = (&opened, to) {
+                opened.fetch_add(1, Ordering::Relaxed);
+            }
+        })
         .failure_classifier(|result: &Result<Response<B>, BoxError>| match result {
             Ok(response) => response.status().is_server_error(),
             Err(_) => true,
