@@ -107,7 +107,11 @@ async fn rate_limits_neither_break_nor_extend_a_run_of_overloads() {
 #[tokio::test(start_paused = true)]
 async fn a_success_breaks_the_run() {
     let api = Upstream::new(Duration::ZERO, |_, n| {
-        if n % 5 == 4 { Reply::Status(200) } else { Reply::Status(529) }
+        if n % 5 == 4 {
+            Reply::Status(200)
+        } else {
+            Reply::Status(529)
+        }
     });
     let mut svc = CircuitBreaker::new(api, exact().without_failure_rate());
     for _ in 0..100 {
@@ -120,7 +124,11 @@ async fn a_success_breaks_the_run() {
 async fn failure_rate_over_a_count_window_needs_the_minimum_calls() {
     // Alternating 200/529: 50 % failures.
     let api = Upstream::new(Duration::ZERO, |_, n| {
-        if n % 2 == 0 { Reply::Status(200) } else { Reply::Status(529) }
+        if n % 2 == 0 {
+            Reply::Status(200)
+        } else {
+            Reply::Status(529)
+        }
     });
     let policy = exact()
         .consecutive_failures(0)
@@ -193,7 +201,11 @@ async fn a_time_window_forgets_old_calls() {
 async fn half_open_probes_close_it() {
     // Overloaded for the first 5 calls, healthy afterwards.
     let api = Upstream::new(Duration::from_millis(100), |_, n| {
-        if n < 5 { Reply::Status(529) } else { Reply::Status(200) }
+        if n < 5 {
+            Reply::Status(529)
+        } else {
+            Reply::Status(200)
+        }
     });
     let hook = Arc::new(Mutex::new(Vec::new()));
     let seen = hook.clone();
@@ -223,7 +235,11 @@ async fn half_open_probes_close_it() {
     assert_eq!(
         *hook.lock().unwrap(),
         [
-            (State::Closed, State::Open { until }, Reason::ConsecutiveFailures(5)),
+            (
+                State::Closed,
+                State::Open { until },
+                Reason::ConsecutiveFailures(5)
+            ),
             (State::Open { until }, State::HalfOpen, Reason::OpenElapsed),
             (State::HalfOpen, State::Closed, Reason::ProbesSucceeded),
         ]
@@ -267,7 +283,7 @@ async fn a_failed_probe_reopens_it_for_longer() {
 #[tokio::test(start_paused = true)]
 async fn linear_growth_and_close_after_fewer_successes() {
     let api = Upstream::new(Duration::ZERO, |_, n| match n {
-        0..=4 | 5 => Reply::Status(529),
+        0..=5 => Reply::Status(529),
         _ => Reply::Status(200),
     });
     let policy = exact()
@@ -292,7 +308,11 @@ async fn linear_growth_and_close_after_fewer_successes() {
 async fn a_trip_soon_after_closing_continues_the_growth_a_late_one_restarts_it() {
     let api = Upstream::new(Duration::ZERO, |t, _| {
         let s = t.as_secs();
-        if s < 5 || (20..25).contains(&s) || s >= 400 { Reply::Status(529) } else { Reply::Status(200) }
+        if s < 5 || (20..25).contains(&s) || s >= 400 {
+            Reply::Status(529)
+        } else {
+            Reply::Status(200)
+        }
     });
     let mut svc = CircuitBreaker::new(api, exact().half_open_probes(1));
     let trip = |svc: &CircuitBreaker<Upstream>| match svc.state() {
@@ -363,7 +383,10 @@ async fn jitter_shortens_the_open_duration_within_bounds() {
             send(&mut svc).await.unwrap();
         }
         let open = open_error(send(&mut svc).await).retry_after();
-        assert!(open > Duration::from_secs(8) && open <= Duration::from_secs(10), "{open:?}");
+        assert!(
+            open > Duration::from_secs(8) && open <= Duration::from_secs(10),
+            "{open:?}"
+        );
         seen.insert(open);
     }
     assert!(seen.len() > 10, "jitter varies: {seen:?}");
@@ -386,7 +409,11 @@ async fn a_dropped_probe_frees_its_slot() {
     assert_eq!(api.received(), 6, "the probe is in flight");
     assert!(open_error(send(&mut svc).await).is_half_open());
     drop(probe);
-    assert_eq!(status(&send(&mut svc).await), Some(200), "the slot was freed");
+    assert_eq!(
+        status(&send(&mut svc).await),
+        Some(200),
+        "the slot was freed"
+    );
     assert_eq!(svc.state(), State::Closed);
 }
 
@@ -424,7 +451,11 @@ async fn an_outcome_from_an_earlier_state_is_not_counted() {
     assert_eq!(svc.state(), State::HalfOpen);
     advance(Duration::from_secs(5)).await;
     assert_eq!(status(&slow_call.await.unwrap()), Some(529));
-    assert_eq!(svc.state(), State::HalfOpen, "the late 529 did not reopen it");
+    assert_eq!(
+        svc.state(),
+        State::HalfOpen,
+        "the late 529 did not reopen it"
+    );
     send(&mut svc.clone()).await.unwrap();
     assert_eq!(svc.state(), State::Closed);
 }
@@ -454,7 +485,11 @@ async fn one_breaker_per_host() {
     let route = tower::service_fn({
         let (a, b) = (a.clone(), b.clone());
         move |req: http::Request<Full<Bytes>>| {
-            let mut target = if req.uri().host() == Some("a.example") { a.clone() } else { b.clone() };
+            let mut target = if req.uri().host() == Some("a.example") {
+                a.clone()
+            } else {
+                b.clone()
+            };
             async move { target.call(req).await }
         }
     });
@@ -465,15 +500,35 @@ async fn one_breaker_per_host() {
         req
     };
     for _ in 0..5 {
-        svc.ready().await.unwrap().call(to("a.example")).await.unwrap();
-        svc.ready().await.unwrap().call(to("b.example")).await.unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(to("a.example"))
+            .await
+            .unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(to("b.example"))
+            .await
+            .unwrap();
     }
     let open = open_error(svc.ready().await.unwrap().call(to("a.example")).await);
     assert_eq!(open.key(), Some("a.example"));
     assert!(matches!(svc.state_of("a.example"), State::Open { .. }));
     assert_eq!(svc.state_of("b.example"), State::Closed);
-    assert_eq!(svc.state(), State::Closed, "the unkeyed breaker is untouched");
-    let ok = svc.ready().await.unwrap().call(to("b.example")).await.unwrap();
+    assert_eq!(
+        svc.state(),
+        State::Closed,
+        "the unkeyed breaker is untouched"
+    );
+    let ok = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(to("b.example"))
+        .await
+        .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!((a.received(), b.received()), (5, 6));
 }
@@ -501,7 +556,6 @@ async fn idle_closed_breakers_are_evicted_first() {
     advance(Duration::from_secs(1)).await;
     // A third key: "open" is the least recently used but open, so "old" goes.
     call("new").await.unwrap();
-    drop(call);
     let keys: std::collections::HashSet<_> =
         svc.states().into_iter().filter_map(|(k, _)| k).collect();
     assert_eq!(keys, ["open".to_owned(), "new".to_owned()].into());
@@ -520,14 +574,15 @@ async fn other_failures_trip_it_only_when_configured() {
             let _ = send(&mut by_default).await;
         }
         assert_eq!(by_default.state(), State::Closed, "{reply:?}");
-        let mut configured = CircuitBreaker::new(
-            api,
-            exact().trip_on([OutcomeKind::Overloaded, kind]),
-        );
+        let mut configured =
+            CircuitBreaker::new(api, exact().trip_on([OutcomeKind::Overloaded, kind]));
         for _ in 0..5 {
             let _ = send(&mut configured).await;
         }
-        assert!(matches!(configured.state(), State::Open { .. }), "{reply:?}");
+        assert!(
+            matches!(configured.state(), State::Open { .. }),
+            "{reply:?}"
+        );
     }
 }
 
@@ -548,7 +603,10 @@ async fn an_open_error_is_a_local_decision() {
         DefaultClassifier::new().classify_error(&*error).kind(),
         OutcomeKind::Rejected
     );
-    assert!(error.to_string().contains("probing again in 10.000s"), "{error}");
+    assert!(
+        error.to_string().contains("probing again in 10.000s"),
+        "{error}"
+    );
     // A breaker below does not count another breaker's refusals.
     let mut outer = CircuitBreaker::new(svc, exact());
     for _ in 0..20 {

@@ -111,7 +111,9 @@ where
         loop {
             let result = match this.kind.as_mut().project() {
                 KindProj::Refused { error } => {
-                    let error = error.take().expect("ResponseFuture polled after completion");
+                    let error = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Err(error.into()));
                 }
                 KindProj::Waiting { svc, req } => match ready!(svc.poll_ready(cx)) {

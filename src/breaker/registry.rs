@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::error::Open;
-use crate::signals::{Outcome, OutcomeKind};
 use super::{Policy, Reason, State, Transition, Window};
+use crate::signals::{Outcome, OutcomeKind};
 
 /// How a finished call counts for the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,15 +118,15 @@ impl Breaker {
 
     /// Open → half-open once the open duration has elapsed.
     fn advance(&mut self, ctx: &mut Ctx<'_>) {
-        if let Phase::Open { until } = self.phase {
-            if ctx.now >= until {
-                let to = Phase::HalfOpen {
-                    admitted: 0,
-                    successes: 0,
-                    failures: 0,
-                };
-                self.transition(ctx, to, Reason::OpenElapsed);
-            }
+        if let Phase::Open { until } = self.phase
+            && ctx.now >= until
+        {
+            let to = Phase::HalfOpen {
+                admitted: 0,
+                successes: 0,
+                failures: 0,
+            };
+            self.transition(ctx, to, Reason::OpenElapsed);
         }
     }
 
@@ -182,8 +182,12 @@ impl Breaker {
         if epoch != self.epoch {
             // Admitted in an earlier state. A late overload answer may still lengthen the
             // current opening if the server asked for a longer wait.
-            if let (Phase::Open { until }, Verdict::Failure { retry_after: Some(ra) }) =
-                (&mut self.phase, verdict)
+            if let (
+                Phase::Open { until },
+                Verdict::Failure {
+                    retry_after: Some(ra),
+                },
+            ) = (&mut self.phase, verdict)
             {
                 let wanted = ctx.now + ra.min(ctx.policy.open_max);
                 if wanted > *until {
@@ -244,10 +248,10 @@ impl Breaker {
 
     /// A probe ended without an outcome (its future was dropped): free its slot.
     fn release(&mut self, epoch: u64) {
-        if epoch == self.epoch {
-            if let Phase::HalfOpen { admitted, .. } = &mut self.phase {
-                *admitted = admitted.saturating_sub(1);
-            }
+        if epoch == self.epoch
+            && let Phase::HalfOpen { admitted, .. } = &mut self.phase
+        {
+            *admitted = admitted.saturating_sub(1);
         }
     }
 }
@@ -546,19 +550,17 @@ impl SlidingWindow {
                     *failures -= 1;
                 }
             }
-            SlidingWindow::Time { buckets, slot, .. } => {
-                match buckets.back_mut() {
-                    Some(b) if now.duration_since(b.start) < *slot => {
-                        b.calls += 1;
-                        b.failures += u32::from(failed);
-                    }
-                    _ => buckets.push_back(Bucket {
-                        start: now,
-                        calls: 1,
-                        failures: u32::from(failed),
-                    }),
+            SlidingWindow::Time { buckets, slot, .. } => match buckets.back_mut() {
+                Some(b) if now.duration_since(b.start) < *slot => {
+                    b.calls += 1;
+                    b.failures += u32::from(failed);
                 }
-            }
+                _ => buckets.push_back(Bucket {
+                    start: now,
+                    calls: 1,
+                    failures: u32::from(failed),
+                }),
+            },
         }
     }
 

@@ -42,7 +42,10 @@ pub struct Upstream {
 
 impl Upstream {
     /// `script(elapsed, n)` answers the `n`-th request (0-based) received `elapsed` after now.
-    pub fn new(latency: Duration, script: impl Fn(Duration, u64) -> Reply + Send + Sync + 'static) -> Self {
+    pub fn new(
+        latency: Duration,
+        script: impl Fn(Duration, u64) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         Upstream {
             start: Instant::now(),
             latency,
@@ -61,7 +64,11 @@ impl Upstream {
     /// 529 during `window` (measured from now), 200 otherwise.
     pub fn overloaded_during(latency: Duration, window: std::ops::Range<Duration>) -> Self {
         Self::new(latency, move |t, _| {
-            if window.contains(&t) { Reply::Status(529) } else { Reply::Status(200) }
+            if window.contains(&t) {
+                Reply::Status(529)
+            } else {
+                Reply::Status(200)
+            }
         })
     }
 
@@ -82,7 +89,12 @@ impl Upstream {
 
     /// Requests received at or after `from` (since the upstream was built).
     pub fn received_since(&self, from: Duration) -> u64 {
-        self.by_status.lock().unwrap().iter().filter(|(t, _)| *t >= from).count() as u64
+        self.by_status
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .count() as u64
     }
 
     /// The request bodies received, in order.
@@ -118,9 +130,10 @@ impl Service<Request<Full<Bytes>>> for Upstream {
                 Reply::Status(s) => (s, None),
                 Reply::StatusRetryAfter(s, r) => (s, Some(r)),
                 Reply::ConnectionError => {
-                    return Err(Box::new(std::io::Error::from(
-                        std::io::ErrorKind::ConnectionReset,
-                    )) as tower_llm_limits::BoxError);
+                    return Err(
+                        Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+                            as tower_llm_limits::BoxError,
+                    );
                 }
                 Reply::Hang => unreachable!(),
             };
