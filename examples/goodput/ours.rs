@@ -25,7 +25,14 @@ where
     B: Send + 'static,
     V: Visit,
 {
-    v.visit("signals", tower_llm_limits::signals::Signals::new(inner()));
+    use tower_llm_limits::breaker::{CircuitBreaker, Policy};
+    use tower_llm_limits::signals::Signals;
+
+    v.visit("signals", Signals::new(inner()));
+    v.visit(
+        "circuit_breaker",
+        CircuitBreaker::new(inner(), Policy::new()),
+    );
 }
 
 /// Our full stack with its defaults, visited as `ours_full`; `false` when this build does not
@@ -42,5 +49,5 @@ where
 }
 
 /// What is missing for [`full`], printed when it returns `false`.
-pub const MISSING: &str = "retry, circuit breaker, rate limiter, concurrency limit and the preset \
-                           have not landed in this build";
+pub const MISSING: &str =
+    "the retry, rate limiter and concurrency layers and the preset have not landed in this build";
