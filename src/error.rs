@@ -15,7 +15,10 @@ pub(crate) fn is_local_decision(error: &(dyn StdError + 'static)) -> bool {
     use crate::rate_limit::error::{CostExceedsLimit, WaitTooLong};
     let mut current = Some(error);
     while let Some(e) = current {
-        if e.is::<WaitTooLong>() || e.is::<CostExceedsLimit>() {
+        if e.is::<crate::breaker::error::Open>()
+            || e.is::<WaitTooLong>()
+            || e.is::<CostExceedsLimit>()
+        {
             return true;
         }
         current = e.source();
