@@ -539,3 +539,145 @@ async fn theoretical_best_per_dimension() {
     let other = Workload::new(2, 1).models(["claude-nope"]);
     assert_eq!(other.theoretical_best(&api), Duration::ZERO);
 }
+
+// ---- The loopback server, on the real clock ----
+
+mod server {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::StatusCode;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower_llm_limits::sim::{self, Fault, Faults, Limits, SimApi, message_body};
+
+    use super::MODEL;
+
+    fn api(faults: Faults) -> SimApi {
+        SimApi::builder()
+            .model(MODEL, Limits::per_minute(3, 1_000_000, 1_000_000))
+            .latency(Duration::from_millis(1), Duration::ZERO)
+            .faults(faults)
+            .build()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_reqwest_and_hyper_util_clients_sharing_one_budget() {
+        let api = api(Faults::new());
+        let server = sim::serve(api.clone()).await.unwrap();
+        let url = format!("{}/v1/messages", server.base_uri());
+
+        let reqwest = reqwest::Client::new();
+        for _ in 0..2 {
+            let response = reqwest
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(message_body(MODEL, 100, 50, 20))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()["anthropic-ratelimit-requests-limit"],
+                "3"
+            );
+            let body: serde_json::Value =
+                serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            assert_eq!(body["usage"]["output_tokens"], 20);
+        }
+
+        let hyper = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = |input| {
+            http::Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(message_body(MODEL, input, 50, 20)))
+                .unwrap()
+        };
+        let ok = hyper.request(request(100)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()["anthropic-ratelimit-requests-remaining"], "0");
+        let _ = ok.into_body().collect().await.unwrap();
+        // The budget is shared by both clients: the fourth request is refused.
+        let refused = hyper.request(request(100)).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()["retry-after"], "20");
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+
+        let c = api.counters();
+        assert_eq!((c.received(), c.ok(), c.rate_limited()), (4, 3, 1));
+        server.shutdown().await;
+        assert!(
+            reqwest.post(&url).body("{}").send().await.is_err(),
+            "stopped"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connection_errors_close_the_connection() {
+        let api = api(Faults::new().always(Fault::ConnectionError { probability: 1.0 }));
+        let server = sim::serve(api.clone()).await.unwrap();
+        let url = format!("{}/v1/messages", server.base_uri());
+        let error = reqwest::Client::new()
+            .post(&url)
+            .body(message_body(MODEL, 100, 50, 20))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_request() || error.is_connect(), "{error:?}");
+        assert_eq!(api.counters().connection_errors(), 1);
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_lets_requests_in_flight_finish() {
+        let api = SimApi::builder()
+            .model(MODEL, Limits::per_minute(3, 1_000_000, 1_000_000))
+            .latency(Duration::from_millis(200), Duration::ZERO)
+            .build();
+        let server = sim::serve(api.clone()).await.unwrap();
+        let url = format!("{}/v1/messages", server.base_uri());
+        let call = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(&url)
+                .body(message_body(MODEL, 100, 50, 20))
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+        while api.counters().in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        server.shutdown().await;
+        assert_eq!(call.await.unwrap().unwrap(), StatusCode::OK);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_cuts_hung_requests_after_the_grace_period() {
+        let api = SimApi::builder()
+            .model(MODEL, Limits::per_minute(3, 1_000_000, 1_000_000))
+            .faults(Faults::new().always(Fault::Hang { probability: 1.0 }))
+            .build();
+        let server = sim::serve(api.clone())
+            .await
+            .unwrap()
+            .grace(Duration::from_millis(50));
+        let url = format!("{}/v1/messages", server.base_uri());
+        let call = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(&url)
+                .body(message_body(MODEL, 100, 50, 20))
+                .send()
+                .await
+        });
+        while api.counters().in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        server.shutdown().await;
+        assert!(call.await.unwrap().is_err());
+        let c = api.counters();
+        assert_eq!((c.hung(), c.dropped(), c.in_flight()), (1, 1, 0));
+    }
+}
