@@ -702,11 +702,16 @@ where
         std::future::pending::<()>().await;
     }
     let per_token = shared.config.per_token_latency;
-    let latency = shared.config.base_latency
-        + per_token.saturating_mul(u32::try_from(produced).unwrap_or(u32::MAX))
-        + decisions.slow;
+    let latency = shared
+        .config
+        .base_latency
+        .saturating_add(per_token.saturating_mul(u32::try_from(produced).unwrap_or(u32::MAX)))
+        .saturating_add(decisions.slow);
     if !latency.is_zero() {
-        tokio::time::sleep_until(arrived + latency).await;
+        match arrived.checked_add(latency) {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
     }
 
     let now = Instant::now();
