@@ -12,6 +12,5 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// counted against the server.
 pub(crate) fn is_local_decision(error: &(dyn StdError + 'static)) -> bool {
     // Each layer's typed errors are listed here as they are added.
-    let _ = error;
-    false
+    crate::retry::error::is_retry_decision(error)
 }
