@@ -149,7 +149,9 @@ mod tests {
     fn jitter_bounds() {
         let mut rng = fastrand::Rng::with_seed(11);
         for n in 0..8 {
-            let t = Backoff::sdk().jitter(Jitter::None).delay(n, Duration::ZERO, &mut rng);
+            let t = Backoff::sdk()
+                .jitter(Jitter::None)
+                .delay(n, Duration::ZERO, &mut rng);
             for _ in 0..200 {
                 let sdk = Backoff::sdk().delay(n, Duration::ZERO, &mut rng);
                 assert!(sdk <= t && sdk > t.mul_f64(0.75) - Duration::from_nanos(1));
@@ -168,7 +170,10 @@ mod tests {
         for n in 0..200 {
             let d = dec.delay(n, prev, &mut rng);
             let upper = if prev.is_zero() { dec.base() } else { prev } * 3;
-            assert!(d >= dec.base() && d <= upper.min(dec.max()), "{d:?} after {prev:?}");
+            assert!(
+                d >= dec.base() && d <= upper.min(dec.max()),
+                "{d:?} after {prev:?}"
+            );
             prev = d;
         }
     }

@@ -102,7 +102,8 @@ impl Budget {
 
     /// Records a call (a first attempt).
     pub fn deposit(&self) {
-        self.shared.with_state(|state, slot| state.deposits[slot] += 1);
+        self.shared
+            .with_state(|state, slot| state.deposits[slot] += 1);
     }
 
     /// Takes one retry out of the budget; `false` (and nothing taken) when it is exhausted.

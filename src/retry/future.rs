@@ -88,7 +88,10 @@ where
     ) -> Self {
         let (parts, body) = request.into_parts();
         let (request, template) = match body.replay() {
-            Some(copy) => (Request::from_parts(parts.clone(), copy), Some((parts, body))),
+            Some(copy) => (
+                Request::from_parts(parts.clone(), copy),
+                Some((parts, body)),
+            ),
             None => (Request::from_parts(parts, body), None),
         };
         let future = service.call(request);
@@ -171,8 +174,7 @@ where
                     let policy = &this.shared.policy;
                     let (outcome, hint_source, absorbed_until) = match &result {
                         Ok(response) => {
-                            let (outcome, source) =
-                                classify_response(response, &policy.classifier);
+                            let (outcome, source) = classify_response(response, &policy.classifier);
                             let absorbed = response.extensions().get::<WaitAbsorbed>();
                             (outcome, source, absorbed.map(WaitAbsorbed::until))
                         }
@@ -189,17 +191,15 @@ where
                     };
                     let verdict = match policy.refusal(&outcome, attempts) {
                         Some(reason) => Verdict::Return(reason),
-                        None => match rebuild(
-                            this.template,
-                            policy.attempt_header.as_ref(),
-                            attempts,
-                        ) {
-                            None => Verdict::Return("body not replayable"),
-                            Some(request) => {
-                                *this.next = Some(request);
-                                policy.schedule(&attempt, this.rng)
+                        None => {
+                            match rebuild(this.template, policy.attempt_header.as_ref(), attempts) {
+                                None => Verdict::Return("body not replayable"),
+                                Some(request) => {
+                                    *this.next = Some(request);
+                                    policy.schedule(&attempt, this.rng)
+                                }
                             }
-                        },
+                        }
                     };
                     let status = outcome.status().map(|s| s.as_u16());
                     match verdict {
@@ -248,9 +248,9 @@ where
                         ending => {
                             *this.next = None;
                             let now = Instant::now();
-                            let server_wait = outcome.retry_after().or(
-                                absorbed_until.map(|until| until.saturating_duration_since(now)),
-                            );
+                            let server_wait =
+                                outcome.retry_after().or(absorbed_until
+                                    .map(|until| until.saturating_duration_since(now)));
                             let (api_error, error) = match result {
                                 Ok(response) => {
                                     (response.extensions().get::<ApiError>().cloned(), None)

@@ -201,9 +201,7 @@ impl<C> Policy<C> {
             (None, Some(wait)) => (wait, Duration::ZERO, attempt.hint_source),
             (None, None) => {
                 let retries = attempt.attempts - 1;
-                let wait = self
-                    .backoff
-                    .delay(retries, attempt.previous_backoff, rng);
+                let wait = self.backoff.delay(retries, attempt.previous_backoff, rng);
                 (wait, wait, "backoff")
             }
         };
