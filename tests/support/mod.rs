@@ -1,3 +1,5 @@
 //! Helpers shared by the integration tests. Each area adds its own submodule.
 #![allow(dead_code, unreachable_pub)]
+
 pub mod retry;
+pub mod upstream;
