@@ -452,3 +452,39 @@ async fn dropping_the_future_during_backoff_cancels_the_call() {
     assert_eq!(server.calls(), 1);
     assert_eq!(budget.available(), 9);
 }
+
+#[tokio::test(start_paused = true)]
+async fn tower_retry_with_the_same_policy() {
+    let server = Scripted::new(|i| match i {
+        0 | 1 => respond(503, &[]),
+        _ => respond(200, &[]),
+    });
+    let policy = plain(2)
+        .backoff(Backoff::sdk().jitter(Jitter::None))
+        .sdk_attempt_header();
+    let service = tower::retry::RetryLayer::new(policy.into_tower()).layer(server.clone());
+    let response = service.oneshot(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 3);
+    assert_eq!(server.gaps_ms(), [500, 1000]);
+    let seen = server.seen();
+    assert!(seen[0].headers.get("x-stainless-retry-count").is_none());
+    assert_eq!(seen[2].headers["x-stainless-retry-count"], "2");
+    assert!(seen.iter().all(|s| s.body == seen[0].body));
+}
+
+#[tokio::test(start_paused = true)]
+async fn tower_retry_gets_the_typed_errors() {
+    let server = Scripted::new(|_| respond(500, &[]));
+    let policy = plain(5)
+        .backoff(Backoff::constant(Duration::from_secs(1)))
+        .deadline(Duration::from_millis(2_500));
+    let service = tower::retry::RetryLayer::new(policy.into_tower()).layer(server.clone());
+    let started = Instant::now();
+    let error = service.oneshot(request()).await.unwrap_err();
+    let error = error.downcast_ref::<DeadlineExceeded>().unwrap();
+    assert_eq!(error.attempts(), 3);
+    assert_eq!(error.last_status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(Instant::now() - started, Duration::from_secs(2));
+    assert_eq!(server.calls(), 3);
+}

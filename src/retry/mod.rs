@@ -60,6 +60,9 @@
 //! template is kept only when the body can be replayed, and dropping the future at any point
 //! releases everything.
 //!
+//! For stacks built on tower's `Retry`, [`Policy::into_tower`] gives the same decisions as a
+//! `tower::retry::Policy` ([`TowerPolicy`]).
+//!
 //! # Why a budget and not only a retry count
 //!
 //! A count of 2 retries triples the load on a server that is failing every call, exactly when
@@ -149,6 +152,7 @@ mod budget;
 mod policy;
 mod replay;
 mod service;
+mod tower_policy;
 
 pub mod error;
 pub mod future;
@@ -158,3 +162,4 @@ pub use budget::Budget;
 pub use policy::{Attempts, DEFAULT_MAX_SERVER_WAIT, Policy, SDK_ATTEMPT_HEADER};
 pub use replay::{ReplayBody, Replayable, SendOnce};
 pub use service::{Retry, RetryLayer};
+pub use tower_policy::TowerPolicy;

@@ -2,11 +2,16 @@
 
 use std::time::Duration;
 
-use http::HeaderName;
+use http::{HeaderName, Response};
 use tokio::time::Instant;
 
+use super::error::{BudgetExhausted, DeadlineExceeded, LastAttempt, WaitTooLong};
 use super::{Backoff, Budget};
-use crate::signals::{DefaultClassifier, Outcome, OutcomeKind};
+use crate::BoxError;
+use crate::signals::{
+    ApiError, Classify, DefaultClassifier, Outcome, OutcomeKind, ResponseSignals, RetryHints,
+    WaitAbsorbed, WaitSource,
+};
 
 /// The header the official SDKs send on retries.
 pub const SDK_ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-stainless-retry-count");
@@ -257,4 +262,172 @@ pub(crate) enum Verdict {
     Deadline { wait: Duration },
     /// The budget is spent.
     Budget,
+}
+
+/// The state of one call across its attempts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallState {
+    pub(crate) started: Instant,
+    /// Attempts made so far, the one that just ended included.
+    pub(crate) attempts: u32,
+    pub(crate) previous_backoff: Duration,
+}
+
+impl CallState {
+    pub(crate) fn start() -> Self {
+        CallState {
+            started: Instant::now(),
+            attempts: 1,
+            previous_backoff: Duration::ZERO,
+        }
+    }
+}
+
+/// What follows an attempt, as [`Policy::after_attempt`] decided.
+#[derive(Debug)]
+pub(crate) enum Next<T> {
+    /// Return this to the caller.
+    Done(Result<Response<T>, BoxError>),
+    /// Sleep this long, then send the next attempt.
+    Retry(Duration),
+}
+
+/// Classifies a response with `classifier`, reusing the retry hints a
+/// [`Signals`](crate::signals::Signals) layer stored. Returns the outcome and the name of the
+/// source of its wait.
+fn classify_response<B, C: Classify>(
+    response: &Response<B>,
+    classifier: &C,
+) -> (Outcome, &'static str) {
+    let hints = match response.extensions().get::<ResponseSignals>() {
+        Some(signals) => *signals.hints(),
+        None => RetryHints::from_headers(response.headers()),
+    };
+    let outcome = classifier.classify_response(
+        response.status(),
+        response.headers(),
+        &hints,
+        response.extensions().get::<ApiError>(),
+    );
+    let source = if outcome.retry_after() != hints.retry_after() {
+        "classifier"
+    } else {
+        match hints.source() {
+            Some(WaitSource::RetryAfterMs) => "retry-after-ms",
+            Some(WaitSource::RetryAfterSeconds) => "retry-after",
+            Some(WaitSource::RetryAfterDate) => "retry-after-date",
+            _ => "classifier",
+        }
+    };
+    (outcome, source)
+}
+
+impl<C: Classify> Policy<C> {
+    /// Decides what follows the attempt that ended with `result`, updating `call` when it is
+    /// retried. `prepare` builds the next request and says whether it could (`false`: the body
+    /// cannot be replayed); it runs only when a retry is wanted.
+    pub(crate) fn after_attempt<T>(
+        &self,
+        result: Result<Response<T>, BoxError>,
+        call: &mut CallState,
+        rng: &mut fastrand::Rng,
+        prepare: impl FnOnce(u32) -> bool,
+    ) -> Next<T> {
+        let (outcome, hint_source, absorbed_until) = match &result {
+            Ok(response) => {
+                let (outcome, source) = classify_response(response, &self.classifier);
+                let absorbed = response.extensions().get::<WaitAbsorbed>();
+                (outcome, source, absorbed.map(WaitAbsorbed::until))
+            }
+            Err(error) => (self.classifier.classify_error(&**error), "", None),
+        };
+        let attempts = call.attempts;
+        let attempt = Attempt {
+            outcome,
+            hint_source,
+            absorbed_until,
+            attempts,
+            started: call.started,
+            previous_backoff: call.previous_backoff,
+        };
+        let verdict = match self.refusal(&outcome, attempts) {
+            Some(reason) => Verdict::Return(reason),
+            None if !prepare(attempts) => Verdict::Return("body not replayable"),
+            None => self.schedule(&attempt, rng),
+        };
+        let status = outcome.status().map(|s| s.as_u16());
+        let ending = match verdict {
+            Verdict::Retry {
+                sleep,
+                wait,
+                backoff,
+                source,
+            } => {
+                tracing::debug!(
+                    attempt = attempts + 1,
+                    reason = outcome.kind().as_str(),
+                    status,
+                    wait_ms = wait.as_millis() as u64,
+                    sleep_ms = sleep.as_millis() as u64,
+                    source,
+                    "retrying"
+                );
+                call.attempts += 1;
+                if !backoff.is_zero() {
+                    call.previous_backoff = backoff;
+                }
+                return Next::Retry(sleep);
+            }
+            Verdict::Return(reason) => {
+                if !outcome.is_success() {
+                    tracing::debug!(
+                        attempts,
+                        reason = outcome.kind().as_str(),
+                        status,
+                        why = reason,
+                        "not retrying"
+                    );
+                }
+                return Next::Done(result.map(|mut response| {
+                    response
+                        .extensions_mut()
+                        .insert(super::Attempts::new(attempts));
+                    response
+                }));
+            }
+            ending => ending,
+        };
+        let now = Instant::now();
+        let server_wait = outcome
+            .retry_after()
+            .or(absorbed_until.map(|until| until.saturating_duration_since(now)));
+        let (api_error, error) = match result {
+            Ok(response) => (response.extensions().get::<ApiError>().cloned(), None),
+            Err(error) => (None, Some(error)),
+        };
+        let last = LastAttempt {
+            status: outcome.status(),
+            server_wait,
+            attempts,
+            api_error,
+            error,
+        };
+        let error: BoxError = match ending {
+            Verdict::WaitTooLong => Box::new(WaitTooLong::new(last, self.max_server_wait)),
+            Verdict::Deadline { wait } => Box::new(DeadlineExceeded::new(
+                last,
+                self.deadline.unwrap_or_default(),
+                wait,
+            )),
+            _ => Box::new(BudgetExhausted::new(last)),
+        };
+        tracing::info!(
+            attempts,
+            reason = outcome.kind().as_str(),
+            status,
+            server_wait_ms = server_wait.map(|w| w.as_millis() as u64),
+            "giving up: {error}"
+        );
+        Next::Done(Err(error))
+    }
 }

@@ -22,14 +22,14 @@ pub(crate) struct Shared<C> {
 }
 
 impl<C> Shared<C> {
-    fn new(policy: Policy<C>) -> Arc<Self> {
+    pub(crate) fn new(policy: Policy<C>) -> Arc<Self> {
         Arc::new(Shared {
             policy,
             calls: AtomicU64::new(0),
         })
     }
 
-    fn rng(&self) -> fastrand::Rng {
+    pub(crate) fn rng(&self) -> fastrand::Rng {
         match self.policy.seed {
             Some(seed) => {
                 let n = self.calls.fetch_add(1, Ordering::Relaxed);
