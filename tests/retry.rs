@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -29,6 +29,11 @@ fn attempts<B>(response: &http::Response<B>) -> u32 {
     response.extensions().get::<Attempts>().unwrap().get()
 }
 
+/// One call with the default request through `Retry` with `policy`.
+async fn send(server: &Scripted, policy: Policy) -> Result<Response<Full<Bytes>>, BoxError> {
+    Retry::new(server.clone(), policy).oneshot(request()).await
+}
+
 /// A policy without budget and with the given retries, to isolate one behaviour.
 fn plain(retries: u32) -> Policy {
     Policy::new().max_retries(retries).without_budget()
@@ -40,10 +45,7 @@ async fn retry_after_seconds_is_waited_exactly() {
         0 => respond(429, &[("retry-after", "7")]),
         _ => respond(200, &[]),
     });
-    let response = Retry::new(server.clone(), plain(2))
-        .oneshot(request())
-        .await
-        .unwrap();
+    let response = send(&server, plain(2)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(attempts(&response), 2);
     let seen = server.seen();
@@ -56,10 +58,7 @@ async fn retry_after_ms_wins_over_retry_after() {
         0 => respond(429, &[("retry-after", "7"), ("retry-after-ms", "1500")]),
         _ => respond(200, &[]),
     });
-    Retry::new(server.clone(), plain(2))
-        .oneshot(request())
-        .await
-        .unwrap();
+    send(&server, plain(2)).await.unwrap();
     assert_eq!(server.gaps_ms(), [1500]);
 }
 
@@ -75,10 +74,7 @@ async fn retry_after_http_date_is_measured_against_the_date_header() {
         ),
         _ => respond(200, &[]),
     });
-    Retry::new(server.clone(), plain(2))
-        .oneshot(request())
-        .await
-        .unwrap();
+    send(&server, plain(2)).await.unwrap();
     assert_eq!(server.gaps_ms(), [12_000]);
 }
 
@@ -86,10 +82,7 @@ async fn retry_after_http_date_is_measured_against_the_date_header() {
 async fn backoff_sequence_without_jitter() {
     let server = Scripted::new(|_| respond(500, &[]));
     let policy = plain(6).backoff(Backoff::sdk().jitter(Jitter::None));
-    let response = Retry::new(server.clone(), policy)
-        .oneshot(request())
-        .await
-        .unwrap();
+    let response = send(&server, policy).await.unwrap();
     // The last response is handed back as it is once the retries are used up.
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(attempts(&response), 7);
@@ -144,10 +137,7 @@ async fn seeded_jitter_is_exact_and_within_bounds() {
 #[tokio::test(start_paused = true)]
 async fn x_should_retry_false_stops_a_503() {
     let server = Scripted::new(|_| respond(503, &[("x-should-retry", "false")]));
-    let response = Retry::new(server.clone(), plain(2))
-        .oneshot(request())
-        .await
-        .unwrap();
+    let response = send(&server, plain(2)).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(server.calls(), 1);
     assert_eq!(attempts(&response), 1);
@@ -159,10 +149,7 @@ async fn x_should_retry_true_forces_a_retry() {
         0 => respond(400, &[("x-should-retry", "true")]),
         _ => respond(200, &[]),
     });
-    let response = Retry::new(server.clone(), plain(2))
-        .oneshot(request())
-        .await
-        .unwrap();
+    let response = send(&server, plain(2)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(server.calls(), 2);
 }
@@ -171,10 +158,7 @@ async fn x_should_retry_true_forces_a_retry() {
 async fn client_errors_are_never_retried() {
     for status in [400, 401, 402, 403, 404, 413] {
         let server = Scripted::new(move |_| respond(status, &[]));
-        let response = Retry::new(server.clone(), plain(2))
-            .oneshot(request())
-            .await
-            .unwrap();
+        let response = send(&server, plain(2)).await.unwrap();
         assert_eq!(response.status().as_u16(), status);
         assert_eq!(server.calls(), 1, "{status} was retried");
     }
@@ -198,10 +182,7 @@ async fn connection_errors_are_retried() {
         _ => respond(200, &[]),
     });
     let policy = plain(2).backoff(Backoff::constant(Duration::from_millis(250)));
-    let response = Retry::new(server.clone(), policy)
-        .oneshot(request())
-        .await
-        .unwrap();
+    let response = send(&server, policy).await.unwrap();
     assert_eq!(attempts(&response), 2);
     assert_eq!(server.gaps_ms(), [250]);
 }
@@ -263,10 +244,7 @@ async fn the_deadline_is_respected() {
     let server = Scripted::new(|_| respond(429, &[("retry-after", "7")]));
     let policy = plain(5).deadline(Duration::from_secs(10));
     let started = Instant::now();
-    let error = Retry::new(server.clone(), policy)
-        .oneshot(request())
-        .await
-        .unwrap_err();
+    let error = send(&server, policy).await.unwrap_err();
     let error = error.downcast_ref::<DeadlineExceeded>().unwrap();
     // Attempts at 0 s and 7 s; a retry at 14 s would cross the 10 s deadline: given up at 7 s.
     assert_eq!(Instant::now() - started, Duration::from_secs(7));
@@ -282,10 +260,7 @@ async fn the_deadline_is_respected() {
 async fn a_server_wait_above_the_ceiling_ends_the_call_at_once() {
     let server = Scripted::new(|_| respond(429, &[("retry-after", "600")]));
     let started = Instant::now();
-    let error = Retry::new(server.clone(), plain(2))
-        .oneshot(request())
-        .await
-        .unwrap_err();
+    let error = send(&server, plain(2)).await.unwrap_err();
     assert_eq!(Instant::now(), started);
     let error = error.downcast_ref::<WaitTooLong>().unwrap();
     assert_eq!(error.wait(), Duration::from_secs(600));
@@ -394,10 +369,7 @@ async fn an_absorbed_wait_is_not_slept_twice() {
         }
         _ => respond(200, &[]),
     });
-    let response = Retry::new(server.clone(), plain(2))
-        .oneshot(request())
-        .await
-        .unwrap();
+    let response = send(&server, plain(2)).await.unwrap();
     assert_eq!(attempts(&response), 2);
     assert_eq!(server.gaps_ms(), [0]);
 }
@@ -413,18 +385,14 @@ async fn an_absorbed_wait_still_meets_the_deadline_and_ceiling() {
         }
     };
     let server = Scripted::new(absorbed(7));
-    let error = Retry::new(server.clone(), plain(2).deadline(Duration::from_secs(5)))
-        .oneshot(request())
+    let error = send(&server, plain(2).deadline(Duration::from_secs(5)))
         .await
         .unwrap_err();
     let error = error.downcast_ref::<DeadlineExceeded>().unwrap();
     assert_eq!(error.server_wait(), Some(Duration::from_secs(7)));
 
     let server = Scripted::new(absorbed(90));
-    let error = Retry::new(server.clone(), plain(2))
-        .oneshot(request())
-        .await
-        .unwrap_err();
+    let error = send(&server, plain(2)).await.unwrap_err();
     assert_eq!(
         error.downcast_ref::<WaitTooLong>().unwrap().wait(),
         Duration::from_secs(90)
