@@ -18,7 +18,7 @@ use tower_llm_limits::breaker::{
 };
 use tower_llm_limits::signals::{Classify, DefaultClassifier, OutcomeKind, classify_fn};
 
-use support::upstream::{Reply, Upstream, request};
+use support::upstream::{Reply, Upstream, open_loop, request, sdk_retry};
 
 type Res = Result<Response<Full<Bytes>>, BoxError>;
 
@@ -613,4 +613,109 @@ async fn an_open_error_is_a_local_decision() {
         assert!(send(&mut outer).await.is_err());
     }
     assert_eq!(outer.state(), State::Closed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acceptance: an overload window from 10 s to 40 s, open-loop traffic of one request every
+// 200 ms for two minutes, 300 ms latency.
+
+const OVERLOAD: std::ops::Range<Duration> = Duration::from_secs(10)..Duration::from_secs(40);
+const EVERY: Duration = Duration::from_millis(200);
+const REQUESTS: u32 = 600;
+
+/// Transitions seen by the hook: (time since start, from, to, requests the API had received).
+type Log = Arc<Mutex<Vec<(Duration, State, State, u64)>>>;
+
+fn logging(policy: Policy, api: &Upstream) -> (Policy, Log) {
+    let log: Log = Arc::default();
+    let (seen, api, start) = (log.clone(), api.clone(), Instant::now());
+    let policy = policy.on_transition(move |t| {
+        seen.lock()
+            .unwrap()
+            .push((t.at() - start, t.from(), t.to(), api.received()))
+    });
+    (policy, log)
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_window_opens_it_keeps_the_api_untouched_and_probes_close_it_after() {
+    let api = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
+    let (policy, log) = logging(Policy::new().seed(1), &api);
+    let svc = CircuitBreaker::new(api.clone(), policy);
+    let results = open_loop(EVERY, REQUESTS, || {
+        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+    })
+    .await;
+    let log = log.lock().unwrap().clone();
+
+    // Opens within the window, shortly after it starts (five overloads in a row).
+    let (opened, from, to, _) = log[0];
+    assert_eq!(
+        (from, matches!(to, State::Open { .. })),
+        (State::Closed, true)
+    );
+    assert!(OVERLOAD.contains(&opened) && opened < OVERLOAD.start + Duration::from_secs(2));
+
+    // Nothing reaches the API while open: the count is the same when it half-opens.
+    for pair in log.windows(2) {
+        if let [
+            (_, _, State::Open { .. }, before),
+            (_, State::Open { .. }, State::HalfOpen, after),
+        ] = pair
+        {
+            assert_eq!(before, after, "{log:?}");
+        }
+    }
+
+    // Closes only after the window ended, through the probes of the first half-open state
+    // after it (within their latency), and stays closed.
+    let [
+        ..,
+        (half_open, _, State::HalfOpen, _),
+        (closed, State::HalfOpen, State::Closed, _),
+    ] = log[..]
+    else {
+        panic!("expected half-open then closed at the end: {log:?}")
+    };
+    assert!(half_open >= OVERLOAD.end, "{log:?}");
+    assert!(closed - half_open < Duration::from_secs(1), "{log:?}");
+    assert!(
+        log.iter()
+            .all(|(at, _, to, _)| *to != State::Closed || *at >= OVERLOAD.end)
+    );
+    for (at, res) in &results {
+        if *at >= closed {
+            assert_eq!(status(res), Some(200), "request started at {at:?}");
+        }
+    }
+    assert_eq!(svc.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_breaker_the_overloaded_api_gets_at_most_a_tenth_of_the_attempts() {
+    let alone = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
+    let svc = alone.clone();
+    open_loop(EVERY, REQUESTS, || {
+        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+    })
+    .await;
+
+    let guarded = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
+    let svc = CircuitBreaker::new(guarded.clone(), Policy::new().seed(1));
+    open_loop(EVERY, REQUESTS, || {
+        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+    })
+    .await;
+
+    let (without, with) = (alone.answered(529), guarded.answered(529));
+    eprintln!(
+        "attempts sent into the overload window: retry alone {without}, with the breaker {with} \
+         (total received {} vs {})",
+        alone.received(),
+        guarded.received()
+    );
+    // 150 requests start inside the window; alone, each makes 3 attempts (a few of them
+    // outside the window).
+    assert!(without > 400, "{without}");
+    assert!(with * 10 <= without, "{with} vs {without}");
 }

@@ -13,7 +13,7 @@ use tower_llm_limits::breaker::{CircuitBreaker, Policy};
 use tower_llm_limits::fallback::{Fallback, FallbackLayer, Served, set_json_model};
 use tower_llm_limits::signals::OutcomeKind;
 
-use support::upstream::{Reply, Upstream, request};
+use support::upstream::{Reply, Upstream, open_loop, request, sdk_retry};
 
 type Res = Result<Response<Full<Bytes>>, BoxError>;
 
@@ -117,4 +117,54 @@ async fn a_failing_secondary_returns_its_own_result() {
     let mut svc = Fallback::new(primary, secondary.clone());
     assert_eq!(served(&send(&mut svc).await), (529, Served::Secondary));
     assert_eq!(secondary.received(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn during_an_overload_window_the_secondary_serves_then_the_primary_again() {
+    // Primary: SDK-like retries around a breaker around an API overloaded from 10 s to 40 s.
+    let overload = Duration::from_secs(10)..Duration::from_secs(40);
+    let api = Upstream::overloaded_during(Duration::from_millis(300), overload.clone());
+    let closed_at = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = closed_at.clone();
+    let start = tokio::time::Instant::now();
+    let policy = Policy::new().seed(1).on_transition(move |t| {
+        if t.to() == tower_llm_limits::breaker::State::Closed {
+            *seen.lock().unwrap() = Some(t.at() - start);
+        }
+    });
+    let breaker = CircuitBreaker::new(api.clone(), policy);
+    let primary = tower::service_fn(move |req| sdk_retry(breaker.clone(), req));
+    let secondary = Upstream::always(200);
+    let svc = FallbackLayer::new(secondary.clone())
+        .rewrite(set_json_model("claude-haiku-4-5"))
+        .layer(primary);
+
+    let results = open_loop(Duration::from_millis(200), 600, || {
+        svc.clone().oneshot(request("claude-sonnet-4-5"))
+    })
+    .await;
+    let closed_at = closed_at.lock().unwrap().expect("the breaker closed again");
+
+    let mut by = std::collections::HashMap::new();
+    for (at, res) in &results {
+        let (code, served) = served(res);
+        assert_eq!(code, 200, "request started at {at:?} failed");
+        if overload.contains(at) {
+            assert_eq!(served, Served::Secondary, "request started at {at:?}");
+        }
+        if *at < overload.start || *at > closed_at {
+            assert_eq!(served, Served::Primary, "request started at {at:?}");
+        }
+        *by.entry(served).or_insert(0) += 1;
+    }
+    assert!(
+        secondary
+            .bodies()
+            .iter()
+            .all(|b| model_of(b) == "claude-haiku-4-5")
+    );
+    eprintln!(
+        "served: {by:?}; breaker closed at {closed_at:?}; primary API received {}",
+        api.received()
+    );
 }
