@@ -399,6 +399,30 @@ async fn clock_skew_and_header_faults() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn configurable_epoch_and_exact_remaining() {
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(60, 30_000, 8_000))
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+        .round_remaining(false)
+        .latency(Duration::from_millis(1_500), Duration::ZERO)
+        .build();
+    let ok = send(&api, message(MODEL, 1_234, 100, 10)).await.unwrap();
+    assert_eq!(header(&ok, "date"), "Sun, 09 Sep 2001 01:46:41 GMT");
+    assert_eq!(
+        header(&ok, "anthropic-ratelimit-input-tokens-remaining"),
+        "28766"
+    );
+    assert_eq!(
+        header(&ok, "anthropic-ratelimit-input-tokens-reset"),
+        "2001-09-09T01:46:43Z"
+    );
+    assert_eq!(
+        api.now_wall(),
+        std::time::UNIX_EPOCH + Duration::from_millis(1_000_000_001_500)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn scheduled_and_manual_limit_changes() {
     let api = SimApi::builder()
         .model(MODEL, Limits::per_minute(60, 1_000_000, 1_000_000))
@@ -538,6 +562,138 @@ async fn theoretical_best_per_dimension() {
     // The unknown model is skipped.
     let other = Workload::new(2, 1).models(["claude-nope"]);
     assert_eq!(other.theoretical_best(&api), Duration::ZERO);
+}
+
+/// A small deterministic generator for test parameters.
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        lo + (z ^ (z >> 31)) % (hi - lo + 1)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_exact_across_random_limits_and_states() {
+    let mut mix = Mix(2026);
+    let mut refusals = 0;
+    for case in 0..100 {
+        let limits = Limits::per_minute(
+            mix.next(1, 120),
+            mix.next(1_000, 20_000),
+            mix.next(1_000, 20_000),
+        );
+        let accounting = if mix.next(0, 1) == 0 {
+            OutputAccounting::AsProduced
+        } else {
+            OutputAccounting::ReserveMaxTokens
+        };
+        let api = SimApi::builder()
+            .model(MODEL, limits)
+            .starting_fill(mix.next(0, 100) as f64 / 100.0)
+            .output_accounting(accounting)
+            .latency(Duration::ZERO, Duration::ZERO)
+            .round_remaining(false)
+            .build();
+        for _ in 0..1_000 {
+            let input = mix.next(1, limits.input_tokens() / 3);
+            let max = mix.next(1, limits.output_tokens() / 3);
+            let output = mix.next(0, max);
+            let first = send(&api, message(MODEL, input, max, output))
+                .await
+                .unwrap();
+            if first.status() == StatusCode::OK {
+                advance(Duration::from_millis(mix.next(0, 700))).await;
+                continue;
+            }
+            assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS, "case {case}");
+            let secs: u64 = header(&first, "retry-after").parse().unwrap();
+            advance(Duration::from_secs(secs - 1)).await;
+            let early = send(&api, message(MODEL, input, max, output))
+                .await
+                .unwrap();
+            assert_eq!(
+                early.status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "case {case}: early"
+            );
+            advance(Duration::from_secs(1)).await;
+            let retry = send(&api, message(MODEL, input, max, output))
+                .await
+                .unwrap();
+            assert_eq!(
+                retry.status(),
+                StatusCode::OK,
+                "case {case}: retry after {secs} s"
+            );
+            refusals += 1;
+            break;
+        }
+    }
+    assert!(refusals > 90, "{refusals}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_tokens_endpoint() {
+    let api = api(Limits::per_minute(1, 1_000, 1_000));
+    let body = tower_llm_limits::sim::message_body(MODEL, 777, 10, 1);
+    let request = http::Request::post("http://sim.local/v1/messages/count_tokens")
+        .body(http_body_util::Full::new(body))
+        .unwrap();
+    let counted = send(&api, request).await.unwrap();
+    assert_eq!(json(&counted)["input_tokens"], 777);
+    assert_eq!(
+        api.levels(MODEL).unwrap().requests(),
+        1.0,
+        "no budget spent"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ten_minute_workload_runs_in_milliseconds_and_repeats() {
+    use tower::ServiceBuilder;
+    let run = || async {
+        let api = SimApi::builder()
+            .model(MODEL, Limits::per_minute(50, 30_000, 8_000))
+            .seed(5)
+            .build();
+        let stack = ServiceBuilder::new()
+            .buffer(64)
+            .rate_limit(5, Duration::from_secs(6))
+            .service(api.clone());
+        let workload = Workload::new(500, 16)
+            .seed(11)
+            .input_tokens(100..=500)
+            .max_tokens(100..=300);
+        let report = workload.run(stack).await;
+        (report, workload.theoretical_best(&api), api.counters())
+    };
+    let real = std::time::Instant::now();
+    let (report, best, counters) = run().await;
+    let real = real.elapsed();
+    assert_eq!((report.ok(), counters.rate_limited()), (500, 0));
+    assert_eq!(best, Duration::from_secs(540)); // (500 − 50) requests at 50 per minute
+    assert!(
+        report.elapsed() >= Duration::from_secs(594),
+        "{:?}",
+        report.elapsed()
+    );
+    assert!(
+        report.elapsed() <= Duration::from_secs(600),
+        "{:?}",
+        report.elapsed()
+    );
+    eprintln!(
+        "ten-minute workload: {:?} simulated in {real:?} real, efficiency {:.3}",
+        report.elapsed(),
+        report.efficiency(best)
+    );
+    assert!(real < Duration::from_secs(30), "{real:?}");
+    assert_eq!(run().await.0, report, "exactly repeatable");
 }
 
 // ---- The loopback server, on the real clock ----

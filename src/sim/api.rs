@@ -549,6 +549,23 @@ where
         }
         Err(e) => return Err(e),
     };
+    if parts.method == Method::POST && parts.uri.path() == "/v1/messages/count_tokens" {
+        let answer = match body::count_input_tokens(&bytes) {
+            Some(n) => Answer {
+                status: StatusCode::OK,
+                body: json!({ "input_tokens": n }),
+                retry_after: None,
+                snapshot: None,
+                spend_limit: false,
+            },
+            None => Answer::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "messages: field required".into(),
+            ),
+        };
+        return Ok(shared.answer(seq, None, arrived, answer, &none));
+    }
     if parts.method != Method::POST || parts.uri.path() != "/v1/messages" {
         let msg = format!("Not found: {} {}", parts.method, parts.uri.path());
         let answer = Answer::error(StatusCode::NOT_FOUND, "not_found_error", msg);
@@ -685,11 +702,16 @@ where
         std::future::pending::<()>().await;
     }
     let per_token = shared.config.per_token_latency;
-    let latency = shared.config.base_latency
-        + per_token.saturating_mul(u32::try_from(produced).unwrap_or(u32::MAX))
-        + decisions.slow;
+    let latency = shared
+        .config
+        .base_latency
+        .saturating_add(per_token.saturating_mul(u32::try_from(produced).unwrap_or(u32::MAX)))
+        .saturating_add(decisions.slow);
     if !latency.is_zero() {
-        tokio::time::sleep_until(arrived + latency).await;
+        match arrived.checked_add(latency) {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
     }
 
     let now = Instant::now();

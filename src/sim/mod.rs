@@ -88,7 +88,9 @@
 //!
 //! Errors use Anthropic's body `{"type":"error","error":{"type":..,"message":..},"request_id":..}`:
 //! 400 `invalid_request_error` (bad JSON, missing fields, prompt above the context window), 404
-//! `not_found_error` (unknown model, any path other than `POST /v1/messages`), 413
+//! `not_found_error` (unknown model, any path other than `POST /v1/messages` and
+//! `POST /v1/messages/count_tokens`, which answers `{"input_tokens": n}` without touching the
+//! buckets), 413
 //! `request_too_large`, 429 `rate_limit_error`, 529 `overloaded_error`, scripted 5xx.
 //!
 //! # Time
