@@ -423,6 +423,19 @@ async fn configurable_epoch_and_exact_remaining() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn debug_output_stays_small() {
+    let api = api(Limits::per_minute(1_000, 1_000_000, 1_000_000));
+    for _ in 0..100 {
+        status(&api, 10).await;
+    }
+    let debug = format!("{api:?}");
+    assert!(
+        debug.starts_with("SimApi {") && debug.len() < 1_000,
+        "{debug}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn scheduled_and_manual_limit_changes() {
     let api = SimApi::builder()
         .model(MODEL, Limits::per_minute(60, 1_000_000, 1_000_000))

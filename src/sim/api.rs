@@ -37,12 +37,17 @@ pub(crate) fn mix(mut z: u64) -> u64 {
 /// The simulated Claude-like Messages API (see the [module docs](super)).
 ///
 /// Clones share the same state (buckets, counters, events, RNG seed).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SimApi {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for SimApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) start: Instant,
@@ -99,6 +104,18 @@ impl ModelState {
             remaining: b.remaining(),
             until_full: b.until_full(),
         })
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    // Not the state: it holds up to the events capacity of events.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimApi")
+            .field("seed", &self.config.seed)
+            .field("accounting", &self.config.accounting)
+            .field("elapsed", &self.elapsed(Instant::now()))
+            .field("counters", &self.counters.snapshot())
+            .finish_non_exhaustive()
     }
 }
 
