@@ -645,6 +645,7 @@ where
             }
             Refusal::SpendLimit => Answer::spend_limit(),
         };
+        tracing::debug!(seq, model = %parsed.model, status = answer.status.as_u16(), "sim: scripted refusal");
         return Ok(shared.answer(seq, model, arrived, answer, &decisions));
     }
 
@@ -698,7 +699,7 @@ where
         }
     };
 
-    // Admitted.
+    tracing::trace!(seq, model = %parsed.model, input_tokens = parsed.input_tokens, max_tokens = parsed.max_tokens, "sim: admitted");
     let reserve = shared.config.accounting == OutputAccounting::ReserveMaxTokens;
     Cells::inc(&shared.counters.admitted);
     Cells::inc(&shared.counters.in_flight);
