@@ -2,5 +2,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod redis;
+pub mod retry;
 pub mod sim;
 pub mod upstream;
