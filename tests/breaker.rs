@@ -719,3 +719,84 @@ async fn with_the_breaker_the_overloaded_api_gets_at_most_a_tenth_of_the_attempt
     assert!(without > 400, "{without}");
     assert!(with * 10 <= without, "{with} vs {without}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_never_polls_the_inner_service_and_an_admitted_call_waits_for_it() {
+    let (mock, mut handle) =
+        tower_test::mock::pair::<http::Request<Full<Bytes>>, Response<Full<Bytes>>>();
+    let mock = tower::util::MapErr::new(mock, |e: BoxError| e);
+    let mut svc = CircuitBreaker::new(mock, exact().half_open_probes(1));
+
+    // The inner service is not ready: the admitted call's future waits for it.
+    handle.allow(0);
+    let mut call = tokio_test::task::spawn(svc.ready().await.unwrap().call(request("m")));
+    assert!(call.poll().is_pending());
+    handle.allow(1);
+    assert!(call.is_woken());
+    assert!(call.poll().is_pending());
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_response(
+        Response::builder()
+            .status(529)
+            .body(Full::default())
+            .unwrap(),
+    );
+    assert_eq!(status(&call.await), Some(529));
+
+    for _ in 0..4 {
+        handle.allow(1);
+        // The call is sent when its future is polled.
+        let fut = tokio::spawn(svc.ready().await.unwrap().call(request("m")));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(
+            Response::builder()
+                .status(529)
+                .body(Full::default())
+                .unwrap(),
+        );
+        fut.await.unwrap().unwrap();
+    }
+    assert!(matches!(svc.state(), State::Open { .. }));
+
+    // Open: ready at once, refused at once, and the inner service is neither polled nor called
+    // (the mock would panic on a call beyond its allowance).
+    handle.allow(0);
+    let mut ready = tokio_test::task::spawn(svc.ready());
+    assert!(ready.poll().is_ready());
+    drop(ready);
+    for _ in 0..10 {
+        open_error(svc.call(request("m")).await);
+    }
+    assert!(handle.poll_request().is_pending());
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_no_breaker_is_closed_the_least_recently_used_goes() {
+    let api = Upstream::always(529);
+    let policy = exact().max_keys(2).key_fn(|parts| {
+        parts
+            .headers
+            .get("x-model")
+            .map(|v| v.to_str().unwrap().to_owned())
+    });
+    let layer = CircuitBreakerLayer::new(policy);
+    let mut svc = tower::Layer::layer(&layer, api);
+    for model in ["a", "b", "c"] {
+        for _ in 0..5 {
+            let mut req = request(model);
+            req.headers_mut().insert("x-model", model.parse().unwrap());
+            svc.ready().await.unwrap().call(req).await.unwrap();
+        }
+        advance(Duration::from_secs(1)).await;
+    }
+    let states = layer.states();
+    assert_eq!(
+        states.len(),
+        3,
+        "the unkeyed breaker and two keys: {states:?}"
+    );
+    assert_eq!(states[0], (None, State::Closed));
+    assert_eq!(layer.state_of("a"), State::Closed, "forgotten");
+    assert!(matches!(layer.state_of("b"), State::Open { .. }));
+    assert!(matches!(layer.state_of("c"), State::Open { .. }));
+}
