@@ -748,6 +748,13 @@ async fn with_the_breaker_the_overloaded_api_gets_at_most_a_tenth_of_the_attempt
     assert!(with * 10 <= without, "{with} vs {without}");
 }
 
+fn overloaded() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(529)
+        .body(Full::default())
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_open_breaker_never_polls_the_inner_service_and_an_admitted_call_waits_for_it() {
     let (mock, mut handle) =
@@ -763,12 +770,7 @@ async fn an_open_breaker_never_polls_the_inner_service_and_an_admitted_call_wait
     assert!(call.is_woken());
     assert!(call.poll().is_pending());
     let (_, reply) = handle.next_request().await.unwrap();
-    reply.send_response(
-        Response::builder()
-            .status(529)
-            .body(Full::default())
-            .unwrap(),
-    );
+    reply.send_response(overloaded());
     assert_eq!(status(&call.await), Some(529));
 
     for _ in 0..4 {
@@ -776,12 +778,7 @@ async fn an_open_breaker_never_polls_the_inner_service_and_an_admitted_call_wait
         // The call is sent when its future is polled.
         let fut = tokio::spawn(svc.ready().await.unwrap().call(request("m")));
         let (_, reply) = handle.next_request().await.unwrap();
-        reply.send_response(
-            Response::builder()
-                .status(529)
-                .body(Full::default())
-                .unwrap(),
-        );
+        reply.send_response(overloaded());
         fut.await.unwrap().unwrap();
     }
     assert!(matches!(svc.state(), State::Open { .. }));
