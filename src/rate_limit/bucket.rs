@@ -62,6 +62,11 @@ impl Bucket {
     }
 
     /// Units worth `d` of replenishment, rounded up.
+    pub(crate) fn span_units(&self, d: Duration) -> u64 {
+        self.units(d)
+    }
+
+    /// Units worth `d` of replenishment, rounded up.
     fn units(&self, d: Duration) -> u64 {
         let ns = d.as_nanos().saturating_mul(self.capacity as u128);
         let w = self.window.as_nanos().max(1);
