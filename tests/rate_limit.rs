@@ -1,5 +1,7 @@
 //! Tests of the header-aware rate limiter on tokio's paused clock.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -314,4 +316,149 @@ async fn cancellation_gives_back_what_was_reserved() {
     assert_eq!(level(Dimension::InputTokens), 300);
     assert_eq!(level(Dimension::OutputTokens), 600);
     assert_eq!(state.key_snapshot(&key).unwrap().in_flight(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acceptance against the simulated API.
+
+mod acceptance {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower_llm_limits::sim::{Limits as SimLimits, OutputAccounting, SimApi, Workload};
+
+    use super::*;
+
+    const MODEL: &str = "claude-sonnet-4-5";
+
+    /// A test-local retry: a 429 is sent again at once (the limiter holds it until the cooldown
+    /// is over). Counts the attempts.
+    fn retry_429<S>(
+        inner: S,
+        attempts: Arc<AtomicUsize>,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let inner = inner.clone();
+            let attempts = attempts.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                loop {
+                    let mut r = Request::new(body.clone());
+                    *r.method_mut() = parts.method.clone();
+                    *r.uri_mut() = parts.uri.clone();
+                    *r.headers_mut() = parts.headers.clone();
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    let res = inner.clone().oneshot(r).await?;
+                    if res.status() != StatusCode::TOO_MANY_REQUESTS {
+                        return Ok(res);
+                    }
+                }
+            }
+        })
+    }
+
+    struct Figures {
+        ok: usize,
+        failed: usize,
+        attempts: usize,
+        limited: u64,
+        elapsed: Duration,
+        best: Duration,
+    }
+
+    async fn run(accounting: OutputAccounting, configured: bool, n: usize) -> Figures {
+        let limits = SimLimits::per_minute(50, 30_000, 8_000);
+        let api = SimApi::builder()
+            .model(MODEL, limits)
+            .output_accounting(accounting)
+            .seed(42)
+            .build();
+        let workload = Workload::new(n, 32)
+            .seed(7)
+            .models([MODEL])
+            .input_tokens(200..=2_000)
+            .max_tokens(256..=1_024)
+            .output_fraction(0.2..=1.0);
+        let state = if configured {
+            RateLimitState::with_limits(Limits::per_minute(50, 30_000, 8_000))
+        } else {
+            RateLimitState::new()
+        };
+        let limited = RateLimitLayer::with_state(state.clone()).layer(api.clone());
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let report = workload.run(retry_429(limited, attempts.clone())).await;
+        let best = workload.theoretical_best(&api);
+        let f = Figures {
+            ok: report.ok(),
+            failed: report.failed(),
+            attempts: attempts.load(Ordering::Relaxed),
+            limited: api.counters().rate_limited(),
+            elapsed: report.elapsed(),
+            best,
+        };
+        let snap = state.key_snapshot(&RateLimitKey::new(MODEL)).unwrap();
+        println!(
+            "{accounting:?} configured={configured}: ok {} failed {} attempts {} 429s {} ({:.2}%) \
+             elapsed {:.1} s, T* {:.1} s, goodput ratio {:.3}, input correction {:.3}",
+            f.ok,
+            f.failed,
+            f.attempts,
+            f.limited,
+            100.0 * f.limited as f64 / f.attempts as f64,
+            f.elapsed.as_secs_f64(),
+            f.best.as_secs_f64(),
+            f.best.as_secs_f64() / f.elapsed.as_secs_f64(),
+            snap.input_correction(),
+        );
+        f
+    }
+
+    fn check(f: &Figures, n: usize) {
+        assert_eq!((f.ok, f.failed), (n, 0));
+        assert!(
+            f.limited as f64 <= 0.01 * f.attempts as f64,
+            "{} 429s in {} attempts",
+            f.limited,
+            f.attempts
+        );
+        assert!(
+            f.elapsed.as_secs_f64() <= 1.05 * f.best.as_secs_f64(),
+            "elapsed {:?} vs T* {:?}",
+            f.elapsed,
+            f.best
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn learned_limits_500_requests_32_callers() {
+        let f = run(OutputAccounting::AsProduced, false, 500).await;
+        check(&f, 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn learned_limits_reserve_max_tokens_accounting() {
+        let f = run(OutputAccounting::ReserveMaxTokens, false, 500).await;
+        check(&f, 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn configured_limits_500_requests_32_callers() {
+        let f = run(OutputAccounting::AsProduced, true, 500).await;
+        check(&f, 500);
+    }
 }
