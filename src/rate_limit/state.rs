@@ -246,6 +246,7 @@ impl RateLimitState {
                 dispatched: [0; 4],
                 raw_input: 0,
                 outstanding_output: 0,
+                completed_output: 0,
                 in_flight: 0,
                 queue: BTreeMap::new(),
                 queued: [[0; 4]; 2],
@@ -489,6 +490,9 @@ struct KeyState {
     raw_input: u64,
     /// Output reserved by requests in flight.
     outstanding_output: u64,
+    /// Cumulative output of finished requests (their true output when known, else their
+    /// reservation): what a server counting output as produced may have charged since.
+    completed_output: u64,
     in_flight: usize,
     queue: BTreeMap<(usize, u64), Waiter>,
     /// Queued charge per priority class.
@@ -523,6 +527,7 @@ pub(crate) struct Record {
     charge: Charge,
     after: Charge,
     raw_after: u64,
+    completed_before: u64,
     at: Instant,
     probe: bool,
 }
@@ -680,6 +685,7 @@ impl KeyState {
             charge,
             after: self.dispatched,
             raw_after: self.raw_input,
+            completed_before: self.completed_output,
             at: now,
             probe,
         }
@@ -695,15 +701,17 @@ impl KeyState {
         }
     }
 
-    fn finish(&mut self, record: &Record) {
+    /// The request is no longer in flight; the server may have charged `output` for it.
+    fn finish(&mut self, record: &Record, output: u64) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.outstanding_output = self.outstanding_output.saturating_sub(record.charge[OUT]);
+        self.completed_output = self.completed_output.saturating_add(output);
     }
 
     /// Gives back the output reserved by a request that will never report (an error, or a
     /// future dropped while the call was in flight).
     fn release_output(&mut self, record: &Record, now: Instant) {
-        self.finish(record);
+        self.finish(record, 0);
         let out = record.charge[OUT];
         self.refund(&[OUT, TOK], &[0, 0, out, out], now);
         if record.probe {
@@ -714,7 +722,7 @@ impl KeyState {
 
     /// Gives back everything a request charged (admitted but never sent).
     fn unadmit(&mut self, record: &Record, now: Instant) {
-        self.finish(record);
+        self.finish(record, 0);
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
         if record.probe {
             self.probe = Probe::Idle;
@@ -748,7 +756,6 @@ impl KeyState {
         response: Reply<'_>,
     ) -> Option<Instant> {
         let now = Instant::now();
-        self.finish(record);
         let Reply {
             snapshot,
             outcome,
@@ -776,6 +783,7 @@ impl KeyState {
                 u.output_tokens().min(record.charge[OUT])
             })
         };
+        self.finish(record, own_output);
         if snapshot.is_empty() {
             if record.probe {
                 let ok = outcome.is_success() && !self.any_bucket();
@@ -793,7 +801,7 @@ impl KeyState {
                 if d == Dimension::Tokens && duplicates_a_token_bucket(snapshot, reading) {
                     continue;
                 }
-                self.learn(key, d, reading, dialect, record, own_output, received, now);
+                self.learn(key, d, reading, dialect, record, received, now);
             }
         }
         if !limited
@@ -818,7 +826,6 @@ impl KeyState {
         reading: &BucketReading,
         dialect: Option<Dialect>,
         record: &Record,
-        own_output: u64,
         received: Instant,
         now: Instant,
     ) {
@@ -890,15 +897,20 @@ impl KeyState {
                 .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
             self.learn_input_factor(key, &server, lo, hi, level_hi, record);
         }
-        // What this key charged that the reading cannot contain.
+        // What this key charged that the reading cannot contain. Input and requests:
+        // everything dispatched after this request. Output: everything in flight, and everything
+        // that finished since this request left (this one included), which a server counting
+        // output as produced charged after taking this reading.
         let after_input = self.dispatched[IN].saturating_sub(record.after[IN]);
+        let output = self.outstanding_output.saturating_add(
+            self.completed_output
+                .saturating_sub(record.completed_before),
+        );
         let not_in_reading = match d {
             Dimension::Requests => self.dispatched[REQ].saturating_sub(record.after[REQ]),
             Dimension::InputTokens => after_input,
-            Dimension::OutputTokens => self.outstanding_output.saturating_add(own_output),
-            _ => after_input
-                .saturating_add(self.outstanding_output)
-                .saturating_add(own_output),
+            Dimension::OutputTokens => output,
+            _ => after_input.saturating_add(output),
         };
         // The server's instants are in its own rate; the local bucket may be smaller (a
         // configured ceiling): convert through the units used.
