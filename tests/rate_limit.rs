@@ -462,3 +462,178 @@ mod acceptance {
         check(&f, 500);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Learning from each header dialect.
+
+mod dialects {
+    use super::*;
+    use tower_llm_limits::rate_limit::KeySnapshot;
+
+    /// Sends one probe (1 request, 1,000 input, 1,000 output) to a server answering `headers`,
+    /// returns what the limiter learned.
+    async fn learn(headers: &[(&str, &str)]) -> KeySnapshot {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let server = service_fn(move |_req: Request<String>| {
+            let mut res = Response::builder();
+            for (k, v) in &headers {
+                res = res.header(k, v);
+            }
+            std::future::ready(res.body(String::new()).map_err(BoxError::from))
+        });
+        let state = RateLimitState::new();
+        RateLimitLayer::with_state(state.clone())
+            .layer(server)
+            .oneshot(req("probe", Cost::new(1, 1_000, 1_000)))
+            .await
+            .unwrap();
+        state.key_snapshot(&RateLimitKey::global()).unwrap()
+    }
+
+    fn capacity_and_level(s: &KeySnapshot, d: Dimension) -> (u64, u64) {
+        let b = s.bucket(d).unwrap_or_else(|| panic!("no {d} bucket"));
+        (b.capacity(), b.level())
+    }
+
+    const DATE: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
+
+    #[tokio::test(start_paused = true)]
+    async fn anthropic() {
+        let s = learn(&[
+            ("date", DATE),
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "49"),
+            ("anthropic-ratelimit-requests-reset", "2026-01-01T00:00:02Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "30000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "29000"),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2026-01-01T00:00:02Z",
+            ),
+            ("anthropic-ratelimit-output-tokens-limit", "8000"),
+            ("anthropic-ratelimit-output-tokens-remaining", "8000"),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                "2026-01-01T00:00:00Z",
+            ),
+            ("anthropic-ratelimit-tokens-limit", "30000"),
+            ("anthropic-ratelimit-tokens-remaining", "29000"),
+            ("anthropic-ratelimit-tokens-reset", "2026-01-01T00:00:02Z"),
+        ])
+        .await;
+        assert_eq!(capacity_and_level(&s, Dimension::Requests), (50, 49));
+        // 29,000 is rounded to the thousand: the conservative edge is 28,500.
+        assert_eq!(
+            capacity_and_level(&s, Dimension::InputTokens),
+            (30_000, 28_500)
+        );
+        // No output counted yet; the probe's 1,000 reserved stay, and the reset's resolution
+        // (+1 s = 134 tokens) is taken.
+        assert_eq!(
+            capacity_and_level(&s, Dimension::OutputTokens),
+            (8_000, 8_000 - 134 - 1_000)
+        );
+        // `tokens` repeats the input bucket: no combined bucket.
+        assert!(s.bucket(Dimension::Tokens).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn openai() {
+        let s = learn(&[
+            ("x-ratelimit-limit-requests", "500"),
+            ("x-ratelimit-remaining-requests", "499"),
+            ("x-ratelimit-reset-requests", "120ms"),
+            ("x-ratelimit-limit-tokens", "60000"),
+            ("x-ratelimit-remaining-tokens", "58000"),
+            ("x-ratelimit-reset-tokens", "2s"),
+        ])
+        .await;
+        assert_eq!(capacity_and_level(&s, Dimension::Requests), (500, 499));
+        // Combined tokens: the probe's output is not assumed to be in the reading.
+        assert_eq!(capacity_and_level(&s, Dimension::Tokens), (60_000, 57_000));
+        assert!(s.bucket(Dimension::InputTokens).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ietf_structured() {
+        let s = learn(&[
+            ("ratelimit-policy", "\"burst\";q=100;w=60"),
+            ("ratelimit", "\"burst\";r=50;t=30"),
+        ])
+        .await;
+        assert_eq!(capacity_and_level(&s, Dimension::Requests), (100, 50));
+        assert_eq!(s.cooldown_until(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ietf_legacy() {
+        let s = learn(&[
+            ("ratelimit-limit", "10"),
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "7"),
+        ])
+        .await;
+        assert_eq!(capacity_and_level(&s, Dimension::Requests), (10, 0));
+        // A fixed window with nothing left: held until it resets.
+        assert_eq!(s.cooldown_until(), Some(Instant::now() + secs(7.0)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn github() {
+        let s = learn(&[
+            ("date", DATE),
+            ("x-ratelimit-limit", "60"),
+            ("x-ratelimit-remaining", "59"),
+            ("x-ratelimit-reset", "1767225630"),
+            ("x-ratelimit-used", "1"),
+        ])
+        .await;
+        assert_eq!(capacity_and_level(&s, Dimension::Requests), (60, 59));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tier_upgrade_takes_effect_at_the_next_response() {
+        let limit = Arc::new(Mutex::new("50"));
+        let l = limit.clone();
+        let server = service_fn(move |_req: Request<String>| {
+            let limit = *l.lock().unwrap();
+            let res = Response::builder()
+                .header("anthropic-ratelimit-requests-limit", limit)
+                .header("anthropic-ratelimit-requests-remaining", "0")
+                .body(String::new())
+                .map_err(BoxError::from);
+            std::future::ready(res)
+        });
+        let state = RateLimitState::new();
+        let svc = RateLimitLayer::with_state(state.clone()).layer(server);
+        let key = RateLimitKey::global();
+        svc.clone()
+            .oneshot(req("a", Cost::new(1, 0, 0)))
+            .await
+            .unwrap();
+        let cap = |s: &RateLimitState| {
+            s.key_snapshot(&key)
+                .unwrap()
+                .bucket(Dimension::Requests)
+                .unwrap()
+                .capacity()
+        };
+        assert_eq!(cap(&state), 50);
+        // Empty bucket: the next request waits 1.2 s (one request at 50/min).
+        *limit.lock().unwrap() = "1000";
+        let start = Instant::now();
+        svc.clone()
+            .oneshot(req("b", Cost::new(1, 0, 0)))
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), secs(1.2));
+        assert_eq!(cap(&state), 1_000);
+        // Now one request every 60 ms.
+        let start = Instant::now();
+        svc.oneshot(req("c", Cost::new(1, 0, 0))).await.unwrap();
+        assert_eq!(start.elapsed(), secs(0.06));
+    }
+}
