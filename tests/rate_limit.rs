@@ -326,7 +326,9 @@ mod acceptance {
 
     use bytes::Bytes;
     use http_body_util::Full;
-    use tower_llm_limits::sim::{Limits as SimLimits, OutputAccounting, SimApi, Workload};
+    use tower_llm_limits::sim::{
+        Fault, Faults, Limits as SimLimits, OutputAccounting, SimApi, Workload,
+    };
 
     use super::*;
 
@@ -399,6 +401,16 @@ mod acceptance {
         } else {
             RateLimitState::new()
         };
+        let label = format!("{accounting:?} configured={configured}");
+        run_with(&label, api, workload, state).await
+    }
+
+    async fn run_with(
+        label: &str,
+        api: SimApi,
+        workload: Workload,
+        state: RateLimitState,
+    ) -> Figures {
         let limited = RateLimitLayer::with_state(state.clone()).layer(api.clone());
         let attempts = Arc::new(AtomicUsize::new(0));
         let report = workload.run(retry_429(limited, attempts.clone())).await;
@@ -411,10 +423,14 @@ mod acceptance {
             elapsed: report.elapsed(),
             best,
         };
-        let snap = state.key_snapshot(&RateLimitKey::new(MODEL)).unwrap();
+        let corrections: Vec<String> = state
+            .snapshot()
+            .iter()
+            .map(|s| format!("{}: {:.3}", s.key(), s.input_correction()))
+            .collect();
         println!(
-            "{accounting:?} configured={configured}: ok {} failed {} attempts {} 429s {} ({:.2}%) \
-             elapsed {:.1} s, T* {:.1} s, goodput ratio {:.3}, input correction {:.3}",
+            "{label}: ok {} failed {} attempts {} 429s {} ({:.2}%) \
+             elapsed {:.1} s, T* {:.1} s, goodput ratio {:.3}, input correction {corrections:?}",
             f.ok,
             f.failed,
             f.attempts,
@@ -423,7 +439,6 @@ mod acceptance {
             f.elapsed.as_secs_f64(),
             f.best.as_secs_f64(),
             f.best.as_secs_f64() / f.elapsed.as_secs_f64(),
-            snap.input_correction(),
         );
         f
     }
@@ -460,6 +475,51 @@ mod acceptance {
     async fn configured_limits_500_requests_32_callers() {
         let f = run(OutputAccounting::AsProduced, true, 500).await;
         check(&f, 500);
+    }
+
+    /// The same burst when input tokens, then requests, are the binding limit.
+    #[tokio::test(start_paused = true)]
+    async fn input_bound_and_request_bound() {
+        for (label, limits) in [
+            ("input-bound", SimLimits::per_minute(500, 20_000, 200_000)),
+            ("request-bound", SimLimits::per_minute(30, 200_000, 200_000)),
+        ] {
+            let api = SimApi::builder().model(MODEL, limits).seed(5).build();
+            let workload = Workload::new(300, 32)
+                .seed(13)
+                .models([MODEL])
+                .input_tokens(200..=2_000)
+                .max_tokens(256..=1_024)
+                .output_fraction(0.2..=1.0);
+            let f = run_with(label, api, workload, RateLimitState::new()).await;
+            check(&f, 300);
+        }
+    }
+
+    /// Two models with different limits (keyed by the body's `model`), and a server whose clock
+    /// is an hour ahead (resets are read against its `date`).
+    #[tokio::test(start_paused = true)]
+    async fn several_models_and_a_skewed_server_clock() {
+        let api = SimApi::builder()
+            .model("model-a", SimLimits::per_minute(50, 30_000, 8_000))
+            .model("model-b", SimLimits::per_minute(40, 20_000, 6_000))
+            .faults(Faults::new().from(Duration::ZERO, Fault::ClockSkew { offset_secs: 3_600 }))
+            .seed(3)
+            .build();
+        let workload = Workload::new(400, 32)
+            .seed(11)
+            .models(["model-a", "model-b"])
+            .input_tokens(200..=2_000)
+            .max_tokens(256..=1_024)
+            .output_fraction(0.2..=1.0);
+        let f = run_with(
+            "two models, skewed clock",
+            api,
+            workload,
+            RateLimitState::new(),
+        )
+        .await;
+        check(&f, 400);
     }
 }
 
@@ -635,5 +695,119 @@ mod dialects {
         let start = Instant::now();
         svc.oneshot(req("c", Cost::new(1, 0, 0))).await.unwrap();
         assert_eq!(start.elapsed(), secs(0.06));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys, memory, ramp-up.
+
+mod keys {
+    use super::*;
+    use tower_llm_limits::rate_limit::{HostKey, RampUp, key_fn};
+
+    #[tokio::test(start_paused = true)]
+    async fn default_key_is_the_model_of_a_json_body() {
+        let (inner, _) = recorder(Instant::now(), Duration::ZERO, StatusCode::OK);
+        let state = RateLimitState::with_limits(Limits::new().requests(10));
+        let svc = RateLimitLayer::with_state(state.clone()).layer(inner);
+        let body = r#"{"model":"claude-haiku-4-5","max_tokens":300,"messages":[{"role":"user","content":"0123456"}]}"#;
+        svc.clone()
+            .oneshot(Request::new(body.to_string()))
+            .await
+            .unwrap();
+        svc.oneshot(Request::new("not json".to_string()))
+            .await
+            .unwrap();
+        let keys: Vec<String> = state
+            .snapshot()
+            .iter()
+            .map(|s| s.key().to_string())
+            .collect();
+        assert_eq!(keys, ["*", "claude-haiku-4-5"]);
+        // The JSON estimate: 7 bytes / 3.5 + 4 per message; output = max_tokens.
+        let snap = state
+            .key_snapshot(&RateLimitKey::new("claude-haiku-4-5"))
+            .unwrap();
+        assert_eq!(snap.bucket(Dimension::Requests).unwrap().level(), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn host_and_closure_keys() {
+        let (inner, _) = recorder(Instant::now(), Duration::ZERO, StatusCode::OK);
+        let state = RateLimitState::with_limits(Limits::new().requests(10));
+        let svc = RateLimitLayer::with_state(state.clone())
+            .key_fn(HostKey::new())
+            .layer(inner.clone());
+        let mut r = req("x", Cost::new(1, 0, 0));
+        *r.uri_mut() = "https://api.anthropic.com/v1/messages".parse().unwrap();
+        svc.oneshot(r).await.unwrap();
+        let svc = RateLimitLayer::with_state(state.clone())
+            .key_fn(key_fn(|r: &Request<String>| {
+                RateLimitKey::new(format!("team-{}", r.body()))
+            }))
+            .layer(inner);
+        svc.oneshot(req("a", Cost::new(1, 0, 0))).await.unwrap();
+        let keys: Vec<String> = state
+            .snapshot()
+            .iter()
+            .map(|s| s.key().to_string())
+            .collect();
+        assert_eq!(keys, ["api.anthropic.com", "team-a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_keys_are_evicted_busy_ones_never() {
+        let state = RateLimitState::builder()
+            .limits(Limits::new().requests(1))
+            .max_keys(2)
+            .build();
+        let (inner, _) = recorder(Instant::now(), Duration::ZERO, StatusCode::OK);
+        let svc = RateLimitLayer::with_state(state.clone()).layer(inner);
+        let keyed = |key: &str| {
+            let mut r = req(key, Cost::new(1, 0, 0));
+            r.extensions_mut().insert(RateLimitKey::new(key));
+            r
+        };
+        svc.clone().oneshot(keyed("a")).await.unwrap();
+        // b is busy: its second request waits a minute.
+        svc.clone().oneshot(keyed("b")).await.unwrap();
+        let waiting = tokio::spawn(svc.clone().oneshot(keyed("b")));
+        tokio::task::yield_now().await;
+        svc.clone().oneshot(keyed("c")).await.unwrap();
+        let keys = |s: &RateLimitState| -> Vec<String> {
+            s.snapshot().iter().map(|s| s.key().to_string()).collect()
+        };
+        // a (idle, least recently used) made room for c; b stays.
+        assert_eq!(keys(&state), ["b", "c"]);
+        svc.clone().oneshot(keyed("d")).await.unwrap();
+        assert_eq!(keys(&state), ["b", "d"]);
+        waiting.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ramp_up_limits_the_first_burst() {
+        let start = Instant::now();
+        let state = RateLimitState::builder()
+            .limits(Limits::new().requests(60))
+            .ramp_up(RampUp::new(Duration::from_secs(10)).initial(0.1))
+            .build();
+        let (inner, log) = recorder(start, Duration::ZERO, StatusCode::OK);
+        let svc = RateLimitLayer::with_state(state).layer(inner);
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            tasks.push(tokio::spawn(
+                svc.clone().oneshot(req(&i.to_string(), Cost::new(1, 0, 0))),
+            ));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let times: Vec<Duration> = log.lock().unwrap().iter().map(|x| x.1).collect();
+        // Without a ramp all 20 would go at once; with it only 10% of 60 go at first.
+        let at_once = times.iter().filter(|t| t.is_zero()).count();
+        assert_eq!(at_once, 6);
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+        assert!(*times.last().unwrap() <= secs(10.0));
     }
 }
