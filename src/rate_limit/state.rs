@@ -300,7 +300,7 @@ impl RateLimitState {
         if let Some(max) = max_wait
             && wait > max
         {
-            tracing::debug!(key = %cell.key, dimension = dimension.map_or("cooldown", Dimension::as_str),
+            tracing::debug!(key = %cell.key, dimension = st.reason(dimension),
                 wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
                 "rate limit: projected wait exceeds the maximum");
             return Err(WaitTooLong::new(dimension, wait, max).into());
@@ -317,7 +317,7 @@ impl RateLimitState {
         for (q, c) in st.queued[class].iter_mut().zip(charge) {
             *q = q.saturating_add(c);
         }
-        tracing::debug!(key = %cell.key, dimension = dimension.map_or("cooldown", Dimension::as_str),
+        tracing::debug!(key = %cell.key, dimension = st.reason(dimension),
             amount = dimension.map_or(0, |d| charge[d.index()]), wait_ms = wait.as_millis() as u64,
             queued = st.queue.len(), "rate limit: waiting");
         drop(st);
@@ -559,6 +559,15 @@ impl KeyState {
             (Some(c), None) => Some((c, self.window)),
             (None, Some(l)) => Some(l),
             (None, None) => None,
+        }
+    }
+
+    /// What a wait is for, for the traces: a dimension, the cooldown or the start-up probe.
+    fn reason(&self, dimension: Option<Dimension>) -> &'static str {
+        match dimension {
+            Some(d) => d.as_str(),
+            None if self.probe == Probe::InFlight && !self.any_bucket() => "probe",
+            None => "cooldown",
         }
     }
 
