@@ -198,6 +198,46 @@ async fn max_wait_fails_at_once_with_the_projected_wait() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_deadline_holds_while_waiting() {
+    let start = Instant::now();
+    let state = RateLimitState::builder()
+        .limits(Limits::new().input_tokens(600))
+        .cooldown_without_hint(Duration::from_secs(60))
+        .build();
+    let (ok, _) = recorder(start, Duration::ZERO, StatusCode::OK);
+    let (refused, _) = recorder(start, Duration::ZERO, StatusCode::TOO_MANY_REQUESTS);
+    let svc = RateLimitLayer::with_state(state.clone())
+        .max_wait(Duration::from_secs(30))
+        .layer(ok);
+    svc.clone()
+        .oneshot(req("a", Cost::new(1, 600, 0)))
+        .await
+        .unwrap();
+    // b is projected at 20 s, within its 30 s...
+    let mut b = req("b", Cost::new(1, 200, 0));
+    b.extensions_mut().insert(Priority::Background);
+    let b = tokio::spawn(svc.clone().oneshot(b));
+    tokio::task::yield_now().await;
+    // ...until a 429 elsewhere cools the key down for a minute.
+    RateLimitLayer::with_state(state.clone())
+        .layer(refused)
+        .oneshot(req("c", Cost::new(1, 0, 0)))
+        .await
+        .unwrap();
+    let err = b.await.unwrap().unwrap_err();
+    assert_eq!(start.elapsed(), secs(30.0));
+    let e = err.downcast_ref::<WaitTooLong>().expect("typed error");
+    assert_eq!((e.dimension(), e.wait()), (None, secs(60.0)));
+    assert_eq!(
+        state
+            .key_snapshot(&RateLimitKey::global())
+            .unwrap()
+            .queued(),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn cooldown_is_shared_by_clones_and_announced() {
     let start = Instant::now();
     let state = RateLimitState::builder()
