@@ -536,6 +536,53 @@ mod acceptance {
         }
     }
 
+    /// The limits change mid-run, down then up: the newest `*-limit` wins.
+    #[tokio::test(start_paused = true)]
+    async fn limits_lowered_then_raised_mid_run() {
+        let limits = SimLimits::per_minute(50, 30_000, 8_000);
+        let api = SimApi::builder()
+            .model(MODEL, limits)
+            .faults(
+                Faults::new()
+                    .window(
+                        Duration::from_secs(200)..Duration::from_secs(500),
+                        Fault::LimitChange {
+                            limits: SimLimits::per_minute(50, 30_000, 4_000),
+                        },
+                    )
+                    .from(
+                        Duration::from_secs(500),
+                        Fault::LimitChange {
+                            limits: SimLimits::per_minute(100, 60_000, 16_000),
+                        },
+                    ),
+            )
+            .seed(9)
+            .build();
+        let workload = Workload::new(500, 32)
+            .seed(7)
+            .models([MODEL])
+            .input_tokens(200..=2_000)
+            .max_tokens(256..=1_024)
+            .output_fraction(0.2..=1.0);
+        let f = run_with("limit change", api, workload, RateLimitState::new()).await;
+        assert_eq!((f.ok, f.failed), (500, 0));
+        assert!(
+            f.limited as f64 <= 0.01 * f.attempts as f64,
+            "{} 429s",
+            f.limited
+        );
+        // 200 s at 8,000/min, 300 s at 4,000/min, then 16,000/min for the rest of 187,536.
+        let output = 187_536.0 - 8_000.0 - 200.0 * 8_000.0 / 60.0 - 300.0 * 4_000.0 / 60.0;
+        let best = 500.0 + output / (16_000.0 / 60.0);
+        println!("limit change: best {best:.1} s");
+        assert!(
+            f.elapsed.as_secs_f64() <= 1.05 * best,
+            "{:?} vs {best}",
+            f.elapsed
+        );
+    }
+
     /// Two models with different limits (keyed by the body's `model`), and a server whose clock
     /// is an hour ahead (resets are read against its `date`).
     #[tokio::test(start_paused = true)]
