@@ -399,6 +399,43 @@ async fn clock_skew_and_header_faults() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn configurable_epoch_and_exact_remaining() {
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(60, 30_000, 8_000))
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+        .round_remaining(false)
+        .latency(Duration::from_millis(1_500), Duration::ZERO)
+        .build();
+    let ok = send(&api, message(MODEL, 1_234, 100, 10)).await.unwrap();
+    assert_eq!(header(&ok, "date"), "Sun, 09 Sep 2001 01:46:41 GMT");
+    assert_eq!(
+        header(&ok, "anthropic-ratelimit-input-tokens-remaining"),
+        "28766"
+    );
+    assert_eq!(
+        header(&ok, "anthropic-ratelimit-input-tokens-reset"),
+        "2001-09-09T01:46:43Z"
+    );
+    assert_eq!(
+        api.now_wall(),
+        std::time::UNIX_EPOCH + Duration::from_millis(1_000_000_001_500)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn debug_output_stays_small() {
+    let api = api(Limits::per_minute(1_000, 1_000_000, 1_000_000));
+    for _ in 0..100 {
+        status(&api, 10).await;
+    }
+    let debug = format!("{api:?}");
+    assert!(
+        debug.starts_with("SimApi {") && debug.len() < 1_000,
+        "{debug}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn scheduled_and_manual_limit_changes() {
     let api = SimApi::builder()
         .model(MODEL, Limits::per_minute(60, 1_000_000, 1_000_000))
@@ -538,4 +575,278 @@ async fn theoretical_best_per_dimension() {
     // The unknown model is skipped.
     let other = Workload::new(2, 1).models(["claude-nope"]);
     assert_eq!(other.theoretical_best(&api), Duration::ZERO);
+}
+
+/// A small deterministic generator for test parameters.
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        lo + (z ^ (z >> 31)) % (hi - lo + 1)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_exact_across_random_limits_and_states() {
+    let mut mix = Mix(2026);
+    let mut refusals = 0;
+    for case in 0..100 {
+        let limits = Limits::per_minute(
+            mix.next(1, 120),
+            mix.next(1_000, 20_000),
+            mix.next(1_000, 20_000),
+        );
+        let accounting = if mix.next(0, 1) == 0 {
+            OutputAccounting::AsProduced
+        } else {
+            OutputAccounting::ReserveMaxTokens
+        };
+        let api = SimApi::builder()
+            .model(MODEL, limits)
+            .starting_fill(mix.next(0, 100) as f64 / 100.0)
+            .output_accounting(accounting)
+            .latency(Duration::ZERO, Duration::ZERO)
+            .round_remaining(false)
+            .build();
+        for _ in 0..1_000 {
+            let input = mix.next(1, limits.input_tokens() / 3);
+            let max = mix.next(1, limits.output_tokens() / 3);
+            let output = mix.next(0, max);
+            let first = send(&api, message(MODEL, input, max, output))
+                .await
+                .unwrap();
+            if first.status() == StatusCode::OK {
+                advance(Duration::from_millis(mix.next(0, 700))).await;
+                continue;
+            }
+            assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS, "case {case}");
+            let secs: u64 = header(&first, "retry-after").parse().unwrap();
+            advance(Duration::from_secs(secs - 1)).await;
+            let early = send(&api, message(MODEL, input, max, output))
+                .await
+                .unwrap();
+            assert_eq!(
+                early.status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "case {case}: early"
+            );
+            advance(Duration::from_secs(1)).await;
+            let retry = send(&api, message(MODEL, input, max, output))
+                .await
+                .unwrap();
+            assert_eq!(
+                retry.status(),
+                StatusCode::OK,
+                "case {case}: retry after {secs} s"
+            );
+            refusals += 1;
+            break;
+        }
+    }
+    assert!(refusals > 90, "{refusals}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_tokens_endpoint() {
+    let api = api(Limits::per_minute(1, 1_000, 1_000));
+    let body = tower_llm_limits::sim::message_body(MODEL, 777, 10, 1);
+    let request = http::Request::post("http://sim.local/v1/messages/count_tokens")
+        .body(http_body_util::Full::new(body))
+        .unwrap();
+    let counted = send(&api, request).await.unwrap();
+    assert_eq!(json(&counted)["input_tokens"], 777);
+    assert_eq!(
+        api.levels(MODEL).unwrap().requests(),
+        1.0,
+        "no budget spent"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ten_minute_workload_runs_in_milliseconds_and_repeats() {
+    use tower::ServiceBuilder;
+    let run = || async {
+        let api = SimApi::builder()
+            .model(MODEL, Limits::per_minute(50, 30_000, 8_000))
+            .seed(5)
+            .build();
+        let stack = ServiceBuilder::new()
+            .buffer(64)
+            .rate_limit(5, Duration::from_secs(6))
+            .service(api.clone());
+        let workload = Workload::new(500, 16)
+            .seed(11)
+            .input_tokens(100..=500)
+            .max_tokens(100..=300);
+        let report = workload.run(stack).await;
+        (report, workload.theoretical_best(&api), api.counters())
+    };
+    let real = std::time::Instant::now();
+    let (report, best, counters) = run().await;
+    let real = real.elapsed();
+    assert_eq!((report.ok(), counters.rate_limited()), (500, 0));
+    assert_eq!(best, Duration::from_secs(540)); // (500 − 50) requests at 50 per minute
+    assert!(
+        report.elapsed() >= Duration::from_secs(594),
+        "{:?}",
+        report.elapsed()
+    );
+    assert!(
+        report.elapsed() <= Duration::from_secs(600),
+        "{:?}",
+        report.elapsed()
+    );
+    eprintln!(
+        "ten-minute workload: {:?} simulated in {real:?} real, efficiency {:.3}",
+        report.elapsed(),
+        report.efficiency(best)
+    );
+    assert!(real < Duration::from_secs(30), "{real:?}");
+    assert_eq!(run().await.0, report, "exactly repeatable");
+}
+
+// ---- The loopback server, on the real clock ----
+
+mod server {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::StatusCode;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower_llm_limits::sim::{self, Fault, Faults, Limits, SimApi, message_body};
+
+    use super::MODEL;
+
+    fn api(faults: Faults) -> SimApi {
+        SimApi::builder()
+            .model(MODEL, Limits::per_minute(3, 1_000_000, 1_000_000))
+            .latency(Duration::from_millis(1), Duration::ZERO)
+            .faults(faults)
+            .build()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_reqwest_and_hyper_util_clients_sharing_one_budget() {
+        let api = api(Faults::new());
+        let server = sim::serve(api.clone()).await.unwrap();
+        let url = format!("{}/v1/messages", server.base_uri());
+
+        let reqwest = reqwest::Client::new();
+        for _ in 0..2 {
+            let response = reqwest
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(message_body(MODEL, 100, 50, 20))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()["anthropic-ratelimit-requests-limit"],
+                "3"
+            );
+            let body: serde_json::Value =
+                serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            assert_eq!(body["usage"]["output_tokens"], 20);
+        }
+
+        let hyper = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = |input| {
+            http::Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(message_body(MODEL, input, 50, 20)))
+                .unwrap()
+        };
+        let ok = hyper.request(request(100)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()["anthropic-ratelimit-requests-remaining"], "0");
+        let _ = ok.into_body().collect().await.unwrap();
+        // The budget is shared by both clients: the fourth request is refused.
+        let refused = hyper.request(request(100)).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()["retry-after"], "20");
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+
+        let c = api.counters();
+        assert_eq!((c.received(), c.ok(), c.rate_limited()), (4, 3, 1));
+        server.shutdown().await;
+        assert!(
+            reqwest.post(&url).body("{}").send().await.is_err(),
+            "stopped"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connection_errors_close_the_connection() {
+        let api = api(Faults::new().always(Fault::ConnectionError { probability: 1.0 }));
+        let server = sim::serve(api.clone()).await.unwrap();
+        let url = format!("{}/v1/messages", server.base_uri());
+        let error = reqwest::Client::new()
+            .post(&url)
+            .body(message_body(MODEL, 100, 50, 20))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_request() || error.is_connect(), "{error:?}");
+        assert_eq!(api.counters().connection_errors(), 1);
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_lets_requests_in_flight_finish() {
+        let api = SimApi::builder()
+            .model(MODEL, Limits::per_minute(3, 1_000_000, 1_000_000))
+            .latency(Duration::from_millis(200), Duration::ZERO)
+            .build();
+        let server = sim::serve(api.clone()).await.unwrap();
+        let url = format!("{}/v1/messages", server.base_uri());
+        let call = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(&url)
+                .body(message_body(MODEL, 100, 50, 20))
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+        while api.counters().in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        server.shutdown().await;
+        assert_eq!(call.await.unwrap().unwrap(), StatusCode::OK);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_cuts_hung_requests_after_the_grace_period() {
+        let api = SimApi::builder()
+            .model(MODEL, Limits::per_minute(3, 1_000_000, 1_000_000))
+            .faults(Faults::new().always(Fault::Hang { probability: 1.0 }))
+            .build();
+        let server = sim::serve(api.clone())
+            .await
+            .unwrap()
+            .grace(Duration::from_millis(50));
+        let url = format!("{}/v1/messages", server.base_uri());
+        let call = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(&url)
+                .body(message_body(MODEL, 100, 50, 20))
+                .send()
+                .await
+        });
+        while api.counters().in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        server.shutdown().await;
+        assert!(call.await.unwrap().is_err());
+        let c = api.counters();
+        assert_eq!((c.hung(), c.dropped(), c.in_flight()), (1, 1, 0));
+    }
 }

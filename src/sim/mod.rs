@@ -6,7 +6,8 @@
 //! that grows with the output, and scripted [`Faults`] driven by a seeded RNG. It runs on
 //! tokio's clock: under `tokio::time::pause` a ten-minute workload runs in milliseconds, and the
 //! same seed gives the same trace. [`Workload`] sends seeded requests through any service and
-//! reports them against the theoretical best completion time.
+//! reports them against the theoretical best completion time. [`serve`] puts the same service
+//! behind a loopback HTTP/1 server for real clients (reqwest, hyper-util) and other processes.
 //!
 //! # Testing a stack against the sim
 //!
@@ -87,7 +88,9 @@
 //!
 //! Errors use Anthropic's body `{"type":"error","error":{"type":..,"message":..},"request_id":..}`:
 //! 400 `invalid_request_error` (bad JSON, missing fields, prompt above the context window), 404
-//! `not_found_error` (unknown model, any path other than `POST /v1/messages`), 413
+//! `not_found_error` (unknown model, any path other than `POST /v1/messages` and
+//! `POST /v1/messages/count_tokens`, which answers `{"input_tokens": n}` without touching the
+//! buckets), 413
 //! `request_too_large`, 429 `rate_limit_error`, 529 `overloaded_error`, scripted 5xx.
 //!
 //! # Time
@@ -95,8 +98,10 @@
 //! An admitted request is answered `base + per_output_token × output + slow` after admission
 //! ([`SimApiBuilder::latency`]); refusals are answered at once. Everything uses
 //! `tokio::time`, so the sim must run inside a tokio runtime; with the clock paused and a
-//! current-thread runtime every run is exactly repeatable. A request dropped before its answer
-//! gives back its output reservation and is charged no output.
+//! current-thread runtime every run is exactly repeatable. The [`SimApi::events`] timeline
+//! (arrival, answer time, status, tokens of every request) is what a demo charts admissions and
+//! refusals from; it keeps the most recent [`SimApiBuilder::events_capacity`] events. A request
+//! dropped before its answer gives back its output reservation and is charged no output.
 
 mod api;
 mod body;
@@ -105,6 +110,7 @@ mod config;
 mod counters;
 mod faults;
 mod response;
+mod server;
 mod workload;
 
 pub mod future;
@@ -117,4 +123,5 @@ pub use config::{
 };
 pub use counters::Counters;
 pub use faults::{Fault, Faults};
+pub use server::{DEFAULT_GRACE, SimServer, serve, serve_on};
 pub use workload::{Bound, CallRecord, DEFAULT_MODEL, Report, RequestSpec, Workload};
