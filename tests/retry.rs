@@ -602,3 +602,28 @@ async fn a_wait_the_rate_limiter_absorbed_is_waited_once() {
         "{slowest:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_is_traced() {
+    let (events, _guard) = support::retry::capture_events();
+    let server = Scripted::new(|i| match i {
+        0 => respond(529, &[]),
+        _ => respond(200, &[]),
+    });
+    let policy = plain(2).backoff(Backoff::constant(Duration::from_millis(700)));
+    send(&server, policy).await.unwrap();
+    let retries = events.with_message("retrying");
+    assert_eq!(retries.len(), 1);
+    let field = |name: &str| {
+        retries[0]
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("attempt"), "2");
+    assert_eq!(field("reason"), "overloaded");
+    assert_eq!(field("status"), "529");
+    assert_eq!(field("wait_ms"), "700");
+    assert_eq!(field("source"), "backoff");
+}
