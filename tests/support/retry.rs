@@ -134,13 +134,16 @@ pub fn capture_events() -> (Events, tracing::subscriber::DefaultGuard) {
     (events, tracing::subscriber::set_default(subscriber))
 }
 
+/// One event's fields, `(name, value)`.
+pub type Fields = Vec<(String, String)>;
+
 /// Captured events.
 #[derive(Clone, Default)]
-pub struct Events(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+pub struct Events(Arc<Mutex<Vec<Fields>>>);
 
 impl Events {
     /// The events whose message is `message`, each as its fields.
-    pub fn with_message(&self, message: &str) -> Vec<Vec<(String, String)>> {
+    pub fn with_message(&self, message: &str) -> Vec<Fields> {
         self.0
             .lock()
             .unwrap()
