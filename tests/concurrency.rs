@@ -654,3 +654,44 @@ mod against_the_sim {
         assert_eq!(limiter.in_flight(), 0);
     }
 }
+
+/// Collects the `message`, `old`, `new` and `reason` fields of every event.
+#[derive(Clone, Default)]
+struct Events(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0.trim_end().to_owned());
+    }
+}
+
+#[tokio::test]
+async fn limit_changes_are_traced_with_old_new_and_reason() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let events = Events::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+
+    let (layer, _limiter) = adaptive(Aimd::new().initial(1).max(2));
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    for answer in [ok(&[]), status(429)] {
+        let (mut fut, send) = start(&mut a, &mut handle);
+        send.send_response(answer);
+        drop(assert_ready_ok!(fut.poll()));
+    }
+    assert_eq!(
+        *events.0.lock().unwrap(),
+        [
+            "message=adaptive concurrency limit increased old=1 new=2 reason=\"success\"",
+            "message=adaptive concurrency limit decreased old=2 new=1 reason=\"rate_limited\"",
+        ]
+    );
+}
