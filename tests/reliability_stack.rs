@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_llm_limits::BoxError;
 use tower_llm_limits::breaker::State;
 use tower_llm_limits::preset::{self, PresetLayer};
+use tower_llm_limits::rate_limit::RateLimitState;
 use tower_llm_limits::retry;
 use tower_llm_limits::sim::{self, Fault, Faults, Limits, SimApi};
 
@@ -31,7 +32,9 @@ fn request(model: &str, input: u64, max_tokens: u64, output: u64) -> http::Reque
         .header("content-type", "application/json")
         .header("x-api-key", API_KEY)
         .header("authorization", BEARER)
-        .body(Full::new(sim::message_body(model, input, max_tokens, output)))
+        .body(Full::new(sim::message_body(
+            model, input, max_tokens, output,
+        )))
         .expect("a valid request")
 }
 
@@ -173,7 +176,10 @@ async fn cancelled_calls_give_everything_back() {
             )
             .window(
                 Duration::ZERO..Duration::from_secs(40),
-                Fault::ServerError { status: 500, probability: 0.1 },
+                Fault::ServerError {
+                    status: 500,
+                    probability: 0.1,
+                },
             )
             .window(
                 Duration::ZERO..Duration::from_secs(40),
@@ -181,7 +187,10 @@ async fn cancelled_calls_give_everything_back() {
             )
             .window(
                 Duration::ZERO..Duration::from_secs(40),
-                Fault::Slow { extra: Duration::from_secs(3), probability: 0.2 },
+                Fault::Slow {
+                    extra: Duration::from_secs(3),
+                    probability: 0.2,
+                },
             );
         let api = SimApi::builder()
             .model(MODEL, Limits::per_minute(40, 200_000, 40_000))
@@ -228,7 +237,11 @@ async fn cancelled_calls_give_everything_back() {
         // Let every window, cooldown and breaker timer run out.
         tokio::time::sleep(Duration::from_secs(600)).await;
         assert_eq!(held(&layer), NOTHING_HELD, "seed {seed}: state left held");
-        assert_eq!(budget_available(&layer), budget_start, "seed {seed}: retry budget");
+        assert_eq!(
+            budget_available(&layer),
+            budget_start,
+            "seed {seed}: retry budget"
+        );
         // The stack serves normally: no leaked permit or probe slot.
         for _ in 0..5 {
             let response = client
@@ -260,4 +273,214 @@ async fn cancelled_calls_give_everything_back() {
     assert!(retried > 0, "some calls were in retry backoff");
     assert!(seen.rate_limit_queued > 0, "some calls waited for budget");
     assert!(seen.permits_waiting > 0, "some calls waited for a permit");
+}
+
+/// Every fault the simulated API can script, overlapping on a timeline of `span`.
+fn every_fault(span: Duration) -> Faults {
+    let all = Duration::ZERO..span;
+    let third = span / 3;
+    Faults::new()
+        .window(all.clone(), Fault::ConnectionError { probability: 0.02 })
+        .window(
+            all.clone(),
+            Fault::ServerError {
+                status: 500,
+                probability: 0.02,
+            },
+        )
+        .window(
+            all.clone(),
+            Fault::ServerError {
+                status: 502,
+                probability: 0.01,
+            },
+        )
+        .window(
+            all.clone(),
+            Fault::ServerError {
+                status: 503,
+                probability: 0.01,
+            },
+        )
+        .window(all.clone(), Fault::Overloaded { probability: 0.03 })
+        .window(all.clone(), Fault::SpendLimit { probability: 0.002 })
+        // A burst of overload that trips the breaker.
+        .window(
+            third..third + Duration::from_secs(20),
+            Fault::Overloaded { probability: 0.9 },
+        )
+        .window(all.clone(), Fault::AbsurdRetryAfter { probability: 0.03 })
+        .window(all.clone(), Fault::MalformedHeaders { probability: 0.05 })
+        .window(
+            all.clone(),
+            Fault::Slow {
+                extra: Duration::from_secs(20),
+                probability: 0.02,
+            },
+        )
+        .window(all.clone(), Fault::Hang { probability: 0.005 })
+        .window(
+            Duration::ZERO..third,
+            Fault::ClockSkew {
+                offset_secs: -3_600,
+            },
+        )
+        .window(
+            third..2 * third,
+            Fault::ClockSkew {
+                offset_secs: 86_400 * 400,
+            },
+        )
+        .window(
+            2 * third..span,
+            Fault::LimitChange {
+                limits: Limits::per_minute(300, 400_000, 80_000),
+            },
+        )
+}
+
+/// The soak: `RELIABILITY_SOAK_CALLS` calls (default 10 000) from 128 concurrent callers over
+/// 200 model names through `preset::anthropic()` with a per-attempt `tower::timeout` of 30 s,
+/// against the sim with every fault. Every call ends in a response or a typed error, nothing
+/// stays held, the keyed state stays within `max_keys`.
+#[tokio::test(start_paused = true)]
+async fn fault_soak() {
+    soak(env_or("RELIABILITY_SOAK_CALLS", 10_000)).await;
+}
+
+/// The full 100 000-call soak; run it in release:
+/// `cargo test --release --all-features --test reliability_stack -- --ignored --nocapture`.
+#[tokio::test(start_paused = true)]
+#[ignore = "100 000 calls: run in release, see RELIABILITY.md"]
+async fn fault_soak_100k() {
+    soak(100_000).await;
+}
+
+const MAX_KEYS: usize = 32;
+const CALLERS: usize = 128;
+
+async fn soak(calls: u64) {
+    let real_start = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(1_000, 2_000_000, 400_000))
+        .default_limits(Limits::per_minute(200, 400_000, 80_000))
+        .latency(Duration::from_millis(300), Duration::from_micros(500))
+        .faults(every_fault(Duration::from_secs(calls / 20)))
+        .seed(calls)
+        .build();
+    let layer = preset::anthropic()
+        .rate_limit_state(RateLimitState::builder().max_keys(MAX_KEYS).build())
+        .retry(retry::Policy::new().seed(calls));
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .timeout(Duration::from_secs(30))
+        .service(api.clone());
+
+    let models: Vec<String> = (0..200).map(|i| format!("model-{i}")).collect();
+    let mut rng = fastrand::Rng::with_seed(calls);
+    let mut running = tokio::task::JoinSet::new();
+    let mut tally = Tally::default();
+    let mut max_keys_seen = 0;
+    for i in 0..calls {
+        if running.len() >= CALLERS {
+            let done = running.join_next().await.expect("a call is running");
+            tally.result(done.expect("no call panics"));
+        }
+        // Arrivals at 20 calls/s on average, like a busy service.
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..100))).await;
+        let model = if rng.bool() {
+            MODEL
+        } else {
+            &models[rng.usize(..models.len())]
+        };
+        let req = request(model, rng.u64(50..1_000), 1_024, rng.u64(1..800));
+        let client = client.clone();
+        running.spawn(async move {
+            // No call may hang: a day of virtual time is far beyond any wait the stack allows.
+            tokio::time::timeout(Duration::from_secs(86_400), client.oneshot(req))
+                .await
+                .expect("a call hung for a day")
+        });
+        if i % 1_000 == 0 {
+            max_keys_seen = max_keys_seen.max(layer.get_rate_limit().state().snapshot().len());
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        tally.result(done.expect("no call panics"));
+    }
+    let virtual_elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let keys_before = layer.get_rate_limit().state().snapshot().len();
+    // One more key once everything is idle brings the keyed state back under its bound.
+    client
+        .clone()
+        .oneshot(request("model-after-the-soak", 100, 16, 8))
+        .await
+        .expect("the stack serves after the soak");
+
+    let counters = api.counters();
+    let keys = layer.get_rate_limit().state().snapshot().len();
+    let breaker_keys = layer.get_breaker().states().len();
+    println!(
+        "soak: calls={calls} {tally:?}\n  sim: received={} ok={} r429={} r529={} r5xx={} conn={} \
+         spend={} hung={} dropped={}\n  keys={keys} (before the last call {keys_before}, max seen {max_keys_seen}, cap {MAX_KEYS}) \
+         breaker_keys={breaker_keys} virtual={virtual_elapsed:?} real={:?}",
+        counters.received(),
+        counters.ok(),
+        counters.rate_limited(),
+        counters.overloaded(),
+        counters.server_errors(),
+        counters.connection_errors(),
+        counters.spend_limited(),
+        counters.hung(),
+        counters.dropped(),
+        real_start.elapsed(),
+    );
+    assert_eq!(tally.total(), calls, "every call ended");
+    assert!(tally.ok > calls / 2, "most calls succeed: {tally:?}");
+    assert_eq!(held(&layer), NOTHING_HELD, "state left held");
+    assert_eq!(counters.in_flight(), 0, "nothing left in flight at the sim");
+    // Busy keys are never evicted, so the map may exceed the cap by the keys in use at once.
+    assert!(max_keys_seen <= MAX_KEYS + CALLERS, "keyed state bounded");
+    assert!(
+        keys <= MAX_KEYS,
+        "idle keys evicted back to the cap ({keys_before} before)"
+    );
+    assert!(counters.hung() > 0 && counters.connection_errors() > 0 && counters.overloaded() > 0);
+}
+
+/// Regression: when more keys than `max_keys` were busy at once, the keyed state used to stay at
+/// that high-water mark forever (one idle key evicted per new key); it now shrinks back to the
+/// cap as soon as the keys are idle.
+#[tokio::test(start_paused = true)]
+async fn keyed_state_shrinks_back_to_max_keys() {
+    let api = SimApi::builder()
+        .default_limits(Limits::per_minute(100, 1_000_000, 1_000_000))
+        .latency(Duration::from_secs(1), Duration::ZERO)
+        .build();
+    let layer = preset::anthropic().rate_limit_state(RateLimitState::builder().max_keys(2).build());
+    let client = layer.layer(api);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        calls.spawn(
+            client
+                .clone()
+                .oneshot(request(&format!("busy-{i}"), 100, 16, 8)),
+        );
+    }
+    while let Some(done) = calls.join_next().await {
+        assert_eq!(done.unwrap().expect("served").status(), 200);
+    }
+    assert_eq!(
+        layer.get_rate_limit().state().snapshot().len(),
+        10,
+        "busy keys are kept"
+    );
+    client
+        .clone()
+        .oneshot(request("idle-afterwards", 100, 16, 8))
+        .await
+        .expect("served");
+    assert_eq!(layer.get_rate_limit().state().snapshot().len(), 2);
 }
