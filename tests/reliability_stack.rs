@@ -484,3 +484,165 @@ async fn keyed_state_shrinks_back_to_max_keys() {
         .expect("served");
     assert_eq!(layer.get_rate_limit().state().snapshot().len(), 2);
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in [API_KEY, BEARER, "SECRETSECRET", "TOPSECRETTOKEN"] {
+        assert!(!text.contains(secret), "{what} shows a credential: {text}");
+    }
+}
+
+/// Every `Debug`/`Display` output of the crate's types met during a faulty run, and every
+/// `tracing` event at every level, are free of the `x-api-key` and `authorization` values.
+#[tokio::test(start_paused = true)]
+async fn no_credential_in_debug_display_or_tracing() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(60, 100_000, 20_000))
+        .default_limits(Limits::per_minute(30, 50_000, 10_000))
+        .latency(Duration::from_millis(300), Duration::from_micros(500))
+        .faults(every_fault(Duration::from_secs(60)))
+        .seed(7)
+        .build();
+    let layer = preset::anthropic()
+        .rate_limit_state(RateLimitState::builder().max_keys(4).build())
+        .max_wait(Duration::from_secs(20))
+        .retry(retry::Policy::new().seed(7));
+    // The inner side sees the request with the extensions the layers added.
+    let seen_inside = Arc::new(Mutex::new(String::new()));
+    let seen = seen_inside.clone();
+    let inner = tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+        let ext = req.extensions();
+        let text = format!(
+            "{:?} {:?} {:?}",
+            ext.get::<tower_llm_limits::rate_limit::RateLimitKey>(),
+            ext.get::<tower_llm_limits::cost::Cost>(),
+            ext.get::<retry::Attempts>(),
+        );
+        seen.lock().unwrap().push_str(&text);
+        api.clone().oneshot(req)
+    });
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .timeout(Duration::from_secs(30))
+        .service(inner);
+
+    let mut outputs = vec![format!("{layer:?}"), format!("{client:?}")];
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let model = if i % 3 == 0 {
+            format!("other-{}", i % 7)
+        } else {
+            MODEL.to_owned()
+        };
+        let client = client.clone();
+        let req = request(&model, rng.u64(50..3_000), 512, rng.u64(1..400));
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..200))).await;
+        calls.spawn(async move {
+            let fut = client.oneshot(req);
+            tokio::time::timeout(Duration::from_secs(3_600), fut)
+                .await
+                .expect("no hang")
+        });
+    }
+    let mut tally = Tally::default();
+    while let Some(done) = calls.join_next().await {
+        match done.expect("no panic") {
+            Ok(response) => {
+                let ext = response.extensions();
+                outputs.push(format!(
+                    "{response:?} {:?} {:?} {:?}",
+                    ext.get::<tower_llm_limits::signals::ResponseSignals>(),
+                    ext.get::<tower_llm_limits::signals::ApiError>(),
+                    ext.get::<tower_llm_limits::signals::WaitAbsorbed>(),
+                ));
+                tally.result::<()>(Ok(http::Response::builder()
+                    .status(response.status())
+                    .body(())
+                    .unwrap()));
+            }
+            Err(error) => {
+                let mut current: Option<&(dyn StdError + 'static)> = Some(&*error);
+                while let Some(e) = current {
+                    outputs.push(format!("{e} {e:?}"));
+                    current = e.source();
+                }
+                tally.error(&error);
+            }
+        }
+    }
+    for key in layer.get_rate_limit().state().snapshot() {
+        outputs.push(format!("{key:?}"));
+    }
+    outputs.push(format!("{:?}", layer.get_breaker().states()));
+    outputs.push(format!("{:?}", layer.get_concurrency().limiter()));
+    outputs.push(format!("{:?}", layer.get_retry()));
+    println!("secrets run: {tally:?}");
+    assert!(
+        tally.ok > 0 && tally.total() > tally.ok,
+        "the run met both outcomes: {tally:?}"
+    );
+
+    for (i, text) in outputs.iter().enumerate() {
+        assert_no_secret(&format!("output {i}"), text);
+    }
+    let inside = seen_inside.lock().unwrap().clone();
+    assert!(inside.contains(MODEL), "the request extensions were seen");
+    assert_no_secret("request extensions", &inside);
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.lines().count() > 100,
+        "tracing captured the run ({} lines)",
+        logs.lines().count()
+    );
+    assert_no_secret("tracing output", &logs);
+}
+
+/// The reqwest adapter: its `Debug`, its future's `Debug` and the error of a failed connection
+/// do not show the credentials.
+#[tokio::test]
+async fn reqwest_adapter_does_not_show_credentials() {
+    use tower::Service;
+    let mut service = tower_llm_limits::reqwest::ReqwestService::new(reqwest::Client::new());
+    let mut req = request(MODEL, 100, 16, 8);
+    // Nothing listens on port 9 of loopback (discard): the connection is refused.
+    *req.uri_mut() = "http://127.0.0.1:9/v1/messages".parse().unwrap();
+    let mut outputs = vec![format!("{service:?}")];
+    std::future::poll_fn(|cx| Service::<http::Request<Full<Bytes>>>::poll_ready(&mut service, cx))
+        .await
+        .unwrap();
+    let fut = service.call(req);
+    outputs.push(format!("{fut:?}"));
+    let error = fut.await.expect_err("nothing listens on port 9");
+    let mut current: Option<&(dyn StdError + 'static)> = Some(&*error);
+    while let Some(e) = current {
+        outputs.push(format!("{e} {e:?}"));
+        current = e.source();
+    }
+    for text in outputs {
+        assert_no_secret("reqwest adapter", &text);
+    }
+}
