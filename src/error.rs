@@ -12,6 +12,16 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// counted against the server.
 pub(crate) fn is_local_decision(error: &(dyn StdError + 'static)) -> bool {
     // Each layer's typed errors are listed here as they are added.
-    let _ = error;
+    use crate::rate_limit::error::{CostExceedsLimit, WaitTooLong};
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<crate::breaker::error::Open>()
+            || e.is::<WaitTooLong>()
+            || e.is::<CostExceedsLimit>()
+        {
+            return true;
+        }
+        current = e.source();
+    }
     false
 }

@@ -1,1 +1,391 @@
-//! (in progress)
+//! What a request costs: requests, input tokens and output tokens.
+//!
+//! The [rate limiter](crate::rate_limit) charges every request a [`Cost`] against the buckets of
+//! its key. The cost is worked out once, before the request is sent, from the first source that
+//! has it:
+//!
+//! 1. a [`Cost`] the caller put in the request's extensions (taken as exact);
+//! 2. the cost function given to the layer (any [`EstimateCost`], e.g. a closure made with
+//!    [`cost_fn`]);
+//! 3. [`DefaultCost`]: the built-in estimator for Anthropic Messages and OpenAI chat / responses
+//!    JSON bodies (feature `json`) when the body's bytes are available (see [`BodyBytes`]), else a
+//!    documented conservative default.
+//!
+//! # Why estimates are conservative
+//!
+//! Input tokens are only known approximately before sending: the number of bytes per token
+//! varies with language and content (roughly 3 to 4.5 for English text and JSON). An estimate
+//! that is systematically low produces a steady trickle of 429s, one that is high wastes part of
+//! the limit. The estimator therefore errs high ([`DEFAULT_BYTES_PER_TOKEN`] = 3.5 bytes per
+//! token), and the rate limiter learns the remaining error from the server's own readings (an
+//! EWMA correction factor, see the [`rate_limit`](crate::rate_limit) docs), so a conservative
+//! estimate costs little.
+//!
+//! Output tokens are unknown until the response ends and are at most `max_tokens`: the limiter
+//! reserves `max_tokens` (or [`DEFAULT_OUTPUT_TOKENS`] when the body does not say) and gives back
+//! the difference as soon as the true figure is known — from the server's output-bucket reading,
+//! or from a [`Usage`] put in the response's extensions.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+
+#[cfg(feature = "json")]
+mod json;
+
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+pub use json::{BodyInfo, IMAGE_TOKENS, inspect_json};
+
+/// Bytes per input token assumed by the built-in estimators: a conservative (high-side) figure
+/// for English text and JSON.
+pub const DEFAULT_BYTES_PER_TOKEN: f64 = 3.5;
+
+/// Output tokens reserved when a request does not state `max_tokens`.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
+
+/// Bytes per token used for a body whose text cannot be read, only its length: opaque bytes
+/// (JSON syntax, base64) are cheaper per byte than text, so the size is divided by 3.
+pub const OPAQUE_BYTES_PER_TOKEN: f64 = 3.0;
+
+/// The cost of one request in every dimension a provider limits.
+///
+/// The combined-tokens dimension ([`Dimension::Tokens`](crate::signals::Dimension::Tokens)) is
+/// charged `input_tokens + output_tokens`. Put a `Cost` in a request's extensions to state the
+/// cost yourself (it is then taken as exact).
+///
+/// # Examples
+///
+/// ```
+/// use tower_llm_limits::cost::Cost;
+///
+/// let cost = Cost::new(1, 1_200, 1_024);
+/// assert_eq!(cost.tokens(), 2_224);
+/// let mut req = http::Request::new(String::from("{}"));
+/// req.extensions_mut().insert(cost);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Cost {
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+impl Cost {
+    /// A cost of `requests` requests, `input_tokens` input tokens and `output_tokens` output
+    /// tokens (reserved; usually the request's `max_tokens`).
+    pub const fn new(requests: u64, input_tokens: u64, output_tokens: u64) -> Self {
+        Cost {
+            requests,
+            input_tokens,
+            output_tokens,
+        }
+    }
+
+    /// Requests charged (normally 1).
+    pub const fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// Input tokens charged.
+    pub const fn input_tokens(&self) -> u64 {
+        self.input_tokens
+    }
+
+    /// Output tokens reserved.
+    pub const fn output_tokens(&self) -> u64 {
+        self.output_tokens
+    }
+
+    /// Combined tokens: input plus output (saturating).
+    pub const fn tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+
+    /// Sets the number of requests.
+    pub const fn with_requests(mut self, requests: u64) -> Self {
+        self.requests = requests;
+        self
+    }
+
+    /// Sets the input tokens.
+    pub const fn with_input_tokens(mut self, input_tokens: u64) -> Self {
+        self.input_tokens = input_tokens;
+        self
+    }
+
+    /// Sets the output tokens.
+    pub const fn with_output_tokens(mut self, output_tokens: u64) -> Self {
+        self.output_tokens = output_tokens;
+        self
+    }
+}
+
+/// The true token usage of a response, when the caller (or a body-reading layer) knows it.
+///
+/// Put it in a **response's** extensions: the rate limiter then gives back the output tokens it
+/// reserved beyond `output_tokens` even when the response carries no rate-limit headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Usage {
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+impl Usage {
+    /// A usage of `input_tokens` and `output_tokens`.
+    pub const fn new(input_tokens: u64, output_tokens: u64) -> Self {
+        Usage {
+            input_tokens,
+            output_tokens,
+        }
+    }
+
+    /// Input tokens the server counted.
+    pub const fn input_tokens(&self) -> u64 {
+        self.input_tokens
+    }
+
+    /// Output tokens the server produced.
+    pub const fn output_tokens(&self) -> u64 {
+        self.output_tokens
+    }
+}
+
+/// Access to a request body's bytes without consuming it, for the estimators.
+///
+/// Implemented for the bodies whose bytes are at hand (`Full<Bytes>`, `Bytes`, `String`,
+/// `Vec<u8>`, `&'static str`, `()`, `Empty<Bytes>`) and for the boxed bodies of
+/// `http-body-util` (which only say nothing). Implement it for your own body type (both methods
+/// have defaults that return `None`) to use the default key and cost extraction with it.
+pub trait BodyBytes {
+    /// The whole body, when it is available without consuming the body (a cheap clone).
+    fn body_bytes(&self) -> Option<Bytes> {
+        None
+    }
+
+    /// The body's exact length, when known.
+    fn exact_len(&self) -> Option<u64> {
+        self.body_bytes().map(|b| b.len() as u64)
+    }
+}
+
+impl BodyBytes for Bytes {
+    fn body_bytes(&self) -> Option<Bytes> {
+        Some(self.clone())
+    }
+}
+
+impl BodyBytes for String {
+    fn body_bytes(&self) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(self.as_bytes()))
+    }
+    fn exact_len(&self) -> Option<u64> {
+        Some(self.len() as u64)
+    }
+}
+
+impl BodyBytes for Vec<u8> {
+    fn body_bytes(&self) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(self))
+    }
+    fn exact_len(&self) -> Option<u64> {
+        Some(self.len() as u64)
+    }
+}
+
+impl BodyBytes for &'static str {
+    fn body_bytes(&self) -> Option<Bytes> {
+        Some(Bytes::from_static(self.as_bytes()))
+    }
+}
+
+impl BodyBytes for () {
+    fn body_bytes(&self) -> Option<Bytes> {
+        Some(Bytes::new())
+    }
+}
+
+impl BodyBytes for http_body_util::Empty<Bytes> {
+    fn body_bytes(&self) -> Option<Bytes> {
+        Some(Bytes::new())
+    }
+}
+
+impl BodyBytes for http_body_util::Full<Bytes> {
+    fn body_bytes(&self) -> Option<Bytes> {
+        use http_body::Body;
+        // A `Full` holds its one frame in memory: a clone polled once with a no-op waker yields
+        // it (or nothing, when the body is empty) without touching the original.
+        let mut body = self.clone();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+            Poll::Ready(None) => Some(Bytes::new()),
+            _ => None,
+        }
+    }
+    fn exact_len(&self) -> Option<u64> {
+        http_body::Body::size_hint(self).exact()
+    }
+}
+
+impl<E> BodyBytes for http_body_util::combinators::BoxBody<Bytes, E> {
+    fn exact_len(&self) -> Option<u64> {
+        http_body::Body::size_hint(self).exact()
+    }
+}
+
+impl<E> BodyBytes for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
+    fn exact_len(&self) -> Option<u64> {
+        http_body::Body::size_hint(self).exact()
+    }
+}
+
+/// Works out the cost of a request before it is sent.
+///
+/// Implemented for closures `Fn(&Request<B>) -> Cost` (see [`cost_fn`]) and by [`DefaultCost`].
+pub trait EstimateCost<B> {
+    /// The estimated cost of `request`.
+    fn estimate(&self, request: &Request<B>) -> Cost;
+}
+
+/// A cost function made from a closure; see [`cost_fn`].
+#[derive(Clone, Copy)]
+pub struct CostFn<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for CostFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CostFn").finish_non_exhaustive()
+    }
+}
+
+/// Makes a cost function from a closure.
+///
+/// # Examples
+///
+/// ```
+/// use tower_llm_limits::cost::{Cost, EstimateCost, cost_fn};
+///
+/// // Every request: one request, 500 input tokens, 200 output tokens.
+/// let f = cost_fn(|_req: &http::Request<String>| Cost::new(1, 500, 200));
+/// assert_eq!(f.estimate(&http::Request::new(String::new())).input_tokens(), 500);
+/// ```
+pub fn cost_fn<B, F>(f: F) -> CostFn<F>
+where
+    F: Fn(&Request<B>) -> Cost,
+{
+    CostFn { f }
+}
+
+impl<B, F> EstimateCost<B> for CostFn<F>
+where
+    F: Fn(&Request<B>) -> Cost,
+{
+    fn estimate(&self, request: &Request<B>) -> Cost {
+        (self.f)(request)
+    }
+}
+
+/// The default cost: the built-in JSON estimator when the body can be read, else a conservative
+/// default.
+///
+/// - With feature `json` and a body whose bytes are available ([`BodyBytes`]), an Anthropic
+///   Messages or OpenAI chat / responses body is estimated by [`inspect_json`]: input = text bytes
+///   (system, messages, tools, instructions) / [`DEFAULT_BYTES_PER_TOKEN`], images and documents
+///   at a fixed [`IMAGE_TOKENS`] each; output = `max_tokens` / `max_completion_tokens` /
+///   `max_output_tokens`.
+/// - Otherwise: 1 request, input = the body's exact length / [`OPAQUE_BYTES_PER_TOKEN`] when it is
+///   known (else 0), output = [`DEFAULT_OUTPUT_TOKENS`] (configurable with
+///   [`output_tokens`](Self::output_tokens)).
+#[derive(Clone, Copy, Debug)]
+pub struct DefaultCost {
+    output_tokens: u64,
+    bytes_per_token: f64,
+}
+
+impl Default for DefaultCost {
+    fn default() -> Self {
+        DefaultCost::new()
+    }
+}
+
+impl DefaultCost {
+    /// The default estimator.
+    pub const fn new() -> Self {
+        DefaultCost {
+            output_tokens: DEFAULT_OUTPUT_TOKENS,
+            bytes_per_token: DEFAULT_BYTES_PER_TOKEN,
+        }
+    }
+
+    /// Output tokens reserved for a request that does not state `max_tokens`.
+    pub const fn output_tokens(mut self, output_tokens: u64) -> Self {
+        self.output_tokens = output_tokens;
+        self
+    }
+
+    /// Bytes per input token for text (default [`DEFAULT_BYTES_PER_TOKEN`]); values below 0.5
+    /// are raised to 0.5.
+    pub fn bytes_per_token(mut self, bytes_per_token: f64) -> Self {
+        self.bytes_per_token = if bytes_per_token.is_finite() {
+            bytes_per_token.max(0.5)
+        } else {
+            DEFAULT_BYTES_PER_TOKEN
+        };
+        self
+    }
+
+    /// Estimates the cost of a body given as bytes (JSON when feature `json` is on).
+    pub fn estimate_bytes(&self, body: &[u8]) -> Cost {
+        #[cfg(feature = "json")]
+        if let Some(info) = json::inspect_with(body, self.bytes_per_token) {
+            return Cost::new(
+                1,
+                info.input_tokens(),
+                info.max_tokens().unwrap_or(self.output_tokens),
+            );
+        }
+        self.opaque(Some(body.len() as u64))
+    }
+
+    fn opaque(&self, len: Option<u64>) -> Cost {
+        let input = len.map_or(0, |l| (l as f64 / OPAQUE_BYTES_PER_TOKEN).ceil() as u64);
+        Cost::new(1, input, self.output_tokens)
+    }
+}
+
+impl<B: BodyBytes> EstimateCost<B> for DefaultCost {
+    fn estimate(&self, request: &Request<B>) -> Cost {
+        match request.body().body_bytes() {
+            Some(bytes) => self.estimate_bytes(&bytes),
+            None => self.opaque(request.body().exact_len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_body_bytes_read_without_consuming() {
+        let body = http_body_util::Full::new(Bytes::from_static(b"hello"));
+        assert_eq!(body.body_bytes().unwrap(), Bytes::from_static(b"hello"));
+        assert_eq!(body.body_bytes().unwrap(), Bytes::from_static(b"hello"));
+        assert_eq!(body.exact_len(), Some(5));
+    }
+
+    #[test]
+    fn opaque_default() {
+        let c = DefaultCost::new().estimate(&Request::new(Vec::from(&b"not json at all"[..])));
+        assert_eq!(c, Cost::new(1, 5, DEFAULT_OUTPUT_TOKENS));
+        let c = DefaultCost::new().output_tokens(10).estimate(&Request::new(
+            http_body_util::combinators::BoxBody::<Bytes, std::convert::Infallible>::default(),
+        ));
+        assert_eq!(c, Cost::new(1, 0, 10));
+    }
+}

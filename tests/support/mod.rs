@@ -1,2 +1,4 @@
 //! Helpers shared by the integration tests. Each area adds its own submodule.
 #![allow(dead_code, unreachable_pub)]
+
+pub mod upstream;

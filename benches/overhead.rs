@@ -1,0 +1,451 @@
+//! Cost per call of tower-llm-limits' layers against the stacks a user would pick instead.
+//!
+//! The inner service is always ready and answers at once with a 200 carrying the full set of
+//! Anthropic rate-limit headers (a prebuilt `HeaderMap` cloned into each response), so what is
+//! measured is the middleware alone. Limits are far above what the loop can send: nothing waits.
+//!
+//! Two settings, side by side in one run:
+//! - `current_thread`: one caller on a current-thread runtime;
+//! - `two_workers`: a 2-worker multi-thread runtime, two tasks calling clones of one shared stack;
+//!   the figure is the wall time per call of each task while the other runs (contention shows as
+//!   a rise over `current_thread`).
+//!
+//! Run: `cargo bench --all-features --bench overhead -- --warm-up-time 1 --measurement-time 2`.
+//! After criterion's output a summary table prints ns/call and the ratios (see BENCHMARKS.md).
+
+use std::collections::BTreeMap;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::Full;
+use tokio::runtime::{Builder, Runtime};
+use tower::{Service, ServiceExt};
+
+#[allow(dead_code)]
+#[path = "../examples/goodput/ours.rs"]
+mod ours;
+#[allow(dead_code)]
+#[path = "../examples/goodput/peers.rs"]
+mod peers;
+
+use peers::{BoxError, Req};
+
+/// Requests per minute given to every limiter: far above what one core can send.
+const HIGH_RPM: u64 = 1_000_000_000;
+/// Concurrency cap given to every stack: far above the two callers.
+const HIGH_CONCURRENCY: usize = 10_000;
+
+// ---------------------------------------------------------------------------------------------
+// The inner service
+
+/// The full set of Anthropic headers a 200 carries, with limits no loop can exhaust.
+fn anthropic_headers() -> HeaderMap {
+    let now = SystemTime::now();
+    let date = httpdate::fmt_http_date(now);
+    let reset = time::OffsetDateTime::from(now + Duration::from_secs(1))
+        .replace_nanosecond(0)
+        .expect("valid")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formats");
+    let mut h = HeaderMap::new();
+    let mut put = |name: &'static str, value: &str| {
+        h.insert(name, HeaderValue::from_str(value).expect("valid header"));
+    };
+    put("content-type", "application/json");
+    put("date", &date);
+    put("request-id", "req_011CTbenchmark0000000000");
+    for (dim, limit) in [
+        ("requests", "1000000000"),
+        ("input-tokens", "1000000000000"),
+        ("output-tokens", "1000000000000"),
+        ("tokens", "2000000000000"),
+    ] {
+        let remaining = &limit[..limit.len() - 1];
+        let limit_name: &'static str =
+            Box::leak(format!("anthropic-ratelimit-{dim}-limit").into_boxed_str());
+        let remaining_name: &'static str =
+            Box::leak(format!("anthropic-ratelimit-{dim}-remaining").into_boxed_str());
+        let reset_name: &'static str =
+            Box::leak(format!("anthropic-ratelimit-{dim}-reset").into_boxed_str());
+        put(limit_name, limit);
+        put(remaining_name, remaining);
+        put(reset_name, &reset);
+    }
+    h
+}
+
+/// Always ready; answers with a 200, a small Messages body and the prebuilt headers.
+#[derive(Clone)]
+struct Instant200 {
+    headers: Arc<HeaderMap>,
+    body: Bytes,
+}
+
+impl Instant200 {
+    fn new() -> Self {
+        Instant200 {
+            headers: Arc::new(anthropic_headers()),
+            body: Bytes::from_static(
+                br#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","usage":{"input_tokens":1200,"output_tokens":300}}"#,
+            ),
+        }
+    }
+}
+
+impl Service<Req> for Instant200 {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = Ready<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Req) -> Self::Future {
+        let mut response = Response::new(Full::new(self.body.clone()));
+        *response.headers_mut() = (*self.headers).clone();
+        ready(Ok(response))
+    }
+}
+
+/// A realistic Messages request (~4 KB of JSON), built fresh for each call.
+struct RequestTemplate {
+    body: Bytes,
+}
+
+impl RequestTemplate {
+    fn new() -> Self {
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(90);
+        let body = serde_json::json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "messages": [{"role": "user", "content": text}],
+        });
+        RequestTemplate {
+            body: Bytes::from(serde_json::to_vec(&body).expect("serialises")),
+        }
+    }
+
+    fn request(&self) -> Req {
+        Request::post("https://api.anthropic.com/v1/messages")
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .body(Full::new(self.body.clone()))
+            .expect("valid request")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers
+
+fn current_thread() -> Runtime {
+    Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn two_workers() -> Runtime {
+    Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// One caller, `iters` calls in one `block_on`.
+fn bench_single<S, B>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    rt: &Runtime,
+    template: &RequestTemplate,
+    mut svc: S,
+) where
+    S: Service<Req, Response = Response<B>, Error = BoxError>,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let svc = &mut svc;
+            rt.block_on(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let ready = svc.ready().await.expect("ready");
+                    let response = ready.call(template.request()).await.expect("response");
+                    black_box(response);
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Two tasks on two workers, each making `iters` calls on its own clone of one shared stack.
+fn bench_pair<S, B>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    rt: &Runtime,
+    template: &Arc<RequestTemplate>,
+    svc: S,
+) where
+    S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..2)
+                    .map(|_| {
+                        let mut svc = svc.clone();
+                        let template = Arc::clone(template);
+                        tokio::spawn(async move {
+                            for _ in 0..iters {
+                                let ready = svc.ready().await.expect("ready");
+                                let response =
+                                    ready.call(template.request()).await.expect("response");
+                                black_box(response);
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.expect("task");
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+fn resilience_config() -> peers::ResilienceConfig {
+    peers::ResilienceConfig {
+        per_minute: HIGH_RPM as usize,
+        concurrency: HIGH_CONCURRENCY,
+        breaker_open: Duration::from_secs(30),
+        opened: None,
+    }
+}
+
+fn governor_limiter() -> governor::DefaultDirectRateLimiter {
+    governor::RateLimiter::direct(governor::Quota::per_second(
+        std::num::NonZeroU32::new(u32::MAX).expect("non-zero"),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmarks
+
+struct Single<'a, 'g> {
+    group: &'a mut BenchmarkGroup<'g, WallTime>,
+    rt: &'a Runtime,
+    template: &'a RequestTemplate,
+}
+
+impl ours::Visit for Single<'_, '_> {
+    fn visit<S, B>(&mut self, name: &'static str, svc: S)
+    where
+        S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        bench_single(self.group, name, self.rt, self.template, svc);
+    }
+}
+
+struct Pair<'a, 'g> {
+    group: &'a mut BenchmarkGroup<'g, WallTime>,
+    rt: &'a Runtime,
+    template: &'a Arc<RequestTemplate>,
+}
+
+impl ours::Visit for Pair<'_, '_> {
+    fn visit<S, B>(&mut self, name: &'static str, svc: S)
+    where
+        S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        bench_pair(self.group, name, self.rt, self.template, svc);
+    }
+}
+
+fn overhead(c: &mut Criterion) {
+    let template = Arc::new(RequestTemplate::new());
+
+    {
+        let rt = current_thread();
+        let _guard = rt.enter();
+        let mut group = c.benchmark_group("current_thread");
+        bench_single(&mut group, "bare", &rt, &template, Instant200::new());
+        let mut v = Single {
+            group: &mut group,
+            rt: &rt,
+            template: &template,
+        };
+        ours::single_layers(Instant200::new, &mut v);
+        if !ours::full(Instant200::new(), &mut v) {
+            eprintln!("ours_full skipped: {}", ours::MISSING);
+        }
+        let tower = peers::tower_stack(Instant200::new(), HIGH_RPM, HIGH_CONCURRENCY);
+        bench_single(&mut group, "tower_buffered", &rt, &template, tower);
+        let tower = peers::tower_stack_unbuffered(Instant200::new(), HIGH_RPM, HIGH_CONCURRENCY);
+        bench_single(&mut group, "tower_unbuffered", &rt, &template, tower);
+        let resilience = peers::resilience_stack(Instant200::new(), resilience_config());
+        bench_single(&mut group, "tower_resilience", &rt, &template, resilience);
+        let limiter = governor_limiter();
+        group.bench_function("governor_check", |b| b.iter(|| black_box(limiter.check())));
+        group.finish();
+    }
+
+    {
+        let rt = two_workers();
+        let _guard = rt.enter();
+        let mut group = c.benchmark_group("two_workers");
+        bench_pair(&mut group, "bare", &rt, &template, Instant200::new());
+        let mut v = Pair {
+            group: &mut group,
+            rt: &rt,
+            template: &template,
+        };
+        ours::single_layers(Instant200::new, &mut v);
+        ours::full(Instant200::new(), &mut v);
+        let tower = peers::tower_stack(Instant200::new(), HIGH_RPM, HIGH_CONCURRENCY);
+        bench_pair(&mut group, "tower_buffered", &rt, &template, tower);
+        let resilience = peers::resilience_stack(Instant200::new(), resilience_config());
+        bench_pair(&mut group, "tower_resilience", &rt, &template, resilience);
+        let limiter = Arc::new(governor_limiter());
+        group.bench_function("governor_check", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..2 {
+                        let limiter = &limiter;
+                        s.spawn(move || {
+                            for _ in 0..iters {
+                                black_box(limiter.check()).ok();
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+        group.finish();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary: ns/call from criterion's estimates, and the ratios
+
+fn criterion_dir() -> PathBuf {
+    std::env::var_os("CRITERION_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("target"))
+                .join("criterion")
+        })
+}
+
+/// Median ns/iteration of every benchmark of `group` measured since `since`.
+fn medians(group: &str, since: SystemTime) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(criterion_dir().join(group)) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let file = entry.path().join("new").join("estimates.json");
+        let fresh = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since);
+        if !fresh {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if let Some(ns) = json["median"]["point_estimate"].as_f64() {
+            out.insert(entry.file_name().to_string_lossy().into_owned(), ns);
+        }
+    }
+    out
+}
+
+fn print_summary(since: SystemTime) {
+    const ORDER: &[&str] = &[
+        "bare",
+        "signals",
+        "retry",
+        "circuit_breaker",
+        "rate_limit",
+        "concurrency_limit",
+        "ours_full",
+        "tower_buffered",
+        "tower_unbuffered",
+        "tower_resilience",
+        "governor_check",
+    ];
+    for group in ["current_thread", "two_workers"] {
+        let m = medians(group, since);
+        if m.is_empty() {
+            continue;
+        }
+        println!("\noverhead summary: {group} (median ns per call)");
+        println!(
+            "{:<20} {:>10} {:>12} {:>12} {:>14} {:>14}",
+            "stack", "ns/call", "added ns", "x bare", "x tower", "x resilience"
+        );
+        let bare = m.get("bare").copied();
+        let tower = m.get("tower_buffered").copied();
+        let resilience = m.get("tower_resilience").copied();
+        let mut names: Vec<&String> = m.keys().collect();
+        names.sort_by_key(|n| ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()));
+        let ratio = |v: f64, base: Option<f64>| {
+            base.map_or_else(|| "-".to_string(), |b| format!("{:.2}", v / b))
+        };
+        for name in names {
+            let v = m[name];
+            let added = match bare {
+                Some(b) if name != "governor_check" => format!("{:.0}", v - b),
+                _ => "-".to_string(),
+            };
+            println!(
+                "{:<20} {:>10.0} {:>12} {:>12} {:>14} {:>14}",
+                name,
+                v,
+                added,
+                ratio(v, bare),
+                ratio(v, tower),
+                ratio(v, resilience)
+            );
+        }
+        for (name, v) in &m {
+            println!("overhead group={group} stack={name} ns={v:.1}");
+        }
+    }
+}
+
+fn main() {
+    let since = SystemTime::now();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .output_directory(&criterion_dir())
+        .configure_from_args();
+    overhead(&mut c);
+    c.final_summary();
+    print_summary(since);
+}

@@ -1,0 +1,1113 @@
+//! The shared state: keys, their buckets, queues, in-flight accounting and learning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::BoxError;
+use crate::cost::{Cost, Usage};
+use crate::signals::{BucketReading, Dialect, Dimension, OutcomeKind, ResponseSignals};
+
+use super::RateLimitKey;
+use super::bucket::{Bucket, add};
+use super::config::{Limits, Priority, RampUp};
+use super::error::{CostExceedsLimit, WaitTooLong};
+use super::store::{Buckets, MemoryStore, Store};
+
+/// The default bound on the number of keys a state keeps.
+pub const DEFAULT_MAX_KEYS: usize = 1024;
+
+/// The cooldown after a 429 that carries no `retry-after`.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// Resolution of Anthropic's `*-tokens-remaining` (rounded to the nearest thousand).
+const TOKENS_REMAINING_TOLERANCE: u64 = 500;
+
+/// Resolution of resets (RFC 3339 seconds, measured against a `date` header in seconds).
+const RESET_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// Bounds and smoothing of the learned input-estimate correction.
+const FACTOR_MIN: f64 = 0.5;
+const FACTOR_MAX: f64 = 4.0;
+const FACTOR_ALPHA: f64 = 0.25;
+
+/// Cost per dimension, in [`Dimension::ALL`] order.
+pub(crate) type Charge = [u64; 4];
+
+const REQ: usize = 0;
+const IN: usize = 1;
+const OUT: usize = 2;
+const TOK: usize = 3;
+
+/// The state of a rate limiter, shared by every clone of the services that use it.
+///
+/// Build it once and hand it to several layers ([`RateLimitLayer::with_state`]) when they talk to
+/// the same organisation; [`RateLimitLayer::new`] builds a fresh one per layer. Cloning it is
+/// cheap and shares it.
+///
+/// [`RateLimitLayer::with_state`]: super::RateLimitLayer::with_state
+/// [`RateLimitLayer::new`]: super::RateLimitLayer::new
+#[derive(Clone)]
+pub struct RateLimitState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    limits: Limits,
+    key_limits: HashMap<RateLimitKey, Limits>,
+    max_keys: usize,
+    ramp: Option<RampUp>,
+    cooldown_without_hint: Duration,
+    store: Arc<dyn Store>,
+    keys: Mutex<HashMap<RateLimitKey, Arc<KeyCell>>>,
+    tick: AtomicU64,
+}
+
+impl fmt::Debug for RateLimitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitState")
+            .field("limits", &self.shared.limits)
+            .field("max_keys", &self.shared.max_keys)
+            .field("ramp", &self.shared.ramp)
+            .field("store", &self.shared.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RateLimitState {
+    fn default() -> Self {
+        RateLimitState::new()
+    }
+}
+
+/// Builds a [`RateLimitState`]; see [`RateLimitState::builder`].
+#[derive(Debug)]
+pub struct RateLimitStateBuilder {
+    limits: Limits,
+    key_limits: HashMap<RateLimitKey, Limits>,
+    max_keys: usize,
+    ramp: Option<RampUp>,
+    cooldown_without_hint: Duration,
+    store: Arc<dyn Store>,
+}
+
+impl RateLimitStateBuilder {
+    /// Limits configured for every key (default: none, everything is learned).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Limits configured for one key, replacing [`limits`](Self::limits) for it.
+    pub fn key_limits(mut self, key: impl Into<RateLimitKey>, limits: Limits) -> Self {
+        self.key_limits.insert(key.into(), limits);
+        self
+    }
+
+    /// The most keys kept (default [`DEFAULT_MAX_KEYS`]); idle keys are evicted least recently
+    /// used first. A key with waiters or requests in flight is never evicted, so the bound can
+    /// be exceeded while every key is busy. Values below 1 are raised to 1.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// Enables slow start (off by default).
+    pub fn ramp_up(mut self, ramp: RampUp) -> Self {
+        self.ramp = Some(ramp);
+        self
+    }
+
+    /// The cooldown after a 429 without `retry-after` (default [`DEFAULT_COOLDOWN`]).
+    pub fn cooldown_without_hint(mut self, cooldown: Duration) -> Self {
+        self.cooldown_without_hint = cooldown;
+        self
+    }
+
+    /// Where buckets live (default [`MemoryStore`]).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Arc::new(store);
+        self
+    }
+
+    /// Builds the state.
+    pub fn build(self) -> RateLimitState {
+        RateLimitState {
+            shared: Arc::new(Shared {
+                limits: self.limits,
+                key_limits: self.key_limits,
+                max_keys: self.max_keys,
+                ramp: self.ramp,
+                cooldown_without_hint: self.cooldown_without_hint,
+                store: self.store,
+                keys: Mutex::new(HashMap::new()),
+                tick: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl RateLimitState {
+    /// A state with no configured limit: everything is learned from the responses.
+    pub fn new() -> Self {
+        RateLimitState::builder().build()
+    }
+
+    /// A state with `limits` configured for every key.
+    pub fn with_limits(limits: Limits) -> Self {
+        RateLimitState::builder().limits(limits).build()
+    }
+
+    /// A builder with the defaults.
+    pub fn builder() -> RateLimitStateBuilder {
+        RateLimitStateBuilder {
+            limits: Limits::new(),
+            key_limits: HashMap::new(),
+            max_keys: DEFAULT_MAX_KEYS,
+            ramp: None,
+            cooldown_without_hint: DEFAULT_COOLDOWN,
+            store: Arc::new(MemoryStore::new()),
+        }
+    }
+
+    /// A snapshot of every key, in key order.
+    pub fn snapshot(&self) -> Vec<KeySnapshot> {
+        let cells: Vec<Arc<KeyCell>> = lock(&self.shared.keys).values().cloned().collect();
+        let now = Instant::now();
+        let mut out: Vec<KeySnapshot> = cells.iter().map(|c| c.snapshot(now)).collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// A snapshot of one key, if the state knows it.
+    pub fn key_snapshot(&self, key: &RateLimitKey) -> Option<KeySnapshot> {
+        let cell = lock(&self.shared.keys).get(key).cloned();
+        cell.map(|c| c.snapshot(Instant::now()))
+    }
+
+    /// The cell of `key`, created (evicting the least recently used idle key when full) if
+    /// missing.
+    fn cell(&self, key: &RateLimitKey) -> Arc<KeyCell> {
+        let tick = self.shared.tick.fetch_add(1, Ordering::Relaxed);
+        let mut keys = lock(&self.shared.keys);
+        if let Some(cell) = keys.get(key) {
+            cell.last_used.store(tick, Ordering::Relaxed);
+            return cell.clone();
+        }
+        if keys.len() >= self.shared.max_keys {
+            // Idle = referenced only by the map: no waiter, nothing admitted or in flight
+            // (every ticket holds the cell).
+            let victim = keys
+                .iter()
+                .filter(|(_, c)| Arc::strong_count(c) == 1)
+                .min_by_key(|(_, c)| c.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            if let Some(victim) = victim {
+                keys.remove(&victim);
+                tracing::debug!(key = %victim, "rate limit: evicted idle key");
+            }
+        }
+        let limits = self
+            .shared
+            .key_limits
+            .get(key)
+            .copied()
+            .unwrap_or(self.shared.limits);
+        let now = Instant::now();
+        let mut buckets = self.shared.store.open(key);
+        let configured = Dimension::ALL.map(|d| limits.get(d));
+        for d in Dimension::ALL {
+            if buckets.get(d).is_none()
+                && let Some(cap) = configured[d.index()]
+            {
+                buckets.set(d, Some(Bucket::new(cap, limits.get_window(), now)));
+            }
+        }
+        let cell = Arc::new(KeyCell {
+            key: key.clone(),
+            last_used: AtomicU64::new(tick),
+            state: Mutex::new(KeyState {
+                buckets,
+                configured,
+                window: limits.get_window(),
+                learned: [None; 4],
+                probe: Probe::Idle,
+                cooldown_until: None,
+                dispatched: [0; 4],
+                raw_input: 0,
+                outstanding_output: 0,
+                in_flight: 0,
+                queue: BTreeMap::new(),
+                queued: [[0; 4]; 2],
+                next_seq: 0,
+                input_factor: 1.0,
+                anchor: None,
+                ramp: self.shared.ramp,
+                ramp_from: None,
+                last_admit: None,
+                cooldown_without_hint: self.shared.cooldown_without_hint,
+            }),
+        });
+        keys.insert(key.clone(), cell.clone());
+        cell
+    }
+
+    /// Enters the limiter: admits at once when the queue is empty and the cost fits, else
+    /// queues (or fails at once when the cost can never fit or the projected wait is too long).
+    pub(crate) fn enter(
+        &self,
+        key: &RateLimitKey,
+        cost: Cost,
+        exact: bool,
+        priority: Priority,
+        max_wait: Option<Duration>,
+    ) -> Result<Ticket, BoxError> {
+        let cell = self.cell(key);
+        let now = Instant::now();
+        let mut st = lock(&cell.state);
+        let (charge, raw) = st.charge_of(cost, exact);
+        let class = priority.class();
+        // Fast path: nobody of the same or a higher class waits.
+        if st.queue.keys().next().is_none_or(|k| k.0 > class) {
+            match st.check(&charge, now) {
+                Check::Fits => {
+                    let record = st.admit(charge, raw, now);
+                    drop(st);
+                    return Ok(Ticket {
+                        cell,
+                        phase: Phase::Admitted(record),
+                    });
+                }
+                Check::Never(e) => return Err(e.into()),
+                Check::Until(..) | Check::Probe => {}
+            }
+        } else if let Check::Never(e) = st.check(&charge, now) {
+            return Err(e.into());
+        }
+        let (at, dimension) = st.project(&charge, class, now);
+        let wait = at.saturating_duration_since(now);
+        if let Some(max) = max_wait
+            && wait > max
+        {
+            tracing::debug!(key = %cell.key, dimension = dimension.map_or("cooldown", Dimension::as_str),
+                wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
+                "rate limit: projected wait exceeds the maximum");
+            return Err(WaitTooLong::new(dimension, wait, max).into());
+        }
+        let id = (class, st.next_seq);
+        st.next_seq += 1;
+        st.queue.insert(
+            id,
+            Waiter {
+                charge,
+                waker: None,
+            },
+        );
+        for (q, c) in st.queued[class].iter_mut().zip(charge) {
+            *q = q.saturating_add(c);
+        }
+        tracing::debug!(key = %cell.key, dimension = dimension.map_or("cooldown", Dimension::as_str),
+            amount = dimension.map_or(0, |d| charge[d.index()]), wait_ms = wait.as_millis() as u64,
+            queued = st.queue.len(), "rate limit: waiting");
+        drop(st);
+        Ok(Ticket {
+            cell,
+            phase: Phase::Queued {
+                id,
+                charge,
+                raw,
+                since: now,
+                deadline: max_wait.map(|m| add(now, m)),
+                max_wait,
+            },
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere never leaves the state half-updated in a way that matters more than
+    // refusing every later request would.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) struct KeyCell {
+    key: RateLimitKey,
+    last_used: AtomicU64,
+    state: Mutex<KeyState>,
+}
+
+impl KeyCell {
+    fn snapshot(&self, now: Instant) -> KeySnapshot {
+        let st = lock(&self.state);
+        KeySnapshot {
+            key: self.key.clone(),
+            buckets: Dimension::ALL.map(|d| {
+                st.buckets.get(d).map(|b| BucketSnapshot {
+                    capacity: b.capacity(),
+                    window: b.window(),
+                    level: b.level(now),
+                    full_at: b.full_at(),
+                    learned: st.learned[d.index()].map(|l| l.0),
+                    configured: st.configured[d.index()],
+                })
+            }),
+            cooldown_until: st.cooldown_until.filter(|c| *c > now),
+            in_flight: st.in_flight,
+            queued: st.queue.len(),
+            input_correction: st.input_factor,
+        }
+    }
+}
+
+/// What the limiter knows about one key at one instant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeySnapshot {
+    key: RateLimitKey,
+    buckets: [Option<BucketSnapshot>; 4],
+    cooldown_until: Option<Instant>,
+    in_flight: usize,
+    queued: usize,
+    input_correction: f64,
+}
+
+impl KeySnapshot {
+    /// The key.
+    pub fn key(&self) -> &RateLimitKey {
+        &self.key
+    }
+
+    /// The bucket of `dimension`, when its capacity is known.
+    pub fn bucket(&self, dimension: Dimension) -> Option<&BucketSnapshot> {
+        self.buckets[dimension.index()].as_ref()
+    }
+
+    /// When the current cooldown ends, if one is running.
+    pub fn cooldown_until(&self) -> Option<Instant> {
+        self.cooldown_until
+    }
+
+    /// Requests admitted and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Requests waiting for budget.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// The learned factor applied to input-token estimates (1.0 until learned).
+    pub fn input_correction(&self) -> f64 {
+        self.input_correction
+    }
+}
+
+/// One bucket in a [`KeySnapshot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketSnapshot {
+    capacity: u64,
+    window: Duration,
+    level: u64,
+    full_at: Instant,
+    learned: Option<u64>,
+    configured: Option<u64>,
+}
+
+impl BucketSnapshot {
+    /// The capacity in effect.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The window the capacity replenishes over.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The units available now.
+    pub fn level(&self) -> u64 {
+        self.level
+    }
+
+    /// When the bucket is full again.
+    pub fn full_at(&self) -> Instant {
+        self.full_at
+    }
+
+    /// The limit last reported by the server, if any.
+    pub fn learned(&self) -> Option<u64> {
+        self.learned
+    }
+
+    /// The configured limit, if any.
+    pub fn configured(&self) -> Option<u64> {
+        self.configured
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    /// Nothing known: the next request probes.
+    Idle,
+    /// One request is out to learn the limits; the others wait for its answer.
+    InFlight,
+    /// Responses carry no rate-limit headers and nothing is configured: not limited.
+    Unlimited,
+}
+
+struct Waiter {
+    charge: Charge,
+    waker: Option<Waker>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Anchor {
+    used: f64,
+    at: Instant,
+    raw_after: u64,
+}
+
+struct KeyState {
+    buckets: Box<dyn Buckets>,
+    configured: [Option<u64>; 4],
+    window: Duration,
+    learned: [Option<(u64, Duration)>; 4],
+    probe: Probe,
+    cooldown_until: Option<Instant>,
+    /// Cumulative charge at dispatch, per dimension (monotone).
+    dispatched: Charge,
+    /// Cumulative raw (uncorrected) input estimate at dispatch.
+    raw_input: u64,
+    /// Output reserved by requests in flight.
+    outstanding_output: u64,
+    in_flight: usize,
+    queue: BTreeMap<(usize, u64), Waiter>,
+    /// Queued charge per priority class.
+    queued: [Charge; 2],
+    next_seq: u64,
+    input_factor: f64,
+    anchor: Option<Anchor>,
+    ramp: Option<RampUp>,
+    ramp_from: Option<Instant>,
+    last_admit: Option<Instant>,
+    cooldown_without_hint: Duration,
+}
+
+pub(crate) enum Check {
+    Fits,
+    Until(Instant),
+    Probe,
+    Never(CostExceedsLimit),
+}
+
+/// What a dispatched request charged, and the counters right after its dispatch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Record {
+    charge: Charge,
+    after: Charge,
+    raw_after: u64,
+    at: Instant,
+    probe: bool,
+}
+
+impl KeyState {
+    fn charge_of(&self, cost: Cost, exact: bool) -> (Charge, u64) {
+        let raw = cost.input_tokens();
+        let input = if exact {
+            raw
+        } else {
+            let x = (raw as f64 * self.input_factor).ceil();
+            if x >= u64::MAX as f64 {
+                u64::MAX
+            } else {
+                x as u64
+            }
+        };
+        let out = cost.output_tokens();
+        (
+            [cost.requests(), input, out, input.saturating_add(out)],
+            raw,
+        )
+    }
+
+    fn capacity(&self, d: Dimension) -> Option<(u64, Duration)> {
+        let i = d.index();
+        match (self.configured[i], self.learned[i]) {
+            (Some(c), Some((l, w))) => Some((c.min(l), if l <= c { w } else { self.window })),
+            (Some(c), None) => Some((c, self.window)),
+            (None, Some(l)) => Some(l),
+            (None, None) => None,
+        }
+    }
+
+    fn any_bucket(&self) -> bool {
+        Dimension::ALL
+            .iter()
+            .any(|d| self.buckets.get(*d).is_some())
+    }
+
+    fn usable(&self, capacity: u64, now: Instant) -> u64 {
+        match (self.ramp, self.ramp_from) {
+            (Some(r), Some(from)) => {
+                let share = r.share(now.saturating_duration_since(from));
+                ((capacity as f64 * share).ceil() as u64).clamp(1, capacity.max(1))
+            }
+            _ => capacity,
+        }
+    }
+
+    fn ramp_end(&self) -> Option<Instant> {
+        Some(add(self.ramp_from?, self.ramp?.period()))
+    }
+
+    fn check(&self, charge: &Charge, now: Instant) -> Check {
+        for d in Dimension::ALL {
+            if let Some(b) = self.buckets.get(d)
+                && charge[d.index()] > b.capacity()
+            {
+                return Check::Never(CostExceedsLimit::new(d, charge[d.index()], b.capacity()));
+            }
+        }
+        if self.probe == Probe::InFlight && !self.any_bucket() {
+            return Check::Probe;
+        }
+        let (at, _) = self.ready_at(charge, None, now);
+        if at > now {
+            Check::Until(at)
+        } else {
+            Check::Fits
+        }
+    }
+
+    /// The instant `charge` fits after `ahead` (queued charge before it) is admitted.
+    fn ready_at(
+        &self,
+        charge: &Charge,
+        ahead: Option<&Charge>,
+        now: Instant,
+    ) -> (Instant, Option<Dimension>) {
+        let mut at = now;
+        let mut dim = None;
+        if let Some(c) = self.cooldown_until
+            && c > at
+        {
+            at = c;
+        }
+        for d in Dimension::ALL {
+            let Some(mut b) = self.buckets.get(d) else {
+                continue;
+            };
+            let i = d.index();
+            if let Some(ahead) = ahead {
+                b.charge(ahead[i], now);
+            }
+            let t = match b.ready_at(charge[i], self.usable(b.capacity(), now)) {
+                Some(t) => t,
+                // Only a ramp makes a cost that fits the capacity not fit the usable share:
+                // wait for its end at the latest.
+                None => self.ramp_end().map_or(now, |e| {
+                    e.max(b.ready_at(charge[i], b.capacity()).unwrap_or(e))
+                }),
+            };
+            if t > at {
+                at = t;
+                dim = Some(d);
+            }
+        }
+        (at, dim)
+    }
+
+    /// The projected admission instant of a new waiter of `class` (exact under FIFO: every
+    /// waiter of the same or a higher class goes first).
+    fn project(&self, charge: &Charge, class: usize, now: Instant) -> (Instant, Option<Dimension>) {
+        let mut ahead = [0u64; 4];
+        for q in &self.queued[..=class] {
+            for (a, c) in ahead.iter_mut().zip(q) {
+                *a = a.saturating_add(*c);
+            }
+        }
+        self.ready_at(charge, Some(&ahead), now)
+    }
+
+    fn admit(&mut self, charge: Charge, raw: u64, now: Instant) -> Record {
+        if let Some(r) = self.ramp
+            && self
+                .last_admit
+                .is_none_or(|l| now.saturating_duration_since(l) >= r.idle_after())
+        {
+            self.ramp_from = Some(now);
+        }
+        self.last_admit = Some(now);
+        for d in Dimension::ALL {
+            if let Some(mut b) = self.buckets.get(d) {
+                if d == Dimension::InputTokens && b.full_at() <= now {
+                    // The bucket was full: refill was lost, successive readings would
+                    // understate what the server charged in between.
+                    self.anchor = None;
+                }
+                b.charge(charge[d.index()], now);
+                self.buckets.set(d, Some(b));
+            }
+        }
+        for (c, x) in self.dispatched.iter_mut().zip(charge) {
+            *c = c.saturating_add(x);
+        }
+        self.raw_input = self.raw_input.saturating_add(raw);
+        self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
+        self.in_flight += 1;
+        let probe = !self.any_bucket() && self.probe == Probe::Idle;
+        if probe {
+            self.probe = Probe::InFlight;
+        }
+        Record {
+            charge,
+            after: self.dispatched,
+            raw_after: self.raw_input,
+            at: now,
+            probe,
+        }
+    }
+
+    fn refund(&mut self, dims: &[usize], amounts: &Charge, now: Instant) {
+        for &i in dims {
+            let d = Dimension::ALL[i];
+            if let Some(mut b) = self.buckets.get(d) {
+                b.refund(amounts[i], now);
+                self.buckets.set(d, Some(b));
+            }
+        }
+    }
+
+    fn finish(&mut self, record: &Record) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.outstanding_output = self.outstanding_output.saturating_sub(record.charge[OUT]);
+    }
+
+    /// Gives back the output reserved by a request that will never report (an error, or a
+    /// future dropped while the call was in flight).
+    fn release_output(&mut self, record: &Record, now: Instant) {
+        self.finish(record);
+        let out = record.charge[OUT];
+        self.refund(&[OUT, TOK], &[0, 0, out, out], now);
+        if record.probe {
+            self.probe = Probe::Idle;
+        }
+        self.wake_head();
+    }
+
+    /// Gives back everything a request charged (admitted but never sent).
+    fn unadmit(&mut self, record: &Record, now: Instant) {
+        self.finish(record);
+        self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
+        if record.probe {
+            self.probe = Probe::Idle;
+        }
+        self.wake_head();
+    }
+
+    fn wake_head(&mut self) {
+        if let Some((_, w)) = self.queue.iter_mut().next()
+            && let Some(waker) = w.waker.take()
+        {
+            waker.wake();
+        }
+    }
+
+    fn dequeue(&mut self, id: (usize, u64)) {
+        if let Some(w) = self.queue.remove(&id) {
+            for (q, c) in self.queued[id.0].iter_mut().zip(w.charge) {
+                *q = q.saturating_sub(c);
+            }
+        }
+        self.wake_head();
+    }
+
+    /// Learns from a response to a request dispatched with `record`; returns the cooldown to
+    /// announce when the response was a 429.
+    fn complete(
+        &mut self,
+        key: &RateLimitKey,
+        record: &Record,
+        signals: &ResponseSignals,
+        usage: Option<Usage>,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        self.finish(record);
+        let received = signals.received_at();
+        let outcome = signals.outcome();
+        let limited = outcome.kind() == OutcomeKind::RateLimited;
+        let mut absorbed = None;
+        if limited {
+            // The server refused the request: it charged nothing for it.
+            self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
+            let wait = outcome.retry_after().unwrap_or(self.cooldown_without_hint);
+            let until = add(received, wait);
+            let until = self.cooldown_until.map_or(until, |c| c.max(until));
+            self.cooldown_until = Some(until);
+            absorbed = Some(until);
+            tracing::info!(key = %key, wait_ms = wait.as_millis() as u64,
+                cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
+                "rate limit: 429, cooling down every request of this key");
+        }
+        let snapshot = signals.rate_limits();
+        let own_output = if limited {
+            0
+        } else {
+            usage.map_or(record.charge[OUT], |u| {
+                u.output_tokens().min(record.charge[OUT])
+            })
+        };
+        if snapshot.is_empty() {
+            if record.probe {
+                let ok = outcome.is_success() && !self.any_bucket();
+                self.probe = if ok { Probe::Unlimited } else { Probe::Idle };
+                if ok {
+                    tracing::debug!(key = %key, "rate limit: no rate-limit headers; not limited");
+                }
+            }
+        } else {
+            if self.probe != Probe::Unlimited {
+                self.probe = Probe::Idle;
+            }
+            let dialect = snapshot.dialect();
+            for (d, reading) in snapshot.iter() {
+                self.learn(key, d, reading, dialect, record, own_output, received, now);
+            }
+        }
+        if !limited
+            && snapshot.get(Dimension::OutputTokens).is_none()
+            && let Some(u) = usage
+        {
+            let back = record.charge[OUT].saturating_sub(u.output_tokens());
+            self.refund(&[OUT], &[0, 0, back, 0], now);
+            if snapshot.get(Dimension::Tokens).is_none() {
+                self.refund(&[TOK], &[0, 0, 0, back], now);
+            }
+        }
+        self.wake_head();
+        absorbed
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn learn(
+        &mut self,
+        key: &RateLimitKey,
+        d: Dimension,
+        reading: &BucketReading,
+        dialect: Option<Dialect>,
+        record: &Record,
+        own_output: u64,
+        received: Instant,
+        now: Instant,
+    ) {
+        let i = d.index();
+        if let Some(limit) = reading.limit() {
+            let window = reading.window().unwrap_or(self.window);
+            if self.learned[i] != Some((limit, window)) {
+                tracing::info!(key = %key, dimension = d.as_str(), old = ?self.learned[i].map(|l| l.0),
+                    new = limit, window_s = window.as_secs_f64(), "rate limit: limit learned");
+                self.learned[i] = Some((limit, window));
+            }
+        }
+        let Some((cap, window)) = self.capacity(d) else {
+            return;
+        };
+        let mut b = match self.buckets.get(d) {
+            Some(mut b) => {
+                if (b.capacity(), b.window()) != (cap, window) {
+                    b.resize(cap, window, now);
+                }
+                b
+            }
+            None => Bucket::new(cap, window, now),
+        };
+        // The server's own bucket.
+        let server_cap = reading
+            .limit()
+            .or(self.learned[i].map(|l| l.0))
+            .unwrap_or(cap);
+        let server_window = self.learned[i].map_or(window, |l| l.1);
+        let full_at_reset = matches!(dialect, Some(Dialect::Anthropic) | Some(Dialect::OpenAi));
+        // Units the server had used right after charging this request, as an interval.
+        let tol = if dialect == Some(Dialect::Anthropic) && d != Dimension::Requests {
+            TOKENS_REMAINING_TOLERANCE
+        } else {
+            0
+        };
+        let from_remaining = reading.remaining().map(|r| {
+            let used = server_cap.saturating_sub(r);
+            (
+                used.saturating_sub(tol),
+                used.saturating_add(tol).min(server_cap),
+            )
+        });
+        let server = Bucket::new(server_cap, server_window, now);
+        let units = |t: Duration| -> u64 {
+            let ns =
+                t.as_nanos().saturating_mul(server_cap as u128) / server.window().as_nanos().max(1);
+            u64::try_from(ns).unwrap_or(u64::MAX).min(server_cap)
+        };
+        let from_reset = reading.reset().filter(|_| full_at_reset).map(|r| {
+            (
+                units(r.saturating_sub(RESET_TOLERANCE)),
+                units(r + RESET_TOLERANCE),
+            )
+        });
+        let (lo, hi) = match (from_remaining, from_reset) {
+            (Some(a), Some(b)) => {
+                let (lo, hi) = (a.0.max(b.0), a.1.min(b.1));
+                if lo <= hi { (lo, hi) } else { (hi, lo) }
+            }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => {
+                self.buckets.set(d, Some(b));
+                return;
+            }
+        };
+        // What this key charged that the reading cannot contain.
+        let after_input = self.dispatched[IN].saturating_sub(record.after[IN]);
+        let not_in_reading = match d {
+            Dimension::Requests => self.dispatched[REQ].saturating_sub(record.after[REQ]),
+            Dimension::InputTokens => after_input,
+            Dimension::OutputTokens => self.outstanding_output.saturating_add(own_output),
+            _ => after_input
+                .saturating_add(self.outstanding_output)
+                .saturating_add(own_output),
+        };
+        let extra = b.span(not_in_reading);
+        // The reading was taken between dispatch and receipt.
+        let lo_at = add(record.at, b.span(lo) + extra);
+        let hi_at = add(received.max(record.at), b.span(hi) + extra);
+        let old = b.full_at();
+        if old < lo_at || old > hi_at {
+            b.set_full_at(hi_at);
+            tracing::debug!(key = %key, dimension = d.as_str(), old_level = Bucket::new(cap, window, old).level(now),
+                new_level = b.level(now), server_remaining = ?reading.remaining(),
+                "rate limit: level corrected from the server's reading");
+        }
+        self.buckets.set(d, Some(b));
+        if !full_at_reset
+            && reading.remaining() == Some(0)
+            && let Some(reset) = reading.reset()
+        {
+            // Fixed windows: nothing left until the window resets.
+            let until = add(received, reset);
+            self.cooldown_until = Some(self.cooldown_until.map_or(until, |c| c.max(until)));
+        }
+        if d == Dimension::InputTokens {
+            self.learn_input_factor(key, server_cap, server_window, lo, hi, record, received);
+        }
+    }
+
+    /// Compares what the server charged between two readings with the raw estimates of the
+    /// requests dispatched in between, and folds the ratio into the input correction factor.
+    #[allow(clippy::too_many_arguments)]
+    fn learn_input_factor(
+        &mut self,
+        key: &RateLimitKey,
+        cap: u64,
+        window: Duration,
+        lo: u64,
+        hi: u64,
+        record: &Record,
+        received: Instant,
+    ) {
+        if lo == 0 {
+            // The server's bucket may have been full: refill lost, no comparison possible.
+            self.anchor = None;
+            return;
+        }
+        let at = record.at + received.saturating_duration_since(record.at) / 2;
+        let here = Anchor {
+            used: (lo as f64 + hi as f64) / 2.0,
+            at,
+            raw_after: record.raw_after,
+        };
+        let Some(a) = self.anchor else {
+            self.anchor = Some(here);
+            return;
+        };
+        if here.raw_after <= a.raw_after {
+            return;
+        }
+        let estimated = (here.raw_after - a.raw_after) as f64;
+        if estimated < cap as f64 / 2.0 {
+            return;
+        }
+        let refill = here.at.saturating_duration_since(a.at).as_secs_f64() * cap as f64
+            / window.as_secs_f64().max(1e-9);
+        let charged = here.used - a.used + refill;
+        let sample = (charged / estimated).clamp(FACTOR_MIN, FACTOR_MAX);
+        let old = self.input_factor;
+        let new =
+            (old * (1.0 - FACTOR_ALPHA) + sample * FACTOR_ALPHA).clamp(FACTOR_MIN, FACTOR_MAX);
+        if sample.is_finite() {
+            self.input_factor = new;
+            tracing::debug!(key = %key, old, new, sample, "rate limit: input estimate correction learned");
+        }
+        self.anchor = Some(here);
+    }
+}
+
+/// A request's place in the limiter: queued, admitted, in flight. Dropping it gives back what it
+/// holds (see the module docs on cancellation).
+pub(crate) struct Ticket {
+    cell: Arc<KeyCell>,
+    phase: Phase,
+}
+
+enum Phase {
+    Queued {
+        id: (usize, u64),
+        charge: Charge,
+        raw: u64,
+        since: Instant,
+        deadline: Option<Instant>,
+        max_wait: Option<Duration>,
+    },
+    Admitted(Record),
+    Dispatched(Record),
+    Done,
+}
+
+pub(crate) enum Admission {
+    /// Admitted: call the service.
+    Admitted,
+    /// Wait: sleep until the instant (if any) or until woken.
+    Wait(Option<Instant>),
+    /// Failed (cost never fits, or the deadline passed).
+    Failed(BoxError),
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Queued { .. } => "queued",
+            Phase::Admitted(_) => "admitted",
+            Phase::Dispatched(_) => "dispatched",
+            Phase::Done => "done",
+        };
+        f.debug_struct("Ticket")
+            .field("key", &self.cell.key)
+            .field("phase", &phase)
+            .finish()
+    }
+}
+
+impl Ticket {
+    pub(crate) fn is_admitted(&self) -> bool {
+        matches!(self.phase, Phase::Admitted(_))
+    }
+
+    /// Tries to admit a queued request; registers `waker` otherwise.
+    pub(crate) fn poll_admit(&mut self, waker: &Waker) -> Admission {
+        let Phase::Queued {
+            id,
+            charge,
+            raw,
+            since,
+            deadline,
+            max_wait,
+        } = self.phase
+        else {
+            return Admission::Admitted;
+        };
+        let now = Instant::now();
+        let mut st = lock(&self.cell.state);
+        let head = st.queue.keys().next() == Some(&id);
+        let check = if head {
+            st.check(&charge, now)
+        } else {
+            Check::Probe
+        };
+        let fail = |st: &mut KeyState, e: BoxError| {
+            st.dequeue(id);
+            Admission::Failed(e)
+        };
+        match check {
+            Check::Fits => {
+                st.dequeue(id);
+                let record = st.admit(charge, raw, now);
+                drop(st);
+                tracing::debug!(key = %self.cell.key, waited_ms = now.saturating_duration_since(since).as_millis() as u64,
+                    "rate limit: admitted after waiting");
+                self.phase = Phase::Admitted(record);
+                Admission::Admitted
+            }
+            Check::Never(e) => {
+                let r = fail(&mut st, e.into());
+                drop(st);
+                self.phase = Phase::Done;
+                r
+            }
+            Check::Until(..) | Check::Probe => {
+                if let (Some(deadline), Some(max)) = (deadline, max_wait)
+                    && now >= deadline
+                {
+                    let (at, dim) = if head {
+                        st.ready_at(&charge, None, now)
+                    } else {
+                        st.project(&charge, id.0, now)
+                    };
+                    let wait = at.saturating_duration_since(since).max(max);
+                    let r = fail(&mut st, WaitTooLong::new(dim, wait, max).into());
+                    drop(st);
+                    self.phase = Phase::Done;
+                    return r;
+                }
+                if let Some(w) = st.queue.get_mut(&id) {
+                    match &mut w.waker {
+                        Some(old) => old.clone_from(waker),
+                        slot => *slot = Some(waker.clone()),
+                    }
+                }
+                let until = match check {
+                    Check::Until(at) => Some(at),
+                    _ => None,
+                };
+                Admission::Wait(match (until, deadline) {
+                    (Some(a), Some(d)) => Some(a.min(d)),
+                    (a, d) => a.or(d),
+                })
+            }
+        }
+    }
+
+    /// The inner call started: from now on the server may have seen the request.
+    pub(crate) fn dispatched(&mut self) {
+        if let Phase::Admitted(r) = self.phase {
+            self.phase = Phase::Dispatched(r);
+        }
+    }
+
+    /// The inner call answered: learn from the response. Returns the cooldown to announce.
+    pub(crate) fn complete(
+        &mut self,
+        signals: &ResponseSignals,
+        usage: Option<Usage>,
+    ) -> Option<Instant> {
+        let Phase::Dispatched(record) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return None;
+        };
+        let mut st = lock(&self.cell.state);
+        st.complete(&self.cell.key, &record, signals, usage)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Done);
+        let now = Instant::now();
+        match phase {
+            Phase::Queued { id, .. } => lock(&self.cell.state).dequeue(id),
+            Phase::Admitted(r) => lock(&self.cell.state).unadmit(&r, now),
+            Phase::Dispatched(r) => lock(&self.cell.state).release_output(&r, now),
+            Phase::Done => {}
+        }
+    }
+}

@@ -1,0 +1,721 @@
+//! Circuit breaker: every transition, keying, eviction, probe-slot release, and the overload
+//! acceptance scenarios, on tokio's paused clock.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use tokio::time::{Instant, advance};
+use tower::{Service, ServiceExt};
+use tower_llm_limits::BoxError;
+use tower_llm_limits::breaker::error::Open;
+use tower_llm_limits::breaker::{
+    CircuitBreaker, CircuitBreakerLayer, Growth, Policy, Reason, State, Window,
+};
+use tower_llm_limits::signals::{Classify, DefaultClassifier, OutcomeKind, classify_fn};
+
+use support::upstream::{Reply, Upstream, open_loop, request, sdk_retry};
+
+type Res = Result<Response<Full<Bytes>>, BoxError>;
+
+/// The default policy without jitter, so open durations are exact.
+fn exact() -> Policy {
+    Policy::new().jitter(0.0)
+}
+
+async fn send<S>(svc: &mut S) -> Res
+where
+    S: Service<http::Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>,
+{
+    svc.ready().await?.call(request("claude-sonnet-4-5")).await
+}
+
+fn status(res: &Res) -> Option<u16> {
+    res.as_ref().ok().map(|r| r.status().as_u16())
+}
+
+fn open_error(res: Res) -> Open {
+    match res {
+        Ok(r) => panic!("expected an Open error, got {}", r.status()),
+        Err(e) => match e.downcast::<Open>() {
+            Ok(open) => *open,
+            Err(e) => panic!("expected an Open error, got {e}"),
+        },
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_overloads_open_it_and_nothing_reaches_the_api_while_open() {
+    let api = Upstream::always(529);
+    let mut svc = CircuitBreaker::new(api.clone(), exact());
+    for _ in 0..4 {
+        assert_eq!(status(&send(&mut svc).await), Some(529));
+        assert_eq!(svc.state(), State::Closed);
+    }
+    assert_eq!(status(&send(&mut svc).await), Some(529));
+    let t0 = Instant::now();
+    assert_eq!(
+        svc.state(),
+        State::Open {
+            until: t0 + Duration::from_secs(10)
+        }
+    );
+    for _ in 0..100 {
+        let open = open_error(send(&mut svc).await);
+        assert_eq!(open.key(), None);
+        assert_eq!(open.until(), t0 + Duration::from_secs(10));
+        assert_eq!(open.retry_after(), Duration::from_secs(10));
+        assert!(!open.is_half_open());
+    }
+    assert_eq!(api.received(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limits_spend_limits_and_client_errors_never_open_it() {
+    for code in [429, 400, 401, 404, 413] {
+        let api = Upstream::always(code);
+        let mut svc = CircuitBreaker::new(api.clone(), exact().failure_rate(0.01, 1));
+        for _ in 0..1_000 {
+            assert_eq!(status(&send(&mut svc).await), Some(code));
+        }
+        assert_eq!(svc.state(), State::Closed, "status {code}");
+        assert_eq!(api.received(), 1_000);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limits_neither_break_nor_extend_a_run_of_overloads() {
+    // 4 × 529, then many 429s, then one 529: the fifth overload in a row trips it.
+    let api = Upstream::new(Duration::ZERO, |_, n| match n {
+        0..=3 => Reply::Status(529),
+        4..=53 => Reply::Status(429),
+        _ => Reply::Status(529),
+    });
+    let mut svc = CircuitBreaker::new(api, exact().without_failure_rate());
+    for _ in 0..54 {
+        send(&mut svc).await.unwrap();
+    }
+    assert_eq!(svc.state(), State::Closed);
+    send(&mut svc).await.unwrap();
+    assert!(matches!(svc.state(), State::Open { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_breaks_the_run() {
+    let api = Upstream::new(Duration::ZERO, |_, n| {
+        if n % 5 == 4 {
+            Reply::Status(200)
+        } else {
+            Reply::Status(529)
+        }
+    });
+    let mut svc = CircuitBreaker::new(api, exact().without_failure_rate());
+    for _ in 0..100 {
+        send(&mut svc).await.unwrap();
+    }
+    assert_eq!(svc.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_rate_over_a_count_window_needs_the_minimum_calls() {
+    // Alternating 200/529: 50 % failures.
+    let api = Upstream::new(Duration::ZERO, |_, n| {
+        if n % 2 == 0 {
+            Reply::Status(200)
+        } else {
+            Reply::Status(529)
+        }
+    });
+    let policy = exact()
+        .consecutive_failures(0)
+        .window(Window::Count(10))
+        .failure_rate(0.5, 10);
+    let transitions = Arc::new(Mutex::new(Vec::new()));
+    let seen = transitions.clone();
+    let policy = policy.on_transition(move |t| seen.lock().unwrap().push(t.reason()));
+    let mut svc = CircuitBreaker::new(api, policy);
+    for _ in 0..9 {
+        send(&mut svc).await.unwrap();
+    }
+    assert_eq!(svc.state(), State::Closed, "9 calls are below the minimum");
+    send(&mut svc).await.unwrap();
+    assert!(matches!(svc.state(), State::Open { .. }));
+    assert_eq!(
+        *transitions.lock().unwrap(),
+        [Reason::FailureRate {
+            failures: 5,
+            calls: 10
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_count_window_forgets_old_calls() {
+    // 4 failures, 6 successes, 4 failures: 8 of 14 calls failed (57 %), but only 4 of the
+    // last 10 (40 %).
+    let api = Upstream::new(Duration::ZERO, |_, n| match n {
+        0..=3 | 10..=13 => Reply::Status(529),
+        _ => Reply::Status(200),
+    });
+    let policy = exact()
+        .consecutive_failures(0)
+        .window(Window::Count(10))
+        .failure_rate(0.5, 10);
+    let mut svc = CircuitBreaker::new(api, policy);
+    for _ in 0..14 {
+        send(&mut svc).await.unwrap();
+    }
+    assert_eq!(svc.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_time_window_forgets_old_calls() {
+    let api = Upstream::always(529);
+    let policy = exact()
+        .consecutive_failures(0)
+        .window(Window::Time(Duration::from_secs(10)))
+        .failure_rate(0.5, 3);
+    let mut svc = CircuitBreaker::new(api, policy);
+    // Two failures every 10 s never make three in the window.
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+        send(&mut svc).await.unwrap();
+        advance(Duration::from_secs(10)).await;
+        assert_eq!(svc.state(), State::Closed);
+    }
+    // Three within 10 s do.
+    send(&mut svc).await.unwrap();
+    advance(Duration::from_secs(5)).await;
+    send(&mut svc).await.unwrap();
+    advance(Duration::from_secs(4)).await;
+    assert_eq!(svc.state(), State::Closed);
+    send(&mut svc).await.unwrap();
+    assert!(matches!(svc.state(), State::Open { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_probes_close_it() {
+    // Overloaded for the first 5 calls, healthy afterwards.
+    let api = Upstream::new(Duration::from_millis(100), |_, n| {
+        if n < 5 {
+            Reply::Status(529)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let hook = Arc::new(Mutex::new(Vec::new()));
+    let seen = hook.clone();
+    let policy = exact()
+        .half_open_probes(2)
+        .on_transition(move |t| seen.lock().unwrap().push((t.from(), t.to(), t.reason())));
+    let svc = CircuitBreaker::new(api.clone(), policy);
+    for _ in 0..5 {
+        send(&mut svc.clone()).await.unwrap();
+    }
+    let opened = Instant::now();
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(svc.state(), State::HalfOpen);
+
+    // Two probes go through; a third call meanwhile fails fast.
+    let p1 = tokio::spawn(send_owned(svc.clone()));
+    let p2 = tokio::spawn(send_owned(svc.clone()));
+    tokio::task::yield_now().await;
+    let third = open_error(send(&mut svc.clone()).await);
+    assert!(third.is_half_open());
+    assert_eq!(status(&p1.await.unwrap()), Some(200));
+    assert_eq!(status(&p2.await.unwrap()), Some(200));
+    assert_eq!(svc.state(), State::Closed);
+    assert_eq!(api.received(), 7);
+
+    let until = opened + Duration::from_secs(10);
+    assert_eq!(
+        *hook.lock().unwrap(),
+        [
+            (
+                State::Closed,
+                State::Open { until },
+                Reason::ConsecutiveFailures(5)
+            ),
+            (State::Open { until }, State::HalfOpen, Reason::OpenElapsed),
+            (State::HalfOpen, State::Closed, Reason::ProbesSucceeded),
+        ]
+    );
+}
+
+async fn send_owned<S>(mut svc: S) -> Res
+where
+    S: Service<http::Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>,
+{
+    send(&mut svc).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_reopens_it_for_longer() {
+    let api = Upstream::always(529);
+    let mut svc = CircuitBreaker::new(
+        api.clone(),
+        exact()
+            .open_duration(Duration::from_secs(10))
+            .max_open_duration(Duration::from_secs(35)),
+    );
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    // Doubling: 10 s, 20 s, then capped at 35 s.
+    for (open_for, received) in [(10, 6), (20, 7), (35, 8), (35, 9)] {
+        let at = Instant::now();
+        assert_eq!(
+            svc.state(),
+            State::Open {
+                until: at + Duration::from_secs(open_for)
+            }
+        );
+        advance(Duration::from_secs(open_for)).await;
+        assert_eq!(status(&send(&mut svc).await), Some(529), "the probe");
+        assert_eq!(api.received(), received);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn linear_growth_and_close_after_fewer_successes() {
+    let api = Upstream::new(Duration::ZERO, |_, n| match n {
+        0..=5 => Reply::Status(529),
+        _ => Reply::Status(200),
+    });
+    let policy = exact()
+        .growth(Growth::Linear)
+        .half_open_probes(3)
+        .close_after(1);
+    let mut svc = CircuitBreaker::new(api, policy);
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    advance(Duration::from_secs(10)).await;
+    // With close_after(1) of 3 probes, closing stays possible after two failures: a single
+    // failed probe does not reopen it…
+    assert_eq!(status(&send(&mut svc).await), Some(529));
+    assert_eq!(svc.state(), State::HalfOpen);
+    // …and one success closes it.
+    assert_eq!(status(&send(&mut svc).await), Some(200));
+    assert_eq!(svc.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trip_soon_after_closing_continues_the_growth_a_late_one_restarts_it() {
+    let api = Upstream::new(Duration::ZERO, |t, _| {
+        let s = t.as_secs();
+        if s < 5 || (20..25).contains(&s) || s >= 400 {
+            Reply::Status(529)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let mut svc = CircuitBreaker::new(api, exact().half_open_probes(1));
+    let trip = |svc: &CircuitBreaker<Upstream>| match svc.state() {
+        State::Open { until } => until - Instant::now(),
+        s => panic!("expected open, got {s:?}"),
+    };
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    assert_eq!(trip(&svc), Duration::from_secs(10));
+    advance(Duration::from_secs(10)).await;
+    send(&mut svc).await.unwrap(); // probe at 10 s succeeds
+    assert_eq!(svc.state(), State::Closed);
+    advance(Duration::from_secs(10)).await; // 20 s: overloaded again, 10 s after closing
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    assert_eq!(trip(&svc), Duration::from_secs(20), "second trip in a row");
+    advance(Duration::from_secs(20)).await;
+    send(&mut svc).await.unwrap(); // probe at 40 s succeeds
+    assert_eq!(svc.state(), State::Closed);
+    advance(Duration::from_secs(360)).await; // 400 s: longer than the 300 s memory
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    assert_eq!(trip(&svc), Duration::from_secs(10), "growth restarted");
+}
+
+/// The default classifier plus a test-local reading of `retry-after` (whole seconds).
+fn with_retry_after() -> impl Classify + Clone {
+    classify_fn(|status, headers, hints, api_error| {
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .map(Duration::from_secs);
+        DefaultClassifier::new()
+            .classify_response(status, headers, hints, api_error)
+            .with_retry_after(retry_after)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_of_the_overload_keeps_it_open_at_least_that_long() {
+    let api = Upstream::new(Duration::ZERO, |_, _| Reply::StatusRetryAfter(529, 42));
+    let mut svc = CircuitBreaker::with_classifier(api, exact(), with_retry_after());
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    let open = open_error(send(&mut svc).await);
+    assert_eq!(open.retry_after(), Duration::from_secs(42));
+
+    // An absurd retry-after is capped at the maximum open duration.
+    let api = Upstream::new(Duration::ZERO, |_, _| Reply::StatusRetryAfter(529, 86_400));
+    let mut svc = CircuitBreaker::with_classifier(api, exact(), with_retry_after());
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    let open = open_error(send(&mut svc).await);
+    assert_eq!(open.retry_after(), Duration::from_secs(300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_shortens_the_open_duration_within_bounds() {
+    let mut seen = std::collections::HashSet::new();
+    for seed in 0..20 {
+        let mut svc = CircuitBreaker::new(Upstream::always(529), Policy::new().seed(seed));
+        for _ in 0..5 {
+            send(&mut svc).await.unwrap();
+        }
+        let open = open_error(send(&mut svc).await).retry_after();
+        assert!(
+            open > Duration::from_secs(8) && open <= Duration::from_secs(10),
+            "{open:?}"
+        );
+        seen.insert(open);
+    }
+    assert!(seen.len() > 10, "jitter varies: {seen:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_frees_its_slot() {
+    let api = Upstream::new(Duration::ZERO, |_, n| match n {
+        0..=4 => Reply::Status(529),
+        5 => Reply::Hang,
+        _ => Reply::Status(200),
+    });
+    let mut svc = CircuitBreaker::new(api.clone(), exact().half_open_probes(1));
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    advance(Duration::from_secs(10)).await;
+    let mut probe = tokio_test::task::spawn(send_owned(svc.clone()));
+    assert!(probe.poll().is_pending());
+    assert_eq!(api.received(), 6, "the probe is in flight");
+    assert!(open_error(send(&mut svc).await).is_half_open());
+    drop(probe);
+    assert_eq!(
+        status(&send(&mut svc).await),
+        Some(200),
+        "the slot was freed"
+    );
+    assert_eq!(svc.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outcome_from_an_earlier_state_is_not_counted() {
+    // A slow call admitted while closed ends with 529 after the breaker tripped and half-opened:
+    // it must not count as a failed probe.
+    let api = Upstream::new(Duration::ZERO, |_, n| match n {
+        0 => Reply::StatusRetryAfter(529, 0),
+        1..=5 => Reply::Status(529),
+        _ => Reply::Status(200),
+    });
+    let slow = tower::service_fn({
+        let api = api.clone();
+        move |req| {
+            let mut api = api.clone();
+            async move {
+                let first = api.received() == 0;
+                let res = api.call(req).await;
+                if first {
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                }
+                res
+            }
+        }
+    });
+    let svc = CircuitBreaker::new(slow, exact().half_open_probes(1));
+    let slow_call = tokio::spawn(send_owned(svc.clone()));
+    tokio::task::yield_now().await;
+    for _ in 0..5 {
+        send(&mut svc.clone()).await.unwrap();
+    }
+    assert!(matches!(svc.state(), State::Open { .. }));
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(svc.state(), State::HalfOpen);
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(status(&slow_call.await.unwrap()), Some(529));
+    assert_eq!(
+        svc.state(),
+        State::HalfOpen,
+        "the late 529 did not reopen it"
+    );
+    send(&mut svc.clone()).await.unwrap();
+    assert_eq!(svc.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_and_services_of_one_layer_share_the_breaker() {
+    let layer = CircuitBreakerLayer::new(exact());
+    let api = Upstream::always(529);
+    let a = tower::Layer::layer(&layer, api.clone());
+    let b = tower::Layer::layer(&layer, api.clone());
+    for i in 0..5 {
+        let mut svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+        send(&mut svc).await.unwrap();
+    }
+    assert!(matches!(layer.state(), State::Open { .. }));
+    open_error(send(&mut b.clone()).await);
+    open_error(send(&mut a.clone()).await);
+    // A breaker of its own does not share.
+    let mut own = CircuitBreaker::new(api.clone(), exact());
+    assert_eq!(status(&send(&mut own).await), Some(529));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_breaker_per_host() {
+    let a = Upstream::always(529);
+    let b = Upstream::always(200);
+    let route = tower::service_fn({
+        let (a, b) = (a.clone(), b.clone());
+        move |req: http::Request<Full<Bytes>>| {
+            let mut target = if req.uri().host() == Some("a.example") {
+                a.clone()
+            } else {
+                b.clone()
+            };
+            async move { target.call(req).await }
+        }
+    });
+    let mut svc = CircuitBreaker::new(route, exact().key_by_host());
+    let to = |host: &str| {
+        let mut req = request("m");
+        *req.uri_mut() = format!("http://{host}/v1/messages").parse().unwrap();
+        req
+    };
+    for _ in 0..5 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(to("a.example"))
+            .await
+            .unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(to("b.example"))
+            .await
+            .unwrap();
+    }
+    let open = open_error(svc.ready().await.unwrap().call(to("a.example")).await);
+    assert_eq!(open.key(), Some("a.example"));
+    assert!(matches!(svc.state_of("a.example"), State::Open { .. }));
+    assert_eq!(svc.state_of("b.example"), State::Closed);
+    assert_eq!(
+        svc.state(),
+        State::Closed,
+        "the unkeyed breaker is untouched"
+    );
+    let ok = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(to("b.example"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!((a.received(), b.received()), (5, 6));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_closed_breakers_are_evicted_first() {
+    let api = Upstream::new(Duration::ZERO, |_, _| Reply::Status(529));
+    let policy = exact().max_keys(2).key_fn(|parts| {
+        parts
+            .headers
+            .get("x-model")
+            .map(|v| v.to_str().unwrap().to_owned())
+    });
+    let mut svc = CircuitBreaker::new(api, policy);
+    let mut call = async |model: &str| {
+        let mut req = request(model);
+        req.headers_mut().insert("x-model", model.parse().unwrap());
+        svc.ready().await.unwrap().call(req).await
+    };
+    for _ in 0..5 {
+        call("open").await.unwrap();
+    }
+    advance(Duration::from_secs(1)).await;
+    call("old").await.unwrap();
+    advance(Duration::from_secs(1)).await;
+    // A third key: "open" is the least recently used but open, so "old" goes.
+    call("new").await.unwrap();
+    let keys: std::collections::HashSet<_> =
+        svc.states().into_iter().filter_map(|(k, _)| k).collect();
+    assert_eq!(keys, ["open".to_owned(), "new".to_owned()].into());
+    assert!(matches!(svc.state_of("open"), State::Open { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_failures_trip_it_only_when_configured() {
+    for (reply, kind) in [
+        (Reply::Status(500), OutcomeKind::ServerError),
+        (Reply::ConnectionError, OutcomeKind::Connection),
+    ] {
+        let api = Upstream::new(Duration::ZERO, move |_, _| reply);
+        let mut by_default = CircuitBreaker::new(api.clone(), exact());
+        for _ in 0..20 {
+            let _ = send(&mut by_default).await;
+        }
+        assert_eq!(by_default.state(), State::Closed, "{reply:?}");
+        let mut configured =
+            CircuitBreaker::new(api, exact().trip_on([OutcomeKind::Overloaded, kind]));
+        for _ in 0..5 {
+            let _ = send(&mut configured).await;
+        }
+        assert!(
+            matches!(configured.state(), State::Open { .. }),
+            "{reply:?}"
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "must not trip on `rate_limited`")]
+fn tripping_on_rate_limits_is_refused() {
+    let _ = Policy::new().trip_on([OutcomeKind::RateLimited]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_error_is_a_local_decision() {
+    let mut svc = CircuitBreaker::new(Upstream::always(529), exact());
+    for _ in 0..5 {
+        send(&mut svc).await.unwrap();
+    }
+    let error = send(&mut svc).await.unwrap_err();
+    assert_eq!(
+        DefaultClassifier::new().classify_error(&*error).kind(),
+        OutcomeKind::Rejected
+    );
+    assert!(
+        error.to_string().contains("probing again in 10.000s"),
+        "{error}"
+    );
+    // A breaker below does not count another breaker's refusals.
+    let mut outer = CircuitBreaker::new(svc, exact());
+    for _ in 0..20 {
+        assert!(send(&mut outer).await.is_err());
+    }
+    assert_eq!(outer.state(), State::Closed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acceptance: an overload window from 10 s to 40 s, open-loop traffic of one request every
+// 200 ms for two minutes, 300 ms latency.
+
+const OVERLOAD: std::ops::Range<Duration> = Duration::from_secs(10)..Duration::from_secs(40);
+const EVERY: Duration = Duration::from_millis(200);
+const REQUESTS: u32 = 600;
+
+/// Transitions seen by the hook: (time since start, from, to, requests the API had received).
+type Log = Arc<Mutex<Vec<(Duration, State, State, u64)>>>;
+
+fn logging(policy: Policy, api: &Upstream) -> (Policy, Log) {
+    let log: Log = Arc::default();
+    let (seen, api, start) = (log.clone(), api.clone(), Instant::now());
+    let policy = policy.on_transition(move |t| {
+        seen.lock()
+            .unwrap()
+            .push((t.at() - start, t.from(), t.to(), api.received()))
+    });
+    (policy, log)
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_window_opens_it_keeps_the_api_untouched_and_probes_close_it_after() {
+    let api = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
+    let (policy, log) = logging(Policy::new().seed(1), &api);
+    let svc = CircuitBreaker::new(api.clone(), policy);
+    let results = open_loop(EVERY, REQUESTS, || {
+        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+    })
+    .await;
+    let log = log.lock().unwrap().clone();
+
+    // Opens within the window, shortly after it starts (five overloads in a row).
+    let (opened, from, to, _) = log[0];
+    assert_eq!(
+        (from, matches!(to, State::Open { .. })),
+        (State::Closed, true)
+    );
+    assert!(OVERLOAD.contains(&opened) && opened < OVERLOAD.start + Duration::from_secs(2));
+
+    // Nothing reaches the API while open: the count is the same when it half-opens.
+    for pair in log.windows(2) {
+        if let [
+            (_, _, State::Open { .. }, before),
+            (_, State::Open { .. }, State::HalfOpen, after),
+        ] = pair
+        {
+            assert_eq!(before, after, "{log:?}");
+        }
+    }
+
+    // Closes only after the window ended, through the probes of the first half-open state
+    // after it (within their latency), and stays closed.
+    let [
+        ..,
+        (half_open, _, State::HalfOpen, _),
+        (closed, State::HalfOpen, State::Closed, _),
+    ] = log[..]
+    else {
+        panic!("expected half-open then closed at the end: {log:?}")
+    };
+    assert!(half_open >= OVERLOAD.end, "{log:?}");
+    assert!(closed - half_open < Duration::from_secs(1), "{log:?}");
+    assert!(
+        log.iter()
+            .all(|(at, _, to, _)| *to != State::Closed || *at >= OVERLOAD.end)
+    );
+    for (at, res) in &results {
+        if *at >= closed {
+            assert_eq!(status(res), Some(200), "request started at {at:?}");
+        }
+    }
+    assert_eq!(svc.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_breaker_the_overloaded_api_gets_at_most_a_tenth_of_the_attempts() {
+    let alone = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
+    let svc = alone.clone();
+    open_loop(EVERY, REQUESTS, || {
+        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+    })
+    .await;
+
+    let guarded = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
+    let svc = CircuitBreaker::new(guarded.clone(), Policy::new().seed(1));
+    open_loop(EVERY, REQUESTS, || {
+        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+    })
+    .await;
+
+    let (without, with) = (alone.answered(529), guarded.answered(529));
+    eprintln!(
+        "attempts sent into the overload window: retry alone {without}, with the breaker {with} \
+         (total received {} vs {})",
+        alone.received(),
+        guarded.received()
+    );
+    // 150 requests start inside the window; alone, each makes 3 attempts (a few of them
+    // outside the window).
+    assert!(without > 400, "{without}");
+    assert!(with * 10 <= without, "{with} vs {without}");
+}
