@@ -1,0 +1,98 @@
+//! Response future of [`AdaptiveConcurrencyLimit`](super::AdaptiveConcurrencyLimit).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use http_body::Body;
+
+use super::aimd::{AdaptiveLimiter, Sent};
+use crate::BoxError;
+use crate::concurrency::PermitBody;
+use crate::signals::{ApiError, Classify, OutcomeKind, ResponseSignals, RetryHints};
+
+pin_project_lite::pin_project! {
+    /// Response future of [`AdaptiveConcurrencyLimit`](super::AdaptiveConcurrencyLimit): the
+    /// fixed cap's [`ResponseFuture`](crate::concurrency::future::ResponseFuture) plus the
+    /// feedback of the call's outcome to the controller. A future dropped before it completes
+    /// gives its permit back and teaches the controller nothing.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        inner: crate::concurrency::future::ResponseFuture<F>,
+        feedback: Option<Feedback<C>>,
+    }
+}
+
+struct Feedback<C> {
+    limiter: AdaptiveLimiter,
+    classifier: C,
+    sent: Sent,
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn new(
+        inner: crate::concurrency::future::ResponseFuture<F>,
+        limiter: AdaptiveLimiter,
+        classifier: C,
+        sent: Sent,
+    ) -> Self {
+        ResponseFuture {
+            inner,
+            feedback: Some(Feedback {
+                limiter,
+                classifier,
+                sent,
+            }),
+        }
+    }
+}
+
+/// The outcome of a response: the one a [`Signals`](crate::signals::Signals) layer below stored,
+/// else `classifier`'s reading of it.
+fn outcome_of<B, C: Classify>(response: &Response<B>, classifier: &C) -> OutcomeKind {
+    if let Some(signals) = response.extensions().get::<ResponseSignals>() {
+        return signals.outcome().kind();
+    }
+    let headers = response.headers();
+    classifier
+        .classify_response(
+            response.status(),
+            headers,
+            &RetryHints::from_headers(headers),
+            response.extensions().get::<ApiError>(),
+        )
+        .kind()
+}
+
+impl<F, C, B, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+    E: Into<BoxError>,
+    C: Classify,
+{
+    type Output = Result<Response<PermitBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Some(feedback) = this.feedback.take() {
+            let kind = match &result {
+                Ok(response) => outcome_of(response, &feedback.classifier),
+                Err(error) => feedback.classifier.classify_error(&**error).kind(),
+            };
+            feedback.limiter.record(feedback.sent, kind);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}

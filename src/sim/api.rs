@@ -1,0 +1,749 @@
+//! The simulated API: shared state, admission, and the `tower::Service`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::json;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::body::{self, Parsed};
+use super::bucket::Bucket;
+use super::config::{Config, Limits, OutputAccounting, SimApiBuilder};
+use super::counters::{Cells, Counters};
+use super::faults::{Decisions, Refusal};
+use super::future::ResponseFuture;
+use super::response::{self, Answer, Reading, Snapshot};
+use crate::BoxError;
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash of `z`.
+pub(crate) fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The simulated Claude-like Messages API (see the [module docs](super)).
+///
+/// Clones share the same state (buckets, counters, events, RNG seed).
+#[derive(Clone, Debug)]
+pub struct SimApi {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) start: Instant,
+    state: Mutex<State>,
+    pub(crate) counters: Cells,
+    seq: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Limits set by the builder or `set_limits` (before `LimitChange` faults).
+    base: HashMap<String, Limits>,
+    models: HashMap<String, ModelState>,
+    events: VecDeque<SimEvent>,
+}
+
+#[derive(Debug)]
+struct ModelState {
+    base: Limits,
+    buckets: [Bucket; 3],
+    updated: Instant,
+}
+
+const REQUESTS: usize = 0;
+const INPUT: usize = 1;
+const OUTPUT: usize = 2;
+const DIMENSION_NAMES: [&str; 3] = ["requests", "input tokens", "output tokens"];
+
+impl ModelState {
+    fn advance_to(&mut self, at: Instant) {
+        for b in &mut self.buckets {
+            b.advance(at);
+        }
+        self.updated = self.updated.max(at);
+    }
+
+    fn apply(&mut self, limits: Limits) {
+        self.buckets[REQUESTS].set_limit(limits.requests());
+        self.buckets[INPUT].set_limit(limits.input_tokens());
+        self.buckets[OUTPUT].set_limit(limits.output_tokens());
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::per_minute(
+            self.buckets[REQUESTS].limit(),
+            self.buckets[INPUT].limit(),
+            self.buckets[OUTPUT].limit(),
+        )
+    }
+
+    fn snapshot(&self) -> [Reading; 3] {
+        self.buckets.each_ref().map(|b| Reading {
+            limit: b.limit(),
+            remaining: b.remaining(),
+            until_full: b.until_full(),
+        })
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn elapsed(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.start)
+    }
+
+    /// The model's state brought up to `now`, created on first use; `None` for unknown models.
+    fn model<'a>(
+        &self,
+        state: &'a mut State,
+        name: &str,
+        now: Instant,
+    ) -> Option<&'a mut ModelState> {
+        let faults = &self.config.faults;
+        if !state.models.contains_key(name) {
+            let base = state
+                .base
+                .get(name)
+                .copied()
+                .or(self.config.default_limits)?;
+            let at0 = faults.limits_at(Duration::ZERO).unwrap_or(base);
+            let fill = self.config.starting_fill;
+            let ms = ModelState {
+                base,
+                buckets: [
+                    Bucket::new(at0.requests(), fill, self.start),
+                    Bucket::new(at0.input_tokens(), fill, self.start),
+                    Bucket::new(at0.output_tokens(), fill, self.start),
+                ],
+                updated: self.start,
+            };
+            state.models.insert(name.to_owned(), ms);
+        }
+        let ms = state.models.get_mut(name)?;
+        let (from, to) = (self.elapsed(ms.updated), self.elapsed(now));
+        for boundary in faults.limit_boundaries(from, to) {
+            ms.advance_to(self.start + boundary);
+            ms.apply(faults.limits_at(boundary).unwrap_or(ms.base));
+        }
+        ms.advance_to(now);
+        Some(ms)
+    }
+
+    fn record(&self, state: &mut State, event: SimEvent) {
+        let cap = self.config.events_capacity;
+        if cap == 0 {
+            return;
+        }
+        if state.events.len() >= cap {
+            state.events.pop_front();
+        }
+        state.events.push_back(event);
+    }
+
+    fn event(
+        &self,
+        seq: u64,
+        model: Option<&str>,
+        arrived: Instant,
+        outcome: EventKind,
+    ) -> SimEvent {
+        SimEvent {
+            seq,
+            model: model.map(Arc::from),
+            arrived: self.elapsed(arrived),
+            answered: self.elapsed(Instant::now()),
+            kind: outcome,
+            input_tokens: 0,
+            output_tokens: 0,
+        }
+    }
+
+    /// Counts and records an answer that was not admitted, and renders it.
+    fn answer(
+        &self,
+        seq: u64,
+        model: Option<&str>,
+        arrived: Instant,
+        answer: Answer,
+        decisions: &Decisions,
+    ) -> Response<Full<Bytes>> {
+        let cell = match answer.status.as_u16() {
+            200..=299 => &self.counters.ok,
+            429 if answer.spend_limit => &self.counters.spend_limited,
+            429 => &self.counters.rate_limited,
+            529 => &self.counters.overloaded,
+            500..=599 => &self.counters.server_errors,
+            _ => &self.counters.client_errors,
+        };
+        Cells::inc(cell);
+        // Current levels, nothing charged, when the model is known.
+        let now = Instant::now();
+        let mut state = self.lock();
+        let snapshot = answer.snapshot.or_else(|| {
+            let ms = self.model(&mut state, model?, now)?;
+            Some(Snapshot {
+                at: self.elapsed(now),
+                readings: ms.snapshot(),
+            })
+        });
+        let event = self.event(seq, model, arrived, EventKind::Answered(answer.status));
+        self.record(&mut state, event);
+        drop(state);
+        response::render(self, seq, Answer { snapshot, ..answer }, decisions)
+    }
+}
+
+/// What happened to one request, recorded by the sim when it answered (see
+/// [`SimApi::events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimEvent {
+    seq: u64,
+    model: Option<Arc<str>>,
+    arrived: Duration,
+    answered: Duration,
+    kind: EventKind,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+/// How a request ended, in a [`SimEvent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// Answered with this status.
+    Answered(StatusCode),
+    /// Failed with a scripted connection error.
+    ConnectionError,
+    /// Admitted, then dropped by the caller before its answer (a hung request, a timeout).
+    Dropped,
+}
+
+impl SimEvent {
+    /// The request's arrival number (0 for the first call the API received).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The model asked for, when the body could be read.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// Arrival (for admitted requests: admission), since the API was built (tokio clock).
+    pub fn arrived(&self) -> Duration {
+        self.arrived
+    }
+
+    /// When the answer was sent (or the request failed or was dropped), since the API was
+    /// built.
+    pub fn answered(&self) -> Duration {
+        self.answered
+    }
+
+    /// How the request ended.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// The status answered, if any.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.kind {
+            EventKind::Answered(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Input tokens charged (0 unless admitted).
+    pub fn input_tokens(&self) -> u64 {
+        self.input_tokens
+    }
+
+    /// Output tokens produced (0 unless answered after admission).
+    pub fn output_tokens(&self) -> u64 {
+        self.output_tokens
+    }
+}
+
+/// The exact state of one model's buckets (see [`SimApi::levels`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Levels {
+    limits: Limits,
+    levels: [f64; 3],
+    until_full: [Option<Duration>; 3],
+}
+
+impl Levels {
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Requests available (fractional; never above the limit).
+    pub fn requests(&self) -> f64 {
+        self.levels[REQUESTS]
+    }
+
+    /// Input tokens available (fractional).
+    pub fn input_tokens(&self) -> f64 {
+        self.levels[INPUT]
+    }
+
+    /// Output tokens available (fractional; negative after output charged as produced
+    /// overdraws it).
+    pub fn output_tokens(&self) -> f64 {
+        self.levels[OUTPUT]
+    }
+
+    /// How long until the requests, input and output buckets are full (`None`: never).
+    pub fn until_full(&self) -> [Option<Duration>; 3] {
+        self.until_full
+    }
+}
+
+impl SimApi {
+    /// A builder with the defaults listed on [`SimApiBuilder`].
+    pub fn builder() -> SimApiBuilder {
+        SimApiBuilder::new()
+    }
+
+    pub(crate) fn from_config(config: Config) -> Self {
+        let base = config.models.clone();
+        SimApi {
+            shared: Arc::new(Shared {
+                config,
+                start: Instant::now(),
+                state: Mutex::new(State {
+                    base,
+                    models: HashMap::new(),
+                    events: VecDeque::new(),
+                }),
+                counters: Cells::default(),
+                seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        self.shared.counters.snapshot()
+    }
+
+    /// Changes a model's limits from now on (declaring it if it was unknown). Bucket levels are
+    /// kept, capped at the new capacity. A [`Fault::LimitChange`](super::Fault::LimitChange)
+    /// window in force still overrides them until it closes.
+    pub fn set_limits(&self, model: &str, limits: Limits) {
+        let now = Instant::now();
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        state.base.insert(model.to_owned(), limits);
+        let faults = &shared.config.faults;
+        let at = shared.elapsed(now);
+        if let Some(ms) = shared.model(&mut state, model, now) {
+            ms.base = limits;
+            ms.apply(faults.limits_at(at).unwrap_or(limits));
+        }
+    }
+
+    /// The limits in force now for `model` (`None` if unknown).
+    pub fn limits(&self, model: &str) -> Option<Limits> {
+        self.levels(model).map(|l| l.limits)
+    }
+
+    /// The limits configured for `model` (by the builder or [`set_limits`](Self::set_limits)),
+    /// ignoring scripted limit changes.
+    pub fn configured_limits(&self, model: &str) -> Option<Limits> {
+        let state = self.shared.lock();
+        state
+            .base
+            .get(model)
+            .copied()
+            .or(self.shared.config.default_limits)
+    }
+
+    /// The exact state of `model`'s buckets now (`None` if unknown).
+    pub fn levels(&self, model: &str) -> Option<Levels> {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        let ms = self.shared.model(&mut state, model, now)?;
+        Some(Levels {
+            limits: ms.limits(),
+            levels: ms.buckets.each_ref().map(Bucket::level),
+            until_full: ms.buckets.each_ref().map(Bucket::until_full),
+        })
+    }
+
+    /// The most recent events (at most the configured capacity), oldest first.
+    pub fn events(&self) -> Vec<SimEvent> {
+        self.shared.lock().events.iter().cloned().collect()
+    }
+
+    /// Tokio time elapsed since the API was built.
+    pub fn elapsed(&self) -> Duration {
+        self.shared.elapsed(Instant::now())
+    }
+
+    /// The sim's wall clock now: its epoch plus the elapsed tokio time (without skew).
+    pub fn now_wall(&self) -> SystemTime {
+        UNIX_EPOCH + self.shared.config.epoch + self.elapsed()
+    }
+
+    /// The output accounting mode.
+    pub fn output_accounting(&self) -> OutputAccounting {
+        self.shared.config.accounting
+    }
+
+    /// The starting fill of every bucket.
+    pub fn starting_fill(&self) -> f64 {
+        self.shared.config.starting_fill
+    }
+}
+
+impl<B> Service<Request<B>> for SimApi
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ResponseFuture::new(Box::pin(handle(self.shared.clone(), req)))
+    }
+}
+
+/// An admitted request in flight: returns its reservation if dropped before its answer.
+struct InFlight {
+    shared: Arc<Shared>,
+    seq: u64,
+    model: String,
+    arrived: Instant,
+    input_tokens: u64,
+    reserved: u64,
+    done: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let shared = &self.shared;
+        Cells::dec(&shared.counters.in_flight);
+        Cells::inc(&shared.counters.dropped);
+        let now = Instant::now();
+        let mut state = shared.lock();
+        if let Some(ms) = shared.model(&mut state, &self.model, now) {
+            ms.buckets[OUTPUT].refund(self.reserved);
+        }
+        let mut event = shared.event(
+            self.seq,
+            Some(&self.model),
+            self.arrived,
+            EventKind::Dropped,
+        );
+        event.input_tokens = self.input_tokens;
+        shared.record(&mut state, event);
+    }
+}
+
+enum Admission {
+    Admitted(Snapshot),
+    Refused {
+        snapshot: Snapshot,
+        dimension: usize,
+        /// `None`: can never be admitted under the current limits.
+        wait: Option<Duration>,
+    },
+}
+
+fn admit(shared: &Shared, parsed: &Parsed, now: Instant) -> Option<Admission> {
+    let mut state = shared.lock();
+    let ms = shared.model(&mut state, &parsed.model, now)?;
+    let reserve = shared.config.accounting == OutputAccounting::ReserveMaxTokens;
+    let output_need = if reserve { parsed.max_tokens } else { 1 };
+    let needs = [1, parsed.input_tokens, output_need];
+    let waits: Vec<Option<Duration>> = ms
+        .buckets
+        .iter()
+        .zip(needs)
+        .map(|(b, n)| b.wait_for(n))
+        .collect();
+    let at = shared.elapsed(now);
+    if waits.iter().all(|w| *w == Some(Duration::ZERO)) {
+        ms.buckets[REQUESTS].charge(1);
+        ms.buckets[INPUT].charge(parsed.input_tokens);
+        if reserve {
+            ms.buckets[OUTPUT].charge(parsed.max_tokens);
+        }
+        return Some(Admission::Admitted(Snapshot {
+            at,
+            readings: ms.snapshot(),
+        }));
+    }
+    // The binding dimension: one that can never fit, else the longest wait.
+    let dimension = waits.iter().position(Option::is_none).unwrap_or_else(|| {
+        (0..3)
+            .max_by_key(|&i| (waits[i], std::cmp::Reverse(i)))
+            .unwrap_or(REQUESTS)
+    });
+    Some(Admission::Refused {
+        snapshot: Snapshot {
+            at,
+            readings: ms.snapshot(),
+        },
+        dimension,
+        wait: waits[dimension],
+    })
+}
+
+fn rng_for(seed: u64, seq: u64) -> StdRng {
+    StdRng::seed_from_u64(mix(seed ^ mix(seq)))
+}
+
+async fn handle<B>(shared: Arc<Shared>, req: Request<B>) -> Result<Response<Full<Bytes>>, BoxError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
+    Cells::inc(&shared.counters.received);
+    let (parts, body) = req.into_parts();
+    let collected = Limited::new(body, shared.config.max_body_bytes)
+        .collect()
+        .await;
+    let arrived = Instant::now();
+    let none = Decisions::default();
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            let msg = format!(
+                "request body exceeds the {} byte limit",
+                shared.config.max_body_bytes
+            );
+            let answer = Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", msg);
+            return Ok(shared.answer(seq, None, arrived, answer, &none));
+        }
+        Err(e) => return Err(e),
+    };
+    if parts.method == Method::POST && parts.uri.path() == "/v1/messages/count_tokens" {
+        let answer = match body::count_input_tokens(&bytes) {
+            Some(n) => Answer {
+                status: StatusCode::OK,
+                body: json!({ "input_tokens": n }),
+                retry_after: None,
+                snapshot: None,
+                spend_limit: false,
+            },
+            None => Answer::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "messages: field required".into(),
+            ),
+        };
+        return Ok(shared.answer(seq, None, arrived, answer, &none));
+    }
+    if parts.method != Method::POST || parts.uri.path() != "/v1/messages" {
+        let msg = format!("Not found: {} {}", parts.method, parts.uri.path());
+        let answer = Answer::error(StatusCode::NOT_FOUND, "not_found_error", msg);
+        return Ok(shared.answer(seq, None, arrived, answer, &none));
+    }
+    let parsed = match body::parse(&bytes) {
+        Ok(p) => p,
+        Err(msg) => {
+            let answer = Answer::error(StatusCode::BAD_REQUEST, "invalid_request_error", msg);
+            return Ok(shared.answer(seq, None, arrived, answer, &none));
+        }
+    };
+    let model = Some(parsed.model.as_str());
+    if !shared.lock().base.contains_key(&parsed.model) && shared.config.default_limits.is_none() {
+        let msg = format!("model: {}", parsed.model);
+        let answer = Answer::error(StatusCode::NOT_FOUND, "not_found_error", msg);
+        return Ok(shared.answer(seq, None, arrived, answer, &none));
+    }
+    if parsed.input_tokens > shared.config.context_window {
+        let msg = format!(
+            "prompt is too long: {} tokens > {} maximum",
+            parsed.input_tokens, shared.config.context_window
+        );
+        let answer = Answer::error(StatusCode::BAD_REQUEST, "invalid_request_error", msg);
+        return Ok(shared.answer(seq, model, arrived, answer, &none));
+    }
+
+    let mut rng = rng_for(shared.config.seed, seq);
+    let decisions = shared
+        .config
+        .faults
+        .decide(shared.elapsed(arrived), &mut rng);
+    if let Some(refusal) = decisions.refusal {
+        let answer = match refusal {
+            Refusal::ConnectionError => {
+                Cells::inc(&shared.counters.connection_errors);
+                let mut state = shared.lock();
+                let event = shared.event(seq, model, arrived, EventKind::ConnectionError);
+                shared.record(&mut state, event);
+                tracing::debug!(seq, "sim: scripted connection error");
+                return Err(Box::new(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "connection reset by peer (simulated)",
+                )));
+            }
+            Refusal::Overloaded => Answer::error(
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "overloaded_error",
+                "Overloaded".into(),
+            ),
+            Refusal::ServerError(status) => {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let kind = if status == StatusCode::GATEWAY_TIMEOUT {
+                    "timeout_error"
+                } else {
+                    "api_error"
+                };
+                Answer::error(status, kind, "Internal server error".into())
+            }
+            Refusal::SpendLimit => Answer::spend_limit(),
+        };
+        return Ok(shared.answer(seq, model, arrived, answer, &decisions));
+    }
+
+    let admission = match admit(&shared, &parsed, arrived) {
+        Some(a) => a,
+        None => {
+            let msg = format!("model: {}", parsed.model);
+            let answer = Answer::error(StatusCode::NOT_FOUND, "not_found_error", msg);
+            return Ok(shared.answer(seq, None, arrived, answer, &none));
+        }
+    };
+    let snapshot = match admission {
+        Admission::Admitted(s) => s,
+        Admission::Refused {
+            snapshot,
+            dimension,
+            wait,
+        } => {
+            let reading = snapshot.readings[dimension];
+            let name = DIMENSION_NAMES[dimension];
+            let (retry_after, message) = match wait {
+                Some(wait) => {
+                    let secs = wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64;
+                    (
+                        secs,
+                        format!(
+                            "This request would exceed your organization's rate limit of {} {name} per minute for model {}. Retry after {secs} s.",
+                            reading.limit, parsed.model
+                        ),
+                    )
+                }
+                None => {
+                    let secs = reading
+                        .until_full
+                        .map_or(60, |d| d.as_nanos().div_ceil(1_000_000_000).max(1) as u64);
+                    (
+                        secs,
+                        format!(
+                            "This request's {name} exceed the limit of {} {name} per minute for model {}: it cannot be admitted under the current limits.",
+                            reading.limit, parsed.model
+                        ),
+                    )
+                }
+            };
+            tracing::debug!(seq, model = %parsed.model, dimension = name, retry_after, "sim: rate limited");
+            let mut answer =
+                Answer::error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);
+            answer.retry_after = Some(retry_after);
+            answer.snapshot = Some(snapshot);
+            return Ok(shared.answer(seq, model, arrived, answer, &decisions));
+        }
+    };
+
+    // Admitted.
+    let reserve = shared.config.accounting == OutputAccounting::ReserveMaxTokens;
+    Cells::inc(&shared.counters.admitted);
+    Cells::inc(&shared.counters.in_flight);
+    Cells::add(&shared.counters.input_tokens, parsed.input_tokens);
+    let mut guard = InFlight {
+        shared: shared.clone(),
+        seq,
+        model: parsed.model.clone(),
+        arrived,
+        input_tokens: parsed.input_tokens,
+        reserved: if reserve { parsed.max_tokens } else { 0 },
+        done: false,
+    };
+    let produced = body::produced(&parsed, shared.config.seed, &bytes);
+    if decisions.hang {
+        Cells::inc(&shared.counters.hung);
+        tracing::debug!(seq, "sim: scripted hang");
+        std::future::pending::<()>().await;
+    }
+    let per_token = shared.config.per_token_latency;
+    let latency = shared.config.base_latency
+        + per_token.saturating_mul(u32::try_from(produced).unwrap_or(u32::MAX))
+        + decisions.slow;
+    if !latency.is_zero() {
+        tokio::time::sleep_until(arrived + latency).await;
+    }
+
+    let now = Instant::now();
+    {
+        let mut state = shared.lock();
+        if let Some(ms) = shared.model(&mut state, &parsed.model, now) {
+            if reserve {
+                ms.buckets[OUTPUT].refund(parsed.max_tokens - produced);
+            } else {
+                ms.buckets[OUTPUT].charge(produced);
+            }
+        }
+        let mut event = shared.event(seq, model, arrived, EventKind::Answered(StatusCode::OK));
+        event.input_tokens = parsed.input_tokens;
+        event.output_tokens = produced;
+        shared.record(&mut state, event);
+    }
+    guard.done = true;
+    Cells::dec(&shared.counters.in_flight);
+    Cells::inc(&shared.counters.ok);
+    Cells::add(&shared.counters.output_tokens, produced);
+    let body = json!({
+        "id": format!("msg_sim_{seq:08}"),
+        "type": "message",
+        "role": "assistant",
+        "model": parsed.model,
+        "content": [{"type": "text", "text": body::filler(usize::try_from(produced * 4).unwrap_or(0))}],
+        "stop_reason": if produced >= parsed.max_tokens { "max_tokens" } else { "end_turn" },
+        "stop_sequence": null,
+        "usage": {"input_tokens": parsed.input_tokens, "output_tokens": produced},
+    });
+    let answer = Answer {
+        status: StatusCode::OK,
+        body,
+        retry_after: None,
+        snapshot: Some(snapshot),
+        spend_limit: false,
+    };
+    Ok(response::render(&shared, seq, answer, &decisions))
+}

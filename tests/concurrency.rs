@@ -1,0 +1,486 @@
+//! Fixed and adaptive concurrency caps, driven by hand.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
+use tower_llm_limits::concurrency::{
+    AdaptiveConcurrencyLimitLayer, AdaptiveLimiter, Aimd, ConcurrencyLimit, ConcurrencyLimitLayer,
+    Limiter, PermitBody, Release,
+};
+use tower_llm_limits::signals::{
+    ApiError, Classify, DefaultClassifier, Outcome, OutcomeKind, RetryHints,
+};
+use tower_test::mock;
+
+/// A body yielding its chunks one frame at a time (end of stream after the last one).
+#[derive(Debug, Default)]
+struct Chunks(VecDeque<Bytes>);
+
+impl Chunks {
+    fn new(chunks: &[&'static str]) -> Self {
+        Chunks(
+            chunks
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
+        )
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+type Req = Request<&'static str>;
+type Res = Response<Chunks>;
+
+fn ok(chunks: &[&'static str]) -> Res {
+    Response::new(Chunks::new(chunks))
+}
+
+fn status(code: u16) -> Res {
+    let mut response = ok(&["{}"]);
+    *response.status_mut() = StatusCode::from_u16(code).unwrap();
+    response
+}
+
+/// Polls one frame of `body` and returns its data.
+fn poll_frame(body: &mut PermitBody<Chunks>) -> Poll<Option<Bytes>> {
+    let mut t = task::spawn(());
+    t.enter(|cx, _| Pin::new(body).poll_frame(cx))
+        .map(|frame| frame.map(|f| f.unwrap().into_data().unwrap()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed cap
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn waiters_are_woken_in_fifo_order_and_newcomers_do_not_overtake() {
+    let layer = ConcurrencyLimitLayer::new(1);
+    let limiter = layer.limiter().unwrap().clone();
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    let mut b = a.clone();
+    let mut c = a.clone();
+    let mut d = a.clone();
+
+    assert_ready_ok!(a.poll_ready());
+    assert_pending!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+    assert_eq!((limiter.in_flight(), limiter.waiting()), (1, 2));
+
+    let mut fut = task::spawn(a.call(Request::new("a")));
+    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    send.send_response(ok(&[]));
+    let response = assert_ready_ok!(fut.poll());
+    // An empty body gives its permit back at once: the oldest waiter gets it.
+    assert!(!response.body().holds_permit());
+    assert!(b.is_woken());
+    assert!(!c.is_woken());
+    // b has not taken its permit yet, but a newcomer must not take it from it.
+    assert_pending!(d.poll_ready());
+    assert_eq!((limiter.in_flight(), limiter.waiting()), (1, 2));
+    assert_ready_ok!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+
+    // b gives its unused permit back by being dropped: c is next, then d.
+    drop(b);
+    assert!(c.is_woken());
+    assert!(!d.is_woken());
+    assert_ready_ok!(c.poll_ready());
+    assert_pending!(d.poll_ready());
+    drop(c);
+    assert!(d.is_woken());
+    assert_ready_ok!(d.poll_ready());
+}
+
+#[tokio::test]
+async fn dropping_the_response_future_frees_the_permit() {
+    let (mut a, _handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    let mut b = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    let fut = a.call(Request::new("a"));
+    assert_pending!(b.poll_ready());
+    drop(fut);
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+    assert_eq!(b.get_ref().in_flight(), 1);
+}
+
+#[tokio::test]
+async fn dropping_a_waiting_service_leaves_the_queue() {
+    let (mut a, _handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    let mut b = a.clone();
+    let mut c = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    assert_pending!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+    drop(b);
+    assert_eq!(a.get_ref().limiter().waiting(), 1);
+    drop(a);
+    assert!(c.is_woken());
+    assert_ready_ok!(c.poll_ready());
+    assert_eq!(c.get_ref().in_flight(), 1);
+}
+
+#[tokio::test]
+async fn a_granted_but_untaken_permit_returns_when_the_waiter_is_dropped() {
+    let (mut a, _handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    let mut b = a.clone();
+    let mut c = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    assert_pending!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+    drop(a); // the permit is handed to b, which never polls again
+    assert!(b.is_woken());
+    drop(b);
+    assert!(c.is_woken());
+    assert_ready_ok!(c.poll_ready());
+}
+
+#[tokio::test]
+async fn errors_free_the_permit() {
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    let mut b = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    let mut fut = task::spawn(a.call(Request::new("a")));
+    assert_pending!(b.poll_ready());
+    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    send.send_error("connection reset");
+    let error = fut.poll().map(Result::unwrap_err);
+    assert_eq!(assert_ready!(error).to_string(), "connection reset");
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+}
+
+#[tokio::test]
+async fn clones_share_the_cap_but_not_the_permit() {
+    let (mut a, _handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(2));
+    assert_ready_ok!(a.poll_ready());
+    let mut b = a.clone();
+    let mut c = a.clone();
+    assert_eq!(a.get_ref().in_flight(), 1); // cloning a ready service takes no permit
+    assert_ready_ok!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+    assert!(a.get_ref().limiter().same_as(c.get_ref().limiter()));
+}
+
+#[tokio::test]
+async fn layer_constructors_share_or_not_as_documented() {
+    use tower::Layer;
+    let shared = ConcurrencyLimitLayer::new(3);
+    let one = shared.layer(());
+    let two = shared.clone().layer(());
+    assert!(one.limiter().same_as(two.limiter()));
+
+    let limiter = Limiter::new(3);
+    let three = ConcurrencyLimitLayer::shared(limiter.clone()).layer(());
+    assert!(three.limiter().same_as(&limiter));
+
+    let per = ConcurrencyLimitLayer::per_service(3);
+    assert!(per.limiter().is_none());
+    assert!(!per.layer(()).limiter().same_as(per.layer(()).limiter()));
+}
+
+#[tokio::test]
+async fn the_body_holds_the_permit_until_its_end() {
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    let mut b = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    let mut fut = task::spawn(a.call(Request::new("a")));
+    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    send.send_response(ok(&["data: 1\n\n", "data: 2\n\n"]));
+    let mut body: PermitBody<Chunks> = assert_ready_ok!(fut.poll()).into_body();
+    assert!(body.holds_permit());
+    assert_pending!(b.poll_ready());
+
+    assert!(assert_ready!(poll_frame(&mut body)).is_some());
+    assert!(body.holds_permit());
+    assert!(!b.is_woken());
+    // The last frame ends the stream: the permit goes back with it.
+    assert!(assert_ready!(poll_frame(&mut body)).is_some());
+    assert!(!body.holds_permit());
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+}
+
+#[tokio::test]
+async fn dropping_a_half_read_body_frees_the_permit() {
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    let mut b = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    let mut fut = task::spawn(a.call(Request::new("a")));
+    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    send.send_response(ok(&["1", "2", "3"]));
+    let mut body = assert_ready_ok!(fut.poll()).into_body();
+    assert!(assert_ready!(poll_frame(&mut body)).is_some());
+    assert_pending!(b.poll_ready());
+    drop(body);
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+}
+
+#[tokio::test]
+async fn release_at_headers_does_not_hold_the_permit_in_the_body() {
+    let layer = ConcurrencyLimitLayer::new(1).release(Release::AtHeaders);
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    let mut b = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    let mut fut = task::spawn(a.call(Request::new("a")));
+    assert_pending!(b.poll_ready());
+    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    send.send_response(ok(&["1", "2"]));
+    let body = assert_ready_ok!(fut.poll()).into_body();
+    assert!(!body.holds_permit());
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+}
+
+#[tokio::test]
+#[should_panic(expected = "without a permit")]
+async fn call_without_poll_ready_panics() {
+    let (mut a, _handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    drop(a.call(Request::new("a")));
+}
+
+#[tokio::test]
+async fn raising_the_limit_wakes_waiters_and_lowering_it_lets_calls_finish() {
+    let limiter = Limiter::new(2);
+    let (mock, _handle) = mock::pair::<Req, Res>();
+    let svc = ConcurrencyLimit::with_limiter(mock, limiter.clone());
+    let mut held: Vec<_> = (0..4).map(|_| mock::Spawn::new(svc.clone())).collect();
+    let mut waiter = mock::Spawn::new(svc);
+    assert_ready_ok!(held[0].poll_ready());
+    assert_ready_ok!(held[1].poll_ready());
+    assert_pending!(held[2].poll_ready());
+    assert_pending!(held[3].poll_ready());
+    assert_pending!(waiter.poll_ready());
+    limiter.set_limit(4);
+    assert!(held[2].is_woken() && held[3].is_woken() && !waiter.is_woken());
+    assert_ready_ok!(held[2].poll_ready());
+    assert_ready_ok!(held[3].poll_ready());
+    assert_eq!(limiter.in_flight(), 4);
+
+    // Lower to 2: nobody loses a permit, and the waiter is admitted only once fewer than 2 are
+    // held.
+    limiter.set_limit(2);
+    assert_eq!(limiter.in_flight(), 4);
+    held.pop();
+    held.pop();
+    assert_eq!(limiter.in_flight(), 2);
+    assert!(!waiter.is_woken());
+    held.pop();
+    assert!(waiter.is_woken());
+    assert_ready_ok!(waiter.poll_ready());
+    assert_eq!((limiter.in_flight(), limiter.waiting()), (2, 0));
+}
+
+#[tokio::test]
+async fn a_limit_of_zero_admits_nothing_until_raised() {
+    let (mut a, _handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(0));
+    assert_pending!(a.poll_ready());
+    a.get_ref().limiter().set_limit(1);
+    assert!(a.is_woken());
+    assert_ready_ok!(a.poll_ready());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adaptive cap
+// ---------------------------------------------------------------------------------------------
+
+fn adaptive(config: Aimd) -> (AdaptiveConcurrencyLimitLayer, AdaptiveLimiter) {
+    let layer = AdaptiveConcurrencyLimitLayer::new(config).unwrap();
+    let limiter = layer.limiter().clone();
+    (layer, limiter)
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_typed_errors() {
+    for (config, reason) in [
+        (Aimd::new().min(0), "min must be at least 1"),
+        (Aimd::new().min(10).max(5), "min must not exceed max"),
+        (
+            Aimd::new().initial(100),
+            "initial must lie within min..=max",
+        ),
+        (
+            Aimd::new().decrease_factor(1.0),
+            "decrease_factor must lie strictly between 0 and 1",
+        ),
+        (
+            Aimd::new().decrease_factor(f64::NAN),
+            "decrease_factor must lie strictly between 0 and 1",
+        ),
+    ] {
+        assert_eq!(AdaptiveLimiter::new(config).unwrap_err().reason(), reason);
+    }
+}
+
+#[tokio::test]
+async fn a_wave_of_429s_shrinks_the_limit_once_per_epoch() {
+    let (layer, limiter) = adaptive(Aimd::new().initial(10).max(10));
+    let (first, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    let mut services: Vec<_> = (0..11).map(|_| first.clone()).collect();
+    let mut wave = Vec::new();
+    for s in &mut services[..10] {
+        assert_ready_ok!(s.poll_ready());
+        wave.push(task::spawn(s.call(Request::new("wave"))));
+    }
+    assert_pending!(services[10].poll_ready());
+    let mut responses = Vec::new();
+    for fut in &mut wave {
+        let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+        send.send_response(status(429));
+        let response = assert_ready_ok!(fut.poll());
+        assert_eq!(response.status(), 429); // responses stay responses
+        responses.push(response);
+    }
+    // Ten 429s from one wave: one decrease, 10 → 7.
+    assert_eq!(limiter.limit(), 7);
+    assert_eq!(limiter.decreases(), 1);
+    // The bodies still hold their permits: 10 in flight above the new limit of 7.
+    assert_eq!(limiter.in_flight(), 10);
+    // The waiter is admitted only once fewer than 7 are in flight.
+    responses.truncate(7);
+    assert_eq!(limiter.in_flight(), 7);
+    assert!(!services[10].is_woken());
+    responses.truncate(6);
+    assert!(services[10].is_woken());
+    drop(responses);
+    assert_ready_ok!(services[10].poll_ready());
+
+    // A call of the new epoch that is refused shrinks it again: 7 → 4.
+    let mut fut = task::spawn(services[10].call(Request::new("next")));
+    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    send.send_response(status(529));
+    drop(assert_ready_ok!(fut.poll()));
+    assert_eq!(limiter.limit(), 4);
+    assert_eq!(limiter.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn successes_grow_the_limit_by_one_per_limit_and_wake_waiters() {
+    let (layer, limiter) = adaptive(Aimd::new().initial(2).max(3));
+    let (first, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    let mut s: Vec<_> = (0..3).map(|_| first.clone()).collect();
+    assert_ready_ok!(s[0].poll_ready());
+    assert_ready_ok!(s[1].poll_ready());
+    assert_pending!(s[2].poll_ready());
+    let mut a = task::spawn(s[0].call(Request::new("a")));
+    let mut b = task::spawn(s[1].call(Request::new("b")));
+    for fut in [&mut a, &mut b] {
+        let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+        send.send_response(ok(&["x"]));
+        let _body = assert_ready_ok!(fut.poll()); // the body is dropped: permit back
+    }
+    // Two successes at a limit of 2: +1, and the waiter is admitted.
+    assert_eq!(limiter.limit(), 3);
+    assert!(s[2].is_woken());
+    assert_ready_ok!(s[2].poll_ready());
+
+    // At max, more successes change nothing.
+    for _ in 0..6 {
+        let mut fut = task::spawn(s[2].call(Request::new("c")));
+        let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+        send.send_response(ok(&[]));
+        drop(assert_ready_ok!(fut.poll()));
+        assert_ready_ok!(s[2].poll_ready());
+    }
+    assert_eq!(limiter.limit(), 3);
+    assert_eq!(limiter.increases(), 1);
+}
+
+#[tokio::test]
+async fn successes_of_an_idle_service_do_not_grow_the_limit() {
+    let (layer, limiter) = adaptive(Aimd::new().initial(4));
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    for _ in 0..20 {
+        assert_ready_ok!(a.poll_ready());
+        let mut fut = task::spawn(a.call(Request::new("a")));
+        let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+        send.send_response(ok(&[]));
+        drop(assert_ready_ok!(fut.poll()));
+    }
+    // One call at a time never uses half of a limit of 4.
+    assert_eq!(limiter.limit(), 4);
+}
+
+/// Reads every error as a timeout.
+#[derive(Clone, Copy, Debug)]
+struct ErrorsAreTimeouts;
+
+impl Classify for ErrorsAreTimeouts {
+    fn classify_response(
+        &self,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+        hints: &RetryHints,
+        api_error: Option<&ApiError>,
+    ) -> Outcome {
+        DefaultClassifier::new().classify_response(status, headers, hints, api_error)
+    }
+
+    fn classify_error(&self, _error: &(dyn std::error::Error + 'static)) -> Outcome {
+        Outcome::new(OutcomeKind::Timeout)
+    }
+}
+
+#[tokio::test]
+async fn errors_are_read_through_the_classifier() {
+    // Default classifier: a connection error says nothing about concurrency.
+    let (layer, limiter) = adaptive(Aimd::new().initial(10));
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    assert_ready_ok!(a.poll_ready());
+    let mut fut = task::spawn(a.call(Request::new("a")));
+    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    send.send_error("connection reset");
+    assert!(assert_ready!(fut.poll()).is_err());
+    assert_eq!((limiter.limit(), limiter.in_flight()), (10, 0));
+
+    // A classifier that reads the error as a timeout: the limit shrinks.
+    let (layer, limiter) = adaptive(Aimd::new().initial(10));
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer.classifier(ErrorsAreTimeouts));
+    assert_ready_ok!(a.poll_ready());
+    let mut fut = task::spawn(a.call(Request::new("a")));
+    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    send.send_error("deadline elapsed");
+    assert!(assert_ready!(fut.poll()).is_err());
+    assert_eq!((limiter.limit(), limiter.in_flight()), (7, 0));
+}
+
+#[tokio::test]
+async fn backoff_outcomes_are_configurable_and_never_go_below_min() {
+    let (layer, limiter) = adaptive(
+        Aimd::new()
+            .initial(3)
+            .min(2)
+            .backoff_on([OutcomeKind::Overloaded]),
+    );
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    for (code, expected) in [(429, 3), (503, 2), (529, 2)] {
+        assert_ready_ok!(a.poll_ready());
+        let mut fut = task::spawn(a.call(Request::new("a")));
+        let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+        send.send_response(status(code));
+        drop(assert_ready_ok!(fut.poll()));
+        assert_eq!(limiter.limit(), expected, "after {code}");
+    }
+}
