@@ -18,6 +18,7 @@ pub(crate) fn is_local_decision(error: &(dyn StdError + 'static)) -> bool {
         if e.is::<crate::breaker::error::Open>()
             || e.is::<WaitTooLong>()
             || e.is::<CostExceedsLimit>()
+            || crate::retry::error::is_retry_decision(e)
         {
             return true;
         }

@@ -1,0 +1,186 @@
+//! Errors of the [`Retry`](super::Retry) layer: the cases where the layer itself ends a call.
+//!
+//! Each carries what a caller needs to act: the status of the last response (if the last
+//! attempt got one), the wait the server asked for (if it asked), the number of attempts made,
+//! and the provider's error body when an [`ErrorBodyLayer`](crate::signals::ErrorBodyLayer)
+//! below parsed it. When the last attempt failed with an error rather than a response, that
+//! error is the [`source`](std::error::Error::source).
+//!
+//! The last response's body is dropped (which frees its connection): the caller gets these
+//! facts instead of a response it would have to drain.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::BoxError;
+use crate::signals::ApiError;
+
+/// What the last attempt left behind; shared by every error of this module.
+#[derive(Debug, Default)]
+pub(crate) struct LastAttempt {
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) server_wait: Option<Duration>,
+    pub(crate) attempts: u32,
+    pub(crate) api_error: Option<ApiError>,
+    pub(crate) error: Option<BoxError>,
+}
+
+impl LastAttempt {
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, " after {} attempt", self.attempts)?;
+        if self.attempts != 1 {
+            f.write_str("s")?;
+        }
+        match (self.status, &self.error) {
+            (Some(status), _) => write!(f, ", last status {status}")?,
+            (None, Some(error)) => write!(f, ", last error: {error}")?,
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
+macro_rules! last_attempt_getters {
+    ($name:ident) => {
+        impl $name {
+            /// The status of the last response, `None` when the last attempt ended in an error.
+            pub fn last_status(&self) -> Option<StatusCode> {
+                self.last.status
+            }
+
+            /// The wait the server asked for in its last response (`retry-after-ms`,
+            /// `retry-after`), or the wait a pacing layer below announced.
+            pub fn server_wait(&self) -> Option<Duration> {
+                self.last.server_wait
+            }
+
+            /// How many attempts were made (the first one included).
+            pub fn attempts(&self) -> u32 {
+                self.last.attempts
+            }
+
+            /// The provider's error body of the last response, when an
+            /// [`ErrorBodyLayer`](crate::signals::ErrorBodyLayer) below parsed it.
+            pub fn api_error(&self) -> Option<&ApiError> {
+                self.last.api_error.as_ref()
+            }
+        }
+
+        impl StdError for $name {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                self.last
+                    .error
+                    .as_deref()
+                    .map(|e| e as &(dyn StdError + 'static))
+            }
+        }
+    };
+}
+
+/// The retry budget is spent: retrying now would multiply the load on a failing server.
+#[derive(Debug)]
+pub struct BudgetExhausted {
+    last: LastAttempt,
+}
+
+impl BudgetExhausted {
+    pub(crate) fn new(last: LastAttempt) -> Self {
+        BudgetExhausted { last }
+    }
+}
+
+impl fmt::Display for BudgetExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("retry budget exhausted")?;
+        self.last.describe(f)
+    }
+}
+
+last_attempt_getters!(BudgetExhausted);
+
+/// The next retry could not start before the call's deadline.
+#[derive(Debug)]
+pub struct DeadlineExceeded {
+    last: LastAttempt,
+    deadline: Duration,
+    next_wait: Duration,
+}
+
+impl DeadlineExceeded {
+    pub(crate) fn new(last: LastAttempt, deadline: Duration, next_wait: Duration) -> Self {
+        DeadlineExceeded {
+            last,
+            deadline,
+            next_wait,
+        }
+    }
+
+    /// The configured deadline of the call (measured from its start).
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The wait before the retry that was not attempted.
+    pub fn next_wait(&self) -> Duration {
+        self.next_wait
+    }
+}
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "retry deadline of {:?} would be crossed by a wait of {:?}",
+            self.deadline, self.next_wait
+        )?;
+        self.last.describe(f)
+    }
+}
+
+last_attempt_getters!(DeadlineExceeded);
+
+/// The server asked for a wait longer than the configured ceiling
+/// ([`Policy::max_server_wait`](super::Policy::max_server_wait)).
+#[derive(Debug)]
+pub struct WaitTooLong {
+    last: LastAttempt,
+    ceiling: Duration,
+}
+
+impl WaitTooLong {
+    pub(crate) fn new(last: LastAttempt, ceiling: Duration) -> Self {
+        WaitTooLong { last, ceiling }
+    }
+
+    /// The wait the server asked for.
+    pub fn wait(&self) -> Duration {
+        self.last.server_wait.unwrap_or_default()
+    }
+
+    /// The configured ceiling it exceeded.
+    pub fn ceiling(&self) -> Duration {
+        self.ceiling
+    }
+}
+
+impl fmt::Display for WaitTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "server asked to wait {:?}, more than the ceiling of {:?}",
+            self.wait(),
+            self.ceiling
+        )?;
+        self.last.describe(f)
+    }
+}
+
+last_attempt_getters!(WaitTooLong);
+
+/// `true` when `error` is one of this module's errors.
+pub(crate) fn is_retry_decision(error: &(dyn StdError + 'static)) -> bool {
+    error.is::<BudgetExhausted>() || error.is::<DeadlineExceeded>() || error.is::<WaitTooLong>()
+}

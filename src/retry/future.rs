@@ -1,0 +1,167 @@
+//! Response future of [`Retry`](super::Retry).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderValue, Request, Response, request::Parts};
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::ReplayBody;
+use super::policy::{CallState, Next};
+use super::service::Shared;
+use crate::BoxError;
+use crate::signals::Classify;
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is in flight.
+        Calling { #[pin] future: F },
+        // Waiting before the next attempt.
+        Sleeping { #[pin] sleep: Sleep },
+        // Waiting for the inner service to be ready for the next attempt.
+        Readying,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Retry`](super::Retry).
+    ///
+    /// Dropping it at any point cancels the call: the attempt in flight or the wait is dropped
+    /// and nothing stays reserved (a budget withdrawal for a retry already decided is not
+    /// refunded).
+    pub struct ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        // The request as it was made, kept to build the retries (`None`: not replayable).
+        template: Option<(Parts, B)>,
+        // The next attempt's request, built when the retry was decided.
+        next: Option<Request<B>>,
+        shared: Arc<Shared<C>>,
+        rng: fastrand::Rng,
+        call: CallState,
+    }
+}
+
+impl<S, B, C> fmt::Debug for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Calling { .. } => "calling",
+            State::Sleeping { .. } => "sleeping",
+            State::Readying => "readying",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("attempts", &self.call.attempts)
+            .field("replayable", &self.template.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, C> ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+    B: ReplayBody,
+{
+    pub(crate) fn new(
+        mut service: S,
+        request: Request<B>,
+        shared: Arc<Shared<C>>,
+        rng: fastrand::Rng,
+    ) -> Self {
+        let (parts, body) = request.into_parts();
+        let (request, template) = match body.replay() {
+            Some(copy) => (
+                Request::from_parts(parts.clone(), copy),
+                Some((parts, body)),
+            ),
+            None => (Request::from_parts(parts, body), None),
+        };
+        let future = service.call(request);
+        ResponseFuture {
+            state: State::Calling { future },
+            service,
+            template,
+            next: None,
+            shared,
+            rng,
+            call: CallState::start(),
+        }
+    }
+}
+
+/// Builds the request of retry number `retry` from the template, or `None` when the body cannot
+/// be replayed.
+fn rebuild<B: ReplayBody>(
+    template: &Option<(Parts, B)>,
+    header: Option<&http::HeaderName>,
+    retry: u32,
+) -> Option<Request<B>> {
+    let (parts, body) = template.as_ref()?;
+    let body = body.replay()?;
+    let mut parts = parts.clone();
+    if let Some(name) = header {
+        parts.headers.insert(name.clone(), HeaderValue::from(retry));
+    }
+    Some(Request::from_parts(parts, body))
+}
+
+impl<S, B, C, ResB> Future for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+    C: Classify,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let policy = &this.shared.policy;
+                    let (template, next) = (&*this.template, &mut *this.next);
+                    let prepare = |retry| {
+                        *next = rebuild(template, policy.attempt_header.as_ref(), retry);
+                        next.is_some()
+                    };
+                    match policy.after_attempt(result, this.call, this.rng, prepare) {
+                        Next::Done(result) => {
+                            *this.next = None;
+                            return Poll::Ready(result);
+                        }
+                        Next::Retry(sleep) if sleep.is_zero() => this.state.set(State::Readying),
+                        Next::Retry(sleep) => this.state.set(State::Sleeping {
+                            sleep: tokio::time::sleep(sleep),
+                        }),
+                    }
+                }
+                StateProj::Sleeping { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(request) = this.next.take() else {
+                        return Poll::Ready(Err("retry: polled after completion".into()));
+                    };
+                    let future = this.service.call(request);
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The retry policy: what is retried, how long to wait, and when to give up.
+
+use std::time::Duration;
+
+use http::{HeaderName, Response};
+use tokio::time::Instant;
+
+use super::error::{BudgetExhausted, DeadlineExceeded, LastAttempt, WaitTooLong};
+use super::{Backoff, Budget};
+use crate::BoxError;
+use crate::signals::{
+    ApiError, Classify, DefaultClassifier, Outcome, OutcomeKind, ResponseSignals, RetryHints,
+    WaitAbsorbed, WaitSource,
+};
+
+/// The header the official SDKs send on retries.
+pub const SDK_ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-stainless-retry-count");
+
+/// The default ceiling on a server-dictated wait: 60 s.
+pub const DEFAULT_MAX_SERVER_WAIT: Duration = Duration::from_secs(60);
+
+/// How many attempts a call took, first one included. The [`Retry`](super::Retry) layer stores
+/// it in the extensions of every response it returns; its errors carry the same count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Attempts(u32);
+
+impl Attempts {
+    pub(crate) fn new(n: u32) -> Self {
+        Attempts(n)
+    }
+
+    /// The number of attempts.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// The configuration of the [`Retry`](super::Retry) layer.
+///
+/// The defaults are the official SDKs' (2 retries, [`Backoff::sdk`]) plus what the SDKs lack:
+/// a 60 s ceiling on a server-dictated wait, a [`Budget`] and no deadline.
+///
+/// A policy built with [`Policy::new`] owns a fresh [`Budget`]: every service made from it (all
+/// clones of the layer and of the services) shares that budget, and a second `Policy::new()`
+/// has its own. To share one budget between separately built layers, create it once and pass a
+/// clone of the handle to each with [`budget`](Self::budget).
+#[derive(Clone, Debug)]
+pub struct Policy<C = DefaultClassifier> {
+    pub(crate) max_retries: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_server_wait: Duration,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) attempt_header: Option<HeaderName>,
+    pub(crate) budget: Option<Budget>,
+    pub(crate) classifier: C,
+    pub(crate) seed: Option<u64>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::new()
+    }
+}
+
+impl Policy {
+    /// The SDK defaults with the [`DefaultClassifier`] and a fresh [`Budget::default`].
+    pub fn new() -> Self {
+        Policy {
+            max_retries: 2,
+            backoff: Backoff::sdk(),
+            max_server_wait: DEFAULT_MAX_SERVER_WAIT,
+            deadline: None,
+            attempt_header: None,
+            budget: Some(Budget::default()),
+            classifier: DefaultClassifier::new(),
+            seed: None,
+        }
+    }
+}
+
+impl<C> Policy<C> {
+    /// How many retries a call may make after its first attempt (default 2, as the SDKs).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// The backoff used when the server gives no wait (default [`Backoff::sdk`]).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest server-dictated wait the layer honours (default 60 s). A longer
+    /// `retry-after` ends the call at once with [`WaitTooLong`](super::error::WaitTooLong),
+    /// which states the server's wait.
+    ///
+    /// The SDKs differ here: Anthropic Python and openai-node honour `retry-after` only up to
+    /// 60 s and silently fall back to their backoff above it, openai-python does not retry at
+    /// all above 120 s, Anthropic TS/Go/Java wait whatever the server says. Waiting less than the
+    /// server asked only earns another 429, and a silent 10-minute hang helps nobody: the
+    /// caller gets the figure and decides.
+    pub fn max_server_wait(mut self, ceiling: Duration) -> Self {
+        self.max_server_wait = ceiling;
+        self
+    }
+
+    /// An overall deadline per call, from the moment it is made, for all attempts and waits: a
+    /// retry that could not start before it is not attempted and the call ends with
+    /// [`DeadlineExceeded`](super::error::DeadlineExceeded). An attempt in flight is not cut
+    /// short (put a timeout layer below for that).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Sends the number of retries made so far (`1`, `2`, …) in header `name` on each retry;
+    /// the first attempt goes out unchanged. Off by default.
+    pub fn attempt_header(mut self, name: HeaderName) -> Self {
+        self.attempt_header = Some(name);
+        self
+    }
+
+    /// [`attempt_header`](Self::attempt_header) with the SDKs' `x-stainless-retry-count`.
+    pub fn sdk_attempt_header(self) -> Self {
+        self.attempt_header(SDK_ATTEMPT_HEADER)
+    }
+
+    /// Uses `budget`, shared with every other holder of a clone of the handle.
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: only [`max_retries`](Self::max_retries) bounds the retries.
+    pub fn without_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// Seeds the random source of the jitter, for reproducible runs and tests. The n-th call
+    /// (counting from 0) through any service made from this policy draws its jitter from
+    /// `fastrand::Rng::with_seed(seed.wrapping_add(n))`. Unseeded (the default), each call
+    /// gets a randomly seeded source.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Classifies responses and errors with `classifier` instead of the
+    /// [`DefaultClassifier`].
+    pub fn classifier<C2>(self, classifier: C2) -> Policy<C2> {
+        Policy {
+            max_retries: self.max_retries,
+            backoff: self.backoff,
+            max_server_wait: self.max_server_wait,
+            deadline: self.deadline,
+            attempt_header: self.attempt_header,
+            budget: self.budget,
+            classifier,
+            seed: self.seed,
+        }
+    }
+
+    /// The retry budget, if any.
+    pub fn get_budget(&self) -> Option<&Budget> {
+        self.budget.as_ref()
+    }
+
+    /// The classifier.
+    pub fn get_classifier(&self) -> &C {
+        &self.classifier
+    }
+
+    /// Why an attempt that ended with `outcome` is not retried, or `None` when a retry is wanted.
+    pub(crate) fn refusal(&self, outcome: &Outcome, attempts: u32) -> Option<&'static str> {
+        if matches!(
+            outcome.kind(),
+            OutcomeKind::Success | OutcomeKind::Rejected | OutcomeKind::SpendLimit
+        ) || !outcome.is_retryable()
+        {
+            Some("not retryable")
+        } else if attempts > self.max_retries {
+            Some("retries used up")
+        } else {
+            None
+        }
+    }
+
+    /// Schedules the retry [`refusal`](Self::refusal) wanted: the wait, or the reason the layer
+    /// ends the call (ceiling, deadline, budget).
+    pub(crate) fn schedule(&self, attempt: &Attempt, rng: &mut fastrand::Rng) -> Verdict {
+        let outcome = &attempt.outcome;
+        let now = Instant::now();
+        let absorbed = attempt
+            .absorbed_until
+            .map(|until| until.saturating_duration_since(now));
+        let server_wait = outcome.retry_after().or(absorbed);
+        if let Some(wait) = server_wait
+            && wait > self.max_server_wait
+        {
+            return Verdict::WaitTooLong;
+        }
+        let (sleep, backoff, source) = match (absorbed, outcome.retry_after()) {
+            (Some(_), _) => (Duration::ZERO, Duration::ZERO, "absorbed"),
+            (None, Some(wait)) => (wait, Duration::ZERO, attempt.hint_source),
+            (None, None) => {
+                let retries = attempt.attempts - 1;
+                let wait = self.backoff.delay(retries, attempt.previous_backoff, rng);
+                (wait, wait, "backoff")
+            }
+        };
+        let wait = server_wait.unwrap_or(sleep);
+        if let Some(deadline) = self.deadline
+            && now + wait >= attempt.started + deadline
+        {
+            return Verdict::Deadline { wait };
+        }
+        if let Some(budget) = &self.budget
+            && !budget.withdraw()
+        {
+            return Verdict::Budget;
+        }
+        Verdict::Retry {
+            sleep,
+            wait,
+            backoff,
+            source,
+        }
+    }
+}
+
+/// What the future knows about the attempt that just ended.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    pub(crate) outcome: Outcome,
+    /// Where the outcome's `retry_after` came from (for tracing).
+    pub(crate) hint_source: &'static str,
+    pub(crate) absorbed_until: Option<Instant>,
+    pub(crate) attempts: u32,
+    pub(crate) started: Instant,
+    pub(crate) previous_backoff: Duration,
+}
+
+/// What follows an attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Hand the result back as it is.
+    Return(&'static str),
+    /// Retry after sleeping `sleep` (zero when a pacing layer below absorbed the wait).
+    Retry {
+        sleep: Duration,
+        /// The wait the retry will really see (the server's, or `sleep`).
+        wait: Duration,
+        /// The backoff drawn (zero when the wait came from elsewhere).
+        backoff: Duration,
+        source: &'static str,
+    },
+    /// The server's wait is above the ceiling.
+    WaitTooLong,
+    /// The retry could not start before the deadline.
+    Deadline { wait: Duration },
+    /// The budget is spent.
+    Budget,
+}
+
+/// The state of one call across its attempts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallState {
+    pub(crate) started: Instant,
+    /// Attempts made so far, the one that just ended included.
+    pub(crate) attempts: u32,
+    pub(crate) previous_backoff: Duration,
+}
+
+impl CallState {
+    pub(crate) fn start() -> Self {
+        CallState {
+            started: Instant::now(),
+            attempts: 1,
+            previous_backoff: Duration::ZERO,
+        }
+    }
+}
+
+/// What follows an attempt, as [`Policy::after_attempt`] decided.
+#[derive(Debug)]
+pub(crate) enum Next<T> {
+    /// Return this to the caller.
+    Done(Result<Response<T>, BoxError>),
+    /// Sleep this long, then send the next attempt.
+    Retry(Duration),
+}
+
+/// Classifies a response with `classifier`, reusing the retry hints a
+/// [`Signals`](crate::signals::Signals) layer stored. Returns the outcome and the name of the
+/// source of its wait.
+fn classify_response<B, C: Classify>(
+    response: &Response<B>,
+    classifier: &C,
+) -> (Outcome, &'static str) {
+    let hints = match response.extensions().get::<ResponseSignals>() {
+        Some(signals) => *signals.hints(),
+        None => RetryHints::from_headers(response.headers()),
+    };
+    let outcome = classifier.classify_response(
+        response.status(),
+        response.headers(),
+        &hints,
+        response.extensions().get::<ApiError>(),
+    );
+    let source = if outcome.retry_after() != hints.retry_after() {
+        "classifier"
+    } else {
+        match hints.source() {
+            Some(WaitSource::RetryAfterMs) => "retry-after-ms",
+            Some(WaitSource::RetryAfterSeconds) => "retry-after",
+            Some(WaitSource::RetryAfterDate) => "retry-after-date",
+            _ => "classifier",
+        }
+    };
+    (outcome, source)
+}
+
+impl<C: Classify> Policy<C> {
+    /// Decides what follows the attempt that ended with `result`, updating `call` when it is
+    /// retried. `prepare` builds the next request and says whether it could (`false`: the body
+    /// cannot be replayed); it runs only when a retry is wanted.
+    pub(crate) fn after_attempt<T>(
+        &self,
+        result: Result<Response<T>, BoxError>,
+        call: &mut CallState,
+        rng: &mut fastrand::Rng,
+        prepare: impl FnOnce(u32) -> bool,
+    ) -> Next<T> {
+        let (outcome, hint_source, absorbed_until) = match &result {
+            Ok(response) => {
+                let (outcome, source) = classify_response(response, &self.classifier);
+                let absorbed = response.extensions().get::<WaitAbsorbed>();
+                (outcome, source, absorbed.map(WaitAbsorbed::until))
+            }
+            Err(error) => (self.classifier.classify_error(&**error), "", None),
+        };
+        let attempts = call.attempts;
+        let attempt = Attempt {
+            outcome,
+            hint_source,
+            absorbed_until,
+            attempts,
+            started: call.started,
+            previous_backoff: call.previous_backoff,
+        };
+        let verdict = match self.refusal(&outcome, attempts) {
+            Some(reason) => Verdict::Return(reason),
+            None if !prepare(attempts) => Verdict::Return("body not replayable"),
+            None => self.schedule(&attempt, rng),
+        };
+        let status = outcome.status().map(|s| s.as_u16());
+        let ending = match verdict {
+            Verdict::Retry {
+                sleep,
+                wait,
+                backoff,
+                source,
+            } => {
+                tracing::debug!(
+                    attempt = attempts + 1,
+                    reason = outcome.kind().as_str(),
+                    status,
+                    wait_ms = wait.as_millis() as u64,
+                    sleep_ms = sleep.as_millis() as u64,
+                    source,
+                    "retrying"
+                );
+                call.attempts += 1;
+                if !backoff.is_zero() {
+                    call.previous_backoff = backoff;
+                }
+                return Next::Retry(sleep);
+            }
+            Verdict::Return(reason) => {
+                if !outcome.is_success() {
+                    tracing::debug!(
+                        attempts,
+                        reason = outcome.kind().as_str(),
+                        status,
+                        why = reason,
+                        "not retrying"
+                    );
+                }
+                return Next::Done(result.map(|mut response| {
+                    response
+                        .extensions_mut()
+                        .insert(super::Attempts::new(attempts));
+                    response
+                }));
+            }
+            ending => ending,
+        };
+        let now = Instant::now();
+        let server_wait = outcome
+            .retry_after()
+            .or(absorbed_until.map(|until| until.saturating_duration_since(now)));
+        let (api_error, error) = match result {
+            Ok(response) => (response.extensions().get::<ApiError>().cloned(), None),
+            Err(error) => (None, Some(error)),
+        };
+        let last = LastAttempt {
+            status: outcome.status(),
+            server_wait,
+            attempts,
+            api_error,
+            error,
+        };
+        let error: BoxError = match ending {
+            Verdict::WaitTooLong => Box::new(WaitTooLong::new(last, self.max_server_wait)),
+            Verdict::Deadline { wait } => Box::new(DeadlineExceeded::new(
+                last,
+                self.deadline.unwrap_or_default(),
+                wait,
+            )),
+            _ => Box::new(BudgetExhausted::new(last)),
+        };
+        tracing::info!(
+            attempts,
+            reason = outcome.kind().as_str(),
+            status,
+            server_wait_ms = server_wait.map(|w| w.as_millis() as u64),
+            "giving up: {error}"
+        );
+        Next::Done(Err(error))
+    }
+}

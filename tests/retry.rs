@@ -1,0 +1,466 @@
+//! Acceptance tests of the retry layer, on tokio's paused clock.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_limits::BoxError;
+use tower_llm_limits::retry::error::{BudgetExhausted, DeadlineExceeded, WaitTooLong};
+use tower_llm_limits::retry::{
+    Attempts, Backoff, Budget, Jitter, Policy, Retry, RetryLayer, SendOnce,
+};
+use tower_llm_limits::signals::{ErrorBodyLayer, WaitAbsorbed};
+
+use support::retry::{Scripted, respond, respond_with};
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post("http://api.test/v1/messages")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"model\":\"m\"}")))
+        .unwrap()
+}
+
+fn attempts<B>(response: &http::Response<B>) -> u32 {
+    response.extensions().get::<Attempts>().unwrap().get()
+}
+
+/// One call with the default request through `Retry` with `policy`.
+async fn send(server: &Scripted, policy: Policy) -> Result<Response<Full<Bytes>>, BoxError> {
+    Retry::new(server.clone(), policy).oneshot(request()).await
+}
+
+/// A policy without budget and with the given retries, to isolate one behaviour.
+fn plain(retries: u32) -> Policy {
+    Policy::new().max_retries(retries).without_budget()
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+async fn retry_after_seconds_is_waited_exactly() {
+    let server = Scripted::new(|i| match i {
+        0 => respond(429, &[("retry-after", "7")]),
+        _ => respond(200, &[]),
+    });
+    let response = send(&server, plain(2)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 2);
+    let seen = server.seen();
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+async fn retry_after_ms_wins_over_retry_after() {
+    let server = Scripted::new(|i| match i {
+        0 => respond(429, &[("retry-after", "7"), ("retry-after-ms", "1500")]),
+        _ => respond(200, &[]),
+    });
+    send(&server, plain(2)).await.unwrap();
+    assert_eq!(server.gaps_ms(), [1500]);
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+async fn retry_after_http_date_is_measured_against_the_date_header() {
+    let server = Scripted::new(|i| match i {
+        0 => respond(
+            503,
+            &[
+                ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                ("retry-after", "Sun, 06 Nov 1994 08:49:49 GMT"),
+            ],
+        ),
+        _ => respond(200, &[]),
+    });
+    send(&server, plain(2)).await.unwrap();
+    assert_eq!(server.gaps_ms(), [12_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_sequence_without_jitter() {
+    let server = Scripted::new(|_| respond(500, &[]));
+    let policy = plain(6).backoff(Backoff::sdk().jitter(Jitter::None));
+    let response = send(&server, policy).await.unwrap();
+    // The last response is handed back as it is once the retries are used up.
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(attempts(&response), 7);
+    assert_eq!(server.gaps_ms(), [500, 1000, 2000, 4000, 8000, 8000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn seeded_jitter_is_exact_and_within_bounds() {
+    for jitter in [
+        Jitter::Sdk,
+        Jitter::Full,
+        Jitter::Equal,
+        Jitter::Decorrelated,
+    ] {
+        let server = Scripted::new(|_| respond(529, &[]));
+        let backoff = Backoff::sdk().jitter(jitter);
+        let policy = plain(5).backoff(backoff).seed(42);
+        let service = Retry::new(server.clone(), policy);
+        service.oneshot(request()).await.unwrap();
+
+        // The first call of a policy seeded with 42 draws from Rng::with_seed(42).
+        let mut rng = fastrand::Rng::with_seed(42);
+        let mut previous = Duration::ZERO;
+        let mut expected = Vec::new();
+        for n in 0..5 {
+            let wait = backoff.delay(n, previous, &mut rng);
+            previous = wait;
+            expected.push(wait);
+        }
+        let seen = server.seen();
+        for (n, wait) in expected.iter().enumerate() {
+            let gap = seen[n + 1].at - seen[n].at;
+            // tokio's timer fires on whole milliseconds: a wait is never cut short and never
+            // stretched by a millisecond or more.
+            assert!(
+                gap >= *wait && gap - *wait < Duration::from_millis(1),
+                "{jitter:?} retry {n}: waited {gap:?}, drew {wait:?}"
+            );
+            let t = Backoff::sdk()
+                .jitter(Jitter::None)
+                .delay(n as u32, Duration::ZERO, &mut rng);
+            match jitter {
+                Jitter::Sdk => assert!(*wait <= t && *wait >= t.mul_f64(0.75)),
+                Jitter::Full => assert!(*wait <= t),
+                Jitter::Equal => assert!(*wait >= t / 2 && *wait <= t),
+                _ => assert!(*wait >= backoff.base() && *wait <= backoff.max()),
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+async fn x_should_retry_false_stops_a_503() {
+    let server = Scripted::new(|_| respond(503, &[("x-should-retry", "false")]));
+    let response = send(&server, plain(2)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.calls(), 1);
+    assert_eq!(attempts(&response), 1);
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+async fn x_should_retry_true_forces_a_retry() {
+    let server = Scripted::new(|i| match i {
+        0 => respond(400, &[("x-should-retry", "true")]),
+        _ => respond(200, &[]),
+    });
+    let response = send(&server, plain(2)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_are_never_retried() {
+    for status in [400, 401, 402, 403, 404, 413] {
+        let server = Scripted::new(move |_| respond(status, &[]));
+        let response = send(&server, plain(2)).await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(server.calls(), 1, "{status} was retried");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+async fn the_spend_cap_429_is_never_retried() {
+    const SPEND_CAP: &str = r#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit reached","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_1"}"#;
+    let server =
+        Scripted::new(|_| respond_with(429, &[("content-type", "application/json")], SPEND_CAP));
+    let service = RetryLayer::new(plain(2)).layer(ErrorBodyLayer::new().layer(server.clone()));
+    let response = service.oneshot(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(server.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_errors_are_retried() {
+    let server = Scripted::new(|i| match i {
+        0 => Err(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)) as BoxError),
+        _ => respond(200, &[]),
+    });
+    let policy = plain(2).backoff(Backoff::constant(Duration::from_millis(250)));
+    let response = send(&server, policy).await.unwrap();
+    assert_eq!(attempts(&response), 2);
+    assert_eq!(server.gaps_ms(), [250]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_stops_a_retry_storm() {
+    const REQUESTS: usize = 1_000;
+    const RATIO: f64 = 0.2;
+    const FLOOR: u32 = 10;
+    let window = Duration::from_secs(10);
+    let server = Scripted::new(|_| respond(503, &[]));
+    let policy = Policy::new()
+        .max_retries(10)
+        .backoff(Backoff::constant(Duration::from_millis(1)))
+        .budget(Budget::new(window, FLOOR, RATIO));
+    let service = Retry::new(server.clone(), policy);
+    let started = Instant::now();
+    let calls = (0..REQUESTS).map(|_| service.clone().oneshot(request()));
+    let results = futures_join_all(calls).await;
+    assert!(Instant::now() - started < window);
+
+    let exhausted = results
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.is::<BudgetExhausted>()))
+        .count();
+    let bound =
+        (REQUESTS as f64 * (1.0 + RATIO)) as usize + FLOOR as usize * window.as_secs() as usize;
+    assert!(
+        server.calls() <= bound,
+        "{} attempts > {bound}",
+        server.calls()
+    );
+    // Without the budget the storm would have been 11 000 attempts; with it almost every
+    // retry the budget allows is used, and most calls end with the typed error.
+    assert!(server.calls() >= bound - 10, "{} attempts", server.calls());
+    assert!(exhausted >= REQUESTS - 300, "{exhausted}");
+    let error = results.into_iter().find_map(|r| r.err()).unwrap();
+    let error = error.downcast_ref::<BudgetExhausted>().unwrap();
+    assert_eq!(error.last_status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert!(error.attempts() >= 1);
+}
+
+/// `join_all` without the `futures` crate: spawn on the current runtime, await in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+async fn the_deadline_is_respected() {
+    let server = Scripted::new(|_| respond(429, &[("retry-after", "7")]));
+    let policy = plain(5).deadline(Duration::from_secs(10));
+    let started = Instant::now();
+    let error = send(&server, policy).await.unwrap_err();
+    let error = error.downcast_ref::<DeadlineExceeded>().unwrap();
+    // Attempts at 0 s and 7 s; a retry at 14 s would cross the 10 s deadline: given up at 7 s.
+    assert_eq!(Instant::now() - started, Duration::from_secs(7));
+    assert_eq!(error.attempts(), 2);
+    assert_eq!(error.last_status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(error.server_wait(), Some(Duration::from_secs(7)));
+    assert_eq!(error.next_wait(), Duration::from_secs(7));
+    assert_eq!(error.deadline(), Duration::from_secs(10));
+    assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+async fn a_server_wait_above_the_ceiling_ends_the_call_at_once() {
+    let server = Scripted::new(|_| respond(429, &[("retry-after", "600")]));
+    let started = Instant::now();
+    let error = send(&server, plain(2)).await.unwrap_err();
+    assert_eq!(Instant::now(), started);
+    let error = error.downcast_ref::<WaitTooLong>().unwrap();
+    assert_eq!(error.wait(), Duration::from_secs(600));
+    assert_eq!(error.ceiling(), Duration::from_secs(60));
+    assert_eq!(error.attempts(), 1);
+    assert_eq!(error.last_status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert!(error.to_string().contains("600s"), "{error}");
+    assert_eq!(server.calls(), 1);
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Marker(&'static str);
+
+#[tokio::test(start_paused = true)]
+async fn the_request_is_replayed_byte_identical() {
+    let server = Scripted::new(|i| match i {
+        0 | 1 => respond(529, &[]),
+        _ => respond(200, &[]),
+    });
+    let mut request = Request::put("http://api.test/v1/messages?beta=true")
+        .version(http::Version::HTTP_11)
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .body(String::from(
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"héllo\"}]}",
+        ))
+        .unwrap();
+    request.extensions_mut().insert(Marker("key"));
+    let policy = plain(2).sdk_attempt_header();
+    let response = Retry::new(server.clone(), policy)
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(attempts(&response), 3);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3);
+    for (n, s) in seen.iter().enumerate() {
+        assert_eq!(s.method, http::Method::PUT);
+        assert_eq!(s.uri, "http://api.test/v1/messages?beta=true");
+        assert_eq!(
+            s.body,
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"héllo\"}]}".as_bytes()
+        );
+        assert_eq!(s.headers["anthropic-version"], "2023-06-01");
+        assert_eq!(s.extensions.get::<Marker>(), Some(&Marker("key")));
+        let count = s.headers.get("x-stainless-retry-count");
+        match n {
+            0 => assert!(count.is_none()),
+            n => assert_eq!(count.unwrap(), n.to_string().as_str()),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_sent_once_is_not_retried() {
+    let server = Scripted::new(|_| respond(503, &[]));
+    let request = Request::post("http://api.test/")
+        .body(SendOnce::new(Full::new(Bytes::from_static(b"stream"))))
+        .unwrap();
+    let response = Retry::new(server.clone(), plain(2))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_and_layers_share_one_budget() {
+    let server = Scripted::new(|_| respond(503, &[]));
+    // One retry in the whole window, whatever the traffic.
+    let budget = Budget::new(Duration::from_secs(1), 1, 0.0);
+    let policy = Policy::new()
+        .max_retries(1)
+        .backoff(Backoff::constant(Duration::from_millis(10)))
+        .budget(budget.clone());
+    let a = Retry::new(server.clone(), policy.clone());
+    let b = a.clone();
+    let response = a.oneshot(request()).await.unwrap();
+    assert_eq!(attempts(&response), 2);
+    let error = b.oneshot(request()).await.unwrap_err();
+    assert!(error.is::<BudgetExhausted>());
+
+    // A separately built layer given the same handle shares it too …
+    let c = RetryLayer::new(policy).layer(server.clone());
+    assert!(
+        c.oneshot(request())
+            .await
+            .unwrap_err()
+            .is::<BudgetExhausted>()
+    );
+    // … while a fresh policy has a budget of its own.
+    let d = RetryLayer::new(Policy::new().max_retries(1)).layer(server.clone());
+    assert_eq!(attempts(&d.oneshot(request()).await.unwrap()), 2);
+    assert_eq!(budget.available(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_absorbed_wait_is_not_slept_twice() {
+    let server = Scripted::new(|i| match i {
+        0 => {
+            let mut response = respond(429, &[("retry-after", "7")])?;
+            let until = Instant::now() + Duration::from_secs(7);
+            response.extensions_mut().insert(WaitAbsorbed::new(until));
+            Ok(response)
+        }
+        _ => respond(200, &[]),
+    });
+    let response = send(&server, plain(2)).await.unwrap();
+    assert_eq!(attempts(&response), 2);
+    assert_eq!(server.gaps_ms(), [0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_absorbed_wait_still_meets_the_deadline_and_ceiling() {
+    let absorbed = |secs: u64| {
+        move |_| {
+            let mut response = respond(429, &[])?;
+            let until = Instant::now() + Duration::from_secs(secs);
+            response.extensions_mut().insert(WaitAbsorbed::new(until));
+            Ok(response)
+        }
+    };
+    let server = Scripted::new(absorbed(7));
+    let error = send(&server, plain(2).deadline(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    let error = error.downcast_ref::<DeadlineExceeded>().unwrap();
+    assert_eq!(error.server_wait(), Some(Duration::from_secs(7)));
+
+    let server = Scripted::new(absorbed(90));
+    let error = send(&server, plain(2)).await.unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<WaitTooLong>().unwrap().wait(),
+        Duration::from_secs(90)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_during_backoff_cancels_the_call() {
+    let server = Scripted::new(|_| respond(503, &[]));
+    let budget = Budget::new(Duration::from_secs(10), 1, 0.0);
+    let policy = Policy::new()
+        .backoff(Backoff::constant(Duration::from_secs(1)))
+        .budget(budget.clone());
+    let mut service = Retry::new(server.clone(), policy);
+    std::future::poll_fn(|cx| Service::<Request<Full<Bytes>>>::poll_ready(&mut service, cx))
+        .await
+        .unwrap();
+    let mut call = tokio_test::task::spawn(service.call(request()));
+    tokio_test::assert_pending!(call.poll());
+    assert_eq!(server.calls(), 1);
+    // The retry was decided (one unit withdrawn), the wait is running: drop the call.
+    assert_eq!(budget.available(), 9);
+    drop(call);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(server.calls(), 1);
+    assert_eq!(budget.available(), 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tower_retry_with_the_same_policy() {
+    let server = Scripted::new(|i| match i {
+        0 | 1 => respond(503, &[]),
+        _ => respond(200, &[]),
+    });
+    let policy = plain(2)
+        .backoff(Backoff::sdk().jitter(Jitter::None))
+        .sdk_attempt_header();
+    let service = tower::retry::RetryLayer::new(policy.into_tower()).layer(server.clone());
+    let response = service.oneshot(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 3);
+    assert_eq!(server.gaps_ms(), [500, 1000]);
+    let seen = server.seen();
+    assert!(seen[0].headers.get("x-stainless-retry-count").is_none());
+    assert_eq!(seen[2].headers["x-stainless-retry-count"], "2");
+    assert!(seen.iter().all(|s| s.body == seen[0].body));
+}
+
+#[tokio::test(start_paused = true)]
+async fn tower_retry_gets_the_typed_errors() {
+    let server = Scripted::new(|_| respond(500, &[]));
+    let policy = plain(5)
+        .backoff(Backoff::constant(Duration::from_secs(1)))
+        .deadline(Duration::from_millis(2_500));
+    let service = tower::retry::RetryLayer::new(policy.into_tower()).layer(server.clone());
+    let started = Instant::now();
+    let error = service.oneshot(request()).await.unwrap_err();
+    let error = error.downcast_ref::<DeadlineExceeded>().unwrap();
+    assert_eq!(error.attempts(), 3);
+    assert_eq!(error.last_status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(Instant::now() - started, Duration::from_secs(2));
+    assert_eq!(server.calls(), 3);
+}

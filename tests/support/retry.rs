@@ -1,0 +1,126 @@
+//! A scripted HTTP server for the retry tests: answers from a closure over the call index and
+//! records every request it sees (time, parts, body bytes).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::Service;
+use tower_llm_limits::BoxError;
+
+/// One request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub index: usize,
+    pub at: Instant,
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub extensions: http::Extensions,
+    pub body: Bytes,
+}
+
+type Answer = dyn Fn(usize) -> Result<Response<Full<Bytes>>, BoxError> + Send + Sync;
+
+/// A server that answers call `i` with `answer(i)`.
+#[derive(Clone)]
+pub struct Scripted {
+    answer: Arc<Answer>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    calls: Arc<Mutex<usize>>,
+}
+
+impl Scripted {
+    pub fn new(
+        answer: impl Fn(usize) -> Result<Response<Full<Bytes>>, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        Scripted {
+            answer: Arc::new(answer),
+            seen: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    /// Every request seen so far, in call order.
+    pub fn seen(&self) -> Vec<Seen> {
+        let mut seen = self.seen.lock().unwrap().clone();
+        seen.sort_by_key(|s| s.index);
+        seen
+    }
+
+    /// How many calls were made.
+    pub fn calls(&self) -> usize {
+        *self.calls.lock().unwrap()
+    }
+
+    /// The times between consecutive calls, in milliseconds.
+    pub fn gaps_ms(&self) -> Vec<u128> {
+        let seen = self.seen();
+        seen.windows(2)
+            .map(|w| (w[1].at - w[0].at).as_millis())
+            .collect()
+    }
+}
+
+impl<B> Service<Request<B>> for Scripted
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let index = {
+            let mut calls = self.calls.lock().unwrap();
+            *calls += 1;
+            *calls - 1
+        };
+        let at = Instant::now();
+        let answer = Arc::clone(&self.answer);
+        let seen = Arc::clone(&self.seen);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map_err(Into::into)?.to_bytes();
+            seen.lock().unwrap().push(Seen {
+                index,
+                at,
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+                extensions: parts.extensions,
+                body,
+            });
+            answer(index)
+        })
+    }
+}
+
+/// A response with `status` and `headers`, empty body.
+pub fn respond(status: u16, headers: &[(&str, &str)]) -> Result<Response<Full<Bytes>>, BoxError> {
+    respond_with(status, headers, "")
+}
+
+/// A response with `status`, `headers` and `body`.
+pub fn respond_with(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> Result<Response<Full<Bytes>>, BoxError> {
+    let mut builder = Response::builder().status(StatusCode::from_u16(status)?);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    Ok(builder.body(Full::new(Bytes::from_static(body.as_bytes())))?)
+}
