@@ -290,7 +290,7 @@ fn overhead(c: &mut Criterion) {
             rt: &rt,
             template: &template,
         };
-        ours::single_layers(Instant200::new, &mut v);
+        ours::single_layers(Instant200::new, HIGH_CONCURRENCY, &mut v);
         if !ours::full(Instant200::new(), &mut v) {
             eprintln!("ours_full skipped: {}", ours::MISSING);
         }
@@ -315,7 +315,7 @@ fn overhead(c: &mut Criterion) {
             rt: &rt,
             template: &template,
         };
-        ours::single_layers(Instant200::new, &mut v);
+        ours::single_layers(Instant200::new, HIGH_CONCURRENCY, &mut v);
         ours::full(Instant200::new(), &mut v);
         let tower = peers::tower_stack(Instant200::new(), HIGH_RPM, HIGH_CONCURRENCY);
         bench_pair(&mut group, "tower_buffered", &rt, &template, tower);
