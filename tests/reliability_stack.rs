@@ -450,41 +450,6 @@ async fn soak(calls: u64) {
     assert!(counters.hung() > 0 && counters.connection_errors() > 0 && counters.overloaded() > 0);
 }
 
-/// Regression: when more keys than `max_keys` were busy at once, the keyed state used to stay at
-/// that high-water mark forever (one idle key evicted per new key); it now shrinks back to the
-/// cap as soon as the keys are idle.
-#[tokio::test(start_paused = true)]
-async fn keyed_state_shrinks_back_to_max_keys() {
-    let api = SimApi::builder()
-        .default_limits(Limits::per_minute(100, 1_000_000, 1_000_000))
-        .latency(Duration::from_secs(1), Duration::ZERO)
-        .build();
-    let layer = preset::anthropic().rate_limit_state(RateLimitState::builder().max_keys(2).build());
-    let client = layer.layer(api);
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..10 {
-        calls.spawn(
-            client
-                .clone()
-                .oneshot(request(&format!("busy-{i}"), 100, 16, 8)),
-        );
-    }
-    while let Some(done) = calls.join_next().await {
-        assert_eq!(done.unwrap().expect("served").status(), 200);
-    }
-    assert_eq!(
-        layer.get_rate_limit().state().snapshot().len(),
-        10,
-        "busy keys are kept"
-    );
-    client
-        .clone()
-        .oneshot(request("idle-afterwards", 100, 16, 8))
-        .await
-        .expect("served");
-    assert_eq!(layer.get_rate_limit().state().snapshot().len(), 2);
-}
-
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
