@@ -2,11 +2,13 @@
 //! (the preset with its defaults). Shared by `examples/goodput.rs` and `benches/overhead.rs`.
 
 use http::Response;
+use tower::util::MapRequest;
 use tower::{Layer, Service};
 use tower_llm_limits::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
 use tower_llm_limits::concurrency::ConcurrencyLimit;
 use tower_llm_limits::concurrency::adaptive::{AdaptiveConcurrencyLimitLayer, Aimd};
-use tower_llm_limits::rate_limit::RateLimitLayer;
+use tower_llm_limits::cost::Cost;
+use tower_llm_limits::rate_limit::{RateLimitKey, RateLimitLayer};
 use tower_llm_limits::retry::{self, Retry, RetryLayer};
 use tower_llm_limits::signals::{ErrorBodyLayer, Signals, SignalsLayer};
 
@@ -29,6 +31,14 @@ fn adaptive() -> AdaptiveConcurrencyLimitLayer {
         .expect("valid AIMD configuration")
 }
 
+/// Puts the key and cost a caller knows into the request's extensions.
+fn given_cost(mut req: Req) -> Req {
+    req.extensions_mut()
+        .insert(RateLimitKey::new("claude-sonnet-4-5"));
+    req.extensions_mut().insert(Cost::new(1, 1_000, 1_024));
+    req
+}
+
 /// Each of our layers alone around `inner()`, with its defaults (the fixed concurrency cap at
 /// `cap`, which the caller sets high enough that nothing waits).
 pub fn single_layers<S, B, V>(inner: impl Fn() -> S, cap: usize, v: &mut V)
@@ -46,6 +56,15 @@ where
     );
     v.visit("retry", Retry::new(inner(), retry::Policy::new()));
     v.visit("rate_limit", RateLimitLayer::new().layer(inner()));
+    // The same with the key and cost given by the caller (no JSON body to read): shows what the
+    // body parsing costs.
+    v.visit(
+        "rate_limit_given_cost",
+        MapRequest::new(
+            RateLimitLayer::new().layer(inner()),
+            given_cost as fn(Req) -> Req,
+        ),
+    );
     v.visit("concurrency_limit", ConcurrencyLimit::new(inner(), cap));
     v.visit("adaptive_concurrency", adaptive().layer(inner()));
 }
