@@ -4,13 +4,13 @@
 use http::Response;
 use tower::util::MapRequest;
 use tower::{Layer, Service};
-use tower_llm_limits::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
+use tower_llm_limits::breaker::{self, CircuitBreaker};
 use tower_llm_limits::concurrency::ConcurrencyLimit;
 use tower_llm_limits::concurrency::adaptive::{AdaptiveConcurrencyLimitLayer, Aimd};
 use tower_llm_limits::cost::Cost;
 use tower_llm_limits::rate_limit::{RateLimitKey, RateLimitLayer};
-use tower_llm_limits::retry::{self, Retry, RetryLayer};
-use tower_llm_limits::signals::{ErrorBodyLayer, Signals, SignalsLayer};
+use tower_llm_limits::retry::{self, Retry};
+use tower_llm_limits::signals::Signals;
 
 use super::peers::{BoxError, Req};
 
@@ -69,9 +69,9 @@ where
     v.visit("adaptive_concurrency", adaptive().layer(inner()));
 }
 
-/// Our full stack with its defaults, visited as `ours_full`: Retry → CircuitBreaker →
-/// RateLimit (learned from headers, keyed by model) → adaptive ConcurrencyLimit → Signals →
-/// ErrorBody, each with the preset's defaults. Returns `false` when this build lacks part of it.
+/// Our full stack, visited as `ours_full`: the Anthropic preset with its defaults
+/// (`tower_llm_limits::preset::anthropic()`: Retry → CircuitBreaker → RateLimit → adaptive
+/// ConcurrencyLimit → Signals → ErrorBody). Returns `false` when this build lacks part of it.
 pub fn full<S, B, V>(inner: S, v: &mut V) -> bool
 where
     S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
@@ -80,13 +80,7 @@ where
     B::Error: Into<BoxError>,
     V: Visit,
 {
-    let inner = ErrorBodyLayer::new().layer(inner);
-    let inner = SignalsLayer::new().layer(inner);
-    let inner = adaptive().layer(inner);
-    let inner = RateLimitLayer::new().layer(inner);
-    let inner = CircuitBreakerLayer::new(breaker::Policy::new()).layer(inner);
-    let svc = RetryLayer::new(retry::Policy::new()).layer(inner);
-    v.visit("ours_full", svc);
+    v.visit("ours_full", tower_llm_limits::preset::anthropic().layer(inner));
     true
 }
 
