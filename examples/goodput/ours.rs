@@ -80,7 +80,10 @@ where
     B::Error: Into<BoxError>,
     V: Visit,
 {
-    v.visit("ours_full", tower_llm_limits::preset::anthropic().layer(inner));
+    v.visit(
+        "ours_full",
+        tower_llm_limits::preset::anthropic().layer(inner),
+    );
     true
 }
 
