@@ -358,6 +358,32 @@ async fn cancellation_gives_back_what_was_reserved() {
     assert_eq!(state.key_snapshot(&key).unwrap().in_flight(), 0);
 }
 
+/// Regression: when more keys than `max_keys` were busy at once, the state used to stay at that
+/// high-water mark (one idle key evicted per new key); it shrinks back to the cap once idle.
+#[tokio::test(start_paused = true)]
+async fn keyed_state_shrinks_back_to_max_keys() {
+    let state = RateLimitState::builder()
+        .limits(Limits::new().requests(100))
+        .max_keys(2)
+        .build();
+    let (inner, _log) = recorder(Instant::now(), secs(1.0), StatusCode::OK);
+    let svc = RateLimitLayer::with_state(state.clone()).layer(inner);
+    let keyed = |name: &str| {
+        let mut r = req(name, Cost::new(1, 0, 0));
+        r.extensions_mut().insert(RateLimitKey::new(name));
+        r
+    };
+    let busy: Vec<_> = (0..10)
+        .map(|i| tokio::spawn(svc.clone().oneshot(keyed(&format!("busy-{i}")))))
+        .collect();
+    for call in busy {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(state.snapshot().len(), 10, "busy keys are never evicted");
+    svc.clone().oneshot(keyed("afterwards")).await.unwrap();
+    assert_eq!(state.snapshot().len(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Acceptance against the simulated API.
 
@@ -500,21 +526,18 @@ mod acceptance {
     }
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn learned_limits_500_requests_32_callers() {
         let f = run(OutputAccounting::AsProduced, false, 500).await;
         check(&f, 500);
     }
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn learned_limits_reserve_max_tokens_accounting() {
         let f = run(OutputAccounting::ReserveMaxTokens, false, 500).await;
         check(&f, 500);
     }
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn configured_limits_500_requests_32_callers() {
         let f = run(OutputAccounting::AsProduced, true, 500).await;
         check(&f, 500);
@@ -522,7 +545,6 @@ mod acceptance {
 
     /// The same burst when input tokens, then requests, are the binding limit.
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn input_bound_and_request_bound() {
         for (label, limits) in [
             ("input-bound", SimLimits::per_minute(500, 20_000, 200_000)),
@@ -542,7 +564,6 @@ mod acceptance {
 
     /// The limits change mid-run, down then up: the newest `*-limit` wins.
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn limits_lowered_then_raised_mid_run() {
         let limits = SimLimits::per_minute(50, 30_000, 8_000);
         let api = SimApi::builder()
@@ -591,7 +612,6 @@ mod acceptance {
     /// Two models with different limits (keyed by the body's `model`), and a server whose clock
     /// is an hour ahead (resets are read against its `date`).
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn several_models_and_a_skewed_server_clock() {
         let api = SimApi::builder()
             .model("model-a", SimLimits::per_minute(50, 30_000, 8_000))
@@ -654,7 +674,6 @@ mod dialects {
     const DATE: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn anthropic() {
         let s = learn(&[
             ("date", DATE),
@@ -695,7 +714,6 @@ mod dialects {
     }
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn openai() {
         let s = learn(&[
             ("x-ratelimit-limit-requests", "500"),
@@ -713,7 +731,6 @@ mod dialects {
     }
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn ietf_structured() {
         let s = learn(&[
             ("ratelimit-policy", "\"burst\";q=100;w=60"),
@@ -725,7 +742,6 @@ mod dialects {
     }
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn ietf_legacy() {
         let s = learn(&[
             ("ratelimit-limit", "10"),
@@ -739,7 +755,6 @@ mod dialects {
     }
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn github() {
         let s = learn(&[
             ("date", DATE),
@@ -753,7 +768,6 @@ mod dialects {
     }
 
     #[tokio::test(start_paused = true)]
-    #[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
     async fn a_tier_upgrade_takes_effect_at_the_next_response() {
         let limit = Arc::new(Mutex::new("50"));
         let l = limit.clone();

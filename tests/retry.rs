@@ -41,7 +41,6 @@ fn plain(retries: u32) -> Policy {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn retry_after_seconds_is_waited_exactly() {
     let server = Scripted::new(|i| match i {
         0 => respond(429, &[("retry-after", "7")]),
@@ -55,7 +54,6 @@ async fn retry_after_seconds_is_waited_exactly() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn retry_after_ms_wins_over_retry_after() {
     let server = Scripted::new(|i| match i {
         0 => respond(429, &[("retry-after", "7"), ("retry-after-ms", "1500")]),
@@ -66,7 +64,6 @@ async fn retry_after_ms_wins_over_retry_after() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn retry_after_http_date_is_measured_against_the_date_header() {
     let server = Scripted::new(|i| match i {
         0 => respond(
@@ -139,7 +136,6 @@ async fn seeded_jitter_is_exact_and_within_bounds() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn x_should_retry_false_stops_a_503() {
     let server = Scripted::new(|_| respond(503, &[("x-should-retry", "false")]));
     let response = send(&server, plain(2)).await.unwrap();
@@ -149,7 +145,6 @@ async fn x_should_retry_false_stops_a_503() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn x_should_retry_true_forces_a_retry() {
     let server = Scripted::new(|i| match i {
         0 => respond(400, &[("x-should-retry", "true")]),
@@ -171,7 +166,6 @@ async fn client_errors_are_never_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn the_spend_cap_429_is_never_retried() {
     const SPEND_CAP: &str = r#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit reached","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_1"}"#;
     // The error body as an ErrorBodyLayer stores it; even `x-should-retry: true` does not make
@@ -229,6 +223,10 @@ async fn the_budget_stops_a_retry_storm() {
         .count();
     let bound =
         (REQUESTS as f64 * (1.0 + RATIO)) as usize + FLOOR as usize * window.as_secs() as usize;
+    println!(
+        "storm: {REQUESTS} calls, {} attempts (bound {bound}), {exhausted} budget errors",
+        server.calls()
+    );
     assert!(
         server.calls() <= bound,
         "{} attempts > {bound}",
@@ -259,7 +257,6 @@ where
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn the_deadline_is_respected() {
     let server = Scripted::new(|_| respond(429, &[("retry-after", "7")]));
     let policy = plain(5).deadline(Duration::from_secs(10));
@@ -277,7 +274,6 @@ async fn the_deadline_is_respected() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn a_server_wait_above_the_ceiling_ends_the_call_at_once() {
     let server = Scripted::new(|_| respond(429, &[("retry-after", "600")]));
     let started = Instant::now();
@@ -521,7 +517,6 @@ async fn the_budget_bounds_the_load_on_an_overloaded_sim() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
 async fn a_sim_429_is_retried_after_its_retry_after() {
     // 6 requests per minute, one available at the start: the second call is refused and told
     // to come back when the bucket has refilled.
@@ -550,7 +545,7 @@ async fn a_sim_429_is_retried_after_its_retry_after() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs the header parsing of src/signals, landing next"]
+#[ignore = "TEMPORARY: ErrorBodyLayer does not read bodies yet (src/signals/future.rs passes them through)"]
 async fn the_sims_spend_cap_is_not_retried() {
     let api = sim(
         Limits::per_minute(1_000, 1_000_000, 1_000_000),
@@ -567,8 +562,8 @@ async fn the_sims_spend_cap_is_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: needs src/signals parsing; with it the limiter holds the retry 20.3 s \
-            (cooldown 10 s, then the refused request seems counted again in the bucket)"]
+#[ignore = "rate_limit holds the retry 20.3 s: cooldown 10 s, then the refused request \
+            seems counted again in the bucket (see the rate_limit area)"]
 async fn a_wait_the_rate_limiter_absorbed_is_waited_once() {
     use tower_llm_limits::rate_limit::{self, RateLimitLayer};
     // The server allows 6 requests a minute and has one in its bucket; the limiter was told 60,

@@ -2,13 +2,15 @@
 //! (the preset with its defaults). Shared by `examples/goodput.rs` and `benches/overhead.rs`.
 
 use http::Response;
+use tower::util::MapRequest;
 use tower::{Layer, Service};
-use tower_llm_limits::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
+use tower_llm_limits::breaker::{self, CircuitBreaker};
 use tower_llm_limits::concurrency::ConcurrencyLimit;
 use tower_llm_limits::concurrency::adaptive::{AdaptiveConcurrencyLimitLayer, Aimd};
-use tower_llm_limits::rate_limit::RateLimitLayer;
-use tower_llm_limits::retry::{self, Retry, RetryLayer};
-use tower_llm_limits::signals::{ErrorBodyLayer, Signals, SignalsLayer};
+use tower_llm_limits::cost::Cost;
+use tower_llm_limits::rate_limit::{RateLimitKey, RateLimitLayer};
+use tower_llm_limits::retry::{self, Retry};
+use tower_llm_limits::signals::Signals;
 
 use super::peers::{BoxError, Req};
 
@@ -29,6 +31,14 @@ fn adaptive() -> AdaptiveConcurrencyLimitLayer {
         .expect("valid AIMD configuration")
 }
 
+/// Puts the key and cost a caller knows into the request's extensions.
+fn given_cost(mut req: Req) -> Req {
+    req.extensions_mut()
+        .insert(RateLimitKey::new("claude-sonnet-4-5"));
+    req.extensions_mut().insert(Cost::new(1, 1_000, 1_024));
+    req
+}
+
 /// Each of our layers alone around `inner()`, with its defaults (the fixed concurrency cap at
 /// `cap`, which the caller sets high enough that nothing waits).
 pub fn single_layers<S, B, V>(inner: impl Fn() -> S, cap: usize, v: &mut V)
@@ -46,13 +56,22 @@ where
     );
     v.visit("retry", Retry::new(inner(), retry::Policy::new()));
     v.visit("rate_limit", RateLimitLayer::new().layer(inner()));
+    // The same with the key and cost given by the caller (no JSON body to read): shows what the
+    // body parsing costs.
+    v.visit(
+        "rate_limit_given_cost",
+        MapRequest::new(
+            RateLimitLayer::new().layer(inner()),
+            given_cost as fn(Req) -> Req,
+        ),
+    );
     v.visit("concurrency_limit", ConcurrencyLimit::new(inner(), cap));
     v.visit("adaptive_concurrency", adaptive().layer(inner()));
 }
 
-/// Our full stack with its defaults, visited as `ours_full`: Retry → CircuitBreaker →
-/// RateLimit (learned from headers, keyed by model) → adaptive ConcurrencyLimit → Signals →
-/// ErrorBody, each with the preset's defaults. Returns `false` when this build lacks part of it.
+/// Our full stack, visited as `ours_full`: the Anthropic preset with its defaults
+/// (`tower_llm_limits::preset::anthropic()`: Retry → CircuitBreaker → RateLimit → adaptive
+/// ConcurrencyLimit → Signals → ErrorBody). Returns `false` when this build lacks part of it.
 pub fn full<S, B, V>(inner: S, v: &mut V) -> bool
 where
     S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
@@ -61,13 +80,10 @@ where
     B::Error: Into<BoxError>,
     V: Visit,
 {
-    let inner = ErrorBodyLayer::new().layer(inner);
-    let inner = SignalsLayer::new().layer(inner);
-    let inner = adaptive().layer(inner);
-    let inner = RateLimitLayer::new().layer(inner);
-    let inner = CircuitBreakerLayer::new(breaker::Policy::new()).layer(inner);
-    let svc = RetryLayer::new(retry::Policy::new()).layer(inner);
-    v.visit("ours_full", svc);
+    v.visit(
+        "ours_full",
+        tower_llm_limits::preset::anthropic().layer(inner),
+    );
     true
 }
 

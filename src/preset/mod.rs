@@ -1,1 +1,265 @@
-//! (in progress)
+//! Presets: every layer of this crate stacked in the right order with provider defaults, as one
+//! [`Layer`].
+//!
+//! ```text
+//! caller
+//!   └─ Retry                       retry::Policy          (SDK rules, retry-after, budget)
+//!       └─ CircuitBreaker          breaker::Policy        (trips on 529/503 overload)
+//!           └─ RateLimit           rate_limit::RateLimitLayer (learned from headers, cost-weighted)
+//!               └─ AdaptiveConcurrencyLimit  concurrency::adaptive::Aimd
+//!                   └─ Signals     parses each response once
+//!                       └─ ErrorBody   reads small error bodies (spend cap, error kinds)
+//!                           └─ your HTTP client (hyper-util, reqwest adapter, the sim)
+//! ```
+//!
+//! # Why this order
+//!
+//! - **Retry outermost**, so every attempt passes through every check again: a retry waits for
+//!   rate-limit budget, is refused at once while the breaker is open, and takes a concurrency
+//!   permit like any request. When the rate limiter has absorbed a 429's `retry-after` (it pauses
+//!   every request of the key until then), the retry re-enters at once instead of sleeping the same
+//!   wait twice.
+//! - **The breaker before the rate limiter**, so an open breaker fails fast without spending
+//!   rate-limit budget or queueing behind other requests.
+//! - **The concurrency cap innermost**, so a permit is held only while the request is really in
+//!   flight, not while it waits for budget (the rate limiter drives the inner service's readiness
+//!   only after admission).
+//! - **[`Signals`] right above the client** (and
+//!   [`ErrorBody`] below it), so each response is parsed once and every
+//!   layer above reads the same [`ResponseSignals`](crate::signals::ResponseSignals).
+//!
+//! # Defaults and where they come from
+//!
+//! | part | default | source |
+//! |---|---|---|
+//! | retries | 2 (3 attempts), backoff `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)` | the official Anthropic and OpenAI SDKs |
+//! | honoured `retry-after` | up to 60 s, else a typed error | the SDKs cap at 60 s (Anthropic Python, openai-node) |
+//! | retry budget | +20 % of the request rate over 10 s, plus 10 retries/s | Finagle, tower's `TpsBudget` |
+//! | breaker | trips on overload (529, 503) at 50 % failures of the last 20 calls (≥ 10) or 5 in a row, opens 10 s doubling to 300 s, 3 probes | Resilience4j, Envoy |
+//! | rate limits | learned from the response headers, per model; nothing hard-coded | `anthropic-ratelimit-*`, `x-ratelimit-*`, IETF `RateLimit` |
+//! | cost | 1 request, input tokens estimated from the JSON body, output reserved at `max_tokens` | Anthropic's ITPM/OTPM accounting |
+//! | concurrency | adaptive (AIMD): starts at 32, between 2 and 512, ×0.7 on 429/529/timeouts | AWS SDK adaptive mode, Netflix concurrency-limits |
+//!
+//! The three presets differ in what they assume about the provider: [`anthropic`] and [`openai`]
+//! key the limits by the `model` of the request body (limits are per model at both), [`generic`]
+//! keys them by host and also trips the breaker on other 5xx.
+//!
+//! Every part can be replaced: [`PresetLayer::retry`], [`PresetLayer::breaker`],
+//! [`PresetLayer::rate_limit`], [`PresetLayer::concurrency`], and the shortcuts
+//! [`PresetLayer::limits`], [`PresetLayer::max_wait`], [`PresetLayer::max_concurrency`].
+//!
+//! # Sharing
+//!
+//! All services built from one `PresetLayer` (and their clones) share one rate-limit state, one
+//! breaker, one concurrency cap and one retry budget: build the layer once per organisation (or
+//! API key group) and use it for every client that talks to it.
+//!
+//! # Examples
+//!
+//! The default Anthropic stack around a client (here the simulated API):
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_llm_limits::preset;
+//! use tower_llm_limits::sim::{self, Limits, SimApi};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower_llm_limits::BoxError> {
+//! let api = SimApi::builder()
+//!     .model("claude-sonnet-4-5", Limits::per_minute(50, 30_000, 8_000))
+//!     .build();
+//! let client = ServiceBuilder::new().layer(preset::anthropic()).service(api);
+//!
+//! let body = sim::message_body("claude-sonnet-4-5", 1_000, 512, 200);
+//! let request = http::Request::post("https://api.anthropic.com/v1/messages")
+//!     .header("content-type", "application/json")
+//!     .body(http_body_util::Full::new(body))?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Adjusted: configured limits as a ceiling, a bounded wait for budget, a fixed concurrency cap
+//! and one retry more than the SDKs:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_llm_limits::{preset, rate_limit::Limits, retry};
+//!
+//! let layer = preset::anthropic()
+//!     .limits(Limits::per_minute(4_000, 2_000_000, 400_000))
+//!     .max_wait(Duration::from_secs(30))
+//!     .max_concurrency(64)
+//!     .retry(retry::Policy::new().max_retries(3));
+//! # let client = tower::service_fn(|_: http::Request<String>| async {
+//! #     Ok::<_, tower_llm_limits::BoxError>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+//! # });
+//! let client = ServiceBuilder::new().layer(layer).service(client);
+//! # let _ = client;
+//! ```
+
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
+use crate::concurrency::adaptive::{AdaptiveConcurrencyLimit, AdaptiveConcurrencyLimitLayer, Aimd};
+use crate::cost::DefaultCost;
+use crate::rate_limit::{DefaultKey, HostKey, Limits, RateLimit, RateLimitLayer, RateLimitState};
+use crate::retry::{self, Retry, RetryLayer};
+use crate::signals::{ErrorBody, ErrorBodyLayer, OutcomeKind, Signals, SignalsLayer};
+
+/// The service a [`PresetLayer`] builds around `S`.
+pub type Preset<S, K = DefaultKey, E = DefaultCost> =
+    Retry<CircuitBreaker<RateLimit<AdaptiveConcurrencyLimit<Signals<ErrorBody<S>>>, K, E>>>;
+
+/// All the layers of this crate in the right order; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct PresetLayer<K = DefaultKey, E = DefaultCost> {
+    retry: RetryLayer,
+    breaker: CircuitBreakerLayer,
+    rate_limit: RateLimitLayer<K, E>,
+    concurrency: AdaptiveConcurrencyLimitLayer,
+    signals: SignalsLayer,
+    error_body: ErrorBodyLayer,
+}
+
+/// The preset for the Anthropic Messages API: limits learned per model from the
+/// `anthropic-ratelimit-*` headers, SDK retry rules, a breaker on 529 overload.
+pub fn anthropic() -> PresetLayer {
+    PresetLayer::with_rate_limit(RateLimitLayer::new())
+}
+
+/// The preset for the OpenAI API: limits learned per model from the `x-ratelimit-*` headers
+/// (Go-style reset durations), SDK retry rules (`retry-after-ms` honoured), a breaker on overload.
+pub fn openai() -> PresetLayer {
+    PresetLayer::with_rate_limit(RateLimitLayer::new())
+}
+
+/// A header-driven preset for any API that sends rate-limit headers (IETF `RateLimit`,
+/// GitHub-style, or the above): limits keyed by host, and the breaker also trips on other 5xx.
+pub fn generic() -> PresetLayer<HostKey> {
+    let mut layer = PresetLayer::with_rate_limit(RateLimitLayer::new().key_fn(HostKey::new()));
+    layer.breaker = CircuitBreakerLayer::new(
+        breaker::Policy::new().trip_on([OutcomeKind::Overloaded, OutcomeKind::ServerError]),
+    );
+    layer
+}
+
+fn default_concurrency() -> AdaptiveConcurrencyLimitLayer {
+    AdaptiveConcurrencyLimitLayer::new(Aimd::new().initial(32).min(2).max(512))
+        .expect("the preset's AIMD configuration is valid")
+}
+
+impl<K, E> PresetLayer<K, E> {
+    fn with_rate_limit(rate_limit: RateLimitLayer<K, E>) -> Self {
+        PresetLayer {
+            retry: RetryLayer::new(retry::Policy::new()),
+            breaker: CircuitBreakerLayer::new(breaker::Policy::new()),
+            rate_limit,
+            concurrency: default_concurrency(),
+            signals: SignalsLayer::new(),
+            error_body: ErrorBodyLayer::new(),
+        }
+    }
+
+    /// Replaces the retry policy.
+    pub fn retry(mut self, policy: retry::Policy) -> Self {
+        self.retry = RetryLayer::new(policy);
+        self
+    }
+
+    /// Replaces the breaker policy (a new breaker state).
+    pub fn breaker(mut self, policy: breaker::Policy) -> Self {
+        self.breaker = CircuitBreakerLayer::new(policy);
+        self
+    }
+
+    /// Replaces the rate limiter (for instance one built on a shared
+    /// [`RateLimitState`], another key or cost function).
+    pub fn rate_limit<K2, E2>(self, rate_limit: RateLimitLayer<K2, E2>) -> PresetLayer<K2, E2> {
+        PresetLayer {
+            retry: self.retry,
+            breaker: self.breaker,
+            rate_limit,
+            concurrency: self.concurrency,
+            signals: self.signals,
+            error_body: self.error_body,
+        }
+    }
+
+    /// Configures limits for every key, on a new rate-limit state: they are the starting point
+    /// and the ceiling of what the headers teach (see [`RateLimitState`]).
+    pub fn limits(self, limits: Limits) -> Self {
+        let state = RateLimitState::with_limits(limits);
+        self.rate_limit_state(state)
+    }
+
+    /// Uses (and shares) `state` for the rate limiter, keeping its key and cost functions and
+    /// maximum wait.
+    pub fn rate_limit_state(mut self, state: RateLimitState) -> Self {
+        self.rate_limit = self.rate_limit.replace_state(state);
+        self
+    }
+
+    /// The longest a request may wait for rate-limit budget; beyond it the call fails at once
+    /// with [`rate_limit::error::WaitTooLong`](crate::rate_limit::error::WaitTooLong).
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.rate_limit = self.rate_limit.max_wait(max_wait);
+        self
+    }
+
+    /// Replaces the adaptive concurrency cap.
+    pub fn concurrency(mut self, concurrency: AdaptiveConcurrencyLimitLayer) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// A fixed concurrency cap of `limit` in-flight requests instead of the adaptive one.
+    ///
+    /// # Panics
+    ///
+    /// When `limit` is 0.
+    pub fn max_concurrency(mut self, limit: usize) -> Self {
+        assert!(limit > 0, "max_concurrency must be at least 1");
+        self.concurrency =
+            AdaptiveConcurrencyLimitLayer::new(Aimd::new().initial(limit).min(limit).max(limit))
+                .expect("min = max = initial >= 1 is a valid AIMD configuration");
+        self
+    }
+
+    /// The retry layer (its policy and budget).
+    pub fn get_retry(&self) -> &RetryLayer {
+        &self.retry
+    }
+
+    /// The breaker layer (its state).
+    pub fn get_breaker(&self) -> &CircuitBreakerLayer {
+        &self.breaker
+    }
+
+    /// The rate-limit layer (its shared state).
+    pub fn get_rate_limit(&self) -> &RateLimitLayer<K, E> {
+        &self.rate_limit
+    }
+
+    /// The concurrency layer (its limiter).
+    pub fn get_concurrency(&self) -> &AdaptiveConcurrencyLimitLayer {
+        &self.concurrency
+    }
+}
+
+impl<S, K: Clone, E: Clone> Layer<S> for PresetLayer<K, E> {
+    type Service = Preset<S, K, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let inner = self.error_body.layer(inner);
+        let inner = self.signals.layer(inner);
+        let inner = self.concurrency.layer(inner);
+        let inner = self.rate_limit.layer(inner);
+        let inner = self.breaker.layer(inner);
+        self.retry.layer(inner)
+    }
+}

@@ -79,6 +79,13 @@ impl<K, E> RateLimitLayer<K, E> {
         self
     }
 
+    /// Uses (and shares) `state` instead of the current one, keeping the key and cost functions
+    /// and the maximum wait.
+    pub fn replace_state(mut self, state: RateLimitState) -> Self {
+        self.state = state;
+        self
+    }
+
     /// The shared state.
     pub fn state(&self) -> &RateLimitState {
         &self.state

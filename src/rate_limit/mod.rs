@@ -56,9 +56,8 @@
 //! request.extensions_mut().insert(RateLimitKey::new("claude-sonnet-4-5"));
 //! service.oneshot(request).await?;
 //! let snapshot = state.key_snapshot(&RateLimitKey::new("claude-sonnet-4-5")).unwrap();
-//! # let _ = (snapshot, Dimension::Requests);
-//! // Once `signals` parses the headers:
-//! // assert_eq!(snapshot.bucket(Dimension::Requests).unwrap().learned(), Some(50));
+//! let requests = snapshot.bucket(Dimension::Requests).unwrap();
+//! assert_eq!((requests.capacity(), requests.level()), (50, 49));
 //! # Ok(())
 //! # }
 //! ```
