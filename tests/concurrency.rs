@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -17,6 +18,8 @@ use tower_llm_limits::signals::{
     ApiError, Classify, DefaultClassifier, Outcome, OutcomeKind, RetryHints,
 };
 use tower_test::mock;
+
+mod support;
 
 /// A body yielding its chunks one frame at a time (end of stream after the last one).
 #[derive(Debug, Default)]
@@ -67,6 +70,34 @@ fn poll_frame(body: &mut PermitBody<Chunks>) -> Poll<Option<Bytes>> {
     let mut t = task::spawn(());
     t.enter(|cx, _| Pin::new(body).poll_frame(cx))
         .map(|frame| frame.map(|f| f.unwrap().into_data().unwrap()))
+}
+
+/// Polls `service` ready, calls it, and returns the response future and the mock's reply handle.
+fn start<S>(
+    service: &mut mock::Spawn<S>,
+    handle: &mut mock::Handle<Req, Res>,
+) -> (task::Spawn<S::Future>, mock::SendResponse<Res>)
+where
+    S: tower::Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    assert_ready_ok!(service.poll_ready());
+    let future = task::spawn(service.call(Request::new("request")));
+    let (_, send) = assert_ready!(handle.poll_request()).expect("the call reached the mock");
+    (future, send)
+}
+
+type Limited = mock::Spawn<ConcurrencyLimit<mock::Mock<Req, Res>>>;
+
+/// Three services sharing a cap of one: the first holds the permit, the others wait in order.
+fn one_holder_two_waiters() -> ([Limited; 3], mock::Handle<Req, Res>) {
+    let (mut a, handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    let mut b = a.clone();
+    let mut c = a.clone();
+    assert_ready_ok!(a.poll_ready());
+    assert_pending!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+    ([a, b, c], handle)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -127,12 +158,7 @@ async fn dropping_the_response_future_frees_the_permit() {
 
 #[tokio::test]
 async fn dropping_a_waiting_service_leaves_the_queue() {
-    let (mut a, _handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
-    let mut b = a.clone();
-    let mut c = a.clone();
-    assert_ready_ok!(a.poll_ready());
-    assert_pending!(b.poll_ready());
-    assert_pending!(c.poll_ready());
+    let ([a, b, mut c], _handle) = one_holder_two_waiters();
     drop(b);
     assert_eq!(a.get_ref().limiter().waiting(), 1);
     drop(a);
@@ -143,12 +169,7 @@ async fn dropping_a_waiting_service_leaves_the_queue() {
 
 #[tokio::test]
 async fn a_granted_but_untaken_permit_returns_when_the_waiter_is_dropped() {
-    let (mut a, _handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
-    let mut b = a.clone();
-    let mut c = a.clone();
-    assert_ready_ok!(a.poll_ready());
-    assert_pending!(b.poll_ready());
-    assert_pending!(c.poll_ready());
+    let ([a, b, mut c], _handle) = one_holder_two_waiters();
     drop(a); // the permit is handed to b, which never polls again
     assert!(b.is_woken());
     drop(b);
@@ -160,10 +181,8 @@ async fn a_granted_but_untaken_permit_returns_when_the_waiter_is_dropped() {
 async fn errors_free_the_permit() {
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
     let mut b = a.clone();
-    assert_ready_ok!(a.poll_ready());
-    let mut fut = task::spawn(a.call(Request::new("a")));
+    let (mut fut, send) = start(&mut a, &mut handle);
     assert_pending!(b.poll_ready());
-    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
     send.send_error("connection reset");
     let error = fut.poll().map(Result::unwrap_err);
     assert_eq!(assert_ready!(error).to_string(), "connection reset");
@@ -204,9 +223,7 @@ async fn layer_constructors_share_or_not_as_documented() {
 async fn the_body_holds_the_permit_until_its_end() {
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
     let mut b = a.clone();
-    assert_ready_ok!(a.poll_ready());
-    let mut fut = task::spawn(a.call(Request::new("a")));
-    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    let (mut fut, send) = start(&mut a, &mut handle);
     send.send_response(ok(&["data: 1\n\n", "data: 2\n\n"]));
     let mut body: PermitBody<Chunks> = assert_ready_ok!(fut.poll()).into_body();
     assert!(body.holds_permit());
@@ -226,9 +243,7 @@ async fn the_body_holds_the_permit_until_its_end() {
 async fn dropping_a_half_read_body_frees_the_permit() {
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
     let mut b = a.clone();
-    assert_ready_ok!(a.poll_ready());
-    let mut fut = task::spawn(a.call(Request::new("a")));
-    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    let (mut fut, send) = start(&mut a, &mut handle);
     send.send_response(ok(&["1", "2", "3"]));
     let mut body = assert_ready_ok!(fut.poll()).into_body();
     assert!(assert_ready!(poll_frame(&mut body)).is_some());
@@ -243,10 +258,8 @@ async fn release_at_headers_does_not_hold_the_permit_in_the_body() {
     let layer = ConcurrencyLimitLayer::new(1).release(Release::AtHeaders);
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
     let mut b = a.clone();
-    assert_ready_ok!(a.poll_ready());
-    let mut fut = task::spawn(a.call(Request::new("a")));
+    let (mut fut, send) = start(&mut a, &mut handle);
     assert_pending!(b.poll_ready());
-    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
     send.send_response(ok(&["1", "2"]));
     let body = assert_ready_ok!(fut.poll()).into_body();
     assert!(!body.holds_permit());
@@ -376,6 +389,32 @@ async fn a_wave_of_429s_shrinks_the_limit_once_per_epoch() {
     assert_eq!(limiter.in_flight(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn refusals_within_a_round_trip_of_a_decrease_are_the_same_incident() {
+    let (layer, limiter) = adaptive(Aimd::new().initial(10).max(10));
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    let mut exchange = |answer: Res, latency: Duration| {
+        let (mut fut, send) = start(&mut a, &mut handle);
+        async move {
+            tokio::time::advance(latency).await;
+            send.send_response(answer);
+            drop(assert_ready_ok!(fut.poll()));
+        }
+    };
+    // A success measures the round trip: 2 s.
+    exchange(ok(&[]), Duration::from_secs(2)).await;
+    assert_eq!(limiter.smoothed_rtt(), Some(Duration::from_secs(2)));
+    exchange(status(529), Duration::ZERO).await;
+    assert_eq!(limiter.limit(), 7);
+    // Sent after the decrease, but refused within a round trip of it: ignored.
+    exchange(status(529), Duration::from_millis(1_999)).await;
+    assert_eq!(limiter.limit(), 7);
+    // A round trip later: a new incident.
+    exchange(status(529), Duration::from_millis(1)).await;
+    assert_eq!(limiter.limit(), 4);
+    assert_eq!(limiter.decreases(), 2);
+}
+
 #[tokio::test]
 async fn successes_grow_the_limit_by_one_per_limit_and_wake_waiters() {
     let (layer, limiter) = adaptive(Aimd::new().initial(2).max(3));
@@ -413,9 +452,7 @@ async fn successes_of_an_idle_service_do_not_grow_the_limit() {
     let (layer, limiter) = adaptive(Aimd::new().initial(4));
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
     for _ in 0..20 {
-        assert_ready_ok!(a.poll_ready());
-        let mut fut = task::spawn(a.call(Request::new("a")));
-        let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+        let (mut fut, send) = start(&mut a, &mut handle);
         send.send_response(ok(&[]));
         drop(assert_ready_ok!(fut.poll()));
     }
@@ -448,9 +485,7 @@ async fn errors_are_read_through_the_classifier() {
     // Default classifier: a connection error says nothing about concurrency.
     let (layer, limiter) = adaptive(Aimd::new().initial(10));
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
-    assert_ready_ok!(a.poll_ready());
-    let mut fut = task::spawn(a.call(Request::new("a")));
-    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    let (mut fut, send) = start(&mut a, &mut handle);
     send.send_error("connection reset");
     assert!(assert_ready!(fut.poll()).is_err());
     assert_eq!((limiter.limit(), limiter.in_flight()), (10, 0));
@@ -458,9 +493,7 @@ async fn errors_are_read_through_the_classifier() {
     // A classifier that reads the error as a timeout: the limit shrinks.
     let (layer, limiter) = adaptive(Aimd::new().initial(10));
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer.classifier(ErrorsAreTimeouts));
-    assert_ready_ok!(a.poll_ready());
-    let mut fut = task::spawn(a.call(Request::new("a")));
-    let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+    let (mut fut, send) = start(&mut a, &mut handle);
     send.send_error("deadline elapsed");
     assert!(assert_ready!(fut.poll()).is_err());
     assert_eq!((limiter.limit(), limiter.in_flight()), (7, 0));
@@ -476,11 +509,189 @@ async fn backoff_outcomes_are_configurable_and_never_go_below_min() {
     );
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
     for (code, expected) in [(429, 3), (503, 2), (529, 2)] {
-        assert_ready_ok!(a.poll_ready());
-        let mut fut = task::spawn(a.call(Request::new("a")));
-        let (_, send) = assert_ready!(handle.poll_request()).unwrap();
+        let (mut fut, send) = start(&mut a, &mut handle);
         send.send_response(status(code));
         drop(assert_ready_ok!(fut.poll()));
         assert_eq!(limiter.limit(), expected, "after {code}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against the simulated API
+// ---------------------------------------------------------------------------------------------
+
+mod against_the_sim {
+    use http_body_util::{BodyExt, Full};
+    use tokio::time::Instant;
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    use tower_llm_limits::BoxError;
+    use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
+
+    use super::*;
+    use crate::support::sim::message;
+
+    const MODEL: &str = "claude-sonnet-4-5";
+    const RUN: Duration = Duration::from_secs(80);
+    const OVERLOAD: std::ops::Range<Duration> = Duration::from_secs(20)..Duration::from_secs(50);
+    const CALLERS: usize = 40;
+    /// What a caller waits after a refused call (a retry layer's backoff, simplified).
+    const BACKOFF: Duration = Duration::from_secs(1);
+
+    /// A sim whose rate limits never bind, overloaded (529 to every call) during [`OVERLOAD`];
+    /// a success takes 300 ms + 2 ms × 100 output tokens = 500 ms.
+    fn overloaded_sim() -> SimApi {
+        SimApi::builder()
+            .model(
+                MODEL,
+                Limits::per_minute(1_000_000, 1_000_000_000, 1_000_000_000),
+            )
+            .latency(Duration::from_millis(300), Duration::from_millis(2))
+            .faults(Faults::new().window(OVERLOAD, Fault::Overloaded { probability: 1.0 }))
+            .seed(42)
+            .build()
+    }
+
+    /// Runs [`CALLERS`] callers in a loop through `service` for [`RUN`], each reading its body to
+    /// the end and waiting [`BACKOFF`] after a refusal. Calls `sample(s)` once per second (at
+    /// s + 250 ms) and returns how many calls succeeded after the overload window.
+    async fn drive<S>(service: S, mut sample: impl FnMut(Duration)) -> usize
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<PermitBody<Full<Bytes>>>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+    {
+        let start = Instant::now();
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..CALLERS {
+            let service = service.clone();
+            callers.spawn(async move {
+                let mut ok_after = 0;
+                while start.elapsed() < RUN {
+                    let response = service
+                        .clone()
+                        .oneshot(message(MODEL, 500, 200, 100))
+                        .await
+                        .map_err(Into::into)
+                        .expect("the sim answers");
+                    let status = response.status();
+                    response.into_body().collect().await.expect("body");
+                    if status.is_success() {
+                        ok_after += usize::from(start.elapsed() > OVERLOAD.end);
+                    } else {
+                        tokio::time::sleep(BACKOFF).await;
+                    }
+                }
+                ok_after
+            });
+        }
+        for second in 0..=RUN.as_secs() {
+            // A quarter past each second: every call starts and ends on a multiple of 500 ms,
+            // so a sample never races with one.
+            let at = Duration::from_secs(second) + Duration::from_millis(250);
+            tokio::time::sleep_until(start + at).await;
+            sample(Duration::from_secs(second));
+        }
+        callers.join_all().await.into_iter().sum()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_adaptive_cap_drops_during_an_overload_window_and_recovers_after_it() {
+        let api = overloaded_sim();
+        let layer =
+            AdaptiveConcurrencyLimitLayer::new(Aimd::new().initial(16).min(1).max(32)).unwrap();
+        let limiter = layer.limiter().clone();
+        let service = ServiceBuilder::new().layer(layer).service(api.clone());
+
+        let mut trace = Vec::new();
+        let ok_after = drive(service, |t| trace.push((t.as_secs(), limiter.limit()))).await;
+        println!("limit per second: {trace:?}");
+        println!(
+            "adaptive: ok after the window {ok_after}, 529s {}, decreases {}, increases {}",
+            api.counters().overloaded(),
+            limiter.decreases(),
+            limiter.increases()
+        );
+        let at = |s: u64| trace[s as usize].1;
+
+        // Before the window: grown from 16 to its maximum.
+        assert_eq!(at(0), 16);
+        assert_eq!(at(19), 32);
+        // During it: about one decrease per second (the callers' backoff), ×0.7 each:
+        // 32 → 22 → 15 → 10 → 7 → 4 → 2 → 1, then held at the minimum.
+        assert_eq!(
+            &trace[20..=27].iter().map(|&(_, l)| l).collect::<Vec<_>>(),
+            &[22, 15, 10, 7, 4, 2, 1, 1]
+        );
+        for s in 26..=50 {
+            assert_eq!(at(s), 1, "at {s} s");
+        }
+        // After it: growing again, back at the maximum well before the end.
+        assert!(at(55) > 1, "recovering: {}", at(55));
+        assert_eq!(at(75), 32);
+        assert_eq!(at(80), 32);
+        assert_eq!(limiter.in_flight(), 0);
+    }
+
+    /// The same run behind a fixed cap of 32, for comparison (the figures in the report).
+    #[tokio::test(start_paused = true)]
+    async fn a_fixed_cap_under_the_same_overload() {
+        let api = overloaded_sim();
+        let layer = ConcurrencyLimitLayer::new(32);
+        let limiter = layer.limiter().unwrap().clone();
+        let service = ServiceBuilder::new().layer(layer).service(api.clone());
+        let mut busiest = 0;
+        let ok_after = drive(service, |_| busiest = busiest.max(limiter.in_flight())).await;
+        // 40 callers behind a cap of 32: the cap is full, never exceeded.
+        assert_eq!(busiest, 32);
+        println!(
+            "fixed 32: ok after the window {ok_after}, 529s {}",
+            api.counters().overloaded()
+        );
+        assert_eq!(limiter.limit(), 32);
+        assert_eq!(limiter.in_flight(), 0);
+    }
+}
+
+/// Collects the `message`, `old`, `new` and `reason` fields of every event.
+#[derive(Clone, Default)]
+struct Events(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0.trim_end().to_owned());
+    }
+}
+
+#[tokio::test]
+async fn limit_changes_are_traced_with_old_new_and_reason() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let events = Events::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+
+    let (layer, _limiter) = adaptive(Aimd::new().initial(1).max(2));
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    for answer in [ok(&[]), status(429)] {
+        let (mut fut, send) = start(&mut a, &mut handle);
+        send.send_response(answer);
+        drop(assert_ready_ok!(fut.poll()));
+    }
+    assert_eq!(
+        *events.0.lock().unwrap(),
+        [
+            "message=adaptive concurrency limit increased old=1 new=2 reason=\"success\"",
+            "message=adaptive concurrency limit decreased old=2 new=1 reason=\"rate_limited\"",
+        ]
+    );
 }

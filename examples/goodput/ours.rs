@@ -25,14 +25,16 @@ where
     B: Send + 'static,
     V: Visit,
 {
-    use tower_llm_limits::breaker::{CircuitBreaker, Policy};
+    use tower_llm_limits::breaker::{self, CircuitBreaker};
+    use tower_llm_limits::retry::{self, Retry};
     use tower_llm_limits::signals::Signals;
 
     v.visit("signals", Signals::new(inner()));
     v.visit(
         "circuit_breaker",
-        CircuitBreaker::new(inner(), Policy::new()),
+        CircuitBreaker::new(inner(), breaker::Policy::new()),
     );
+    v.visit("retry", Retry::new(inner(), retry::Policy::new()));
 }
 
 /// Our full stack with its defaults, visited as `ours_full`; `false` when this build does not
@@ -50,4 +52,4 @@ where
 
 /// What is missing for [`full`], printed when it returns `false`.
 pub const MISSING: &str =
-    "the retry, rate limiter and concurrency layers and the preset have not landed in this build";
+    "the rate limiter and concurrency layers and the preset have not landed in this build";

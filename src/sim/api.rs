@@ -37,12 +37,17 @@ pub(crate) fn mix(mut z: u64) -> u64 {
 /// The simulated Claude-like Messages API (see the [module docs](super)).
 ///
 /// Clones share the same state (buckets, counters, events, RNG seed).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SimApi {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for SimApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) start: Instant,
@@ -99,6 +104,18 @@ impl ModelState {
             remaining: b.remaining(),
             until_full: b.until_full(),
         })
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    // Not the state: it holds up to the events capacity of events.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimApi")
+            .field("seed", &self.config.seed)
+            .field("accounting", &self.config.accounting)
+            .field("elapsed", &self.elapsed(Instant::now()))
+            .field("counters", &self.counters.snapshot())
+            .finish_non_exhaustive()
     }
 }
 
@@ -628,6 +645,7 @@ where
             }
             Refusal::SpendLimit => Answer::spend_limit(),
         };
+        tracing::debug!(seq, model = %parsed.model, status = answer.status.as_u16(), "sim: scripted refusal");
         return Ok(shared.answer(seq, model, arrived, answer, &decisions));
     }
 
@@ -681,7 +699,7 @@ where
         }
     };
 
-    // Admitted.
+    tracing::trace!(seq, model = %parsed.model, input_tokens = parsed.input_tokens, max_tokens = parsed.max_tokens, "sim: admitted");
     let reserve = shared.config.accounting == OutputAccounting::ReserveMaxTokens;
     Cells::inc(&shared.counters.admitted);
     Cells::inc(&shared.counters.in_flight);
@@ -702,11 +720,16 @@ where
         std::future::pending::<()>().await;
     }
     let per_token = shared.config.per_token_latency;
-    let latency = shared.config.base_latency
-        + per_token.saturating_mul(u32::try_from(produced).unwrap_or(u32::MAX))
-        + decisions.slow;
+    let latency = shared
+        .config
+        .base_latency
+        .saturating_add(per_token.saturating_mul(u32::try_from(produced).unwrap_or(u32::MAX)))
+        .saturating_add(decisions.slow);
     if !latency.is_zero() {
-        tokio::time::sleep_until(arrived + latency).await;
+        match arrived.checked_add(latency) {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
     }
 
     let now = Instant::now();

@@ -174,9 +174,14 @@ impl SimApiBuilder {
 
     /// The virtual wall-clock time at which the API is built (default 2026-01-01T00:00:00Z).
     /// `date` headers and resets are this plus the tokio time elapsed since `build()`.
-    /// Times before the Unix epoch are taken as the epoch.
+    /// Times before the Unix epoch are taken as the epoch, times after the year 9000 as
+    /// 9000-01-01.
     pub fn epoch(mut self, epoch: SystemTime) -> Self {
-        self.config.epoch = epoch.duration_since(UNIX_EPOCH).unwrap_or_default();
+        const YEAR_9000: Duration = Duration::from_secs(221_845_392_000);
+        self.config.epoch = epoch
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .min(YEAR_9000);
         self
     }
 

@@ -223,7 +223,7 @@ impl Faults {
                 }
                 Fault::Slow { extra, probability } => {
                     if fires(*probability) {
-                        d.slow += *extra;
+                        d.slow = d.slow.saturating_add(*extra);
                     }
                 }
                 Fault::Hang { probability } => d.hang |= fires(*probability),

@@ -70,6 +70,8 @@ pub(crate) fn request_id(seed: u64, seq: u64) -> String {
 }
 
 const NANOS: u128 = 1_000_000_000;
+/// 9999-12-31T23:59:59Z, the last time an HTTP-date can carry.
+const LAST_HTTP_DATE: i64 = 253_402_300_799;
 
 fn rfc3339(secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(secs)
@@ -98,7 +100,10 @@ fn ratelimit_headers(headers: &mut HeaderMap, shared: &Shared, snapshot: &Snapsh
         };
         // Full at: epoch + admission time + time to full, rounded UP to the second.
         let full = r.until_full.unwrap_or(Duration::from_secs(60));
-        let nanos = (epoch + snapshot.at + full).as_nanos();
+        let nanos = epoch
+            .saturating_add(snapshot.at)
+            .saturating_add(full)
+            .as_nanos();
         let secs = i64::try_from(nanos.div_ceil(NANOS)).unwrap_or(i64::MAX);
         let reset = rfc3339(secs.saturating_add(skew));
         for (suffix, v) in [
@@ -154,10 +159,10 @@ pub(crate) fn render(
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("request-id", value(&id));
-    let date_secs = i64::try_from((shared.config.epoch + now).as_secs())
+    let date_secs = i64::try_from(shared.config.epoch.saturating_add(now).as_secs())
         .unwrap_or(i64::MAX)
         .saturating_add(skew)
-        .max(0);
+        .clamp(0, LAST_HTTP_DATE);
     let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(date_secs as u64));
     headers.insert(DATE, value(&date));
     if let Some(snapshot) = &answer.snapshot {

@@ -2,6 +2,9 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::error::InvalidAimd;
 use crate::concurrency::Limiter;
@@ -155,6 +158,10 @@ struct Shared {
 struct Control {
     /// Bumped at each back-off: a call sent before it cannot cause another one.
     epoch: u64,
+    /// When the last back-off happened.
+    last_decrease: Option<Instant>,
+    /// Smoothed latency of successful calls (the round trip), when one was seen.
+    rtt: Option<Duration>,
     /// Successes counted towards the next increase.
     successes: usize,
     decreases: u64,
@@ -165,6 +172,7 @@ struct Control {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sent {
     epoch: u64,
+    at: Instant,
     /// The cap was at least half used when the call was sent: its success shows demand.
     busy: bool,
 }
@@ -184,6 +192,8 @@ impl AdaptiveLimiter {
                 config,
                 control: Mutex::new(Control {
                     epoch: 0,
+                    last_decrease: None,
+                    rtt: None,
                     successes: 0,
                     decreases: 0,
                     increases: 0,
@@ -240,22 +250,45 @@ impl AdaptiveLimiter {
         let limiter = &self.shared.limiter;
         Sent {
             epoch: control.epoch,
+            at: Instant::now(),
             busy: limiter.in_flight() * 2 >= limiter.limit(),
         }
+    }
+
+    /// The smoothed latency of successful calls, once one has completed.
+    pub fn smoothed_rtt(&self) -> Option<Duration> {
+        self.control().rtt
     }
 
     /// Feeds the outcome of a call sent at `sent` to the controller.
     pub(crate) fn record(&self, sent: Sent, kind: OutcomeKind) {
         let config = &self.shared.config;
         let limiter = &self.shared.limiter;
+        let now = Instant::now();
         let mut control = self.control();
+        if kind == OutcomeKind::Success {
+            let sample = now.saturating_duration_since(sent.at);
+            // TCP's smoothing: srtt = 7/8 srtt + 1/8 sample.
+            control.rtt = Some(control.rtt.map_or(sample, |rtt| (rtt * 7 + sample) / 8));
+        }
         if sent.epoch != control.epoch {
             // Sent before the last back-off: its outcome says nothing about the new limit.
             return;
         }
         if config.backs_off_on(kind) {
+            let since = control
+                .last_decrease
+                .map(|at| now.saturating_duration_since(at));
+            if since
+                .zip(control.rtt)
+                .is_some_and(|(since, rtt)| since < rtt)
+            {
+                // Less than a round trip after the last back-off: the same incident.
+                return;
+            }
             control.epoch += 1;
             control.successes = 0;
+            control.last_decrease = Some(now);
             let old = limiter.limit();
             // `floor(old × f) < old` for f < 1, so the limit shrinks until it reaches `min`.
             let new = ((old as f64 * config.decrease_factor).floor() as usize).max(config.min);

@@ -8,10 +8,15 @@
 //!   503) or a timeout — as read by the classifier, not merely `Err` — multiplies the limit by the
 //!   [decrease factor](Aimd::decrease_factor) (0.7 by default), never below
 //!   [`min`](Aimd::min).
-//! - **Once per epoch.** Every decrease starts a new epoch; outcomes of calls *sent* in an
-//!   earlier epoch are ignored. A wave of 30 calls all refused by one overload shrinks the limit
-//!   once, not 30 times (0.7³⁰ would take any limit to the floor from a single incident), while
-//!   an overload that persists keeps shrinking it once per round trip.
+//! - **Once per round trip.** Every decrease starts a new epoch; outcomes of calls *sent* in an
+//!   earlier epoch are ignored, and so are those arriving less than one smoothed round trip
+//!   (TCP-style average latency of successful calls, [`smoothed_rtt`](AdaptiveLimiter::smoothed_rtt))
+//!   after the decrease. A wave of 30 calls all refused by one overload shrinks the limit once,
+//!   not 30 times (0.7³⁰ would take any limit to the floor from a single incident), and neither
+//!   do the waiters admitted while the wave's refusals come back; an overload that persists keeps
+//!   shrinking it about once per round trip. (With the epoch rule alone, refusals that come back
+//!   at once let every queued generation shrink the limit again: in the simulation one burst of
+//!   40 callers took the limit from 32 to 1 in a single instant.)
 //! - **Additive increase.** Each success counts; after `limit` successes of the current epoch the
 //!   limit grows by one (about +1 per round trip with the cap full), up to [`max`](Aimd::max).
 //!   Only calls sent while at least half the limit was in use count, so a service that is idle

@@ -1,0 +1,475 @@
+//! Goodput against the simulated Claude API: the same workloads sent through the stacks a Rust
+//! user would pick, on tokio's paused clock (minutes of traffic in seconds).
+//!
+//! ```text
+//! cargo run --release --example goodput                          # every scenario and strategy
+//! cargo run --release --example goodput -- --scenario overload   # one scenario
+//! cargo run --release --example goodput -- --strategy ours       # one strategy
+//! ```
+//!
+//! Scenarios: `steady` (32 callers against limits they exceed about 14 times over), `overload`
+//! (the same with 30 s of 529s), `multi-model` (three models with separate limits), `limit-change`
+//! (every limit doubles at t = 60 s, a tier upgrade) and `skew` (the server's clock 90 s ahead).
+//! Strategies: `bare`, `sdk-retry`, `tower`, `tower-resilience`, `ours` (see BENCHMARKS.md for
+//! how each is configured and why).
+//!
+//! Give-up rules, the same for all: a call ends when its strategy returns (a response, 429s and
+//! 529s included, or an error); a call is `ok` only when it ends with a 2xx. Every strategy runs
+//! behind a 10-minute deadline per call (the official SDKs' default timeout); none of the
+//! scenarios needs a call to wait that long when the limits are used well.
+
+#[allow(dead_code)] // shared with benches/overhead.rs
+#[path = "goodput/ours.rs"]
+mod ours;
+#[allow(dead_code)] // shared with benches/overhead.rs
+#[path = "goodput/peers.rs"]
+mod peers;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::timeout::Timeout;
+use tower::{Service, ServiceExt};
+use tower_llm_limits::sim::{Fault, Faults, Limits, Report, SimApi, Workload};
+
+use peers::{BoxError, BoxFut, Req};
+
+/// The deadline of every call, whatever the strategy (the SDKs' default timeout).
+const CALL_DEADLINE: Duration = Duration::from_secs(600);
+/// Seeds: the sim, the workload, and the strategies' jitter.
+const SEED: u64 = 42;
+/// Requests a call may ask for, shared by every scenario.
+const INPUT_TOKENS: std::ops::RangeInclusive<u64> = 200..=2_000;
+const MAX_TOKENS: std::ops::RangeInclusive<u64> = 256..=1_024;
+const OUTPUT_FRACTION: std::ops::RangeInclusive<f64> = 0.2..=1.0;
+/// The peers' concurrency cap (tower's `ConcurrencyLimit`, tower-resilience's bulkhead).
+const PEER_CONCURRENCY: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+#[derive(Clone, Copy, Debug)]
+struct Model {
+    name: &'static str,
+    rpm: u64,
+    itpm: u64,
+    otpm: u64,
+}
+
+impl Model {
+    fn limits(&self, factor: u64) -> Limits {
+        Limits::per_minute(self.rpm * factor, self.itpm * factor, self.otpm * factor)
+    }
+
+    /// What a user of a requests-per-minute limiter configures: the documented limits converted
+    /// to requests per minute with the workload's average request (mean input, mean max_tokens ×
+    /// mean share produced).
+    fn as_rpm(&self) -> u64 {
+        let mean = |r: &std::ops::RangeInclusive<u64>| (r.start() + r.end()) as f64 / 2.0;
+        let fraction = (OUTPUT_FRACTION.start() + OUTPUT_FRACTION.end()) / 2.0;
+        let by_input = self.itpm as f64 / mean(&INPUT_TOKENS);
+        let by_output = self.otpm as f64 / (mean(&MAX_TOKENS) * fraction);
+        (self.rpm as f64)
+            .min(by_input)
+            .min(by_output)
+            .floor()
+            .max(1.0) as u64
+    }
+}
+
+const SONNET: Model = Model {
+    name: "claude-sonnet-4-5",
+    rpm: 200,
+    itpm: 150_000,
+    otpm: 50_000,
+};
+const HAIKU: Model = Model {
+    name: "claude-haiku-4-5",
+    rpm: 300,
+    itpm: 200_000,
+    otpm: 60_000,
+};
+const OPUS: Model = Model {
+    name: "claude-opus-4-1",
+    rpm: 100,
+    itpm: 100_000,
+    otpm: 40_000,
+};
+
+#[derive(Clone, Debug)]
+struct Scenario {
+    name: &'static str,
+    models: Vec<Model>,
+    requests: usize,
+    callers: usize,
+    faults: Faults,
+    /// At this time every model's limits are multiplied by this factor (`api.set_limits`).
+    upgrade: Option<(Duration, u64)>,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let base = Scenario {
+        name: "steady",
+        models: vec![SONNET],
+        requests: 400,
+        callers: 32,
+        faults: Faults::new(),
+        upgrade: None,
+    };
+    vec![
+        base.clone(),
+        Scenario {
+            name: "overload",
+            faults: Faults::new().window(
+                Duration::from_secs(45)..Duration::from_secs(75),
+                Fault::Overloaded { probability: 1.0 },
+            ),
+            ..base.clone()
+        },
+        Scenario {
+            name: "multi-model",
+            models: vec![SONNET, HAIKU, OPUS],
+            requests: 900,
+            callers: 48,
+            ..base.clone()
+        },
+        Scenario {
+            name: "limit-change",
+            requests: 500,
+            upgrade: Some((Duration::from_secs(60), 2)),
+            ..base.clone()
+        },
+        Scenario {
+            name: "skew",
+            faults: Faults::new().always(Fault::ClockSkew { offset_secs: 90 }),
+            ..base
+        },
+    ]
+}
+
+impl Scenario {
+    fn api(&self) -> SimApi {
+        let mut builder = SimApi::builder().faults(self.faults.clone()).seed(SEED);
+        for m in &self.models {
+            builder = builder.model(m.name, m.limits(1));
+        }
+        builder.build()
+    }
+
+    fn workload(&self) -> Workload {
+        Workload::new(self.requests, self.callers)
+            .seed(SEED)
+            .models(self.models.iter().map(|m| m.name))
+            .input_tokens(INPUT_TOKENS)
+            .max_tokens(MAX_TOKENS)
+            .output_fraction(OUTPUT_FRACTION)
+    }
+
+    /// T*, the best possible completion time. The sim computes it for fixed limits; across an
+    /// upgrade that multiplies every limit by `k` at `t_c`, the binding bucket refills `k` times
+    /// faster from then on (the sim keeps bucket levels), so `T* = t_c + (T₁ − t_c) / k` when
+    /// the fixed-limit best `T₁` is later than `t_c`.
+    fn best(&self, workload: &Workload, api: &SimApi) -> Duration {
+        let fixed = workload.theoretical_best(api);
+        match self.upgrade {
+            Some((at, k)) if fixed > at => at + (fixed - at) / k as u32,
+            _ => fixed,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strategies
+
+const STRATEGIES: &[&str] = &["bare", "sdk-retry", "tower", "tower-resilience", "ours"];
+
+/// Routes each request to the stack of its model: the per-model limiters a user of tower or
+/// tower-resilience sets up (their limiters know nothing of models). The model is read from the
+/// JSON body, which the caller built and knows.
+#[derive(Clone)]
+struct PerModel<S> {
+    routes: Arc<HashMap<&'static str, S>>,
+}
+
+impl<S> PerModel<S> {
+    fn new(models: &[Model], mut stack: impl FnMut(&Model) -> S) -> Self {
+        let routes = models.iter().map(|m| (m.name, stack(m))).collect();
+        PerModel {
+            routes: Arc::new(routes),
+        }
+    }
+}
+
+impl<S, B> Service<Req> for PerModel<S>
+where
+    S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = BoxError;
+    type Future = BoxFut<Response<B>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let routes = Arc::clone(&self.routes);
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&bytes)?;
+            let model = json["model"].as_str().unwrap_or_default();
+            let svc = routes
+                .get(model)
+                .cloned()
+                .ok_or_else(|| format!("no stack for model {model:?}"))?;
+            svc.oneshot(Request::from_parts(parts, Full::new(bytes)))
+                .await
+        })
+    }
+}
+
+type ReportFuture<'a> = Pin<Box<dyn Future<Output = Report> + 'a>>;
+
+/// Receives our full stack from [`ours::full`] and starts the workload on it.
+struct RunOurs<'a> {
+    workload: &'a Workload,
+    run: Option<ReportFuture<'a>>,
+}
+
+impl<'a> ours::Visit for RunOurs<'a> {
+    fn visit<S, B>(&mut self, _name: &'static str, svc: S)
+    where
+        S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        let workload = self.workload;
+        self.run = Some(Box::pin(async move {
+            workload.run(Timeout::new(svc, CALL_DEADLINE)).await
+        }));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run
+
+struct Row {
+    scenario: &'static str,
+    strategy: &'static str,
+    ok: usize,
+    failed: usize,
+    attempts: u64,
+    r429: u64,
+    r529: u64,
+    elapsed: Duration,
+    best: Duration,
+    p50: Duration,
+    p99: Duration,
+    breaker_opened: usize,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.best.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Runs `scenario` with `strategy` on a fresh paused current-thread runtime; `None` when the
+/// strategy is not available in this build.
+fn run(scenario: &Scenario, strategy: &'static str) -> Option<Row> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        fastrand::seed(SEED);
+        let api = scenario.api();
+        let workload = scenario.workload();
+        let best = scenario.best(&workload, &api);
+        if let Some((at, factor)) = scenario.upgrade {
+            let api = api.clone();
+            let models = scenario.models.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                for m in &models {
+                    api.set_limits(m.name, m.limits(factor));
+                }
+            });
+        }
+        let opened = Arc::new(AtomicUsize::new(0));
+        let report = match strategy {
+            "bare" => workload.run(Timeout::new(api.clone(), CALL_DEADLINE)).await,
+            "sdk-retry" => {
+                let svc = peers::SdkRetry::new(api.clone());
+                workload.run(Timeout::new(svc, CALL_DEADLINE)).await
+            }
+            "tower" => {
+                let svc = PerModel::new(&scenario.models, |m| {
+                    peers::tower_stack(api.clone(), m.as_rpm(), PEER_CONCURRENCY)
+                });
+                workload.run(Timeout::new(svc, CALL_DEADLINE)).await
+            }
+            "tower-resilience" => {
+                let svc = PerModel::new(&scenario.models, |m| {
+                    let config = peers::ResilienceConfig {
+                        per_minute: m.as_rpm() as usize,
+                        concurrency: PEER_CONCURRENCY,
+                        // Its open-state timer reads the wall clock (`std::time::Instant`),
+                        // which barely moves while the paused tokio clock runs minutes: any
+                        // positive wait would keep it open for the rest of the run. Zero makes
+                        // it half-open at once after tripping (3 probes, the rest refused),
+                        // kinder to it than its 30 s preset would be at real speed.
+                        breaker_open: Duration::ZERO,
+                        opened: Some(Arc::clone(&opened)),
+                    };
+                    peers::resilience_stack(api.clone(), config)
+                });
+                workload.run(Timeout::new(svc, CALL_DEADLINE)).await
+            }
+            _ => {
+                let mut visitor = RunOurs {
+                    workload: &workload,
+                    run: None,
+                };
+                ours::full(api.clone(), &mut visitor);
+                visitor.run?.await
+            }
+        };
+        let counters = api.counters();
+        let mut latencies: Vec<Duration> = report.records().iter().map(|r| r.latency()).collect();
+        latencies.sort();
+        Some(Row {
+            scenario: scenario.name,
+            strategy,
+            ok: report.ok(),
+            failed: report.failed(),
+            attempts: counters.received(),
+            r429: counters.rate_limited(),
+            r529: counters.overloaded(),
+            elapsed: report.elapsed(),
+            best,
+            p50: percentile(&latencies, 0.50),
+            p99: percentile(&latencies, 0.99),
+            breaker_opened: opened.load(Ordering::Relaxed),
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+fn arg(name: &str) -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == name {
+            return args.next();
+        }
+        if let Some(v) = a.strip_prefix(name).and_then(|v| v.strip_prefix('=')) {
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
+fn main() {
+    let only_scenario = arg("--scenario");
+    let only_strategy = arg("--strategy");
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    for scenario in scenarios() {
+        if only_scenario.as_deref().is_some_and(|s| s != scenario.name) {
+            continue;
+        }
+        for &strategy in STRATEGIES {
+            if only_strategy.as_deref().is_some_and(|s| s != strategy) {
+                continue;
+            }
+            match run(&scenario, strategy) {
+                Some(row) => rows.push(row),
+                None => eprintln!(
+                    "goodput: `{strategy}` skipped in `{}`: {}",
+                    scenario.name,
+                    ours::MISSING
+                ),
+            }
+        }
+    }
+
+    println!(
+        "{:<13} {:<17} {:>5} {:>6} {:>8} {:>6} {:>6} {:>8} {:>7} {:>6} {:>7} {:>7}",
+        "scenario",
+        "strategy",
+        "ok",
+        "failed",
+        "attempts",
+        "429s",
+        "529s",
+        "time s",
+        "T* s",
+        "T*/T",
+        "p50 s",
+        "p99 s"
+    );
+    for r in &rows {
+        println!(
+            "{:<13} {:<17} {:>5} {:>6} {:>8} {:>6} {:>6} {:>8.1} {:>7.1} {:>6.3} {:>7.1} {:>7.1}",
+            r.scenario,
+            r.strategy,
+            r.ok,
+            r.failed,
+            r.attempts,
+            r.r429,
+            r.r529,
+            r.elapsed.as_secs_f64(),
+            r.best.as_secs_f64(),
+            r.ratio(),
+            r.p50.as_secs_f64(),
+            r.p99.as_secs_f64()
+        );
+    }
+    for r in rows.iter().filter(|r| r.breaker_opened > 0) {
+        println!(
+            "note: tower-resilience's circuit breaker opened {} time(s) in `{}` (open wait set \
+             to zero: its timer runs on the wall clock, see BENCHMARKS.md)",
+            r.breaker_opened, r.scenario
+        );
+    }
+    println!();
+    for r in &rows {
+        println!(
+            "goodput scenario={} strategy={} ok={} failed={} attempts={} r429={} r529={} ratio={:.3}",
+            r.scenario,
+            r.strategy,
+            r.ok,
+            r.failed,
+            r.attempts,
+            r.r429,
+            r.r529,
+            r.ratio()
+        );
+    }
+    eprintln!(
+        "goodput: {} runs in {:.1} s of wall-clock time",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
