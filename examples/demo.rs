@@ -197,8 +197,11 @@ fn table(runs: &[Run]) {
     }
 }
 
+/// Points of a chart line: (seconds, count).
+type Series = Vec<(f64, f64)>;
+
 /// Admitted (2xx) answers and refusals (429 + 529) per 10-second bin.
-fn series(events: &[SimEvent]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+fn series(events: &[SimEvent]) -> (Series, Series) {
     let last = events
         .iter()
         .map(|e| e.answered())
