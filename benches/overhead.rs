@@ -7,8 +7,11 @@
 //! Two settings, side by side in one run:
 //! - `current_thread`: one caller on a current-thread runtime;
 //! - `two_workers`: a 2-worker multi-thread runtime, two tasks calling clones of one shared stack;
-//!   the figure is the wall time per call of each task while the other runs (contention shows as
-//!   a rise over `current_thread`).
+//!   the figure is the CPU time of both workers per call (contention shows as a rise over
+//!   `current_thread`).
+//!
+//! Every figure is CPU time (`clock_gettime`), not wall time: this machine's two cores are shared
+//! with other jobs, and wall time would mostly measure how often the benchmark was descheduled.
 //!
 //! Run: `cargo bench --all-features --bench overhead -- --warm-up-time 1 --measurement-time 2`.
 //! After criterion's output a summary table prints ns/call and the ratios (see BENCHMARKS.md).
@@ -19,7 +22,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
@@ -160,7 +163,37 @@ fn two_workers() -> Runtime {
         .expect("runtime")
 }
 
-/// One caller, `iters` calls in one `block_on`.
+/// CPU time consumed so far by this thread (`Thread`) or the whole process (`Process`).
+///
+/// The benchmarks report CPU time, not wall time: on a machine shared with other jobs, wall time
+/// mostly measures how often the benchmark was descheduled.
+#[derive(Clone, Copy)]
+enum Cpu {
+    Thread,
+    Process,
+}
+
+impl Cpu {
+    fn now(self) -> Duration {
+        use rustix::time::{ClockId, clock_gettime};
+        let id = match self {
+            Cpu::Thread => ClockId::ThreadCPUTime,
+            Cpu::Process => ClockId::ProcessCPUTime,
+        };
+        let t = clock_gettime(id);
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    }
+
+    fn since(self, start: Duration) -> Duration {
+        self.now().saturating_sub(start)
+    }
+}
+
+/// One caller, `iters` calls in one `block_on`; the CPU time of the calling thread (the
+/// current-thread runtime runs everything on it).
 fn bench_single<S, B>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
@@ -174,19 +207,20 @@ fn bench_single<S, B>(
         b.iter_custom(|iters| {
             let svc = &mut svc;
             rt.block_on(async move {
-                let start = Instant::now();
+                let start = Cpu::Thread.now();
                 for _ in 0..iters {
                     let ready = svc.ready().await.expect("ready");
                     let response = ready.call(template.request()).await.expect("response");
                     black_box(response);
                 }
-                start.elapsed()
+                Cpu::Thread.since(start)
             })
         })
     });
 }
 
-/// Two tasks on two workers, each making `iters` calls on its own clone of one shared stack.
+/// Two tasks on two workers, each making `iters` calls on its own clone of one shared stack; the
+/// process's CPU time over both workers, halved: CPU per call, contention included.
 fn bench_pair<S, B>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
@@ -201,7 +235,7 @@ fn bench_pair<S, B>(
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let start = Instant::now();
+                let start = Cpu::Process.now();
                 let tasks: Vec<_> = (0..2)
                     .map(|_| {
                         let mut svc = svc.clone();
@@ -219,7 +253,7 @@ fn bench_pair<S, B>(
                 for task in tasks {
                     task.await.expect("task");
                 }
-                start.elapsed()
+                Cpu::Process.since(start) / 2
             })
         })
     });
@@ -290,7 +324,7 @@ fn overhead(c: &mut Criterion) {
             rt: &rt,
             template: &template,
         };
-        ours::single_layers(Instant200::new, &mut v);
+        ours::single_layers(Instant200::new, HIGH_CONCURRENCY, &mut v);
         if !ours::full(Instant200::new(), &mut v) {
             eprintln!("ours_full skipped: {}", ours::MISSING);
         }
@@ -301,7 +335,15 @@ fn overhead(c: &mut Criterion) {
         let resilience = peers::resilience_stack(Instant200::new(), resilience_config());
         bench_single(&mut group, "tower_resilience", &rt, &template, resilience);
         let limiter = governor_limiter();
-        group.bench_function("governor_check", |b| b.iter(|| black_box(limiter.check())));
+        group.bench_function("governor_check", |b| {
+            b.iter_custom(|iters| {
+                let start = Cpu::Thread.now();
+                for _ in 0..iters {
+                    black_box(limiter.check()).ok();
+                }
+                Cpu::Thread.since(start)
+            })
+        });
         group.finish();
     }
 
@@ -315,7 +357,7 @@ fn overhead(c: &mut Criterion) {
             rt: &rt,
             template: &template,
         };
-        ours::single_layers(Instant200::new, &mut v);
+        ours::single_layers(Instant200::new, HIGH_CONCURRENCY, &mut v);
         ours::full(Instant200::new(), &mut v);
         let tower = peers::tower_stack(Instant200::new(), HIGH_RPM, HIGH_CONCURRENCY);
         bench_pair(&mut group, "tower_buffered", &rt, &template, tower);
@@ -324,7 +366,7 @@ fn overhead(c: &mut Criterion) {
         let limiter = Arc::new(governor_limiter());
         group.bench_function("governor_check", |b| {
             b.iter_custom(|iters| {
-                let start = Instant::now();
+                let start = Cpu::Process.now();
                 std::thread::scope(|s| {
                     for _ in 0..2 {
                         let limiter = &limiter;
@@ -335,7 +377,7 @@ fn overhead(c: &mut Criterion) {
                         });
                     }
                 });
-                start.elapsed()
+                Cpu::Process.since(start) / 2
             })
         });
         group.finish();
@@ -390,7 +432,9 @@ fn print_summary(since: SystemTime) {
         "retry",
         "circuit_breaker",
         "rate_limit",
+        "rate_limit_given_cost",
         "concurrency_limit",
+        "adaptive_concurrency",
         "ours_full",
         "tower_buffered",
         "tower_unbuffered",
@@ -402,7 +446,7 @@ fn print_summary(since: SystemTime) {
         if m.is_empty() {
             continue;
         }
-        println!("\noverhead summary: {group} (median ns per call)");
+        println!("\noverhead summary: {group} (median CPU ns per call)");
         println!(
             "{:<20} {:>10} {:>12} {:>12} {:>14} {:>14}",
             "stack", "ns/call", "added ns", "x bare", "x tower", "x resilience"

@@ -197,11 +197,11 @@ fn table(runs: &[Run]) {
     }
 }
 
-/// Points of a chart line: (seconds, count).
-type Series = Vec<(f64, f64)>;
+/// Points of a line: (seconds, answers in the bin).
+type Points = Vec<(f64, f64)>;
 
 /// Admitted (2xx) answers and refusals (429 + 529) per 10-second bin.
-fn series(events: &[SimEvent]) -> (Series, Series) {
+fn series(events: &[SimEvent]) -> (Points, Points) {
     let last = events
         .iter()
         .map(|e| e.answered())

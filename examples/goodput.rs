@@ -276,12 +276,30 @@ struct Row {
     p50: Duration,
     p99: Duration,
     breaker_opened: usize,
+    /// Why calls failed: (reason, count), most frequent first.
+    failures: Vec<(String, usize)>,
 }
 
 impl Row {
     fn ratio(&self) -> f64 {
         self.best.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// An error message with every number replaced by `#`, so failures group by kind.
+fn without_numbers(message: &str) -> String {
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in message.chars().take(120) {
+        let digit = c.is_ascii_digit() || (in_number && c == '.');
+        if digit && !in_number {
+            out.push('#');
+        } else if !digit {
+            out.push(c);
+        }
+        in_number = digit;
+    }
+    out
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -354,6 +372,17 @@ fn run(scenario: &Scenario, strategy: &'static str) -> Option<Row> {
                 visitor.run?.await
             }
         };
+        let mut failures: HashMap<String, usize> = HashMap::new();
+        for r in report.records().iter().filter(|r| !r.is_ok()) {
+            let reason = match (r.status(), r.error()) {
+                (Some(status), _) => format!("HTTP {}", status.as_u16()),
+                (None, Some(e)) => without_numbers(e),
+                (None, None) => "unknown".to_string(),
+            };
+            *failures.entry(reason).or_default() += 1;
+        }
+        let mut failures: Vec<(String, usize)> = failures.into_iter().collect();
+        failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let counters = api.counters();
         let mut latencies: Vec<Duration> = report.records().iter().map(|r| r.latency()).collect();
         latencies.sort();
@@ -370,6 +399,7 @@ fn run(scenario: &Scenario, strategy: &'static str) -> Option<Row> {
             p50: percentile(&latencies, 0.50),
             p99: percentile(&latencies, 0.99),
             breaker_opened: opened.load(Ordering::Relaxed),
+            failures,
         })
     })
 }
@@ -444,6 +474,20 @@ fn main() {
             r.ratio(),
             r.p50.as_secs_f64(),
             r.p99.as_secs_f64()
+        );
+    }
+    println!();
+    for r in rows.iter().filter(|r| r.failed > 0) {
+        let reasons: Vec<String> = r
+            .failures
+            .iter()
+            .map(|(why, n)| format!("{n}× {why}"))
+            .collect();
+        println!(
+            "failures {} / {}: {}",
+            r.scenario,
+            r.strategy,
+            reasons.join("; ")
         );
     }
     for r in rows.iter().filter(|r| r.breaker_opened > 0) {

@@ -18,7 +18,10 @@ use tower_llm_limits::breaker::{
 };
 use tower_llm_limits::signals::{Classify, DefaultClassifier, OutcomeKind, classify_fn};
 
-use support::upstream::{Reply, Upstream, open_loop, request, sdk_retry};
+use support::sim::message;
+use support::upstream::{Reply, Upstream, open_loop, request};
+use tower_llm_limits::retry::{Policy as RetryPolicy, Retry};
+use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
 
 type Res = Result<Response<Full<Bytes>>, BoxError>;
 
@@ -616,34 +619,52 @@ async fn an_open_error_is_a_local_decision() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Acceptance: an overload window from 10 s to 40 s, open-loop traffic of one request every
-// 200 ms for two minutes, 300 ms latency.
+// Acceptance, against the simulated API: an overload window (`Fault::Overloaded`, every request
+// refused with 529) from 10 s to 40 s, open-loop traffic of one request every 200 ms for two
+// minutes, 300 ms latency, the crate's retry layer (the SDKs' 2 retries, 0.5 s doubling
+// backoff, no retry budget) above the breaker.
 
 const OVERLOAD: std::ops::Range<Duration> = Duration::from_secs(10)..Duration::from_secs(40);
 const EVERY: Duration = Duration::from_millis(200);
 const REQUESTS: u32 = 600;
+const MODEL: &str = "claude-sonnet-4-5";
+
+fn overloaded_sim() -> SimApi {
+    SimApi::builder()
+        .model(MODEL, Limits::per_minute(100_000, 100_000_000, 100_000_000))
+        .latency(Duration::from_millis(300), Duration::ZERO)
+        .faults(Faults::new().window(OVERLOAD, Fault::Overloaded { probability: 1.0 }))
+        .seed(42)
+        .build()
+}
+
+/// SDK-like retries: 2 retries, 0.5 s doubling backoff, and no budget (the SDKs have none).
+fn sdk_retry<S>(inner: S) -> Retry<S> {
+    Retry::new(inner, RetryPolicy::new().without_budget().seed(3))
+}
 
 /// Transitions seen by the hook: (time since start, from, to, requests the API had received).
 type Log = Arc<Mutex<Vec<(Duration, State, State, u64)>>>;
 
-fn logging(policy: Policy, api: &Upstream) -> (Policy, Log) {
+fn logging(policy: Policy, api: &SimApi) -> (Policy, Log) {
     let log: Log = Arc::default();
     let (seen, api, start) = (log.clone(), api.clone(), Instant::now());
     let policy = policy.on_transition(move |t| {
         seen.lock()
             .unwrap()
-            .push((t.at() - start, t.from(), t.to(), api.received()))
+            .push((t.at() - start, t.from(), t.to(), api.counters().received()))
     });
     (policy, log)
 }
 
 #[tokio::test(start_paused = true)]
 async fn overload_window_opens_it_keeps_the_api_untouched_and_probes_close_it_after() {
-    let api = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
+    let api = overloaded_sim();
     let (policy, log) = logging(Policy::new().seed(1), &api);
-    let svc = CircuitBreaker::new(api.clone(), policy);
+    let breaker = CircuitBreaker::new(api.clone(), policy);
+    let svc = sdk_retry(breaker.clone());
     let results = open_loop(EVERY, REQUESTS, || {
-        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+        svc.clone().oneshot(message(MODEL, 100, 64, 10))
     })
     .await;
     let log = log.lock().unwrap().clone();
@@ -656,7 +677,8 @@ async fn overload_window_opens_it_keeps_the_api_untouched_and_probes_close_it_af
     );
     assert!(OVERLOAD.contains(&opened) && opened < OVERLOAD.start + Duration::from_secs(2));
 
-    // Nothing reaches the API while open: the count is the same when it half-opens.
+    // Nothing reaches the API while open: its count is the same when the breaker half-opens.
+    let mut openings = 0;
     for pair in log.windows(2) {
         if let [
             (_, _, State::Open { .. }, before),
@@ -664,8 +686,10 @@ async fn overload_window_opens_it_keeps_the_api_untouched_and_probes_close_it_af
         ] = pair
         {
             assert_eq!(before, after, "{log:?}");
+            openings += 1;
         }
     }
+    assert!(openings >= 2, "{log:?}");
 
     // Closes only after the window ended, through the probes of the first half-open state
     // after it (within their latency), and stays closed.
@@ -688,34 +712,116 @@ async fn overload_window_opens_it_keeps_the_api_untouched_and_probes_close_it_af
             assert_eq!(status(res), Some(200), "request started at {at:?}");
         }
     }
-    assert_eq!(svc.state(), State::Closed);
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(api.counters().rate_limited(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn with_the_breaker_the_overloaded_api_gets_at_most_a_tenth_of_the_attempts() {
-    let alone = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
-    let svc = alone.clone();
+    let alone = overloaded_sim();
+    let svc = sdk_retry(alone.clone());
     open_loop(EVERY, REQUESTS, || {
-        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+        svc.clone().oneshot(message(MODEL, 100, 64, 10))
     })
     .await;
 
-    let guarded = Upstream::overloaded_during(Duration::from_millis(300), OVERLOAD);
-    let svc = CircuitBreaker::new(guarded.clone(), Policy::new().seed(1));
+    let guarded = overloaded_sim();
+    let svc = sdk_retry(CircuitBreaker::new(guarded.clone(), Policy::new().seed(1)));
     open_loop(EVERY, REQUESTS, || {
-        sdk_retry(svc.clone(), request("claude-sonnet-4-5"))
+        svc.clone().oneshot(message(MODEL, 100, 64, 10))
     })
     .await;
 
-    let (without, with) = (alone.answered(529), guarded.answered(529));
+    let (without, with) = (
+        alone.counters().overloaded(),
+        guarded.counters().overloaded(),
+    );
     eprintln!(
-        "attempts sent into the overload window: retry alone {without}, with the breaker {with} \
-         (total received {} vs {})",
-        alone.received(),
-        guarded.received()
+        "529s sent by the overloaded API: retry alone {without}, retry + breaker {with} \
+         (requests received {} vs {})",
+        alone.counters().received(),
+        guarded.counters().received()
     );
     // 150 requests start inside the window; alone, each makes 3 attempts (a few of them
     // outside the window).
     assert!(without > 400, "{without}");
     assert!(with * 10 <= without, "{with} vs {without}");
+}
+
+fn overloaded() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(529)
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_never_polls_the_inner_service_and_an_admitted_call_waits_for_it() {
+    let (mock, mut handle) =
+        tower_test::mock::pair::<http::Request<Full<Bytes>>, Response<Full<Bytes>>>();
+    let mock = tower::util::MapErr::new(mock, |e: BoxError| e);
+    let mut svc = CircuitBreaker::new(mock, exact().half_open_probes(1));
+
+    // The inner service is not ready: the admitted call's future waits for it.
+    handle.allow(0);
+    let mut call = tokio_test::task::spawn(svc.ready().await.unwrap().call(request("m")));
+    assert!(call.poll().is_pending());
+    handle.allow(1);
+    assert!(call.is_woken());
+    assert!(call.poll().is_pending());
+    let (_, reply) = handle.next_request().await.unwrap();
+    reply.send_response(overloaded());
+    assert_eq!(status(&call.await), Some(529));
+
+    for _ in 0..4 {
+        handle.allow(1);
+        // The call is sent when its future is polled.
+        let fut = tokio::spawn(svc.ready().await.unwrap().call(request("m")));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(overloaded());
+        fut.await.unwrap().unwrap();
+    }
+    assert!(matches!(svc.state(), State::Open { .. }));
+
+    // Open: ready at once, refused at once, and the inner service is neither polled nor called
+    // (the mock would panic on a call beyond its allowance).
+    handle.allow(0);
+    let mut ready = tokio_test::task::spawn(svc.ready());
+    assert!(ready.poll().is_ready());
+    drop(ready);
+    for _ in 0..10 {
+        open_error(svc.call(request("m")).await);
+    }
+    assert!(handle.poll_request().is_pending());
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_no_breaker_is_closed_the_least_recently_used_goes() {
+    let api = Upstream::always(529);
+    let policy = exact().max_keys(2).key_fn(|parts| {
+        parts
+            .headers
+            .get("x-model")
+            .map(|v| v.to_str().unwrap().to_owned())
+    });
+    let layer = CircuitBreakerLayer::new(policy);
+    let mut svc = tower::Layer::layer(&layer, api);
+    for model in ["a", "b", "c"] {
+        for _ in 0..5 {
+            let mut req = request(model);
+            req.headers_mut().insert("x-model", model.parse().unwrap());
+            svc.ready().await.unwrap().call(req).await.unwrap();
+        }
+        advance(Duration::from_secs(1)).await;
+    }
+    let states = layer.states();
+    assert_eq!(
+        states.len(),
+        3,
+        "the unkeyed breaker and two keys: {states:?}"
+    );
+    assert_eq!(states[0], (None, State::Closed));
+    assert_eq!(layer.state_of("a"), State::Closed, "forgotten");
+    assert!(matches!(layer.state_of("b"), State::Open { .. }));
+    assert!(matches!(layer.state_of("c"), State::Open { .. }));
 }

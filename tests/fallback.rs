@@ -13,7 +13,9 @@ use tower_llm_limits::breaker::{CircuitBreaker, Policy};
 use tower_llm_limits::fallback::{Fallback, FallbackLayer, Served, set_json_model};
 use tower_llm_limits::signals::OutcomeKind;
 
-use support::upstream::{Reply, Upstream, open_loop, request, sdk_retry};
+use support::upstream::{Reply, Upstream, open_loop, request};
+use tower_llm_limits::retry::{Policy as RetryPolicy, Retry};
+use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
 
 type Res = Result<Response<Full<Bytes>>, BoxError>;
 
@@ -121,9 +123,21 @@ async fn a_failing_secondary_returns_its_own_result() {
 
 #[tokio::test(start_paused = true)]
 async fn during_an_overload_window_the_secondary_serves_then_the_primary_again() {
-    // Primary: SDK-like retries around a breaker around an API overloaded from 10 s to 40 s.
+    // Primary: the crate's retries around a breaker around a simulated API overloaded from
+    // 10 s to 40 s. Secondary: another, healthy, simulated API serving Haiku.
     let overload = Duration::from_secs(10)..Duration::from_secs(40);
-    let api = Upstream::overloaded_during(Duration::from_millis(300), overload.clone());
+    let limits = Limits::per_minute(100_000, 100_000_000, 100_000_000);
+    let api = SimApi::builder()
+        .model("claude-sonnet-4-5", limits)
+        .latency(Duration::from_millis(300), Duration::ZERO)
+        .faults(Faults::new().window(overload.clone(), Fault::Overloaded { probability: 1.0 }))
+        .seed(42)
+        .build();
+    let backup = SimApi::builder()
+        .model("claude-haiku-4-5", limits)
+        .latency(Duration::from_millis(100), Duration::ZERO)
+        .seed(43)
+        .build();
     let closed_at = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen = closed_at.clone();
     let start = tokio::time::Instant::now();
@@ -132,15 +146,17 @@ async fn during_an_overload_window_the_secondary_serves_then_the_primary_again()
             *seen.lock().unwrap() = Some(t.at() - start);
         }
     });
-    let breaker = CircuitBreaker::new(api.clone(), policy);
-    let primary = tower::service_fn(move |req| sdk_retry(breaker.clone(), req));
-    let secondary = Upstream::always(200);
-    let svc = FallbackLayer::new(secondary.clone())
+    let primary = Retry::new(
+        CircuitBreaker::new(api.clone(), policy),
+        RetryPolicy::new().without_budget().seed(3),
+    );
+    let svc = FallbackLayer::new(backup.clone())
         .rewrite(set_json_model("claude-haiku-4-5"))
         .layer(primary);
 
     let results = open_loop(Duration::from_millis(200), 600, || {
-        svc.clone().oneshot(request("claude-sonnet-4-5"))
+        svc.clone()
+            .oneshot(support::sim::message("claude-sonnet-4-5", 100, 64, 10))
     })
     .await;
     let closed_at = closed_at.lock().unwrap().expect("the breaker closed again");
@@ -157,14 +173,14 @@ async fn during_an_overload_window_the_secondary_serves_then_the_primary_again()
         }
         *by.entry(served).or_insert(0) += 1;
     }
-    assert!(
-        secondary
-            .bodies()
-            .iter()
-            .all(|b| model_of(b) == "claude-haiku-4-5")
+    assert_eq!(backup.counters().ok(), by[&Served::Secondary]);
+    assert_eq!(
+        backup.counters().client_errors(),
+        0,
+        "the rewrite named a model it serves"
     );
     eprintln!(
         "served: {by:?}; breaker closed at {closed_at:?}; primary API received {}",
-        api.received()
+        api.counters().received()
     );
 }

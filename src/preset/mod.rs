@@ -24,8 +24,8 @@
 //! - **The concurrency cap innermost**, so a permit is held only while the request is really in
 //!   flight, not while it waits for budget (the rate limiter drives the inner service's readiness
 //!   only after admission).
-//! - **[`Signals`](crate::signals::Signals) right above the client** (and
-//!   [`ErrorBody`](crate::signals::ErrorBody) below it), so each response is parsed once and every
+//! - **[`Signals`] right above the client** (and
+//!   [`ErrorBody`] below it), so each response is parsed once and every
 //!   layer above reads the same [`ResponseSignals`](crate::signals::ResponseSignals).
 //!
 //! # Defaults and where they come from

@@ -62,6 +62,11 @@ impl Bucket {
     }
 
     /// Units worth `d` of replenishment, rounded up.
+    pub(crate) fn span_units(&self, d: Duration) -> u64 {
+        self.units(d)
+    }
+
+    /// Units worth `d` of replenishment, rounded up.
     fn units(&self, d: Duration) -> u64 {
         let ns = d.as_nanos().saturating_mul(self.capacity as u128);
         let w = self.window.as_nanos().max(1);
@@ -172,5 +177,37 @@ mod tests {
         assert_eq!(z.ready_at(1, 0), None);
         z.charge(5, now);
         assert!(z.ready_at(0, 0).is_some());
+    }
+
+    proptest::proptest! {
+        /// Any sequence of operations on any values: no panic, the level stays within the
+        /// capacity, and a cost that fits is admitted exactly at its ready instant.
+        #[test]
+        fn never_panics_and_stays_consistent(
+            capacity in 0u64..=u64::MAX,
+            window_ns in 0u64..=u64::MAX,
+            ops in proptest::collection::vec((0u8..4, 0u64..=u64::MAX, 0u64..10_000_000_000), 1..20),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let now = Instant::now();
+                let mut b = Bucket::new(capacity, Duration::from_nanos(window_ns), now);
+                for (op, amount, advance_ns) in ops {
+                    let t = add(now, Duration::from_nanos(advance_ns));
+                    match op {
+                        0 => b.charge(amount, t),
+                        1 => b.refund(amount, t),
+                        2 => b.resize(amount, Duration::from_nanos(advance_ns), t),
+                        _ => {
+                            if let Some(at) = b.ready_at(amount, b.capacity()) {
+                                let at = at.max(t);
+                                assert!(b.level(at) >= amount.min(b.capacity()) || b.level(at) + 1 >= amount);
+                            }
+                        }
+                    }
+                    assert!(b.level(t) <= b.capacity());
+                }
+            });
+        }
     }
 }

@@ -12,7 +12,9 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// Configured limits are the **starting point** before anything is learned (no start-up probe is
 /// needed for a key with a configured limit) and a **ceiling** afterwards: a learned limit above
 /// the configured one is ignored, a learned limit below it wins (a workspace limit, a lowered
-/// tier). A dimension left unset is not limited until a response reports it.
+/// tier). A dimension left unset is not limited until a response reports it. A capacity of 0
+/// refuses every request that costs anything in that dimension with
+/// [`CostExceedsLimit`](super::error::CostExceedsLimit).
 ///
 /// # Examples
 ///

@@ -56,9 +56,8 @@
 //! request.extensions_mut().insert(RateLimitKey::new("claude-sonnet-4-5"));
 //! service.oneshot(request).await?;
 //! let snapshot = state.key_snapshot(&RateLimitKey::new("claude-sonnet-4-5")).unwrap();
-//! # let _ = (snapshot, Dimension::Requests);
-//! // Once `signals` parses the headers:
-//! // assert_eq!(snapshot.bucket(Dimension::Requests).unwrap().learned(), Some(50));
+//! let requests = snapshot.bucket(Dimension::Requests).unwrap();
+//! assert_eq!((requests.capacity(), requests.level()), (50, 49));
 //! # Ok(())
 //! # }
 //! ```
@@ -122,30 +121,44 @@
 //! it: the limiter gives back the refused request's charge). Whatever this key dispatched after
 //! it is not in the reading. The limiter keeps per key a monotone counter of the cost dispatched
 //! per dimension and stores in each request the counter value at its dispatch: the cost "after"
-//! is one subtraction. Output tokens are different: a server may count them as they are produced
-//! (current Anthropic docs) or reserve `max_tokens` up front (older docs). The limiter assumes the
-//! reading holds no output of any request still in flight, nor of this one (unless a
-//! [`Usage`](crate::cost::Usage) says what it was) — conservative under both models.
+//! is one subtraction, `O(1)`, and a response that arrives out of order is read correctly.
 //!
-//! Both readings are coarse: Anthropic rounds `*-tokens-remaining` to the nearest thousand, and
-//! resets have one-second resolution; the reading was also taken at some instant between the
+//! Output tokens are different: a server may count them as they are produced (current Anthropic
+//! docs) or reserve `max_tokens` up front (older docs). The limiter assumes the reading holds no
+//! output of any request still in flight, nor of any request that finished after this one was
+//! dispatched (this one included) — a second monotone counter, of finished output, makes that
+//! `O(1)` too. A finished request counts its [`Usage`](crate::cost::Usage) when the response
+//! carries one, else its reservation. This is exact for a server that counts output as produced
+//! and conservative for one that reserves: the over-reservation of a request comes back with
+//! the first reading taken after it finished.
+//!
+//! Both readings are coarse: Anthropic rounds `*-tokens-remaining` to the nearest thousand;
+//! resets have one-second resolution and are measured against the response's `date` (so skew
+//! between the server's clock and ours cancels); `remaining` was taken at some instant between the
 //! request's dispatch and the response's receipt. The limiter turns `remaining` and `reset` into
-//! two intervals for the server's `full_at`, intersects them, adds the cost not in the reading,
-//! and compares the local bucket with the result:
+//! two intervals of local instants for the server's `full_at`, intersects them, adds the cost not
+//! in the reading, and compares the local bucket with the result:
 //!
 //! - local state **inside** the interval: kept (the local model is finer than the reading);
-//! - the server says there is **less** budget: the local bucket moves to the interval's most
+//! - the server says there is **less** budget: the local bucket moves to the interval's
 //!   conservative edge at once;
 //! - the server says there is **more** (an output reservation larger than the real output, an
-//!   over-estimated input): the local bucket moves up, but only to the most conservative edge, so
-//!   a rounding error never turns into a burst.
+//!   over-estimated input): the local bucket moves up, but only to the conservative edge, so a
+//!   rounding error never turns into a burst.
 //!
 //! The errors these corrections leave are constant offsets of the bucket's level, not rates: as
 //! long as the binding bucket never fills, the requests still go out at the server's refill rate.
+//! Against the simulated API (`cargo test --test rate_limit acceptance -- --nocapture`), 500
+//! requests from 32 callers finish within 1–2% of the theoretical best with no 429.
 //!
-//! **Estimation error.** Successive readings of the input bucket (at least half a capacity of
+//! Anthropic's `tokens` reading is "the most restrictive token limit in effect": when its limit
+//! is the input or output limit it is the same bucket read twice and is skipped; otherwise (a
+//! workspace limit, OpenAI's `tokens`) it is a combined bucket charged input + output.
+//!
+//! **Estimation error.** Successive readings of the input bucket (at least a whole capacity of
 //! estimated tokens apart, and never across an instant the bucket may have been full) tell what
-//! the server really charged for the requests in between. The ratio to the limiter's raw
+//! the server really charged for the requests in between: the distance between the two
+//! `full_at`s times the refill rate. The ratio to the limiter's raw
 //! estimates feeds an EWMA (weight 0.25) clamped to `0.5..=4`, applied to later input estimates
 //! (not to a caller's explicit [`Cost`](crate::cost::Cost), which is taken as exact). The factor
 //! is visible in [`KeySnapshot::input_correction`].
@@ -180,7 +193,8 @@
 //!
 //! **Maximum wait** ([`RateLimitLayer::max_wait`], or a request's [`MaxWait`]): when a request is
 //! queued its admission instant is projected from the cost queued ahead of it plus its own (exact
-//! under FIFO); beyond the maximum it fails at once with [`error::WaitTooLong`] (which dimension
+//! under FIFO, as long as the server's readings do not change the picture; a background request
+//! can also be overtaken by later interactive ones); beyond the maximum it fails at once with [`error::WaitTooLong`] (which dimension
 //! is short, how long the wait would be). The deadline is also enforced while waiting. A cost
 //! larger than a bucket's capacity fails at once with [`error::CostExceedsLimit`]: it never waits
 //! forever.

@@ -11,10 +11,12 @@ use tokio::time::Instant;
 
 use crate::BoxError;
 use crate::cost::{Cost, Usage};
-use crate::signals::{BucketReading, Dialect, Dimension, OutcomeKind, ResponseSignals};
+use crate::signals::{
+    BucketReading, Dialect, Dimension, Outcome, OutcomeKind, RateLimitSnapshot, ResponseSignals,
+};
 
 use super::RateLimitKey;
-use super::bucket::{Bucket, add};
+use super::bucket::{Bucket, add, sub};
 use super::config::{Limits, Priority, RampUp};
 use super::error::{CostExceedsLimit, WaitTooLong};
 use super::store::{Buckets, MemoryStore, Store};
@@ -28,8 +30,11 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
 /// Resolution of Anthropic's `*-tokens-remaining` (rounded to the nearest thousand).
 const TOKENS_REMAINING_TOLERANCE: u64 = 500;
 
-/// Resolution of resets (RFC 3339 seconds, measured against a `date` header in seconds).
-const RESET_TOLERANCE: Duration = Duration::from_secs(1);
+/// Resolution of resets (RFC 3339 seconds, measured against a `date` header in seconds): the
+/// true instant may lie this much before the reset read...
+const RESET_BELOW: Duration = Duration::from_secs(2);
+/// ...or this much after it (a server that truncates instead of rounding up).
+const RESET_ABOVE: Duration = Duration::from_secs(1);
 
 /// Bounds and smoothing of the learned input-estimate correction.
 const FACTOR_MIN: f64 = 0.5;
@@ -241,6 +246,7 @@ impl RateLimitState {
                 dispatched: [0; 4],
                 raw_input: 0,
                 outstanding_output: 0,
+                completed_output: 0,
                 in_flight: 0,
                 queue: BTreeMap::new(),
                 queued: [[0; 4]; 2],
@@ -294,7 +300,7 @@ impl RateLimitState {
         if let Some(max) = max_wait
             && wait > max
         {
-            tracing::debug!(key = %cell.key, dimension = dimension.map_or("cooldown", Dimension::as_str),
+            tracing::debug!(key = %cell.key, dimension = st.reason(dimension),
                 wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
                 "rate limit: projected wait exceeds the maximum");
             return Err(WaitTooLong::new(dimension, wait, max).into());
@@ -311,7 +317,7 @@ impl RateLimitState {
         for (q, c) in st.queued[class].iter_mut().zip(charge) {
             *q = q.saturating_add(c);
         }
-        tracing::debug!(key = %cell.key, dimension = dimension.map_or("cooldown", Dimension::as_str),
+        tracing::debug!(key = %cell.key, dimension = st.reason(dimension),
             amount = dimension.map_or(0, |d| charge[d.index()]), wait_ms = wait.as_millis() as u64,
             queued = st.queue.len(), "rate limit: waiting");
         drop(st);
@@ -467,8 +473,7 @@ struct Waiter {
 
 #[derive(Clone, Copy, Debug)]
 struct Anchor {
-    used: f64,
-    at: Instant,
+    full_at: Instant,
     raw_after: u64,
 }
 
@@ -485,6 +490,9 @@ struct KeyState {
     raw_input: u64,
     /// Output reserved by requests in flight.
     outstanding_output: u64,
+    /// Cumulative output of finished requests (their true output when known, else their
+    /// reservation): what a server counting output as produced may have charged since.
+    completed_output: u64,
     in_flight: usize,
     queue: BTreeMap<(usize, u64), Waiter>,
     /// Queued charge per priority class.
@@ -505,12 +513,21 @@ pub(crate) enum Check {
     Never(CostExceedsLimit),
 }
 
+/// What a response says, as the limiter reads it.
+struct Reply<'a> {
+    snapshot: &'a RateLimitSnapshot,
+    outcome: &'a Outcome,
+    received: Instant,
+    usage: Option<Usage>,
+}
+
 /// What a dispatched request charged, and the counters right after its dispatch.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Record {
     charge: Charge,
     after: Charge,
     raw_after: u64,
+    completed_before: u64,
     at: Instant,
     probe: bool,
 }
@@ -542,6 +559,15 @@ impl KeyState {
             (Some(c), None) => Some((c, self.window)),
             (None, Some(l)) => Some(l),
             (None, None) => None,
+        }
+    }
+
+    /// What a wait is for, for the traces: a dimension, the cooldown or the start-up probe.
+    fn reason(&self, dimension: Option<Dimension>) -> &'static str {
+        match dimension {
+            Some(d) => d.as_str(),
+            None if self.probe == Probe::InFlight && !self.any_bucket() => "probe",
+            None => "cooldown",
         }
     }
 
@@ -668,6 +694,7 @@ impl KeyState {
             charge,
             after: self.dispatched,
             raw_after: self.raw_input,
+            completed_before: self.completed_output,
             at: now,
             probe,
         }
@@ -683,15 +710,17 @@ impl KeyState {
         }
     }
 
-    fn finish(&mut self, record: &Record) {
+    /// The request is no longer in flight; the server may have charged `output` for it.
+    fn finish(&mut self, record: &Record, output: u64) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.outstanding_output = self.outstanding_output.saturating_sub(record.charge[OUT]);
+        self.completed_output = self.completed_output.saturating_add(output);
     }
 
     /// Gives back the output reserved by a request that will never report (an error, or a
     /// future dropped while the call was in flight).
     fn release_output(&mut self, record: &Record, now: Instant) {
-        self.finish(record);
+        self.finish(record, 0);
         let out = record.charge[OUT];
         self.refund(&[OUT, TOK], &[0, 0, out, out], now);
         if record.probe {
@@ -702,7 +731,7 @@ impl KeyState {
 
     /// Gives back everything a request charged (admitted but never sent).
     fn unadmit(&mut self, record: &Record, now: Instant) {
-        self.finish(record);
+        self.finish(record, 0);
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
         if record.probe {
             self.probe = Probe::Idle;
@@ -733,13 +762,15 @@ impl KeyState {
         &mut self,
         key: &RateLimitKey,
         record: &Record,
-        signals: &ResponseSignals,
-        usage: Option<Usage>,
+        response: Reply<'_>,
     ) -> Option<Instant> {
         let now = Instant::now();
-        self.finish(record);
-        let received = signals.received_at();
-        let outcome = signals.outcome();
+        let Reply {
+            snapshot,
+            outcome,
+            received,
+            usage,
+        } = response;
         let limited = outcome.kind() == OutcomeKind::RateLimited;
         let mut absorbed = None;
         if limited {
@@ -754,7 +785,6 @@ impl KeyState {
                 cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
                 "rate limit: 429, cooling down every request of this key");
         }
-        let snapshot = signals.rate_limits();
         let own_output = if limited {
             0
         } else {
@@ -762,6 +792,7 @@ impl KeyState {
                 u.output_tokens().min(record.charge[OUT])
             })
         };
+        self.finish(record, own_output);
         if snapshot.is_empty() {
             if record.probe {
                 let ok = outcome.is_success() && !self.any_bucket();
@@ -776,7 +807,10 @@ impl KeyState {
             }
             let dialect = snapshot.dialect();
             for (d, reading) in snapshot.iter() {
-                self.learn(key, d, reading, dialect, record, own_output, received, now);
+                if d == Dimension::Tokens && duplicates_a_token_bucket(snapshot, reading) {
+                    continue;
+                }
+                self.learn(key, d, reading, dialect, record, received, now);
             }
         }
         if !limited
@@ -801,7 +835,6 @@ impl KeyState {
         reading: &BucketReading,
         dialect: Option<Dialect>,
         record: &Record,
-        own_output: u64,
         received: Instant,
         now: Instant,
     ) {
@@ -826,14 +859,13 @@ impl KeyState {
             }
             None => Bucket::new(cap, window, now),
         };
-        // The server's own bucket.
-        let server_cap = reading
-            .limit()
-            .or(self.learned[i].map(|l| l.0))
-            .unwrap_or(cap);
+        // The server's `full_at`, as an interval of local instants, from each reading.
+        let server_cap = self.learned[i].map_or(cap, |l| l.0);
         let server_window = self.learned[i].map_or(window, |l| l.1);
-        let full_at_reset = matches!(dialect, Some(Dialect::Anthropic) | Some(Dialect::OpenAi));
-        // Units the server had used right after charging this request, as an interval.
+        let server = Bucket::new(server_cap, server_window, now);
+        let dispatched = record.at.min(received);
+        // `remaining` was read at some instant between dispatch and receipt; Anthropic rounds
+        // token counts to the nearest thousand.
         let tol = if dialect == Some(Dialect::Anthropic) && d != Dimension::Requests {
             TOKENS_REMAINING_TOLERANCE
         } else {
@@ -842,20 +874,20 @@ impl KeyState {
         let from_remaining = reading.remaining().map(|r| {
             let used = server_cap.saturating_sub(r);
             (
-                used.saturating_sub(tol),
-                used.saturating_add(tol).min(server_cap),
+                add(dispatched, server.span(used.saturating_sub(tol))),
+                add(
+                    received,
+                    server.span(used.saturating_add(tol).min(server_cap)),
+                ),
             )
         });
-        let server = Bucket::new(server_cap, server_window, now);
-        let units = |t: Duration| -> u64 {
-            let ns =
-                t.as_nanos().saturating_mul(server_cap as u128) / server.window().as_nanos().max(1);
-            u64::try_from(ns).unwrap_or(u64::MAX).min(server_cap)
-        };
+        // A reset is measured against the response's `date` (so from the receipt): a reset
+        // rounded up and a date rounded down put the true instant up to 2 s before it.
+        let full_at_reset = matches!(dialect, Some(Dialect::Anthropic) | Some(Dialect::OpenAi));
         let from_reset = reading.reset().filter(|_| full_at_reset).map(|r| {
             (
-                units(r.saturating_sub(RESET_TOLERANCE)),
-                units(r + RESET_TOLERANCE),
+                sub(add(received, r), RESET_BELOW),
+                add(received, r + RESET_ABOVE),
             )
         });
         let (lo, hi) = match (from_remaining, from_reset) {
@@ -869,20 +901,33 @@ impl KeyState {
                 return;
             }
         };
-        // What this key charged that the reading cannot contain.
+        if d == Dimension::InputTokens {
+            let level_hi = server_cap
+                .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
+            self.learn_input_factor(key, &server, lo, hi, level_hi, record);
+        }
+        // What this key charged that the reading cannot contain. Input and requests:
+        // everything dispatched after this request. Output: everything in flight, and everything
+        // that finished since this request left (this one included), which a server counting
+        // output as produced charged after taking this reading.
         let after_input = self.dispatched[IN].saturating_sub(record.after[IN]);
+        let output = self.outstanding_output.saturating_add(
+            self.completed_output
+                .saturating_sub(record.completed_before),
+        );
         let not_in_reading = match d {
             Dimension::Requests => self.dispatched[REQ].saturating_sub(record.after[REQ]),
             Dimension::InputTokens => after_input,
-            Dimension::OutputTokens => self.outstanding_output.saturating_add(own_output),
-            _ => after_input
-                .saturating_add(self.outstanding_output)
-                .saturating_add(own_output),
+            Dimension::OutputTokens => output,
+            _ => after_input.saturating_add(output),
         };
-        let extra = b.span(not_in_reading);
-        // The reading was taken between dispatch and receipt.
-        let lo_at = add(record.at, b.span(lo) + extra);
-        let hi_at = add(received.max(record.at), b.span(hi) + extra);
+        // The server's instants are in its own rate; the local bucket may be smaller (a
+        // configured ceiling): convert through the units used.
+        let to_local = |t: Instant| {
+            let used = server.span_units(t.saturating_duration_since(now));
+            add(now, b.span(used.saturating_add(not_in_reading)))
+        };
+        let (lo_at, hi_at) = (to_local(lo), to_local(hi));
         let old = b.full_at();
         if old < lo_at || old > hi_at {
             b.set_full_at(hi_at);
@@ -899,33 +944,26 @@ impl KeyState {
             let until = add(received, reset);
             self.cooldown_until = Some(self.cooldown_until.map_or(until, |c| c.max(until)));
         }
-        if d == Dimension::InputTokens {
-            self.learn_input_factor(key, server_cap, server_window, lo, hi, record, received);
-        }
     }
 
     /// Compares what the server charged between two readings with the raw estimates of the
     /// requests dispatched in between, and folds the ratio into the input correction factor.
-    #[allow(clippy::too_many_arguments)]
     fn learn_input_factor(
         &mut self,
         key: &RateLimitKey,
-        cap: u64,
-        window: Duration,
-        lo: u64,
-        hi: u64,
+        server: &Bucket,
+        lo: Instant,
+        hi: Instant,
+        level_hi: u64,
         record: &Record,
-        received: Instant,
     ) {
-        if lo == 0 {
+        if level_hi + server.capacity() / 20 >= server.capacity() {
             // The server's bucket may have been full: refill lost, no comparison possible.
             self.anchor = None;
             return;
         }
-        let at = record.at + received.saturating_duration_since(record.at) / 2;
         let here = Anchor {
-            used: (lo as f64 + hi as f64) / 2.0,
-            at,
+            full_at: lo + hi.saturating_duration_since(lo) / 2,
             raw_after: record.raw_after,
         };
         let Some(a) = self.anchor else {
@@ -936,12 +974,10 @@ impl KeyState {
             return;
         }
         let estimated = (here.raw_after - a.raw_after) as f64;
-        if estimated < cap as f64 / 2.0 {
+        if estimated < server.capacity() as f64 {
             return;
         }
-        let refill = here.at.saturating_duration_since(a.at).as_secs_f64() * cap as f64
-            / window.as_secs_f64().max(1e-9);
-        let charged = here.used - a.used + refill;
+        let charged = server.span_units(here.full_at.saturating_duration_since(a.full_at)) as f64;
         let sample = (charged / estimated).clamp(FACTOR_MIN, FACTOR_MAX);
         let old = self.input_factor;
         let new =
@@ -952,6 +988,15 @@ impl KeyState {
         }
         self.anchor = Some(here);
     }
+}
+
+/// Anthropic's `tokens` reading is "the most restrictive token limit in effect": when its limit
+/// is the input or the output limit it is another reading of that bucket, not a combined one.
+fn duplicates_a_token_bucket(snapshot: &RateLimitSnapshot, reading: &BucketReading) -> bool {
+    snapshot.dialect() == Some(Dialect::Anthropic)
+        && [Dimension::InputTokens, Dimension::OutputTokens]
+            .iter()
+            .any(|d| snapshot.get(*d).and_then(BucketReading::limit) == reading.limit())
 }
 
 /// A request's place in the limiter: queued, admitted, in flight. Dropping it gives back what it
@@ -1091,11 +1136,20 @@ impl Ticket {
         signals: &ResponseSignals,
         usage: Option<Usage>,
     ) -> Option<Instant> {
+        self.complete_with(Reply {
+            snapshot: signals.rate_limits(),
+            outcome: signals.outcome(),
+            received: signals.received_at(),
+            usage,
+        })
+    }
+
+    fn complete_with(&mut self, reply: Reply<'_>) -> Option<Instant> {
         let Phase::Dispatched(record) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return None;
         };
         let mut st = lock(&self.cell.state);
-        st.complete(&self.cell.key, &record, signals, usage)
+        st.complete(&self.cell.key, &record, reply)
     }
 }
 
@@ -1109,5 +1163,247 @@ impl Drop for Ticket {
             Phase::Dispatched(r) => lock(&self.cell.state).release_output(&r, now),
             Phase::Done => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> RateLimitKey {
+        RateLimitKey::global()
+    }
+
+    fn send(state: &RateLimitState, cost: Cost, exact: bool) -> Ticket {
+        let mut t = state
+            .enter(&key(), cost, exact, Priority::Interactive, None)
+            .unwrap();
+        assert!(t.is_admitted(), "not admitted: {t:?}");
+        t.dispatched();
+        t
+    }
+
+    fn reply(t: &mut Ticket, snapshot: &RateLimitSnapshot, outcome: Outcome) -> Option<Instant> {
+        t.complete_with(Reply {
+            snapshot,
+            outcome: &outcome,
+            received: Instant::now(),
+            usage: None,
+        })
+    }
+
+    fn level(state: &RateLimitState, d: Dimension) -> u64 {
+        state
+            .key_snapshot(&key())
+            .unwrap()
+            .bucket(d)
+            .unwrap()
+            .level()
+    }
+
+    fn reading(limit: u64, remaining: u64, reset_ms: u64) -> BucketReading {
+        BucketReading::new(
+            Some(limit),
+            Some(remaining),
+            Some(Duration::from_millis(reset_ms)),
+        )
+    }
+
+    fn remaining_only(limit: u64, remaining: u64) -> BucketReading {
+        BucketReading::new(Some(limit), Some(remaining), None)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_then_limits_learned_from_anthropic_headers() {
+        let state = RateLimitState::new();
+        let mut probe = send(&state, Cost::new(1, 1_000, 500), true);
+        // Nothing known: the next request waits for the probe's answer.
+        let waiting = state
+            .enter(
+                &key(),
+                Cost::new(1, 10, 10),
+                true,
+                Priority::Interactive,
+                None,
+            )
+            .unwrap();
+        assert!(!waiting.is_admitted());
+        let snapshot = RateLimitSnapshot::new()
+            .with_dialect(Dialect::Anthropic)
+            .with(Dimension::Requests, reading(50, 49, 2_000))
+            .with(Dimension::InputTokens, reading(30_000, 29_000, 2_000))
+            .with(Dimension::OutputTokens, reading(8_000, 8_000, 0))
+            .with(Dimension::Tokens, reading(30_000, 29_000, 2_000));
+        reply(&mut probe, &snapshot, Outcome::success());
+        let snap = state.key_snapshot(&key()).unwrap();
+        for (d, cap) in [
+            (Dimension::Requests, 50),
+            (Dimension::InputTokens, 30_000),
+            (Dimension::OutputTokens, 8_000),
+        ] {
+            assert_eq!(snap.bucket(d).unwrap().capacity(), cap);
+            assert_eq!(snap.bucket(d).unwrap().learned(), Some(cap));
+        }
+        // The `tokens` reading duplicates the input bucket: no combined bucket.
+        assert!(snap.bucket(Dimension::Tokens).is_none());
+        // Requests: exact (1 used). Input: 29,000 ± 500 and a 2 s reset (−2 s, +1 s):
+        // conservative edge 1,500 used. Output: the reading holds no output of the probe, whose
+        // 500 reserved stay, and the reset's +1 s (134 tokens at 8,000/min).
+        assert_eq!(level(&state, Dimension::Requests), 49);
+        assert_eq!(level(&state, Dimension::InputTokens), 28_500);
+        assert_eq!(level(&state, Dimension::OutputTokens), 8_000 - 134 - 500);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_in_flight_are_counted_once() {
+        let state = RateLimitState::with_limits(Limits::new().input_tokens(30_000));
+        let mut a = send(&state, Cost::new(1, 1_000, 0), true);
+        let _b = send(&state, Cost::new(1, 2_000, 0), true);
+        assert_eq!(level(&state, Dimension::InputTokens), 27_000);
+        // a's reading agrees with the local state once b (sent after a) is added: unchanged.
+        let agree =
+            RateLimitSnapshot::new().with(Dimension::InputTokens, remaining_only(30_000, 29_000));
+        reply(&mut a, &agree, Outcome::success());
+        assert_eq!(level(&state, Dimension::InputTokens), 27_000);
+        // Someone else spent 1,000: the server says less, the local state follows at once.
+        let mut c = send(&state, Cost::new(1, 1_000, 0), true);
+        let less =
+            RateLimitSnapshot::new().with(Dimension::InputTokens, remaining_only(30_000, 25_000));
+        reply(&mut c, &less, Outcome::success());
+        assert_eq!(level(&state, Dimension::InputTokens), 25_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_over_reservation_is_given_back_by_later_readings() {
+        let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+        let mut a = send(&state, Cost::new(1, 0, 1_000), true);
+        // Read at admission: no output counted yet. a's reservation stays.
+        let first =
+            RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+        reply(&mut a, &first, Outcome::success());
+        assert_eq!(level(&state, Dimension::OutputTokens), 7_000);
+        // b's reading shows a's true output (300): 700 come back.
+        let mut b = send(&state, Cost::new(1, 0, 1_000), true);
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_000);
+        let second =
+            RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 7_700));
+        reply(&mut b, &second, Outcome::success());
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+        // A response without headers but with a known usage gives back the rest.
+        let mut c = send(&state, Cost::new(1, 0, 1_000), true);
+        c.complete_with(Reply {
+            snapshot: &RateLimitSnapshot::new(),
+            outcome: &Outcome::success(),
+            received: Instant::now(),
+            usage: Some(Usage::new(0, 100)),
+        });
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_600);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limited_response_refunds_and_cools_down() {
+        let state = RateLimitState::with_limits(Limits::new().requests(10));
+        let mut a = send(&state, Cost::new(1, 0, 0), true);
+        let outcome =
+            Outcome::new(OutcomeKind::RateLimited).with_retry_after(Some(Duration::from_secs(7)));
+        let until = reply(&mut a, &RateLimitSnapshot::new(), outcome);
+        assert_eq!(until, Some(Instant::now() + Duration::from_secs(7)));
+        assert_eq!(level(&state, Dimension::Requests), 10);
+        let snap = state.key_snapshot(&key()).unwrap();
+        assert_eq!(snap.cooldown_until(), until);
+        let t = state
+            .enter(
+                &key(),
+                Cost::new(1, 0, 0),
+                true,
+                Priority::Interactive,
+                None,
+            )
+            .unwrap();
+        assert!(!t.is_admitted());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn openai_combined_tokens_and_configured_ceiling() {
+        let state = RateLimitState::with_limits(Limits::new().requests(100));
+        let mut a = send(&state, Cost::new(1, 1_000, 1_000), true);
+        let snapshot = RateLimitSnapshot::new()
+            .with_dialect(Dialect::OpenAi)
+            .with(Dimension::Requests, reading(500, 499, 120))
+            .with(Dimension::Tokens, reading(60_000, 58_000, 2_000));
+        reply(&mut a, &snapshot, Outcome::success());
+        let snap = state.key_snapshot(&key()).unwrap();
+        // The configured 100 is a ceiling over the server's 500.
+        assert_eq!(snap.bucket(Dimension::Requests).unwrap().capacity(), 100);
+        assert_eq!(
+            snap.bucket(Dimension::Requests).unwrap().learned(),
+            Some(500)
+        );
+        assert_eq!(snap.bucket(Dimension::Tokens).unwrap().capacity(), 60_000);
+        // A combined bucket is charged input + output.
+        let _b = send(&state, Cost::new(1, 1_000, 1_000), true);
+        assert_eq!(
+            level(&state, Dimension::Tokens),
+            snap.bucket(Dimension::Tokens).unwrap().level() - 2_000
+        );
+        // A lower limit from the server wins over the configured one.
+        let mut c = send(&state, Cost::new(1, 0, 0), true);
+        let lower = RateLimitSnapshot::new()
+            .with_dialect(Dialect::OpenAi)
+            .with(Dimension::Requests, reading(20, 10, 30_000));
+        reply(&mut c, &lower, Outcome::success());
+        let snap = state.key_snapshot(&key()).unwrap();
+        assert_eq!(snap.bucket(Dimension::Requests).unwrap().capacity(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fixed_window_dialect_with_nothing_left_holds_until_reset() {
+        let state = RateLimitState::with_limits(Limits::new().requests(100));
+        let mut a = send(&state, Cost::new(1, 0, 0), true);
+        let snapshot = RateLimitSnapshot::new()
+            .with_dialect(Dialect::GitHub)
+            .with(Dimension::Requests, reading(100, 0, 30_000));
+        reply(&mut a, &snapshot, Outcome::success());
+        let snap = state.key_snapshot(&key()).unwrap();
+        assert_eq!(
+            snap.cooldown_until(),
+            Some(Instant::now() + Duration::from_secs(30))
+        );
+    }
+
+    /// A server that charges 80% of the raw estimates: the correction factor converges there.
+    #[tokio::test(start_paused = true)]
+    async fn input_estimation_error_is_learned() {
+        let window = Duration::from_secs(60);
+        let state = RateLimitState::with_limits(Limits::new().input_tokens(6_000));
+        let mut server = Bucket::new(6_000, window, Instant::now());
+        for _ in 0..6_000 {
+            let t = state
+                .enter(
+                    &key(),
+                    Cost::new(1, 500, 0),
+                    false,
+                    Priority::Interactive,
+                    None,
+                )
+                .unwrap();
+            if !t.is_admitted() {
+                drop(t);
+                tokio::time::advance(Duration::from_millis(100)).await;
+                continue;
+            }
+            let mut t = t;
+            t.dispatched();
+            let now = Instant::now();
+            server.charge(400, now);
+            let snapshot = RateLimitSnapshot::new().with(
+                Dimension::InputTokens,
+                remaining_only(6_000, server.level(now)),
+            );
+            reply(&mut t, &snapshot, Outcome::success());
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let factor = state.key_snapshot(&key()).unwrap().input_correction();
+        assert!((0.75..=0.85).contains(&factor), "factor {factor}");
     }
 }

@@ -1,1 +1,309 @@
-//! (in progress)
+//! A Redis-backed [`Store`] so that many processes share one budget.
+//!
+//! An organisation's limits are shared by every worker it runs; each process pacing alone sends
+//! up to N times the limit. [`RedisStore`] keeps each key's four buckets (requests, input, output,
+//! combined tokens) in one Redis hash, `"{prefix}:{key}"`, updated only by one server-side Lua
+//! script, so every change is atomic and every instant is Redis's own clock (`TIME`): host clocks
+//! do not matter. The hash expires three windows after its last settlement (`PEXPIRE`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_llm_limits::rate_limit::{Limits, RateLimitLayer, RateLimitState};
+//! use tower_llm_limits::redis::{FailurePolicy, RedisStore};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), tower_llm_limits::BoxError> {
+//! let store = RedisStore::builder("redis://127.0.0.1:6379/")
+//!     .prefix("llm-limits:prod")
+//!     .lease(Duration::from_millis(500))
+//!     .timeout(Duration::from_millis(100))
+//!     .on_failure(FailurePolicy::Local)
+//!     .build()?;
+//! let state = RateLimitState::builder()
+//!     .limits(Limits::per_minute(50, 30_000, 8_000))
+//!     .store(store.clone())
+//!     .build();
+//! let client = service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, tower_llm_limits::BoxError>(http::Response::new(String::new()))
+//! });
+//! let service = RateLimitLayer::with_state(state).layer(client);
+//! service.oneshot(http::Request::new(String::new())).await?;
+//! println!("{} Redis round trips", store.stats().operations());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Leases: round trips off the hot path
+//!
+//! The limiter calls its store synchronously, under a key's lock, for every admission: a round
+//! trip there would serialise every request on Redis's latency. So each key of each process holds
+//! a **lease** per dimension: units charged to the shared bucket ahead of use, spent locally. The
+//! limiter sees a bucket whose level is the lease; a background task per key tops it up when it
+//! falls under half of its size, pays back debts and returns what sits idle — one script call
+//! settles all four dimensions of a key at once.
+//!
+//! - **Lease size** ([`RedisStoreBuilder::lease`], default 500 ms): the units the rate refills in
+//!   that time (at least one). While the limiter's head waiter stays blocked with a full lease in
+//!   hand (a request larger than a lease), the lease doubles, up to the capacity.
+//! - **Overshoot.** Budget is charged to Redis *before* it is spent, so processes never spend the
+//!   same budget twice: the shared limit is not exceeded. The cost is the other way round: budget
+//!   leased by a process that does not use it is idle for the others until it is returned (after
+//!   two lease periods without activity, and whatever exceeds two leases at once). Larger leases
+//!   mean fewer Redis operations per request and more budget stranded; see BENCHMARKS.md for
+//!   measured figures.
+//! - **Learning.** A response's readings bring the limiter's bucket in line with the server, and
+//!   the store reads what changed: budget the server says is *lower* comes off the lease and, past
+//!   zero, becomes a debt charged to the shared bucket, so every process learns it. A reading that
+//!   says there is *more* is not credited: the server counts the leases of every process as free
+//!   budget, so crediting it would spend the others' share. Only output reservations released to
+//!   the true figure come back (at most what this process reserved in the last window).
+//!   Refunds of requests and input tokens (a 429, a cancellation) stay spent: conservative.
+//! - **Limits** learned by one process (a new `*-limit`, a changed window) are published with the
+//!   next settlement; newest wins. A process that opens a key Redis already knows gets its limits
+//!   with its first settlement and needs no probe of its own.
+//! - **Cooldowns** travel as budget: a 429's reading says the bucket is empty, which becomes a
+//!   debt in Redis that holds back every process. The `retry-after` pause itself is per process.
+//!
+//! # When Redis is slow or down
+//!
+//! Every call is bounded by [`RedisStoreBuilder::timeout`] (default 200 ms). A failed or late
+//! call marks the store degraded (a `warn` event, once per transition) and each key switches, at
+//! its next settlement, to the [`FailurePolicy`]:
+//!
+//! - [`FailurePolicy::Local`] (default): each process paces alone with the last known limits,
+//!   starting from the lease it held: requests keep flowing, the shared limit may be exceeded up
+//!   to the number of processes (the limiter's learning from headers still corrects it);
+//! - [`FailurePolicy::Closed`]: every request fails at once with the limiter's
+//!   [`CostExceedsLimit`], limit 0, dimension
+//!   requests ([`is_unavailable`] recognises it); it never waits for Redis.
+//!
+//! Settlements keep being retried (every [`RedisStoreBuilder::retry_every`], the connection
+//! manager reconnecting underneath); the first success marks the store recovered (an `info`
+//! event) and the keys share again. A Redis that lost the key (a restart without persistence)
+//! is re-initialised from the local buckets' levels, so the shared budget resumes where the
+//! processes were rather than full. Nothing waits on Redis on the hot path: never a hang.
+//!
+//! # Why `redis` rather than `fred`
+//!
+//! `redis` (redis-rs) is the reference client: its `ConnectionManager` reconnects transparently,
+//! `Script` handles `EVALSHA` with the `NOSCRIPT` fallback after a restart, and its tokio support
+//! is a few features without a custom runtime layer. `fred` offers pools, cluster routing and
+//! client-side caching, none of which this one-script, one-connection-per-process store needs,
+//! for a larger dependency.
+
+mod lease;
+mod script;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::rate_limit::error::CostExceedsLimit;
+use crate::rate_limit::{Buckets, RateLimitKey, Store};
+use crate::signals::Dimension;
+
+/// Default [`RedisStoreBuilder::lease`].
+pub const DEFAULT_LEASE: Duration = Duration::from_millis(500);
+/// Default [`RedisStoreBuilder::timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
+/// Default [`RedisStoreBuilder::retry_every`].
+pub const DEFAULT_RETRY_EVERY: Duration = Duration::from_millis(500);
+/// Default [`RedisStoreBuilder::prefix`].
+pub const DEFAULT_PREFIX: &str = "tower-llm-limits";
+
+/// What the limiter does while Redis is unreachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Each process paces alone with the last known limits (default).
+    #[default]
+    Local,
+    /// Every request fails at once (see [`is_unavailable`]).
+    Closed,
+}
+
+/// Whether `error` is the limiter's refusal while a [`RedisStore`] with
+/// [`FailurePolicy::Closed`] cannot reach Redis.
+pub fn is_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<CostExceedsLimit>()
+        .is_some_and(|e| e.limit() == 0 && e.dimension() == Dimension::Requests)
+}
+
+/// Figures of a [`RedisStore`] (shared by its clones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedisStats {
+    operations: u64,
+    failures: u64,
+    degraded: bool,
+}
+
+impl RedisStats {
+    /// Round trips to Redis so far (script calls).
+    pub fn operations(&self) -> u64 {
+        self.operations
+    }
+    /// Calls that failed or timed out.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+    /// Whether the store is degraded now (its last call failed).
+    pub fn degraded(&self) -> bool {
+        self.degraded
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    lease: Duration,
+    timeout: Duration,
+    retry_every: Duration,
+    policy: FailurePolicy,
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key (default [`DEFAULT_PREFIX`]): one per organisation or environment.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The lease size, as time of refill (default [`DEFAULT_LEASE`]; at least 1 ms).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The bound on every Redis call (default [`DEFAULT_TIMEOUT`]; at least 1 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often a degraded key tries Redis again (default [`DEFAULT_RETRY_EVERY`]).
+    pub fn retry_every(mut self, every: Duration) -> Self {
+        self.retry_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// What happens while Redis is unreachable (default [`FailurePolicy::Local`]).
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The store. Connects lazily: an unreachable Redis is not an error here (the store starts
+    /// degraded and recovers when Redis answers); only an invalid URL is. Call it inside a tokio
+    /// runtime.
+    pub fn build(self) -> Result<RedisStore, redis::RedisError> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(self.retry_every);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: self.prefix,
+                lease: self.lease,
+                timeout: self.timeout,
+                retry_every: self.retry_every,
+                policy: self.policy,
+                degraded: AtomicBool::new(false),
+                ops: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// A [`Store`] whose buckets live in Redis, shared by every process using the same prefix (see
+/// the [module docs](self)). Clones share one connection and one set of figures.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl RedisStore {
+    /// A builder for the Redis at `url` (e.g. `redis://127.0.0.1:6379/`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            lease: DEFAULT_LEASE,
+            timeout: DEFAULT_TIMEOUT,
+            retry_every: DEFAULT_RETRY_EVERY,
+            policy: FailurePolicy::default(),
+        }
+    }
+
+    /// Round trips, failures and health so far.
+    pub fn stats(&self) -> RedisStats {
+        RedisStats {
+            operations: self.inner.ops.load(Ordering::Relaxed),
+            failures: self.inner.failures.load(Ordering::Relaxed),
+            degraded: self.inner.degraded.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("lease", &self.inner.lease)
+            .field("timeout", &self.inner.timeout)
+            .field("policy", &self.inner.policy)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Store for RedisStore {
+    fn open(&self, key: &RateLimitKey) -> Box<dyn Buckets> {
+        Box::new(lease::RedisBuckets::open(self.inner.clone(), key))
+    }
+}
+
+pub(crate) struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    lease: Duration,
+    timeout: Duration,
+    retry_every: Duration,
+    policy: FailurePolicy,
+    degraded: AtomicBool,
+    ops: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Inner {
+    fn redis_key(&self, key: &RateLimitKey) -> String {
+        format!("{}:{}", self.prefix, key.as_str())
+    }
+
+    fn healthy(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!(prefix = %self.prefix, "redis store: recovered, sharing the budget again");
+        }
+    }
+
+    fn unhealthy(&self, reason: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(prefix = %self.prefix, reason, policy = ?self.policy,
+                "redis store: Redis unreachable, degraded");
+        }
+    }
+}

@@ -109,7 +109,7 @@
 //! A customised policy: more retries, full jitter, a shorter ceiling, a deadline, the SDKs'
 //! retry-count header and a budget shared by two separately built clients:
 //!
-//! ```ignore
+//! ```
 //! use std::time::Duration;
 //!
 //! use bytes::Bytes;

@@ -23,9 +23,40 @@ pub struct ApiError {
 
 impl ApiError {
     /// Parses a provider's JSON error body. `None` when the bytes are not a recognisable error.
+    ///
+    /// Reads Anthropic's `{"type":"error","error":{"type","message","details":{"error_code"}},
+    /// "request_id"}` and OpenAI's `{"error":{"message","type","code"}}`; a numeric `code` is
+    /// kept as its decimal text. Bodies that are not JSON, or whose `error` is missing or not an
+    /// object, give `None`.
+    ///
+    /// ```
+    /// use tower_llm_limits::signals::ApiError;
+    ///
+    /// let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down",
+    ///     "details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_1"}"#;
+    /// let error = ApiError::from_json(body).unwrap();
+    /// assert_eq!(error.kind(), Some("rate_limit_error"));
+    /// assert_eq!(error.code(), Some("enforced_spend_limit_reached"));
+    /// assert_eq!(error.request_id(), Some("req_1"));
+    /// assert!(ApiError::from_json(b"<html>502 Bad Gateway</html>").is_none());
+    /// ```
     pub fn from_json(body: &[u8]) -> Option<Self> {
-        let _ = body;
-        None
+        use serde_json::Value;
+        let root: Value = serde_json::from_slice(body).ok()?;
+        let error = root.get("error")?.as_object()?;
+        let text = |v: Option<&Value>| match v? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let code = text(error.get("details").and_then(|d| d.get("error_code")))
+            .or_else(|| text(error.get("code")));
+        Some(ApiError {
+            kind: text(error.get("type")),
+            message: text(error.get("message")),
+            code,
+            request_id: text(root.get("request_id")),
+        })
     }
 
     /// `error.type`, e.g. `rate_limit_error`, `overloaded_error`, `invalid_request_error`.

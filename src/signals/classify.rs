@@ -167,10 +167,78 @@ pub trait Classify {
 
 /// The default classifier for Anthropic, OpenAI, AWS Bedrock and generic HTTP APIs.
 ///
-/// In order: `x-should-retry` overrides retryability; Bedrock's `x-amzn-errortype` is read;
-/// 429 is rate limited unless the error body says `enforced_spend_limit_reached`; 529 and 503 are
-/// overload; 408, 409, 500, 502, 504 and other 5xx are transient server errors; other 4xx are
-/// final client errors.
+/// Responses, in order:
+///
+/// 1. a status below 400 is [`Success`](OutcomeKind::Success) (never retried);
+/// 2. AWS Bedrock's `x-amzn-errortype` (the code before any `:`): `ThrottlingException`,
+///    `TooManyRequestsException` → [`RateLimited`](OutcomeKind::RateLimited);
+///    `ServiceUnavailableException`, `ModelNotReadyException` →
+///    [`Overloaded`](OutcomeKind::Overloaded); `InternalServerException`,
+///    `ModelTimeoutException` → [`ServerError`](OutcomeKind::ServerError); `ValidationException`,
+///    `AccessDeniedException`, `ResourceNotFoundException`, `ServiceQuotaExceededException`, … →
+///    [`ClientError`](OutcomeKind::ClientError); other codes leave the decision to the status;
+/// 3. 429 is [`RateLimited`](OutcomeKind::RateLimited), unless the error body
+///    ([`ApiError`], see [`ErrorBodyLayer`](super::ErrorBodyLayer)) says
+///    `enforced_spend_limit_reached`, or names a spend or quota cap (`insufficient_quota`,
+///    `billing_hard_limit_reached`) and no `retry-after` came with it: then
+///    [`SpendLimit`](OutcomeKind::SpendLimit);
+/// 4. 529 and 503 (and any error whose body type is `overloaded_error`) are
+///    [`Overloaded`](OutcomeKind::Overloaded);
+/// 5. 408, 409, 500, 502, 504, other 5xx (and non-standard codes above 599) are
+///    [`ServerError`](OutcomeKind::ServerError);
+/// 6. other 4xx (400 including context-window overflow, 401, 402, 403, 404, 413) are
+///    [`ClientError`](OutcomeKind::ClientError).
+///
+/// Then `x-should-retry: true`/`false` overrides whether the outcome is retryable, except for a
+/// spend limit, which is never retryable. The server's wait (`retry-after-ms`, `retry-after`) is
+/// carried in [`Outcome::retry_after`].
+///
+/// Errors: the whole [`source`](std::error::Error::source) chain is examined. A decision taken by
+/// a layer of this crate anywhere in the chain makes the outcome
+/// [`Rejected`](OutcomeKind::Rejected); otherwise a timeout anywhere in the chain (tower's and
+/// tokio's `Elapsed`, an `io::Error` of kind `TimedOut`, hyper's and reqwest's timeouts) makes it
+/// a [`Timeout`](OutcomeKind::Timeout); anything else is a
+/// [`Connection`](OutcomeKind::Connection) failure: an HTTP client service fails (rather than
+/// returning a response) only when the exchange itself failed, so an unknown error is treated as
+/// a transport failure and retried.
+///
+/// # Examples
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+/// use std::time::Duration;
+/// use tower_llm_limits::signals::{Classify, DefaultClassifier, OutcomeKind, RetryHints};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("retry-after", HeaderValue::from_static("7"));
+/// let hints = RetryHints::from_headers(&headers);
+///
+/// let outcome = DefaultClassifier::new().classify_response(
+///     StatusCode::TOO_MANY_REQUESTS,
+///     &headers,
+///     &hints,
+///     None,
+/// );
+/// assert_eq!(outcome.kind(), OutcomeKind::RateLimited);
+/// assert!(outcome.is_retryable());
+/// assert_eq!(outcome.retry_after(), Some(Duration::from_secs(7)));
+///
+/// // `x-should-retry: false` forbids retrying a 529.
+/// headers.insert("x-should-retry", HeaderValue::from_static("false"));
+/// let hints = RetryHints::from_headers(&headers);
+/// let outcome = DefaultClassifier::new().classify_response(
+///     StatusCode::from_u16(529).unwrap(),
+///     &headers,
+///     &hints,
+///     None,
+/// );
+/// assert_eq!(outcome.kind(), OutcomeKind::Overloaded);
+/// assert!(!outcome.is_retryable());
+///
+/// // A timeout returned by the inner service.
+/// let error = std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out");
+/// assert_eq!(DefaultClassifier::new().classify_error(&error).kind(), OutcomeKind::Timeout);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultClassifier {
     _priv: (),
@@ -191,29 +259,119 @@ impl Classify for DefaultClassifier {
         hints: &RetryHints,
         api_error: Option<&ApiError>,
     ) -> Outcome {
-        let _ = (headers, api_error);
-        let kind = if status.as_u16() < 400 {
-            OutcomeKind::Success
-        } else if status == StatusCode::TOO_MANY_REQUESTS {
-            OutcomeKind::RateLimited
-        } else if status.as_u16() == 529 || status == StatusCode::SERVICE_UNAVAILABLE {
-            OutcomeKind::Overloaded
-        } else if status.is_server_error() {
-            OutcomeKind::ServerError
-        } else {
-            OutcomeKind::ClientError
-        };
-        Outcome::new(kind)
+        if status.as_u16() < 400 {
+            return Outcome::success().with_status(status);
+        }
+        let kind = bedrock_kind(headers).unwrap_or_else(|| status_kind(status, hints, api_error));
+        let mut outcome = Outcome::new(kind)
             .with_status(status)
-            .with_retry_after(hints.retry_after())
+            .with_retry_after(hints.retry_after());
+        if let (Some(should_retry), true) = (hints.should_retry(), kind != OutcomeKind::SpendLimit)
+        {
+            outcome = outcome.with_retryable(should_retry);
+        }
+        outcome
     }
 
     fn classify_error(&self, error: &(dyn StdError + 'static)) -> Outcome {
-        if crate::error::is_local_decision(error) {
-            return Outcome::new(OutcomeKind::Rejected);
+        let mut kind = OutcomeKind::Connection;
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if crate::error::is_local_decision(e) {
+                return Outcome::new(OutcomeKind::Rejected);
+            }
+            if is_timeout(e) {
+                kind = OutcomeKind::Timeout;
+            }
+            current = e.source();
         }
-        Outcome::new(OutcomeKind::Connection)
+        Outcome::new(kind)
     }
+}
+
+/// The kind for an error status without a recognised Bedrock error code.
+fn status_kind(
+    status: StatusCode,
+    hints: &RetryHints,
+    api_error: Option<&ApiError>,
+) -> OutcomeKind {
+    match status.as_u16() {
+        429 if is_spend_limit(api_error, hints) => OutcomeKind::SpendLimit,
+        429 => OutcomeKind::RateLimited,
+        503 | 529 => OutcomeKind::Overloaded,
+        _ if api_error.and_then(ApiError::kind) == Some("overloaded_error") => {
+            OutcomeKind::Overloaded
+        }
+        408 | 409 => OutcomeKind::ServerError,
+        400..=499 => OutcomeKind::ClientError,
+        // 5xx and anything above: the SDKs retry every status >= 500.
+        _ => OutcomeKind::ServerError,
+    }
+}
+
+/// Anthropic's monthly spend cap (`error.details.error_code = "enforced_spend_limit_reached"`),
+/// or, without a `retry-after`, an error type or code naming a spend or quota cap
+/// (OpenAI's `insufficient_quota`, `billing_hard_limit_reached`).
+fn is_spend_limit(api_error: Option<&ApiError>, hints: &RetryHints) -> bool {
+    let Some(error) = api_error else { return false };
+    if error.code() == Some("enforced_spend_limit_reached") {
+        return true;
+    }
+    const CAPS: [&str; 4] = [
+        "enforced_spend_limit_reached",
+        "spend_limit_reached",
+        "insufficient_quota",
+        "billing_hard_limit_reached",
+    ];
+    hints.retry_after().is_none()
+        && [error.code(), error.kind()]
+            .into_iter()
+            .flatten()
+            .any(|c| CAPS.contains(&c))
+}
+
+/// AWS Bedrock's `x-amzn-errortype` (`ThrottlingException:http://internal.amazon.com/...`): the
+/// code before the first `:`. `None` for codes without a rule of their own (the status decides).
+fn bedrock_kind(headers: &HeaderMap) -> Option<OutcomeKind> {
+    let value = headers.get("x-amzn-errortype")?;
+    let value = std::str::from_utf8(value.as_bytes()).ok()?;
+    let code = value.split(':').next().unwrap_or(value).trim();
+    Some(match code {
+        "ThrottlingException" | "TooManyRequestsException" | "ThrottledException" => {
+            OutcomeKind::RateLimited
+        }
+        "ServiceUnavailableException" | "ModelNotReadyException" => OutcomeKind::Overloaded,
+        "InternalServerException" | "InternalFailure" | "ModelTimeoutException" => {
+            OutcomeKind::ServerError
+        }
+        "ValidationException"
+        | "AccessDeniedException"
+        | "ResourceNotFoundException"
+        | "ServiceQuotaExceededException"
+        | "ModelErrorException"
+        | "UnrecognizedClientException"
+        | "ExpiredTokenException" => OutcomeKind::ClientError,
+        _ => return None,
+    })
+}
+
+/// Whether `error` itself (not its sources) is a timeout.
+fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
+    if error.is::<tower::timeout::error::Elapsed>() || error.is::<tokio::time::error::Elapsed>() {
+        return true;
+    }
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        return io.kind() == std::io::ErrorKind::TimedOut;
+    }
+    #[cfg(feature = "sim")]
+    if let Some(e) = error.downcast_ref::<hyper::Error>() {
+        return e.is_timeout();
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(e) = error.downcast_ref::<reqwest::Error>() {
+        return e.is_timeout();
+    }
+    false
 }
 
 /// A [`Classify`] made from a closure; see [`classify_fn`].

@@ -2,7 +2,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::parse::{self, read};
+use super::{anthropic, github, ietf, openai};
 
 /// A dimension of a provider's rate limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +130,41 @@ impl BucketReading {
 /// (Anthropic's RFC 3339 resets, GitHub's epoch seconds) are converted against the response's
 /// `date` header when present, which cancels clock skew between server and client (and keeps
 /// tests on a paused clock exact); without a `date` header the local wall clock is used.
+///
+/// When several dialects are present, each dimension is taken from the first dialect that
+/// reports it, in the order Anthropic, OpenAI, IETF structured, IETF legacy, GitHub; the
+/// [`dialect`](Self::dialect) is the first of them that reported anything. See the
+/// [module docs](super) for the rules of each dialect.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::{HeaderMap, HeaderValue};
+/// use tower_llm_limits::signals::{Dialect, Dimension, RateLimitSnapshot};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("date", HeaderValue::from_static("Mon, 23 Nov 2026 09:14:00 GMT"));
+/// headers.insert("anthropic-ratelimit-requests-limit", HeaderValue::from_static("50"));
+/// headers.insert("anthropic-ratelimit-requests-remaining", HeaderValue::from_static("49"));
+/// headers.insert(
+///     "anthropic-ratelimit-requests-reset",
+///     HeaderValue::from_static("2026-11-23T09:14:01Z"),
+/// );
+/// headers.insert("x-ratelimit-reset-tokens", HeaderValue::from_static("1m30s"));
+///
+/// let snapshot = RateLimitSnapshot::from_headers(&headers);
+/// assert_eq!(snapshot.dialect(), Some(Dialect::Anthropic));
+/// let requests = snapshot.get(Dimension::Requests).unwrap();
+/// assert_eq!(requests.limit(), Some(50));
+/// assert_eq!(requests.remaining(), Some(49));
+/// // Measured from the response's `date`, whatever the local clock says.
+/// assert_eq!(requests.reset(), Some(Duration::from_secs(1)));
+/// assert_eq!(requests.window(), Some(Duration::from_secs(60)));
+/// // OpenAI's tokens header fills the dimension Anthropic did not report.
+/// let tokens = snapshot.get(Dimension::Tokens).unwrap();
+/// assert_eq!(tokens.reset(), Some(Duration::from_secs(90)));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RateLimitSnapshot {
     buckets: [Option<BucketReading>; 4],
@@ -145,8 +183,41 @@ impl RateLimitSnapshot {
     /// Like [`from_headers`](Self::from_headers), with `now` as the local wall-clock time used
     /// when the response has no usable `date` header.
     pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Self {
-        let _ = (headers, now);
-        RateLimitSnapshot::default()
+        let raw = Raw::collect(headers);
+        let mut snapshot = RateLimitSnapshot::default();
+        if !raw.any {
+            return snapshot;
+        }
+        let reference = raw.reference(now);
+        anthropic::read(&raw, reference, &mut snapshot);
+        openai::read(&raw, &mut snapshot);
+        ietf::read_structured(headers, &raw, &mut snapshot);
+        ietf::read_legacy(headers, &raw, reference, &mut snapshot);
+        github::read(&raw, reference, &mut snapshot);
+        snapshot
+    }
+
+    /// Sets `reading` for `dimension` unless a dialect read earlier (higher precedence) already
+    /// did; the first dialect that contributes becomes the snapshot's dialect.
+    pub(super) fn offer(&mut self, dialect: Dialect, dimension: Dimension, reading: BucketReading) {
+        let slot = &mut self.buckets[dimension.index()];
+        if slot.is_none() {
+            *slot = Some(reading);
+            self.dialect.get_or_insert(dialect);
+        }
+    }
+
+    /// Sets the Anthropic Priority Tier readings.
+    pub(super) fn offer_priority(
+        &mut self,
+        input: Option<BucketReading>,
+        output: Option<BucketReading>,
+    ) {
+        if input.is_some() || output.is_some() {
+            self.dialect.get_or_insert(Dialect::Anthropic);
+        }
+        self.priority_input_tokens = input;
+        self.priority_output_tokens = output;
     }
 
     /// An empty snapshot (no rate-limit headers).
@@ -199,4 +270,152 @@ impl RateLimitSnapshot {
             && self.priority_input_tokens.is_none()
             && self.priority_output_tokens.is_none()
     }
+}
+
+/// One header line: its name (for the debug event when it cannot be read) and its value.
+pub(super) type Slot<'a> = Option<(&'a HeaderName, &'a HeaderValue)>;
+
+/// Index of `*-limit` in a `[Slot; 3]`.
+pub(super) const LIMIT: usize = 0;
+/// Index of `*-remaining` in a `[Slot; 3]`.
+pub(super) const REMAINING: usize = 1;
+/// Index of `*-reset` in a `[Slot; 3]`.
+pub(super) const RESET: usize = 2;
+
+/// The rate-limit headers of a response, sorted by dialect in one pass over the header map,
+/// without reading any value yet. The first line of a repeated header wins (except for the IETF
+/// structured fields, whose lines are all read).
+#[derive(Default)]
+pub(super) struct Raw<'a> {
+    pub(super) date: Slot<'a>,
+    /// `anthropic-ratelimit-{dimension}-{field}`, indexed by [`Dimension::index`], then field.
+    pub(super) anthropic: [[Slot<'a>; 3]; 4],
+    /// `anthropic-priority-{input,output}-tokens-{field}`.
+    pub(super) priority: [[Slot<'a>; 3]; 2],
+    /// `x-ratelimit-{field}-{requests,tokens}`.
+    pub(super) openai: [[Slot<'a>; 3]; 2],
+    /// `x-ratelimit-{limit,remaining,reset}`.
+    pub(super) github: [Slot<'a>; 3],
+    /// `ratelimit-{limit,remaining,reset}`.
+    pub(super) legacy: [Slot<'a>; 3],
+    /// A `ratelimit` header is present.
+    pub(super) structured: bool,
+    /// A `ratelimit-policy` header is present.
+    pub(super) policy: bool,
+    /// Any rate-limit header is present.
+    pub(super) any: bool,
+}
+
+fn field(s: &str) -> Option<usize> {
+    match s {
+        "limit" => Some(LIMIT),
+        "remaining" => Some(REMAINING),
+        "reset" => Some(RESET),
+        _ => None,
+    }
+}
+
+fn put<'a>(slot: &mut Slot<'a>, name: &'a HeaderName, value: &'a HeaderValue) {
+    if slot.is_none() {
+        *slot = Some((name, value));
+    }
+}
+
+impl<'a> Raw<'a> {
+    pub(super) fn collect(headers: &'a HeaderMap) -> Self {
+        let mut raw = Raw::default();
+        for (name, value) in headers {
+            let n = name.as_str();
+            let slot = if n == "date" {
+                put(&mut raw.date, name, value);
+                continue;
+            } else if let Some(rest) = n.strip_prefix("anthropic-ratelimit-") {
+                rest.rsplit_once('-').and_then(|(dim, f)| {
+                    let dim = match dim {
+                        "requests" => Dimension::Requests,
+                        "input-tokens" => Dimension::InputTokens,
+                        "output-tokens" => Dimension::OutputTokens,
+                        "tokens" => Dimension::Tokens,
+                        _ => return None,
+                    };
+                    Some(&mut raw.anthropic[dim.index()][field(f)?])
+                })
+            } else if let Some(rest) = n.strip_prefix("anthropic-priority-") {
+                rest.rsplit_once('-').and_then(|(dim, f)| {
+                    let i = match dim {
+                        "input-tokens" => 0,
+                        "output-tokens" => 1,
+                        _ => return None,
+                    };
+                    Some(&mut raw.priority[i][field(f)?])
+                })
+            } else if let Some(rest) = n.strip_prefix("x-ratelimit-") {
+                if let Some(f) = field(rest) {
+                    Some(&mut raw.github[f])
+                } else {
+                    rest.split_once('-').and_then(|(f, dim)| {
+                        let i = match dim {
+                            "requests" => 0,
+                            "tokens" => 1,
+                            _ => return None,
+                        };
+                        Some(&mut raw.openai[i][field(f)?])
+                    })
+                }
+            } else if let Some(rest) = n.strip_prefix("ratelimit") {
+                match rest {
+                    "" => {
+                        raw.structured = true;
+                        raw.any = true;
+                        None
+                    }
+                    "-policy" => {
+                        raw.policy = true;
+                        raw.any = true;
+                        None
+                    }
+                    _ => rest
+                        .strip_prefix('-')
+                        .and_then(field)
+                        .map(|f| &mut raw.legacy[f]),
+                }
+            } else {
+                None
+            };
+            if let Some(slot) = slot {
+                put(slot, name, value);
+                raw.any = true;
+            }
+        }
+        raw
+    }
+
+    /// The server's clock: the `date` header when readable, else `now`. Absolute resets are
+    /// measured from it, which cancels clock skew between server and client.
+    pub(super) fn reference(&self, now: SystemTime) -> SystemTime {
+        self.date
+            .and_then(|(n, v)| read(n.as_str(), v, parse::http_date))
+            .unwrap_or(now)
+    }
+}
+
+/// Reads one bucket's `limit`, `remaining` and `reset` lines. `reset` returns `None` when the
+/// value is unreadable (logged) and `Some(None)` when it is a documented "unknown" value.
+pub(super) fn bucket(
+    slots: &[Slot<'_>; 3],
+    reset: impl Fn(&str) -> Option<Option<Duration>>,
+) -> Option<BucketReading> {
+    if slots.iter().all(Option::is_none) {
+        return None;
+    }
+    let number = |slot: Slot<'_>| slot.and_then(|(n, v)| read(n.as_str(), v, parse::uint));
+    let limit = number(slots[LIMIT]);
+    let remaining = number(slots[REMAINING]);
+    let reset = slots[RESET]
+        .and_then(|(n, v)| read(n.as_str(), v, &reset))
+        .flatten();
+    if limit.is_none() && remaining.is_none() && reset.is_none() {
+        return None;
+    }
+    Some(BucketReading::new(limit, remaining, reset))
 }

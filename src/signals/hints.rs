@@ -4,6 +4,13 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
+use super::parse::{self, read};
+
+/// `retry-after-ms`: float milliseconds.
+fn millis(s: &str) -> Option<Duration> {
+    parse::decimal(s).and_then(|ms| parse::secs_f64(ms / 1000.0))
+}
+
 /// The largest wait or reset any parser in this crate returns: one day. Larger server values are
 /// clamped to it (a layer that cares, such as the retry layer, compares the hint with its own,
 /// much lower, ceiling and gives up with an error that states the server's wait).
@@ -38,8 +45,37 @@ impl RetryHints {
 
     /// Like [`from_headers`](Self::from_headers) with an explicit local wall-clock time.
     pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Self {
-        let _ = (headers, now);
-        RetryHints::default()
+        let header = |name: &'static str| headers.get(name).map(|v| (name, v));
+        let retry_after = header("retry-after-ms")
+            .and_then(|(n, v)| read(n, v, millis))
+            .map(|d| (d, WaitSource::RetryAfterMs))
+            .or_else(|| {
+                header("retry-after").and_then(|(n, v)| {
+                    read(n, v, |s| {
+                        if let Some(secs) = parse::decimal(s) {
+                            return parse::secs_f64(secs)
+                                .map(|d| (d, WaitSource::RetryAfterSeconds));
+                        }
+                        let at = parse::http_date(s)?;
+                        let reference = header("date")
+                            .and_then(|(n, v)| read(n, v, parse::http_date))
+                            .unwrap_or(now);
+                        Some((parse::until_time(at, reference), WaitSource::RetryAfterDate))
+                    })
+                })
+            });
+        let should_retry = header("x-should-retry").and_then(|(n, v)| {
+            read(n, v, |s| {
+                if s.eq_ignore_ascii_case("true") {
+                    Some(true)
+                } else if s.eq_ignore_ascii_case("false") {
+                    Some(false)
+                } else {
+                    None
+                }
+            })
+        });
+        RetryHints::new(retry_after, should_retry)
     }
 
     /// Hints from their parts (`retry_after` is clamped to [`MAX_HINT`]).

@@ -124,3 +124,57 @@ pub fn respond_with(
     }
     Ok(builder.body(Full::new(Bytes::from_static(body.as_bytes())))?)
 }
+
+/// The fields of every `tracing` event emitted while the guard it returns is held (on this
+/// thread), as `name=value` strings.
+pub fn capture_events() -> (Events, tracing::subscriber::DefaultGuard) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let events = Events::default();
+    let subscriber = tracing_subscriber::registry().with(events.clone());
+    (events, tracing::subscriber::set_default(subscriber))
+}
+
+/// One event's fields, `(name, value)`.
+pub type Fields = Vec<(String, String)>;
+
+/// Captured events.
+#[derive(Clone, Default)]
+pub struct Events(Arc<Mutex<Vec<Fields>>>);
+
+impl Events {
+    /// The events whose message is `message`, each as its fields.
+    pub fn with_message(&self, message: &str) -> Vec<Fields> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|fields| fields.iter().any(|(k, v)| k == "message" && v == message))
+            .cloned()
+            .collect()
+    }
+}
+
+struct Visitor<'a>(&'a mut Vec<(String, String)>);
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .push((field.name().to_string(), format!("{value:?}")));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push((field.name().to_string(), value.to_string()));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = Vec::new();
+        event.record(&mut Visitor(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+}

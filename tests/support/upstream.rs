@@ -158,35 +158,6 @@ pub fn request(model: &str) -> Request<Full<Bytes>> {
 
 type Res = Result<Response<Full<Bytes>>, tower_llm_limits::BoxError>;
 
-/// A test-local stand-in for an SDK's retries: 2 retries (3 attempts) on retryable outcomes,
-/// waiting 0.5 s then 1 s; never retries this crate's own decisions (breaker open).
-pub async fn sdk_retry<S>(svc: S, req: Request<Full<Bytes>>) -> Res
-where
-    S: Service<
-            Request<Full<Bytes>>,
-            Response = Response<Full<Bytes>>,
-            Error = tower_llm_limits::BoxError,
-        > + Clone,
-{
-    use tower::ServiceExt;
-    use tower_llm_limits::signals::{Classify, DefaultClassifier, ResponseSignals};
-    let mut backoff = Duration::from_millis(500);
-    let mut attempt = 1;
-    loop {
-        let res = svc.clone().oneshot(req.clone()).await;
-        let retryable = match &res {
-            Ok(r) => ResponseSignals::of(r).outcome().is_retryable(),
-            Err(e) => DefaultClassifier::new().classify_error(&**e).is_retryable(),
-        };
-        if !retryable || attempt == 3 {
-            return res;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff *= 2;
-        attempt += 1;
-    }
-}
-
 /// Starts `n` requests, one every `every`, each through `call`; returns (start since the first,
 /// result) per request.
 pub async fn open_loop<F, Fut>(every: Duration, n: u32, call: F) -> Vec<(Duration, Res)>

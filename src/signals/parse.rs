@@ -1,0 +1,266 @@
+//! Value parsers shared by the header dialects and the retry hints.
+//!
+//! Every function here is total: it returns `None` for input it cannot read and never panics,
+//! whatever the bytes. Durations are never negative and never above [`MAX_HINT`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::{Rfc2822, Rfc3339};
+
+use super::MAX_HINT;
+
+/// Reset values at or above this many seconds are Unix epoch seconds, not a relative delay
+/// (2001-09-09T01:46:40Z: no server means "wait 31 years").
+pub(crate) const EPOCH_THRESHOLD: u64 = 1_000_000_000;
+
+/// Emits the debug event for a header that could not be read. Only the name is logged: values
+/// are never printed (a misrouted credential must not reach the logs).
+pub(crate) fn unreadable(name: &str) {
+    tracing::debug!(header = name, "ignoring unreadable header");
+}
+
+/// Reads a header with `parse`; logs and returns `None` when the value cannot be read.
+pub(crate) fn read<'a, T>(
+    name: &str,
+    value: &'a HeaderValue,
+    parse: impl FnOnce(&'a str) -> Option<T>,
+) -> Option<T> {
+    let parsed = std::str::from_utf8(value.as_bytes())
+        .ok()
+        .and_then(|s| parse(s.trim()));
+    if parsed.is_none() {
+        unreadable(name);
+    }
+    parsed
+}
+
+/// A non-negative decimal integer (`+` allowed, no sign otherwise).
+pub(crate) fn uint(s: &str) -> Option<u64> {
+    s.parse::<u64>().ok()
+}
+
+/// A finite, non-negative number of seconds as a duration, clamped to [`MAX_HINT`].
+/// Negative, NaN and infinite values are rejected.
+pub(crate) fn secs_f64(v: f64) -> Option<Duration> {
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    // `-0.0` passes the test above; `max` turns it into `0.0`.
+    let v = v.max(0.0);
+    Some(
+        Duration::try_from_secs_f64(v)
+            .unwrap_or(MAX_HINT)
+            .min(MAX_HINT),
+    )
+}
+
+/// A plain decimal number (`12`, `1.5`, `.5`, `+3`): digits and at most one dot, nothing else.
+/// Rejects exponents, `inf`, `nan` and signs other than a leading `+`.
+pub(crate) fn decimal(s: &str) -> Option<f64> {
+    let body = s.strip_prefix('+').unwrap_or(s);
+    let mut digits = 0usize;
+    let mut dots = 0usize;
+    for b in body.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b'.' => dots += 1,
+            _ => return None,
+        }
+    }
+    if digits == 0 || dots > 1 {
+        return None;
+    }
+    body.parse::<f64>().ok()
+}
+
+/// A Go-style duration (`6m0s`, `1s`, `12ms`, `0.5s`, `1h30m`, `2m59.56s`, `1µs`, `1us`,
+/// `3ns`); a bare `0` is zero, as in Go. Negative durations are rejected.
+pub(crate) fn go_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let end = rest
+            .bytes()
+            .position(|b| !(b.is_ascii_digit() || b == b'.'))
+            .unwrap_or(rest.len());
+        let number = decimal(&rest[..end])?;
+        rest = &rest[end..];
+        let (scale, len) = unit(rest)?;
+        rest = &rest[len..];
+        total += number * scale;
+    }
+    secs_f64(total)
+}
+
+/// The unit at the start of `s` and its length in bytes, as seconds per unit.
+fn unit(s: &str) -> Option<(f64, usize)> {
+    const UNITS: [(&str, f64); 8] = [
+        ("ns", 1e-9),
+        ("us", 1e-6),
+        ("\u{b5}s", 1e-6),  // micro sign
+        ("\u{3bc}s", 1e-6), // Greek small letter mu
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ];
+    UNITS
+        .iter()
+        .find(|(u, _)| s.starts_with(u))
+        .map(|&(u, scale)| (scale, u.len()))
+}
+
+/// A relative reset: delay-seconds (integer or decimal), or a Go-style duration; an integer at or
+/// above [`EPOCH_THRESHOLD`] is read as Unix epoch seconds and measured from `reference`.
+pub(crate) fn relative_or_epoch(s: &str, reference: SystemTime) -> Option<Duration> {
+    if let Some(n) = uint(s) {
+        if n >= EPOCH_THRESHOLD {
+            return Some(until_unix_nanos(i128::from(n) * 1_000_000_000, reference));
+        }
+        return secs_f64(n as f64);
+    }
+    if let Some(v) = decimal(s) {
+        return secs_f64(v);
+    }
+    go_duration(s)
+}
+
+/// An RFC 3339 timestamp measured from `reference` (zero when it is in the past).
+pub(crate) fn rfc3339_from(s: &str, reference: SystemTime) -> Option<Duration> {
+    let at = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    Some(until_unix_nanos(at.unix_timestamp_nanos(), reference))
+}
+
+/// An HTTP-date (IMF-fixdate, RFC 850, asctime — through `httpdate`) or, as a lenient fallback,
+/// an RFC 2822 date with a numeric zone (`Sun, 06 Nov 1994 08:49:37 +0000`) or a wrong weekday.
+pub(crate) fn http_date(s: &str) -> Option<SystemTime> {
+    if let Ok(t) = httpdate::parse_http_date(s) {
+        return Some(t);
+    }
+    let at = OffsetDateTime::parse(s, &Rfc2822).ok()?;
+    let nanos = at.unix_timestamp_nanos();
+    let magnitude = Duration::from_nanos(u64::try_from(nanos.unsigned_abs()).ok()?);
+    if nanos >= 0 {
+        UNIX_EPOCH.checked_add(magnitude)
+    } else {
+        UNIX_EPOCH.checked_sub(magnitude)
+    }
+}
+
+/// Nanoseconds since the Unix epoch of `t` (negative before it).
+fn unix_nanos(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+/// The time from `reference` until the instant `nanos` after the epoch: zero when it is in the
+/// past, at most [`MAX_HINT`].
+pub(crate) fn until_unix_nanos(nanos: i128, reference: SystemTime) -> Duration {
+    until(nanos.saturating_sub(unix_nanos(reference)))
+}
+
+/// The time from `reference` until `t`: zero when `t` is in the past, at most [`MAX_HINT`].
+pub(crate) fn until_time(t: SystemTime, reference: SystemTime) -> Duration {
+    until(unix_nanos(t).saturating_sub(unix_nanos(reference)))
+}
+
+fn until(delta_nanos: i128) -> Duration {
+    if delta_nanos <= 0 {
+        Duration::ZERO
+    } else if delta_nanos >= MAX_HINT.as_nanos() as i128 {
+        MAX_HINT
+    } else {
+        // Below one day of nanoseconds: fits in a u64.
+        Duration::from_nanos(delta_nanos as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let ms = Duration::from_millis;
+        for (s, want) in [
+            ("6m0s", Some(ms(360_000))),
+            ("1s", Some(ms(1000))),
+            ("12ms", Some(ms(12))),
+            ("0.5s", Some(ms(500))),
+            ("1h30m", Some(ms(5_400_000))),
+            ("2m59.56s", Some(ms(179_560))),
+            ("1\u{b5}s", Some(Duration::from_micros(1))),
+            ("1\u{3bc}s", Some(Duration::from_micros(1))),
+            ("1us", Some(Duration::from_micros(1))),
+            ("7ns", Some(Duration::from_nanos(7))),
+            ("0", Some(Duration::ZERO)),
+            ("0s", Some(Duration::ZERO)),
+            ("+1s", Some(ms(1000))),
+            ("-1s", None),
+            ("-1", None),
+            ("1", None),
+            ("", None),
+            ("s", None),
+            ("1.2.3s", None),
+            ("1x", None),
+            ("1e3s", None),
+            ("1000000h", Some(MAX_HINT)),
+        ] {
+            let got = go_duration(s);
+            match (got, want) {
+                (Some(g), Some(w)) => {
+                    assert!(
+                        g.abs_diff(w) < Duration::from_micros(1),
+                        "{s}: {g:?} vs {w:?}"
+                    )
+                }
+                _ => assert_eq!(got, want, "{s}"),
+            }
+        }
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(decimal("1.5"), Some(1.5));
+        assert_eq!(decimal(".5"), Some(0.5));
+        assert_eq!(decimal("inf"), None);
+        assert_eq!(decimal("NaN"), None);
+        assert_eq!(decimal("-1"), None);
+        assert_eq!(decimal("."), None);
+        assert_eq!(secs_f64(-0.0), Some(Duration::ZERO));
+        assert_eq!(secs_f64(f64::MAX), Some(MAX_HINT));
+        assert_eq!(secs_f64(f64::NAN), None);
+    }
+
+    #[test]
+    fn epoch_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            relative_or_epoch("1800000030", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(relative_or_epoch("1700000000", now), Some(Duration::ZERO));
+        assert_eq!(relative_or_epoch("30", now), Some(Duration::from_secs(30)));
+        assert_eq!(relative_or_epoch("1m", now), Some(Duration::from_secs(60)));
+        assert_eq!(
+            http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            http_date("Sunday, 06-Nov-94 08:49:37 GMT")
+        );
+        assert_eq!(
+            http_date("Sun Nov  6 08:49:37 1994"),
+            http_date("Sun, 06 Nov 1994 08:49:37 +0000")
+        );
+        assert!(http_date("Sun, 06 Nov 1994 08:49:37 GMT").is_some());
+        assert!(http_date("yesterday").is_none());
+    }
+}

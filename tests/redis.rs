@@ -1,0 +1,210 @@
+//! The Redis-backed store against a real `redis-server` (skipped with a message when the binary
+//! is missing; `.ci/run` installs it). Redis's `TIME` is real time, so these tests run on the
+//! real clock: short runs (about 10 s each) at a few hundred requests per minute.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::time::Duration;
+
+use support::redis::RedisServer;
+use support::redis::drive::{self, MODEL};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_llm_limits::rate_limit::{Limits, RateLimitLayer, RateLimitState, RateLimitStateBuilder};
+use tower_llm_limits::redis::{FailurePolicy, RedisStore, is_unavailable};
+
+const RPM: u64 = 1_200;
+const INSTANCES: usize = 4;
+const CONCURRENCY: usize = 8;
+
+/// The limiter's configuration: the simulated limit (tokens are not binding).
+fn limited() -> RateLimitStateBuilder {
+    RateLimitState::builder().limits(Limits::per_minute(RPM, 10_000_000, 10_000_000))
+}
+
+fn prefix(name: &str) -> String {
+    format!("test-{name}-{}", std::process::id())
+}
+
+fn shared_states(url: &str, prefix: &str) -> (Vec<RateLimitState>, Vec<RedisStore>) {
+    (0..INSTANCES)
+        .map(|_| {
+            // Each instance: its own store, its own connection.
+            let store = RedisStore::builder(url)
+                .prefix(prefix)
+                .timeout(Duration::from_millis(100))
+                .retry_every(Duration::from_millis(200))
+                .build()
+                .expect("valid URL");
+            (limited().store(store.clone()).build(), store)
+        })
+        .unzip()
+}
+
+fn ops(stores: &[RedisStore]) -> u64 {
+    stores.iter().map(|s| s.stats().operations()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_share_one_budget_local_ones_overshoot() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let duration = Duration::from_secs(10);
+    let api = drive::api(RPM);
+    let (states, stores) = shared_states(&server.url(), &prefix("share"));
+    let shared = drive::run(&api, states, CONCURRENCY, duration).await;
+    let shared_ops = ops(&stores);
+
+    let api_local = drive::api(RPM);
+    let states = (0..INSTANCES).map(|_| limited().build()).collect();
+    let local = drive::run(&api_local, states, CONCURRENCY, duration).await;
+
+    let figures = |name: &str, r: &drive::Run, ops: u64| {
+        eprintln!(
+            "{name}: {} ok in {:.1} s = {:.1}/s (limit {:.1}/s), {} attempts, 429 share {:.2}%, \
+             failed {}, Redis ops/request {:.3}",
+            r.ok(),
+            r.elapsed.as_secs_f64(),
+            r.goodput(),
+            RPM as f64 / 60.0,
+            r.attempts.len(),
+            100.0 * r.share_429(),
+            r.failed,
+            ops as f64 / r.ok().max(1) as f64
+        )
+    };
+    figures("shared", &shared, shared_ops);
+    figures("local", &local, 0);
+    assert_eq!(shared.failed, 0);
+    assert!(
+        shared.share_429() < 0.02,
+        "shared 429 share {}",
+        shared.share_429()
+    );
+    // The shared budget is used: at least 80% of the limit's refill over the run.
+    let refill = RPM as f64 / 60.0 * duration.as_secs_f64();
+    assert!(
+        shared.ok() as f64 >= 0.8 * refill,
+        "shared ok {}",
+        shared.ok()
+    );
+    // Leases keep Redis off the hot path: well under one round trip per request.
+    assert!(
+        (shared_ops as f64) < 0.5 * shared.ok() as f64,
+        "{shared_ops} ops"
+    );
+    // Pacing alone, each instance spends the whole refill: many times the 429s.
+    assert!(
+        local.share_429() > 0.05 && local.share_429() > 5.0 * shared.share_429(),
+        "local 429 share {} vs shared {}",
+        local.share_429(),
+        shared.share_429()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_falls_back_to_local_and_recovers() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let api = drive::api(RPM);
+    let prefix = prefix("outage");
+    let (states, stores) = shared_states(&server.url(), &prefix);
+    let url = server.url();
+    let watcher = tokio::spawn({
+        let stores = stores.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let before = ops(&stores);
+            server.kill();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let degraded = stores.iter().all(|s| s.stats().degraded());
+            server.restart();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let recovered = stores.iter().all(|s| !s.stats().degraded());
+            (server, before, degraded, recovered)
+        }
+    });
+    let run = drive::run(&api, states, CONCURRENCY, Duration::from_secs(14)).await;
+    let (server, _, degraded, recovered) = watcher.await.expect("watcher");
+    eprintln!(
+        "outage: ok {} (before {}, during {}, after {}), 429 share before {:.2}%, during {:.2}%, after {:.2}%",
+        run.ok(),
+        run.ok_in(0.0, 4.0),
+        run.ok_in(4.0, 8.0),
+        run.ok_in(8.0, 14.0),
+        100.0 * run.share_429_in(0.0, 4.0),
+        100.0 * run.share_429_in(4.0, 8.0),
+        100.0 * run.share_429_in(10.0, 14.0),
+    );
+    for s in &stores {
+        eprintln!("  {:?}", s.stats());
+    }
+    for sec in 0..14 {
+        let s = sec as f64;
+        eprintln!(
+            "  {sec:>2}s: ok {:>3}, 429 share {:.0}%",
+            run.ok_in(s, s + 1.0),
+            100.0 * run.share_429_in(s, s + 1.0)
+        );
+    }
+    assert_eq!(run.failed, 0, "no request fails");
+    assert!(degraded, "every store noticed the outage");
+    assert!(recovered, "every store recovered");
+    // Requests keep flowing under local limits while Redis is down (the last 3 s of it).
+    assert!(run.ok_in(5.0, 8.0) as f64 >= 0.5 * 3.0 * RPM as f64 / 60.0);
+    // After the restart the budget is shared again: Redis holds the key, the 429s stay rare.
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("{prefix}:{MODEL}"))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(exists, "the shared bucket is back in Redis");
+    assert!(run.share_429_in(10.0, 14.0) < 0.02);
+    drop(server);
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_at_once_without_redis() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let store = RedisStore::builder(format!("redis://127.0.0.1:{port}/"))
+        .timeout(Duration::from_millis(50))
+        .on_failure(FailurePolicy::Closed)
+        .build()
+        .expect("valid URL");
+    let state = RateLimitState::builder()
+        .limits(Limits::per_minute(600, 1_000_000, 1_000_000))
+        .store(store.clone())
+        .build();
+    let client = service_fn(|_req: http::Request<String>| async {
+        Ok::<_, tower_llm_limits::BoxError>(http::Response::new(String::new()))
+    });
+    let service = RateLimitLayer::with_state(state).layer(client);
+    // The first settlement fails within the timeout; from then on every request fails at once.
+    let mut refused = None;
+    for _ in 0..100 {
+        let call = service.clone().oneshot(http::Request::new(String::new()));
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Err(_) => panic!("a request hung"),
+            Ok(Err(e)) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let e = refused.expect("requests fail closed");
+    assert!(is_unavailable(&*e), "{e}");
+    assert!(store.stats().degraded());
+    assert!(store.stats().failures() >= 1);
+}
