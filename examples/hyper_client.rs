@@ -41,12 +41,15 @@ async fn main() -> Result<(), BoxError> {
         .layer(layer.clone())
         .service(hyper_client);
 
-    support::drive("hyper", client, 40, |i| {
-        target.messages_request(&format!("Summarise document #{i}."), 256)
+    let ok = support::drive("hyper", client, 40, |i| {
+        target.messages_request(&format!("Summarise document #{i}."), 64)
     })
     .await;
     println!("learned limits:");
     support::print_limits(layer.get_rate_limit().state());
     support::print_sim(&target);
+    if ok < 40 {
+        return Err(format!("{} of 40 calls failed", 40 - ok).into());
+    }
     Ok(())
 }

@@ -205,7 +205,7 @@ async fn main() -> Result<(), BoxError> {
     let client = ServiceBuilder::new()
         .layer(anthropic_stack())
         .service(http());
-    support::drive("anthropic", client, 40, |i| {
+    let mut ok = support::drive("anthropic", client, 40, |i| {
         target.messages_request(&format!("Question {i}"), 64)
     })
     .await;
@@ -222,7 +222,7 @@ async fn main() -> Result<(), BoxError> {
         println!("  (the simulated API speaks Anthropic's dialect; the stack reads either)");
     }
     let client = ServiceBuilder::new().layer(openai_stack()).service(http());
-    support::drive("openai", client, 40, |i| {
+    ok += support::drive("openai", client, 40, |i| {
         target.messages_request(&format!("Question {i}"), 64)
     })
     .await;
@@ -241,17 +241,28 @@ async fn main() -> Result<(), BoxError> {
         openai: false,
     };
     let client = bedrock_stack().service(bedrock);
-    support::drive("bedrock", client, 40, |i| {
+    ok += support::drive("bedrock", client, 40, |i| {
         target.messages_request(&format!("Question {i}"), 64)
     })
     .await;
 
     println!("Custom (Retry → CircuitBreaker → RateLimit → ConcurrencyLimit → Signals):");
-    let target = support::Target::sim(support::sim_api()).await?;
+    // A fresh organisation whose buckets start full.
+    let api = tower_llm_limits::sim::SimApi::builder()
+        .model(
+            support::MODEL,
+            tower_llm_limits::sim::Limits::per_minute(600, 100_000, 20_000),
+        )
+        .seed(9)
+        .build();
+    let target = support::Target::sim(api).await?;
     let client = custom_stack().service(http());
-    support::drive("custom", client, 40, |i| {
+    ok += support::drive("custom", client, 40, |i| {
         target.messages_request(&format!("Question {i}"), 64)
     })
     .await;
+    if ok < 160 {
+        return Err(format!("{} of 160 calls failed", 160 - ok).into());
+    }
     Ok(())
 }
