@@ -358,6 +358,32 @@ async fn cancellation_gives_back_what_was_reserved() {
     assert_eq!(state.key_snapshot(&key).unwrap().in_flight(), 0);
 }
 
+/// Regression: when more keys than `max_keys` were busy at once, the state used to stay at that
+/// high-water mark (one idle key evicted per new key); it shrinks back to the cap once idle.
+#[tokio::test(start_paused = true)]
+async fn keyed_state_shrinks_back_to_max_keys() {
+    let state = RateLimitState::builder()
+        .limits(Limits::new().requests(100))
+        .max_keys(2)
+        .build();
+    let (inner, _log) = recorder(Instant::now(), secs(1.0), StatusCode::OK);
+    let svc = RateLimitLayer::with_state(state.clone()).layer(inner);
+    let keyed = |name: &str| {
+        let mut r = req(name, Cost::new(1, 0, 0));
+        r.extensions_mut().insert(RateLimitKey::new(name));
+        r
+    };
+    let busy: Vec<_> = (0..10)
+        .map(|i| tokio::spawn(svc.clone().oneshot(keyed(&format!("busy-{i}")))))
+        .collect();
+    for call in busy {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(state.snapshot().len(), 10, "busy keys are never evicted");
+    svc.clone().oneshot(keyed("afterwards")).await.unwrap();
+    assert_eq!(state.snapshot().len(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Acceptance against the simulated API.
 

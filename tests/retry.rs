@@ -223,6 +223,10 @@ async fn the_budget_stops_a_retry_storm() {
         .count();
     let bound =
         (REQUESTS as f64 * (1.0 + RATIO)) as usize + FLOOR as usize * window.as_secs() as usize;
+    println!(
+        "storm: {REQUESTS} calls, {} attempts (bound {bound}), {exhausted} budget errors",
+        server.calls()
+    );
     assert!(
         server.calls() <= bound,
         "{} attempts > {bound}",

@@ -206,13 +206,17 @@ impl RateLimitState {
         }
         if keys.len() >= self.shared.max_keys {
             // Idle = referenced only by the map: no waiter, nothing admitted or in flight
-            // (every ticket holds the cell).
-            let victim = keys
+            // (every ticket holds the cell). Evict as many as needed to get back under the
+            // bound: after a burst of busy keys the map shrinks again instead of staying at its
+            // high-water mark.
+            let excess = keys.len() + 1 - self.shared.max_keys;
+            let mut idle: Vec<(u64, RateLimitKey)> = keys
                 .iter()
                 .filter(|(_, c)| Arc::strong_count(c) == 1)
-                .min_by_key(|(_, c)| c.last_used.load(Ordering::Relaxed))
-                .map(|(k, _)| k.clone());
-            if let Some(victim) = victim {
+                .map(|(k, c)| (c.last_used.load(Ordering::Relaxed), k.clone()))
+                .collect();
+            idle.sort_unstable_by_key(|(last_used, _)| *last_used);
+            for (_, victim) in idle.into_iter().take(excess) {
                 keys.remove(&victim);
                 tracing::debug!(key = %victim, "rate limit: evicted idle key");
             }

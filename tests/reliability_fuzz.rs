@@ -1,0 +1,487 @@
+//! Property ("fuzz") tests of every parser of untrusted input: the rate-limit header parser, the
+//! retry-hint parser, the error-body parser and the default classifier.
+//!
+//! `cargo-fuzz` is not available with the toolchain here, so these are proptest runs with large
+//! case counts, starting from a seed corpus of real header sets (Anthropic, OpenAI, IETF
+//! `RateLimit`, GitHub, AWS Bedrock) and mutating them with hostile values: arbitrary bytes
+//! (invalid UTF-8 included), huge and negative numbers, `NaN`/`inf`, broken dates and durations.
+//!
+//! Each property runs `PROPTEST_CASES` cases (default 2 000; 100 000 for the long run); see RELIABILITY.md.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence};
+use tower_llm_limits::signals::{
+    ApiError, Classify, DefaultClassifier, Dimension, MAX_HINT, RateLimitSnapshot, RetryHints,
+};
+
+/// Cases per property: `PROPTEST_CASES`, else 2 000.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
+
+fn config() -> Config {
+    Config {
+        cases: cases(),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
+        ..Config::default()
+    }
+}
+
+/// Every header name a parser of this crate reads (or could plausibly read).
+const KNOWN_HEADERS: &[&str] = &[
+    "date",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+    "anthropic-priority-input-tokens-limit",
+    "anthropic-priority-input-tokens-remaining",
+    "anthropic-priority-input-tokens-reset",
+    "anthropic-priority-output-tokens-limit",
+    "anthropic-priority-output-tokens-remaining",
+    "anthropic-priority-output-tokens-reset",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-ratelimit-used",
+    "x-ratelimit-resource",
+    "ratelimit",
+    "ratelimit-policy",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "x-amzn-errortype",
+    "x-amzn-requestid",
+    "x-amzn-bedrock-input-token-count",
+    "x-amzn-bedrock-output-token-count",
+    "request-id",
+    "x-request-id",
+];
+
+/// Real header sets, as the providers send them.
+fn corpus() -> Vec<Vec<(&'static str, &'static str)>> {
+    vec![
+        // Anthropic Messages API.
+        vec![
+            ("date", "Mon, 23 Nov 2026 11:00:00 GMT"),
+            ("anthropic-ratelimit-requests-limit", "4000"),
+            ("anthropic-ratelimit-requests-remaining", "3999"),
+            ("anthropic-ratelimit-requests-reset", "2026-11-23T11:00:01Z"),
+            ("anthropic-ratelimit-tokens-limit", "2400000"),
+            ("anthropic-ratelimit-tokens-remaining", "2398000"),
+            ("anthropic-ratelimit-tokens-reset", "2026-11-23T11:00:02Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "2000000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "1999000"),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2026-11-23T11:00:01Z",
+            ),
+            ("anthropic-ratelimit-output-tokens-limit", "400000"),
+            ("anthropic-ratelimit-output-tokens-remaining", "399000"),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                "2026-11-23T11:00:02.5Z",
+            ),
+            ("request-id", "req_011CSHoEeqs5C35K2UUqR7Fy"),
+        ],
+        // Anthropic 429.
+        vec![
+            ("date", "Mon, 23 Nov 2026 11:00:00 GMT"),
+            ("retry-after", "17"),
+            ("x-should-retry", "true"),
+            ("anthropic-ratelimit-input-tokens-limit", "30000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "0"),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2026-11-23T11:00:17Z",
+            ),
+        ],
+        // OpenAI.
+        vec![
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-remaining-requests", "9999"),
+            ("x-ratelimit-reset-requests", "6ms"),
+            ("x-ratelimit-limit-tokens", "30000000"),
+            ("x-ratelimit-remaining-tokens", "29999000"),
+            ("x-ratelimit-reset-tokens", "1m2.345s"),
+            ("retry-after-ms", "1500"),
+            ("x-request-id", "req_abc123"),
+        ],
+        // IETF RateLimit (draft-ietf-httpapi-ratelimit-headers, structured fields).
+        vec![
+            ("ratelimit-policy", "\"default\";q=100;w=60"),
+            ("ratelimit", "\"default\";r=42;t=30"),
+        ],
+        // IETF, the older three-header draft.
+        vec![
+            ("ratelimit-limit", "100"),
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "50"),
+            ("retry-after", "Mon, 23 Nov 2026 11:00:50 GMT"),
+        ],
+        // GitHub.
+        vec![
+            ("date", "Mon, 23 Nov 2026 11:00:00 GMT"),
+            ("x-ratelimit-limit", "5000"),
+            ("x-ratelimit-remaining", "4987"),
+            ("x-ratelimit-used", "13"),
+            ("x-ratelimit-reset", "1795431600"),
+            ("x-ratelimit-resource", "core"),
+        ],
+        // AWS Bedrock throttling.
+        vec![
+            (
+                "x-amzn-errortype",
+                "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            ),
+            ("x-amzn-requestid", "5d2f6f3e-8c0a-4c1e-9f7a-1b2c3d4e5f60"),
+            ("retry-after", "3"),
+        ],
+        vec![
+            ("x-amzn-bedrock-input-token-count", "1200"),
+            ("x-amzn-bedrock-output-token-count", "350"),
+        ],
+    ]
+}
+
+/// Hostile values that look like what a parser expects.
+const HOSTILE: &[&str] = &[
+    "",
+    " ",
+    "-1",
+    "-0",
+    "0",
+    "NaN",
+    "nan",
+    "inf",
+    "-inf",
+    "Infinity",
+    "1e308",
+    "1e999",
+    "-1e308",
+    "18446744073709551615",
+    "18446744073709551616",
+    "99999999999999999999999999999999999999",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "0.0000000001",
+    "1.5",
+    "1,5",
+    "0x10",
+    "+5",
+    "5 ",
+    "١٢",
+    "9999-12-31T23:59:59Z",
+    "0000-01-01T00:00:00Z",
+    "2026-13-45T25:61:61Z",
+    "2026-11-23T11:00:00+99:99",
+    "Fri, 31 Dec 9999 23:59:59 GMT",
+    "Thu, 01 Jan 1970 00:00:00 GMT",
+    "Mon, 32 Foo 2026 99:99:99 GMT",
+    "1h2m3s",
+    "999999999h",
+    "1.5.5s",
+    "-5s",
+    "ms",
+    "9999999999999999999ms",
+    "1e10s",
+    "\"p\";q=-1;w=0",
+    "\"p\";r=1e9;t=-5",
+    "\"p\";q=99999999999999999999;w=99999999999999999999",
+    "a;b;c=\"",
+    "\"default\";q=0;w=0",
+    "true",
+    "false",
+    "TRUE",
+];
+
+fn hostile_value() -> impl Strategy<Value = HeaderValue> {
+    prop_oneof![
+        prop::sample::select(HOSTILE)
+            .prop_map(|v| HeaderValue::from_bytes(v.as_bytes()).expect("no control bytes")),
+        // Arbitrary bytes, invalid UTF-8 included (HeaderValue refuses only control bytes).
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(|bytes| {
+            let bytes: Vec<u8> = bytes
+                .into_iter()
+                .filter(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
+                .collect();
+            HeaderValue::from_bytes(&bytes).expect("visible bytes are a valid header value")
+        }),
+        any::<i128>().prop_map(|n| HeaderValue::from_str(&n.to_string()).unwrap()),
+        any::<f64>().prop_map(|n| HeaderValue::from_str(&n.to_string()).unwrap()),
+        (
+            any::<u64>(),
+            prop::sample::select(&["ms", "s", "m", "h", "us", "ns", ""][..])
+        )
+            .prop_map(|(n, unit)| HeaderValue::from_str(&format!("{n}{unit}")).unwrap()),
+        (any::<i64>(), any::<i64>()).prop_map(|(q, w)| {
+            HeaderValue::from_str(&format!("\"p\";q={q};w={w};r={q};t={w}")).unwrap()
+        }),
+    ]
+}
+
+fn header_name() -> impl Strategy<Value = HeaderName> {
+    prop::sample::select(KNOWN_HEADERS).prop_map(HeaderName::from_static)
+}
+
+/// Arbitrary header maps over the known names.
+fn arbitrary_headers() -> impl Strategy<Value = HeaderMap> {
+    prop::collection::vec((header_name(), hostile_value()), 0..24).prop_map(|pairs| {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name, value);
+        }
+        map
+    })
+}
+
+/// A corpus header set with some values replaced by hostile ones, some removed, some repeated.
+fn mutated_corpus() -> impl Strategy<Value = HeaderMap> {
+    let sets = corpus();
+    (
+        0..sets.len(),
+        prop::collection::vec(
+            (any::<prop::sample::Index>(), 0u8..4, hostile_value()),
+            0..6,
+        ),
+    )
+        .prop_map(move |(i, edits)| {
+            let set = &sets[i];
+            let mut pairs: Vec<(HeaderName, HeaderValue)> = set
+                .iter()
+                .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+                .collect();
+            for (index, op, value) in edits {
+                if pairs.is_empty() {
+                    break;
+                }
+                let at = index.index(pairs.len());
+                match op {
+                    0 => pairs[at].1 = value,
+                    1 => {
+                        pairs.remove(at);
+                    }
+                    2 => {
+                        let name = pairs[at].0.clone();
+                        pairs.push((name, value));
+                    }
+                    _ => pairs.push((HeaderName::from_static("date"), value)),
+                }
+            }
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(name, value);
+            }
+            map
+        })
+}
+
+fn any_headers() -> impl Strategy<Value = HeaderMap> {
+    prop_oneof![mutated_corpus(), arbitrary_headers()]
+}
+
+/// Wall-clock times from before the epoch's start to far in the future.
+fn wall_clock() -> impl Strategy<Value = SystemTime> {
+    prop_oneof![
+        Just(SystemTime::UNIX_EPOCH),
+        (0u64..4_102_444_800).prop_map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+        Just(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_431_600)),
+    ]
+}
+
+fn check_snapshot(snapshot: &RateLimitSnapshot) -> Result<(), TestCaseError> {
+    for dimension in Dimension::ALL {
+        if let Some(reading) = snapshot.get(dimension) {
+            if let Some(reset) = reading.reset() {
+                prop_assert!(reset <= MAX_HINT, "{dimension:?} reset {reset:?}");
+            }
+            if let (Some(limit), Some(remaining)) = (reading.limit(), reading.remaining()) {
+                // Not an invariant the parser promises, but both must be readable.
+                let _ = limit.checked_sub(remaining);
+            }
+        }
+    }
+    for reading in [
+        snapshot.priority_input_tokens(),
+        snapshot.priority_output_tokens(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(reset) = reading.reset() {
+            prop_assert!(reset <= MAX_HINT, "priority reset {reset:?}");
+        }
+    }
+    let _ = format!("{snapshot:?}");
+    Ok(())
+}
+
+fn check_hints(hints: &RetryHints) -> Result<(), TestCaseError> {
+    if let Some(wait) = hints.retry_after() {
+        prop_assert!(wait <= MAX_HINT, "retry-after {wait:?}");
+        prop_assert!(hints.source().is_some(), "a wait has a source");
+    }
+    let _ = format!("{hints:?}");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `RateLimitSnapshot::from_headers_at` never panics and never returns a reset beyond
+    /// `MAX_HINT`.
+    #[test]
+    fn rate_limit_headers_never_panic(headers in any_headers(), now in wall_clock()) {
+        check_snapshot(&RateLimitSnapshot::from_headers_at(&headers, now))?;
+    }
+
+    /// `RetryHints::from_headers_at` never panics and never returns a wait beyond `MAX_HINT`.
+    #[test]
+    fn retry_hints_never_panic(headers in any_headers(), now in wall_clock()) {
+        check_hints(&RetryHints::from_headers_at(&headers, now))?;
+    }
+
+    /// The default classifier accepts every status from 100 to 999 and any headers; its wait is
+    /// bounded like the hints it reads.
+    #[test]
+    fn classifier_never_panics(
+        status in 100u16..=999,
+        headers in any_headers(),
+        now in wall_clock(),
+        body in error_body(),
+    ) {
+        let status = StatusCode::from_u16(status).expect("100..=999 is a valid status");
+        let hints = RetryHints::from_headers_at(&headers, now);
+        let api_error = ApiError::from_json(&body);
+        let outcome = DefaultClassifier::new().classify_response(
+            status,
+            &headers,
+            &hints,
+            api_error.as_ref(),
+        );
+        if let Some(wait) = outcome.retry_after() {
+            prop_assert!(wait <= MAX_HINT);
+        }
+        prop_assert_eq!(outcome.is_success(), status.as_u16() < 400 && outcome.is_success());
+        let _ = format!("{outcome:?} {}", outcome.kind().as_str());
+    }
+
+    /// `ApiError::from_json` never panics on arbitrary bytes or mutated error bodies.
+    #[test]
+    fn error_body_never_panics(body in error_body()) {
+        if let Some(error) = ApiError::from_json(&body) {
+            let _ = (error.kind(), error.message(), error.code(), error.request_id());
+            let _ = format!("{error:?}");
+        }
+    }
+}
+
+/// Real error bodies, then JSON-shaped mutations of them, then arbitrary bytes.
+fn error_body() -> impl Strategy<Value = Vec<u8>> {
+    const BODIES: &[&str] = &[
+        r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}"#,
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        r#"{"type":"error","error":{"type":"rate_limit_error","message":"spend","details":{"error_code":"enforced_spend_limit_reached"}}}"#,
+        r#"{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+        r#"{"message":"Too many requests, please wait before trying again."}"#,
+        r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+        r#"{"message":"API rate limit exceeded for 1.2.3.4.","documentation_url":"https://docs.github.com/rest"}"#,
+    ];
+    const NOISE: &[&str] = &[
+        "null",
+        "true",
+        "1e999",
+        "-0",
+        "\"\\ud800\"",
+        "[]",
+        "{}",
+        "[[[[[[[[[[",
+        "\"\u{0}\"",
+        "{\"type\":{\"type\":{}}}",
+        "12345678901234567890123",
+        "\"",
+        "}",
+        ",",
+    ];
+    prop_oneof![
+        prop::sample::select(BODIES).prop_map(|b| b.as_bytes().to_vec()),
+        (
+            prop::sample::select(BODIES),
+            prop::collection::vec(
+                (
+                    any::<prop::sample::Index>(),
+                    prop::sample::select(NOISE),
+                    any::<bool>()
+                ),
+                1..5
+            ),
+        )
+            .prop_map(|(body, edits)| {
+                let mut s = body.as_bytes().to_vec();
+                for (index, noise, replace) in edits {
+                    let at = index.index(s.len() + 1);
+                    if replace {
+                        // Replace a token-sized span.
+                        let end = (at + noise.len()).min(s.len());
+                        s.splice(at..end, noise.bytes());
+                    } else {
+                        s.splice(at..at, noise.bytes());
+                    }
+                }
+                s
+            }),
+        prop::collection::vec(any::<u8>(), 0..256),
+        // Deep nesting.
+        (1usize..2_000).prop_map(|depth| {
+            let mut s = "{\"error\":".repeat(depth).into_bytes();
+            s.extend(std::iter::repeat_n(b'}', depth));
+            s
+        }),
+    ]
+}
+
+/// The seed corpus itself parses without panic and the real sets are understood (where the
+/// parsers are implemented, a corpus set yields readings).
+#[test]
+fn corpus_parses() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_431_600);
+    for set in corpus() {
+        let mut map = HeaderMap::new();
+        for (name, value) in set {
+            map.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let snapshot = RateLimitSnapshot::from_headers_at(&map, now);
+        let hints = RetryHints::from_headers_at(&map, now);
+        let _ = (format!("{snapshot:?}"), format!("{hints:?}"));
+        if let Some(wait) = hints.retry_after() {
+            assert!(wait <= MAX_HINT);
+        }
+    }
+}
