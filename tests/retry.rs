@@ -562,8 +562,6 @@ async fn the_sims_spend_cap_is_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "rate_limit holds the retry 20.3 s: cooldown 10 s, then the refused request \
-            seems counted again in the bucket (see the rate_limit area)"]
 async fn a_wait_the_rate_limiter_absorbed_is_waited_once() {
     use tower_llm_limits::rate_limit::{self, RateLimitLayer};
     // The server allows 6 requests a minute and has one in its bucket; the limiter was told 60,

@@ -1,6 +1,6 @@
 //! The shared state: keys, their buckets, queues, in-flight accounting and learning.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -248,6 +248,8 @@ impl RateLimitState {
                 probe: Probe::Idle,
                 cooldown_until: None,
                 dispatched: [0; 4],
+                dispatch_seq: 0,
+                refunds: VecDeque::new(),
                 raw_input: 0,
                 outstanding_output: 0,
                 completed_output: 0,
@@ -490,6 +492,12 @@ struct KeyState {
     cooldown_until: Option<Instant>,
     /// Cumulative charge at dispatch, per dimension (monotone).
     dispatched: Charge,
+    /// Dispatches so far: the position of each request in dispatch order.
+    dispatch_seq: u64,
+    /// Requests charged in `dispatched` and then given back (refused with a 429, or admitted
+    /// but never sent), with their dispatch position: a reading must not count them as charged
+    /// after it. The most recent [`MAX_REFUNDS`] are kept.
+    refunds: VecDeque<(u64, Charge)>,
     /// Cumulative raw (uncorrected) input estimate at dispatch.
     raw_input: u64,
     /// Output reserved by requests in flight.
@@ -525,9 +533,13 @@ struct Reply<'a> {
     usage: Option<Usage>,
 }
 
+/// How many given-back requests a key remembers for [`KeyState::refunded_after`].
+const MAX_REFUNDS: usize = 256;
+
 /// What a dispatched request charged, and the counters right after its dispatch.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Record {
+    seq: u64,
     charge: Charge,
     after: Charge,
     raw_after: u64,
@@ -688,6 +700,7 @@ impl KeyState {
             *c = c.saturating_add(x);
         }
         self.raw_input = self.raw_input.saturating_add(raw);
+        self.dispatch_seq += 1;
         self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
         self.in_flight += 1;
         let probe = !self.any_bucket() && self.probe == Probe::Idle;
@@ -695,6 +708,7 @@ impl KeyState {
             self.probe = Probe::InFlight;
         }
         Record {
+            seq: self.dispatch_seq,
             charge,
             after: self.dispatched,
             raw_after: self.raw_input,
@@ -702,6 +716,26 @@ impl KeyState {
             at: now,
             probe,
         }
+    }
+
+    /// Notes that `record`'s whole charge was given back, for the readings of requests
+    /// dispatched before it.
+    fn note_refund(&mut self, record: &Record) {
+        if self.refunds.len() == MAX_REFUNDS {
+            self.refunds.pop_front();
+        }
+        self.refunds.push_back((record.seq, record.charge));
+    }
+
+    /// What requests dispatched after `record` charged and then got back.
+    fn refunded_after(&self, record: &Record) -> Charge {
+        let mut sum: Charge = [0; 4];
+        for (_, charge) in self.refunds.iter().filter(|(seq, _)| *seq > record.seq) {
+            for (s, c) in sum.iter_mut().zip(charge) {
+                *s = s.saturating_add(*c);
+            }
+        }
+        sum
     }
 
     fn refund(&mut self, dims: &[usize], amounts: &Charge, now: Instant) {
@@ -737,6 +771,7 @@ impl KeyState {
     fn unadmit(&mut self, record: &Record, now: Instant) {
         self.finish(record, 0);
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
+        self.note_refund(record);
         if record.probe {
             self.probe = Probe::Idle;
         }
@@ -780,6 +815,7 @@ impl KeyState {
         if limited {
             // The server refused the request: it charged nothing for it.
             self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
+            self.note_refund(record);
             let wait = outcome.retry_after().unwrap_or(self.cooldown_without_hint);
             let until = add(received, wait);
             let until = self.cooldown_until.map_or(until, |c| c.max(until));
@@ -914,13 +950,19 @@ impl KeyState {
         // everything dispatched after this request. Output: everything in flight, and everything
         // that finished since this request left (this one included), which a server counting
         // output as produced charged after taking this reading.
-        let after_input = self.dispatched[IN].saturating_sub(record.after[IN]);
+        // Requests refused or never sent since then were given back: they are not charged.
+        let refunded = self.refunded_after(record);
+        let after_input = self.dispatched[IN]
+            .saturating_sub(record.after[IN])
+            .saturating_sub(refunded[IN]);
         let output = self.outstanding_output.saturating_add(
             self.completed_output
                 .saturating_sub(record.completed_before),
         );
         let not_in_reading = match d {
-            Dimension::Requests => self.dispatched[REQ].saturating_sub(record.after[REQ]),
+            Dimension::Requests => self.dispatched[REQ]
+                .saturating_sub(record.after[REQ])
+                .saturating_sub(refunded[REQ]),
             Dimension::InputTokens => after_input,
             Dimension::OutputTokens => output,
             _ => after_input.saturating_add(output),
