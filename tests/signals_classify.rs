@@ -194,3 +194,235 @@ async fn error_table() {
     assert_eq!(outcome.status(), None);
     assert_eq!(outcome.retry_after(), None);
 }
+
+mod error_body {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Request, Response, StatusCode};
+    use http_body::{Body, Frame};
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt, service_fn};
+    use tower_llm_limits::signals::{ApiError, ErrorBodyLayer, MaybeBuffered};
+
+    const ERROR: &str = r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_9"}"#;
+
+    /// A body of scripted frames with no size hint (like chunked encoding).
+    struct Chunks(VecDeque<Result<Frame<Bytes>, std::io::Error>>);
+
+    impl Chunks {
+        fn of(parts: &[&str]) -> Self {
+            Chunks(
+                parts
+                    .iter()
+                    .map(|p| Ok(Frame::data(Bytes::copy_from_slice(p.as_bytes()))))
+                    .collect(),
+            )
+        }
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    async fn call(
+        status: u16,
+        content_type: &str,
+        body: Chunks,
+        max: usize,
+    ) -> Response<MaybeBuffered<Chunks>> {
+        let body = std::sync::Mutex::new(Some(body));
+        let content_type = content_type.to_owned();
+        let api = service_fn(move |_: Request<()>| {
+            let body = body.lock().unwrap().take().unwrap();
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", content_type.as_str())
+                .body(body)
+                .unwrap();
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        ErrorBodyLayer::new()
+            .max_size(max)
+            .layer(api)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap()
+    }
+
+    /// Every frame of the body: data (concatenated), then the error if one came.
+    async fn drain(
+        mut body: MaybeBuffered<Chunks>,
+    ) -> (Vec<u8>, Option<String>, Option<HeaderMap>) {
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Err(e) => return (data, Some(e.to_string()), trailers),
+            }
+        }
+        (data, None, trailers)
+    }
+
+    #[tokio::test]
+    async fn an_error_body_is_parsed_and_returned_byte_identical() {
+        let (a, b) = ERROR.split_at(40);
+        let response = call(429, "application/json", Chunks::of(&[a, b]), 64 * 1024).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let error = response.extensions().get::<ApiError>().expect("parsed");
+        assert_eq!(error.code(), Some("enforced_spend_limit_reached"));
+        assert_eq!(error.request_id(), Some("req_9"));
+        assert!(response.body().is_buffered());
+        let (data, err, _) = drain(response.into_body()).await;
+        assert_eq!(data, ERROR.as_bytes());
+        assert!(err.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_non_json_error_body_is_returned_without_api_error() {
+        let html = "<html><body>502 Bad Gateway</body></html>";
+        let response = call(502, "text/html", Chunks::of(&[html]), 1024).await;
+        assert!(response.extensions().get::<ApiError>().is_none());
+        assert_eq!(drain(response.into_body()).await.0, html.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn success_bodies_are_never_touched() {
+        let response = call(200, "application/json", Chunks::of(&[ERROR]), 1024).await;
+        assert!(!response.body().is_buffered());
+        assert!(response.extensions().get::<ApiError>().is_none());
+        assert_eq!(drain(response.into_body()).await.0, ERROR.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn event_streams_pass_through() {
+        let events = "event: error\ndata: {\"type\":\"error\"}\n\n";
+        let response = call(
+            500,
+            "text/event-stream; charset=utf-8",
+            Chunks::of(&[events]),
+            1024,
+        )
+        .await;
+        assert!(!response.body().is_buffered());
+        assert_eq!(drain(response.into_body()).await.0, events.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_body_announced_too_large_passes_through() {
+        let api = service_fn(|_: Request<()>| async {
+            let body = http_body_util::Full::new(Bytes::from(vec![b'x'; 100]));
+            Ok::<_, std::convert::Infallible>(Response::builder().status(500).body(body).unwrap())
+        });
+        let response = ErrorBodyLayer::new()
+            .max_size(99)
+            .layer(api)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert!(!response.body().is_buffered());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_outgrows_the_limit_is_returned_whole() {
+        let parts = ["0123456789", "abcdefghij", "KLMNOPQRST", "uvwxyz"];
+        let response = call(500, "application/json", Chunks::of(&parts), 15).await;
+        assert!(response.extensions().get::<ApiError>().is_none());
+        assert!(response.body().is_buffered());
+        let (data, err, _) = drain(response.into_body()).await;
+        assert_eq!(data, parts.concat().as_bytes());
+        assert!(err.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_error_reaches_the_caller_after_the_bytes_read() {
+        let mut body = Chunks::of(&["{\"error\":", "{\"type\""]);
+        body.0
+            .push_back(Err(std::io::Error::other("connection reset")));
+        let response = call(503, "application/json", body, 1024).await;
+        assert!(response.extensions().get::<ApiError>().is_none());
+        let (data, err, _) = drain(response.into_body()).await;
+        assert_eq!(data, b"{\"error\":{\"type\"");
+        assert_eq!(err.as_deref(), Some("connection reset"));
+    }
+
+    #[tokio::test]
+    async fn trailers_are_kept() {
+        let mut body = Chunks::of(&[ERROR]);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        body.0.push_back(Ok(Frame::trailers(trailers.clone())));
+        let response = call(400, "application/json", body, 1024).await;
+        assert!(response.extensions().get::<ApiError>().is_some());
+        let (data, err, got) = drain(response.into_body()).await;
+        assert_eq!(data, ERROR.as_bytes());
+        assert!(err.is_none());
+        assert_eq!(got, Some(trailers));
+    }
+
+    #[tokio::test]
+    async fn an_empty_error_body() {
+        let response = call(404, "application/json", Chunks::of(&[]), 1024).await;
+        assert!(response.extensions().get::<ApiError>().is_none());
+        assert!(response.body().is_end_stream());
+        assert!(drain(response.into_body()).await.0.is_empty());
+    }
+}
+
+#[cfg(feature = "tower-http")]
+mod tower_http_adapter {
+    use http::Response;
+    use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
+    use tower_llm_limits::BoxError;
+    use tower_llm_limits::signals::{ApiError, OutcomeKind, OutcomesAsFailures};
+
+    fn kind(response: &Response<()>) -> Option<OutcomeKind> {
+        match OutcomesAsFailures::new().classify_response(response) {
+            ClassifiedResponse::Ready(Ok(())) => None,
+            ClassifiedResponse::Ready(Err(outcome)) => Some(outcome.kind()),
+            ClassifiedResponse::RequiresEos(_) => unreachable!("never waits for the end"),
+        }
+    }
+
+    #[test]
+    fn responses() {
+        let status = |s: u16| Response::builder().status(s).body(()).unwrap();
+        assert_eq!(kind(&status(200)), None);
+        assert_eq!(kind(&status(404)), Some(OutcomeKind::ClientError));
+        assert_eq!(kind(&status(529)), Some(OutcomeKind::Overloaded));
+        let mut spend = status(429);
+        let body = br#"{"type":"error","error":{"type":"rate_limit_error","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        spend
+            .extensions_mut()
+            .insert(ApiError::from_json(body).unwrap());
+        assert_eq!(kind(&spend), Some(OutcomeKind::SpendLimit));
+    }
+
+    #[test]
+    fn errors() {
+        let c = OutcomesAsFailures::new();
+        let boxed: BoxError = Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "t"));
+        assert_eq!(c.classify_error(&boxed).kind(), OutcomeKind::Timeout);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "r");
+        assert_eq!(c.classify_error(&io).kind(), OutcomeKind::Connection);
+        let elapsed = tower::timeout::error::Elapsed::new();
+        assert_eq!(c.classify_error(&elapsed).kind(), OutcomeKind::Timeout);
+        assert_eq!(c.classify_error(&"text").kind(), OutcomeKind::Connection);
+    }
+}

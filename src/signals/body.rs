@@ -1,9 +1,11 @@
 //! API error bodies: a layer that reads small non-2xx bodies into an [`ApiError`].
 
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
+use http_body::{Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -83,6 +85,56 @@ impl ApiError {
 
 /// Reads non-2xx response bodies up to a limit, stores the parsed [`ApiError`] in the response's
 /// extensions and hands the body back unchanged. See [`ErrorBodyLayer`].
+///
+/// What is read, and what the caller gets:
+///
+/// - **2xx responses are never touched**: the body is passed through as it streams.
+/// - `text/event-stream` responses are passed through (a stream is never buffered), as are
+///   bodies whose size hint announces more than the limit.
+/// - Other non-2xx bodies (known size within the limit, or unknown size such as chunked
+///   encoding) are read into memory. When the whole body fits, it is parsed with
+///   [`ApiError::from_json`]; a recognised error is inserted into the response's extensions,
+///   where [`Signals`](super::Signals) and the classifier find it. The body is handed back
+///   byte-identical, trailers included.
+/// - A body that turns out larger than the limit while being read is not parsed: the caller gets
+///   the bytes read so far followed by the rest of the original body.
+/// - A body that fails while being read is not parsed: the caller gets the bytes read so far,
+///   then the body's error. Nothing is lost and nothing panics.
+///
+/// Reading an error body holds the response until the body is complete: the size limit is also
+/// a limit on how much an error response can delay the caller's first byte.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use bytes::Bytes;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_llm_limits::signals::{ApiError, ErrorBodyLayer};
+///
+/// const BODY: &str = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+/// let api = service_fn(|_req: Request<()>| async {
+///     let response = Response::builder()
+///         .status(529)
+///         .header("content-type", "application/json")
+///         .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let service = ErrorBodyLayer::new().layer(api);
+///
+/// let response = service.oneshot(Request::new(())).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::from_u16(529).unwrap());
+/// let error = response.extensions().get::<ApiError>().unwrap();
+/// assert_eq!(error.kind(), Some("overloaded_error"));
+/// // The caller still reads the body, unchanged.
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(body, BODY.as_bytes());
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ErrorBody<S> {
     inner: S,
@@ -158,9 +210,16 @@ impl<S> Layer<S> for ErrorBodyLayer {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that is either the original body or the bytes [`ErrorBody`] read from it.
-    #[derive(Debug)]
-    pub struct MaybeBuffered<B> {
+    /// The response body handed back by [`ErrorBody`]: the original body untouched, or the bytes
+    /// [`ErrorBody`] read from it, followed by whatever it could not read.
+    ///
+    /// Every byte the server sent reaches the caller, in order: when the body outgrew the limit
+    /// while being read, the bytes read so far come first, then the rest of the original body;
+    /// when reading failed, the bytes read so far come first, then the body's error.
+    pub struct MaybeBuffered<B>
+    where
+        B: http_body::Body,
+    {
         #[pin]
         inner: Inner<B>,
     }
@@ -168,14 +227,38 @@ pin_project_lite::pin_project! {
 
 pin_project_lite::pin_project! {
     #[project = InnerProj]
-    #[derive(Debug)]
-    enum Inner<B> {
+    enum Inner<B>
+    where
+        B: http_body::Body,
+    {
         Passthrough { #[pin] body: B },
-        Buffered { data: Option<Bytes> },
+        Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // Outgrew the limit: the bytes read, then the rest of the original body.
+        Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
+        // Reading failed: the bytes read, then the error.
+        Failed { prefix: Option<Bytes>, error: Option<B::Error> },
     }
 }
 
-impl<B> MaybeBuffered<B> {
+impl<B: http_body::Body> std::fmt::Debug for MaybeBuffered<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.inner {
+            Inner::Passthrough { .. } => "passthrough",
+            Inner::Buffered { .. } => "buffered",
+            Inner::Prefixed { .. } => "prefixed",
+            Inner::Failed { .. } => "failed",
+        };
+        f.debug_struct("MaybeBuffered")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+fn non_empty(data: Bytes) -> Option<Bytes> {
+    (!data.is_empty()).then_some(data)
+}
+
+impl<B: http_body::Body> MaybeBuffered<B> {
     /// The original body, untouched.
     pub fn passthrough(body: B) -> Self {
         MaybeBuffered {
@@ -185,10 +268,47 @@ impl<B> MaybeBuffered<B> {
 
     /// A body made of bytes already read.
     pub fn buffered(data: Bytes) -> Self {
+        Self::complete(data, None)
+    }
+
+    /// The whole body, read, with its trailers.
+    pub(crate) fn complete(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         MaybeBuffered {
-            inner: Inner::Buffered { data: Some(data) },
+            inner: Inner::Buffered {
+                data: non_empty(data),
+                trailers,
+            },
         }
     }
+
+    /// `prefix`, then the rest of `body`.
+    pub(crate) fn prefixed(prefix: Bytes, body: Pin<Box<B>>) -> Self {
+        MaybeBuffered {
+            inner: Inner::Prefixed {
+                prefix: non_empty(prefix),
+                body,
+            },
+        }
+    }
+
+    /// `prefix`, then `error`.
+    pub(crate) fn failed(prefix: Bytes, error: B::Error) -> Self {
+        MaybeBuffered {
+            inner: Inner::Failed {
+                prefix: non_empty(prefix),
+                error: Some(error),
+            },
+        }
+    }
+
+    /// `true` when the body was read into memory (completely or up to the limit).
+    pub fn is_buffered(&self) -> bool {
+        !matches!(self.inner, Inner::Passthrough { .. })
+    }
+}
+
+fn data_frame<E>(data: Bytes) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+    Poll::Ready(Some(Ok(Frame::data(data))))
 }
 
 impl<B> http_body::Body for MaybeBuffered<B>
@@ -199,14 +319,50 @@ where
     type Error = B::Error;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
             InnerProj::Passthrough { body } => body.poll_frame(cx),
-            InnerProj::Buffered { data } => {
-                Poll::Ready(data.take().map(|d| Ok(http_body::Frame::data(d))))
+            InnerProj::Buffered { data, trailers } => match data.take() {
+                Some(data) => data_frame(data),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            InnerProj::Prefixed { prefix, body } => match prefix.take() {
+                Some(data) => data_frame(data),
+                None => body.as_mut().poll_frame(cx),
+            },
+            InnerProj::Failed { prefix, error } => match prefix.take() {
+                Some(data) => data_frame(data),
+                None => Poll::Ready(error.take().map(Err)),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Passthrough { body } => body.is_end_stream(),
+            Inner::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            Inner::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
+            Inner::Failed { prefix, error } => prefix.is_none() && error.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let len = |d: &Option<Bytes>| d.as_ref().map_or(0, |d| d.len() as u64);
+        match &self.inner {
+            Inner::Passthrough { body } => body.size_hint(),
+            Inner::Buffered { data, .. } => SizeHint::with_exact(len(data)),
+            Inner::Prefixed { prefix, body } => {
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(len(prefix)));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(len(prefix)));
+                }
+                hint
             }
+            Inner::Failed { prefix, .. } => SizeHint::with_exact(len(prefix)),
         }
     }
 }

@@ -4,9 +4,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::Response;
+use bytes::{Bytes, BytesMut};
+use http::response::Parts;
+use http::{HeaderMap, Response};
 
-use super::{Classify, MaybeBuffered, ResponseSignals};
+use super::{ApiError, Classify, MaybeBuffered, ResponseSignals};
 
 pin_project_lite::pin_project! {
     /// Response future of [`Signals`](super::Signals).
@@ -45,32 +47,179 @@ pin_project_lite::pin_project! {
     #[derive(Debug)]
     pub struct ErrorBodyFuture<F, B> {
         #[pin]
-        inner: F,
+        state: State<F, B>,
         max: usize,
-        _body: std::marker::PhantomData<fn() -> B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State<F, B> {
+        Calling { #[pin] inner: F },
+        Reading {
+            parts: Option<Parts>,
+            body: Option<Pin<Box<B>>>,
+            read: Read,
+            trailers: Option<HeaderMap>,
+        },
+        Done,
+    }
+}
+
+/// The bytes read so far; a body that arrives in one frame is kept without a copy.
+#[derive(Debug, Default)]
+struct Read {
+    first: Bytes,
+    more: Option<BytesMut>,
+}
+
+impl Read {
+    fn len(&self) -> usize {
+        self.more.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn push(&mut self, data: Bytes) {
+        match &mut self.more {
+            Some(more) => more.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
+            None => {
+                let mut more = BytesMut::with_capacity(self.first.len() + data.len());
+                more.extend_from_slice(&self.first);
+                more.extend_from_slice(&data);
+                self.more = Some(more);
+            }
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        match self.more.take() {
+            Some(more) => more.freeze(),
+            None => std::mem::take(&mut self.first),
+        }
     }
 }
 
 impl<F, B> ErrorBodyFuture<F, B> {
     pub(crate) fn new(inner: F, max: usize) -> Self {
         ErrorBodyFuture {
-            inner,
+            state: State::Calling { inner },
             max,
-            _body: std::marker::PhantomData,
         }
     }
+}
+
+/// Whether [`ErrorBody`](super::ErrorBody) reads this response's body: non-2xx, not an event
+/// stream, and not announced larger than `max`.
+fn should_read<B: http_body::Body>(response: &Response<B>, max: usize) -> bool {
+    if response.status().is_success() || max == 0 {
+        return false;
+    }
+    let event_stream = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            let v = v.as_bytes();
+            v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream")
+        });
+    if event_stream {
+        return false;
+    }
+    response
+        .body()
+        .size_hint()
+        .upper()
+        .is_none_or(|upper| upper <= max as u64)
 }
 
 impl<F, B, E> Future for ErrorBodyFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body<Data = Bytes>,
 {
     type Output = Result<Response<MaybeBuffered<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let _ = this.max;
-        let response = ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(response.map(MaybeBuffered::passthrough)))
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { inner } => {
+                    let response = ready!(inner.poll(cx))?;
+                    if !should_read(&response, *this.max) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(response.map(MaybeBuffered::passthrough)));
+                    }
+                    let (parts, body) = response.into_parts();
+                    this.state.set(State::Reading {
+                        parts: Some(parts),
+                        body: Some(Box::pin(body)),
+                        read: Read::default(),
+                        trailers: None,
+                    });
+                }
+                StateProj::Reading {
+                    parts,
+                    body,
+                    read,
+                    trailers,
+                } => {
+                    let reading = body
+                        .as_mut()
+                        .expect("ErrorBodyFuture polled after completion");
+                    let frame = ready!(reading.as_mut().poll_frame(cx));
+                    let finished = match frame {
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) if read.len().saturating_add(data.len()) > *this.max => {
+                                read.push(data);
+                                let body = body.take().expect("body present while reading");
+                                tracing::debug!(
+                                    read = read.len(),
+                                    max = *this.max,
+                                    "error body larger than the limit: handed back unparsed"
+                                );
+                                MaybeBuffered::prefixed(read.take(), body)
+                            }
+                            Ok(data) => {
+                                read.push(data);
+                                continue;
+                            }
+                            Err(frame) => {
+                                if let Ok(more) = frame.into_trailers() {
+                                    trailers.get_or_insert_with(HeaderMap::new).extend(more);
+                                }
+                                continue;
+                            }
+                        },
+                        Some(Err(error)) => {
+                            tracing::debug!(
+                                read = read.len(),
+                                "error body failed while being read: handed back with its error"
+                            );
+                            MaybeBuffered::failed(read.take(), error)
+                        }
+                        None => {
+                            let data = read.take();
+                            let api_error = ApiError::from_json(&data);
+                            tracing::debug!(
+                                bytes = data.len(),
+                                parsed = api_error.is_some(),
+                                "error body read"
+                            );
+                            let mut parts = parts.take().expect("parts present while reading");
+                            if let Some(api_error) = api_error {
+                                parts.extensions.insert(api_error);
+                            }
+                            let body = MaybeBuffered::complete(data, trailers.take());
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                        }
+                    };
+                    let parts = parts.take().expect("parts present while reading");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, finished)));
+                }
+                StateProj::Done => panic!("ErrorBodyFuture polled after completion"),
+            }
+        }
     }
 }

@@ -95,6 +95,36 @@ impl ResponseSignals {
 ///
 /// Put it innermost, right above the HTTP client (below [`ErrorBodyLayer`](super::ErrorBodyLayer)
 /// when you use it, so the classifier sees the error body).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_llm_limits::signals::{Dimension, OutcomeKind, ResponseSignals, SignalsLayer};
+///
+/// let api = service_fn(|_req: Request<()>| async {
+///     let response = Response::builder()
+///         .status(429)
+///         .header("retry-after", "2")
+///         .header("anthropic-ratelimit-requests-limit", "50")
+///         .header("anthropic-ratelimit-requests-remaining", "0")
+///         .body(())
+///         .unwrap();
+///     Ok::<_, std::convert::Infallible>(response)
+/// });
+/// let response = SignalsLayer::new().layer(api).oneshot(Request::new(())).await.unwrap();
+///
+/// // Parsed once, read by every layer above.
+/// let signals = ResponseSignals::of(&response);
+/// assert_eq!(signals.outcome().kind(), OutcomeKind::RateLimited);
+/// assert_eq!(signals.hints().retry_after(), Some(std::time::Duration::from_secs(2)));
+/// let requests = signals.rate_limits().get(Dimension::Requests).unwrap();
+/// assert_eq!(requests.remaining(), Some(0));
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Signals<S, C = DefaultClassifier> {
     inner: S,

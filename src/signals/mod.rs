@@ -59,6 +59,8 @@ mod ietf;
 mod layer;
 mod openai;
 mod parse;
+#[cfg(feature = "tower-http")]
+mod tower_http_classify;
 
 pub mod future;
 
@@ -67,3 +69,6 @@ pub use classify::{Classify, ClassifyFn, DefaultClassifier, Outcome, OutcomeKind
 pub use headers::{BucketReading, Dialect, Dimension, RateLimitSnapshot};
 pub use hints::{MAX_HINT, RetryHints, WaitSource};
 pub use layer::{ResponseSignals, Signals, SignalsLayer, WaitAbsorbed};
+#[cfg(feature = "tower-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
+pub use tower_http_classify::OutcomesAsFailures;
