@@ -74,7 +74,6 @@
 //! | `sim` | the simulated Claude-like API, its loopback server and the workload generator (implies `json`) |
 //! | `reqwest` | `reqwest::ReqwestService`, the adapter from `reqwest::Client` |
 //! | `redis` | a Redis-backed rate-limit store, so many processes share one budget |
-//! | `metrics` | metrics through the `metrics` facade |
 //! | `tower-http` | tower-http's `ClassifyResponse` for the outcome classifier |
 //!
 //! # Minimum supported Rust version
@@ -90,7 +89,6 @@ pub mod concurrency;
 pub mod cost;
 pub mod error;
 pub mod fallback;
-pub mod observe;
 pub mod preset;
 pub mod rate_limit;
 pub mod retry;
