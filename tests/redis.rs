@@ -91,10 +91,7 @@ async fn four_instances_share_one_budget_local_ones_overshoot() {
     );
     // Leases keep Redis off the hot path: fewer round trips than requests (about 0.5 with the
     // default 500 ms lease; the margin absorbs a loaded machine, this test runs on the real clock).
-    assert!(
-        (shared_ops as f64) < shared.ok() as f64,
-        "{shared_ops} ops"
-    );
+    assert!((shared_ops as f64) < shared.ok() as f64, "{shared_ops} ops");
     // Pacing alone, each instance spends the whole refill: many times the 429s.
     assert!(
         local.share_429() > 0.05 && local.share_429() > 5.0 * shared.share_429(),
