@@ -545,7 +545,6 @@ async fn a_sim_429_is_retried_after_its_retry_after() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "TEMPORARY: ErrorBodyLayer does not read bodies yet (src/signals/future.rs passes them through)"]
 async fn the_sims_spend_cap_is_not_retried() {
     let api = sim(
         Limits::per_minute(1_000, 1_000_000, 1_000_000),
