@@ -8,11 +8,8 @@ use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi, Workload};
 
 const MODEL: &str = "claude-sonnet-4-5";
 
-/// A burst of 32 callers against limits they exceed many times over: the preset learns the
-/// limits from the first response and completes every request, with almost no 429s, close to
-/// the best possible time.
-#[tokio::test(start_paused = true)]
-async fn anthropic_preset_paces_a_burst_to_the_learned_limits() {
+/// 300 requests from 32 callers against limits they exceed many times over.
+fn burst() -> (SimApi, Workload) {
     let api = SimApi::builder()
         .model(MODEL, Limits::per_minute(60, 40_000, 12_000))
         .latency(Duration::from_millis(400), Duration::from_millis(2))
@@ -23,6 +20,15 @@ async fn anthropic_preset_paces_a_burst_to_the_learned_limits() {
         .input_tokens(500..=4_000)
         .max_tokens(256..=2_048)
         .output_fraction(0.1..=0.6);
+    (api, workload)
+}
+
+/// A burst of 32 callers against limits they exceed many times over: the preset learns the
+/// limits from the first response and completes every request, with almost no 429s, close to
+/// the best possible time.
+#[tokio::test(start_paused = true)]
+async fn anthropic_preset_paces_a_burst_to_the_learned_limits() {
+    let (api, workload) = burst();
     let best = workload.theoretical_best(&api);
     let client = ServiceBuilder::new()
         .layer(preset::anthropic())
@@ -52,16 +58,7 @@ async fn anthropic_preset_paces_a_burst_to_the_learned_limits() {
 /// not a property of the workload.
 #[tokio::test(start_paused = true)]
 async fn bare_client_fails_the_same_burst() {
-    let api = SimApi::builder()
-        .model(MODEL, Limits::per_minute(60, 40_000, 12_000))
-        .latency(Duration::from_millis(400), Duration::from_millis(2))
-        .seed(11)
-        .build();
-    let workload = Workload::new(300, 32)
-        .seed(3)
-        .input_tokens(500..=4_000)
-        .max_tokens(256..=2_048)
-        .output_fraction(0.1..=0.6);
+    let (api, workload) = burst();
     let report = workload.run(api.clone()).await;
     assert!(report.failed() > 150, "bare failures: {}", report.failed());
 }
