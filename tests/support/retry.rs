@@ -131,7 +131,11 @@ pub fn capture_events() -> (Events, tracing::subscriber::DefaultGuard) {
     use tracing_subscriber::layer::SubscriberExt;
     let events = Events::default();
     let subscriber = tracing_subscriber::registry().with(events.clone());
-    (events, tracing::subscriber::set_default(subscriber))
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Another test thread may have registered a callsite while no subscriber wanted it, caching
+    // "never" for it: recompute every callsite's interest now that this one is in place.
+    tracing::callsite::rebuild_interest_cache();
+    (events, guard)
 }
 
 /// One event's fields, `(name, value)`.
