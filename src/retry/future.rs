@@ -48,6 +48,8 @@ pin_project_lite::pin_project! {
         shared: Arc<Shared<C>>,
         rng: fastrand::Rng,
         call: CallState,
+        // The call's `llm_call` span, entered while the future is polled.
+        span: tracing::Span,
     }
 }
 
@@ -79,6 +81,7 @@ where
         request: Request<B>,
         shared: Arc<Shared<C>>,
         rng: fastrand::Rng,
+        span: tracing::Span,
     ) -> Self {
         let (parts, body) = request.into_parts();
         let (request, template) = match body.replay() {
@@ -88,7 +91,7 @@ where
             ),
             None => (Request::from_parts(parts, body), None),
         };
-        let future = service.call(request);
+        let future = span.in_scope(|| service.call(request));
         ResponseFuture {
             state: State::Calling { future },
             service,
@@ -97,6 +100,7 @@ where
             shared,
             rng,
             call: CallState::start(),
+            span,
         }
     }
 }
@@ -128,6 +132,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
@@ -143,10 +148,16 @@ where
                             *this.next = None;
                             return Poll::Ready(result);
                         }
-                        Next::Retry(sleep) if sleep.is_zero() => this.state.set(State::Readying),
-                        Next::Retry(sleep) => this.state.set(State::Sleeping {
-                            sleep: tokio::time::sleep(sleep),
-                        }),
+                        Next::Retry(sleep) => {
+                            this.span.record("attempt", this.call.attempts);
+                            if sleep.is_zero() {
+                                this.state.set(State::Readying);
+                            } else {
+                                this.state.set(State::Sleeping {
+                                    sleep: tokio::time::sleep(sleep),
+                                });
+                            }
+                        }
                     }
                 }
                 StateProj::Sleeping { sleep } => {
