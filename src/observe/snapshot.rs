@@ -537,7 +537,7 @@ impl Snapshot {
             )
             .max()
             .unwrap_or(0)
-            .max(3);
+            .max("breaker".len());
         if !self.rate_limits.is_empty() {
             writeln!(
                 f,
