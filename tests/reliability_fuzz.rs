@@ -464,9 +464,12 @@ fn error_body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// What each set of [`corpus`] means, in the same order: the readings (dimension, limit,
-/// remaining, reset) and the retry wait, at 2026-11-23T11:00:00Z.
-fn corpus_readings() -> Vec<(Vec<(Dimension, u64, u64, Duration)>, Option<Duration>)> {
+/// A reading a corpus set must give: dimension, limit, remaining, reset.
+type Reading = (Dimension, u64, u64, Duration);
+
+/// What each set of [`corpus`] means, in the same order: the readings and the retry wait, at
+/// 2026-11-23T11:00:00Z.
+fn corpus_readings() -> Vec<(Vec<Reading>, Option<Duration>)> {
     let ms = Duration::from_millis;
     vec![
         (
