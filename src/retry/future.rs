@@ -80,6 +80,7 @@ where
         shared: Arc<Shared<C>>,
         rng: fastrand::Rng,
     ) -> Self {
+        let call = CallState::start(request.extensions());
         let (parts, body) = request.into_parts();
         let (request, template) = match body.replay() {
             Some(copy) => (
@@ -96,7 +97,7 @@ where
             next: None,
             shared,
             rng,
-            call: CallState::start(),
+            call,
         }
     }
 }
