@@ -224,15 +224,17 @@ where
 }
 
 /// The script: the API starts with an empty requests bucket (the first call meets a 429), then
-/// a few calls go through, then the API is overloaded (529) from 20 s to 40 s, then recovers.
+/// a few calls go through, then the API is overloaded (529) from 20 s to 120 s: the breaker
+/// opens and the retry layer waits for it up to a minute per call, in vain. Then it recovers.
 #[test]
 fn scripted_run_is_traced_measured_and_snapshotted() {
     let ((during, after, outcomes), events, snapshotter) = captured(|| async {
+        let start = tokio::time::Instant::now();
         let api = SimApi::builder()
             .model(MODEL, limits())
             .starting_fill(0.0)
             .faults(Faults::new().window(
-                Duration::from_secs(20)..Duration::from_secs(40),
+                Duration::from_secs(20)..Duration::from_secs(120),
                 Fault::Overloaded { probability: 1.0 },
             ))
             .seed(7)
@@ -244,15 +246,18 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
         for _ in 0..5 {
             outcomes.push(call(&client).await);
         }
-        // Phase 2: overload. Each call tries 3 times; the breaker opens after 5 in a row.
-        tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(25)).await;
-        for _ in 0..3 {
-            outcomes.push(call(&client).await);
-        }
+        // Phase 2, from 25 s: overload. The first call tries 3 times, the second trips the
+        // breaker (5 failures in a row) at about 27 s and waits for it.
+        tokio::time::sleep_until(start + Duration::from_secs(25)).await;
+        let overloaded = tokio::spawn({
+            let client = client.clone();
+            async move { [call(&client).await, call(&client).await] }
+        });
+        tokio::time::sleep_until(start + Duration::from_secs(30)).await;
         let during = layer.snapshot();
-        during.record_metrics();
-        // Phase 3: the window is over and the breaker lets probes through again.
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        outcomes.extend(overloaded.await.unwrap());
+        // Phase 3, from 200 s: the API has recovered; probes close the breaker.
+        tokio::time::sleep_until(start + Duration::from_secs(200)).await;
         for _ in 0..5 {
             outcomes.push(call(&client).await);
         }
@@ -265,7 +270,7 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
     // Outcomes: phase 1 and 3 succeed, phase 2 fails.
     assert_eq!(
         outcomes,
-        [[true; 5].as_slice(), &[false; 3], &[true; 5],].concat(),
+        [[true; 5].as_slice(), &[false; 2], &[true; 5],].concat(),
         "{after}"
     );
 
@@ -308,7 +313,7 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
     assert_eq!(json["breakers"][0]["state"], "closed");
 
     // --- Metrics ------------------------------------------------------------------------
-    assert_eq!(m.counter(names::CALLS, &[]), 13);
+    assert_eq!(m.counter(names::CALLS, &[]), 12);
     assert_eq!(m.counter(names::CALL_OUTCOMES, &[("kind", "success")]), 10);
     // The 429 of the first call: counted by the limiter, retried with the wait it absorbed.
     assert_eq!(
@@ -332,7 +337,7 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
         ) >= 2
     );
     let attempts = m.histogram(names::CALL_ATTEMPTS, &[]);
-    assert_eq!(attempts.len(), 13);
+    assert_eq!(attempts.len(), 12);
     assert_eq!(attempts[0], 2.0, "the first call took two attempts");
     // The breaker: opened on overload, rejected calls, closed again.
     assert_eq!(
@@ -433,10 +438,35 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
         .find(|e| field(e, "reason") == "overloaded" && field(e, "attempt") == "3")
         .expect("a third attempt on overload");
     assert_eq!(field(overload_retry, "span.llm_call.attempt"), "2");
+    // Opened by five 529s in a row, then again by each failed probe while the overload lasts.
     let opened = events.with_message("circuit breaker opened");
-    assert_eq!(opened.len(), 1);
+    assert!(opened.len() >= 2, "{opened:?}");
     assert_eq!(field(&opened[0], "key"), "*");
     assert_eq!(field(&opened[0], "reason"), "consecutive_failures");
+    assert!(
+        opened[1..]
+            .iter()
+            .all(|e| field(e, "reason") == "probe_failed")
+    );
+    assert_eq!(
+        m.counter_total(names::BREAKER_TRANSITIONS) as usize,
+        events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(
+                |e| field(e, "message").starts_with("circuit breaker opened")
+                    || field(e, "message") == "circuit breaker half-open"
+                    || field(e, "message") == "circuit breaker closed"
+            )
+            .count()
+    );
+    // The retry layer waited for the open breaker, inside the call's span.
+    let breaker_waits = events.with_message("waiting for the circuit breaker");
+    assert!(!breaker_waits.is_empty());
+    assert_eq!(field(&breaker_waits[0], "key"), "*");
+    assert_eq!(field(&breaker_waits[0], "span.llm_call.key"), MODEL);
     assert_eq!(events.with_message("circuit breaker closed").len(), 1);
     assert!(
         !events

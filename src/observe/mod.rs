@@ -146,6 +146,8 @@
 //! | INFO | `rate limit: 429, cooling down every request of this key` | `key`, `wait_ms`, `cooldown_ms` | rate limit |
 //! | INFO | `rate limit: limit learned` | `key`, `dimension`, `old`, `new`, `window_s` | rate limit |
 //! | INFO | `retrying` | `attempt` (the next), `reason`, `status`, `wait_ms`, `sleep_ms`, `source` | retry |
+//! | DEBUG | `waiting for the circuit breaker` | `attempt`, `key`, `half_open`, `wait_ms`, `waited_ms` | retry |
+//! | DEBUG | `circuit breaker open: not waiting` | `attempts`, `key`, `waited_ms` | retry |
 //! | DEBUG | `not retrying` | `attempts`, `reason`, `status`, `why` | retry |
 //! | INFO | `giving up` | `attempts`, `reason`, `status`, `server_wait_ms`, `why` (`budget`, `wait_too_long`, `deadline`), `error` | retry |
 //! | WARN | `circuit breaker opened` | `key`, `from`, `reason`, `trips`, `open_for_ms` | breaker |

@@ -132,7 +132,7 @@ where
         let key = match req.extensions().get::<RateLimitKey>() {
             Some(k) => k.clone(),
             None => {
-                let k = self.key_fn.key(&req);
+                let k = self.key_fn.key_mut(&mut req);
                 req.extensions_mut().insert(k.clone());
                 k
             }
@@ -145,7 +145,7 @@ where
             (Some(c), _) => (*c, true),
             (None, Some(e)) => (e.0, false),
             (None, None) => {
-                let c = self.cost_fn.estimate(&req);
+                let c = self.cost_fn.estimate_mut(&mut req);
                 req.extensions_mut().insert(Estimated(c));
                 (c, false)
             }

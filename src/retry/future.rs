@@ -83,6 +83,7 @@ where
         rng: fastrand::Rng,
         span: tracing::Span,
     ) -> Self {
+        let call = CallState::start(request.extensions());
         let (parts, body) = request.into_parts();
         let (request, template) = match body.replay() {
             Some(copy) => (
@@ -99,7 +100,7 @@ where
             next: None,
             shared,
             rng,
-            call: CallState::start(),
+            call,
             span,
         }
     }
