@@ -245,6 +245,7 @@ impl RateLimitState {
                 configured,
                 window: limits.get_window(),
                 learned: [None; 4],
+                server: [None; 4],
                 probe: Probe::Idle,
                 cooldown_until: None,
                 dispatched: [0; 4],
@@ -488,6 +489,11 @@ struct KeyState {
     configured: [Option<u64>; 4],
     window: Duration,
     learned: [Option<(u64, Duration)>; 4],
+    /// The server's own bucket, per dimension, while a configured ceiling is below the limit it
+    /// reports: the ceiling (in `buckets`) counts this key's own usage at the configured rate,
+    /// this one the server's level at the server's rate, corrected from its readings. A request
+    /// must fit both.
+    server: [Option<Bucket>; 4],
     probe: Probe,
     cooldown_until: Option<Instant>,
     /// Cumulative charge at dispatch, per dimension (monotone).
@@ -656,6 +662,17 @@ impl KeyState {
                     e.max(b.ready_at(charge[i], b.capacity()).unwrap_or(e))
                 }),
             };
+            // Under a ceiling the server's own bucket must hold the cost too (it is larger
+            // than the ceiling, so the cost always fits it eventually).
+            let t = match self.server[i] {
+                Some(mut s) => {
+                    if let Some(ahead) = ahead {
+                        s.charge(ahead[i], now);
+                    }
+                    s.ready_at(charge[i], s.capacity()).map_or(t, |u| t.max(u))
+                }
+                None => t,
+            };
             if t > at {
                 at = t;
                 dim = Some(d);
@@ -694,6 +711,9 @@ impl KeyState {
                 }
                 b.charge(charge[d.index()], now);
                 self.buckets.set(d, Some(b));
+            }
+            if let Some(s) = &mut self.server[d.index()] {
+                s.charge(charge[d.index()], now);
             }
         }
         for (c, x) in self.dispatched.iter_mut().zip(charge) {
@@ -744,6 +764,9 @@ impl KeyState {
             if let Some(mut b) = self.buckets.get(d) {
                 b.refund(amounts[i], now);
                 self.buckets.set(d, Some(b));
+            }
+            if let Some(s) = &mut self.server[i] {
+                s.refund(amounts[i], now);
             }
         }
     }
@@ -890,7 +913,7 @@ impl KeyState {
         let Some((cap, window)) = self.capacity(d) else {
             return;
         };
-        let mut b = match self.buckets.get(d) {
+        let b = match self.buckets.get(d) {
             Some(mut b) => {
                 if (b.capacity(), b.window()) != (cap, window) {
                     b.resize(cap, window, now);
@@ -903,9 +926,31 @@ impl KeyState {
         let server_cap = self.learned[i].map_or(cap, |l| l.0);
         let server_window = self.learned[i].map_or(window, |l| l.1);
         let server = Bucket::new(server_cap, server_window, now);
+        // The bucket the reading corrects: the local one, or under a configured ceiling below
+        // the server's limit the server's own bucket. The ceiling counts this key's own usage at
+        // the configured rate; the server's units used (everyone's, refilled at the server's
+        // rate) say nothing about it, and converting them into the smaller bucket turned a
+        // nearly empty server bucket into a wait of many minutes.
+        let ceiling = cap < server_cap;
+        let mut target = if ceiling {
+            match self.server[i] {
+                Some(mut s) => {
+                    if (s.capacity(), s.window()) != (server_cap, server_window) {
+                        s.resize(server_cap, server_window, now);
+                    }
+                    s
+                }
+                None => server,
+            }
+        } else {
+            self.server[i] = None;
+            b
+        };
+        self.buckets.set(d, Some(b));
         let dispatched = record.at.min(received);
         // `remaining` was read at some instant between dispatch and receipt; Anthropic rounds
         // token counts to the nearest thousand.
+        let read_at = received;
         let tol = if dialect == Some(Dialect::Anthropic) && d != Dimension::Requests {
             TOKENS_REMAINING_TOLERANCE
         } else {
@@ -916,7 +961,7 @@ impl KeyState {
             (
                 add(dispatched, server.span(used.saturating_sub(tol))),
                 add(
-                    received,
+                    read_at,
                     server.span(used.saturating_add(tol).min(server_cap)),
                 ),
             )
@@ -937,7 +982,11 @@ impl KeyState {
             }
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => {
-                self.buckets.set(d, Some(b));
+                if ceiling {
+                    self.server[i] = Some(target);
+                } else {
+                    self.buckets.set(d, Some(target));
+                }
                 return;
             }
         };
@@ -967,21 +1016,23 @@ impl KeyState {
             Dimension::OutputTokens => output,
             _ => after_input.saturating_add(output),
         };
-        // The server's instants are in its own rate; the local bucket may be smaller (a
-        // configured ceiling): convert through the units used.
-        let to_local = |t: Instant| {
-            let used = server.span_units(t.saturating_duration_since(now));
-            add(now, b.span(used.saturating_add(not_in_reading)))
-        };
-        let (lo_at, hi_at) = (to_local(lo), to_local(hi));
-        let old = b.full_at();
+        // The target has the server's capacity and window (the server's own bucket, or a local
+        // bucket without a ceiling below the server's limit): add what the reading misses.
+        let shift = |t: Instant| add(t.max(now), target.span(not_in_reading));
+        let (lo_at, hi_at) = (shift(lo), shift(hi));
+        let old = target.full_at();
         if old < lo_at || old > hi_at {
-            b.set_full_at(hi_at);
-            tracing::debug!(key = %key, dimension = d.as_str(), old_level = Bucket::new(cap, window, old).level(now),
-                new_level = b.level(now), server_remaining = ?reading.remaining(),
+            target.set_full_at(hi_at);
+            tracing::debug!(key = %key, dimension = d.as_str(), ceiling,
+                old_level = Bucket::new(server_cap, server_window, old).level(now),
+                new_level = target.level(now), server_remaining = ?reading.remaining(),
                 "rate limit: level corrected from the server's reading");
         }
-        self.buckets.set(d, Some(b));
+        if ceiling {
+            self.server[i] = Some(target);
+        } else {
+            self.buckets.set(d, Some(target));
+        }
         if !full_at_reset
             && reading.remaining() == Some(0)
             && let Some(reset) = reading.reset()
@@ -1415,6 +1466,57 @@ mod tests {
             snap.cooldown_until(),
             Some(Instant::now() + Duration::from_secs(30))
         );
+    }
+
+    /// A configured ceiling below the server's limit, and a server bucket nearly emptied by
+    /// someone else: the wait is the server's refill time for the missing tokens (at the
+    /// server's rate), not the configured bucket's, and the ceiling still counts only this key's
+    /// own usage.
+    #[tokio::test(start_paused = true)]
+    async fn ceiling_below_server_limit_waits_for_the_server_refill() {
+        let state = RateLimitState::with_limits(Limits::new().input_tokens(10_000));
+        let mut a = send(&state, Cost::new(1, 1_000, 0), true);
+        // Server: 150,000 ITPM (2,500 per second), 1,000 left after `a`: full again in 59.6 s.
+        let snapshot = RateLimitSnapshot::new()
+            .with_dialect(Dialect::Anthropic)
+            .with(Dimension::InputTokens, reading(150_000, 1_000, 60_000));
+        reply(&mut a, &snapshot, Outcome::success());
+        assert_eq!(
+            state
+                .key_snapshot(&key())
+                .unwrap()
+                .bucket(Dimension::InputTokens)
+                .unwrap()
+                .capacity(),
+            10_000
+        );
+        // 2,000 more: the server has 500..=1,500 (rounded to the thousand), so 0.2..=0.6 s of
+        // its refill; our own ceiling has 9,000 left.
+        let max = Duration::from_secs(2);
+        let mut b = state
+            .enter(
+                &key(),
+                Cost::new(1, 2_000, 0),
+                true,
+                Priority::Interactive,
+                Some(max),
+            )
+            .expect("a 0.2-0.6 s wait is within a 2 s maximum");
+        assert!(!b.is_admitted(), "the server bucket is nearly empty");
+        let waker = std::task::Waker::noop();
+        let Admission::Wait(Some(at)) = b.poll_admit(waker) else {
+            panic!("expected a timed wait");
+        };
+        let wait = at.saturating_duration_since(Instant::now());
+        assert!(
+            wait >= Duration::from_millis(200) && wait <= Duration::from_millis(1_000),
+            "wait {wait:?}"
+        );
+        tokio::time::advance(wait).await;
+        assert!(matches!(b.poll_admit(waker), Admission::Admitted));
+        // The ceiling counts this key's own usage: 1,000 + 2,000 of 10,000.
+        let level = level(&state, Dimension::InputTokens);
+        assert!((6_900..=7_100).contains(&level), "ceiling level {level}");
     }
 
     /// A server that charges 80% of the raw estimates: the correction factor converges there.
