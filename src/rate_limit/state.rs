@@ -856,6 +856,12 @@ impl KeyState {
             })
         };
         self.finish(record, own_output);
+        if !limited && let Some(u) = usage {
+            // The true output is known: settle the reservation at once, before the reading is
+            // compared (neither accounting charges the unused part of `max_tokens` for long).
+            let back = record.charge[OUT].saturating_sub(u.output_tokens());
+            self.refund(&[OUT, TOK], &[0, 0, back, back], now);
+        }
         if snapshot.is_empty() {
             if record.probe {
                 let ok = outcome.is_success() && !self.any_bucket();
@@ -874,16 +880,6 @@ impl KeyState {
                     continue;
                 }
                 self.learn(key, d, reading, dialect, record, received, now);
-            }
-        }
-        if !limited
-            && snapshot.get(Dimension::OutputTokens).is_none()
-            && let Some(u) = usage
-        {
-            let back = record.charge[OUT].saturating_sub(u.output_tokens());
-            self.refund(&[OUT], &[0, 0, back, 0], now);
-            if snapshot.get(Dimension::Tokens).is_none() {
-                self.refund(&[TOK], &[0, 0, 0, back], now);
             }
         }
         self.wake_head();
@@ -1395,6 +1391,34 @@ mod tests {
             usage: Some(Usage::new(0, 100)),
         });
         assert_eq!(level(&state, Dimension::OutputTokens), 6_600);
+    }
+
+    /// A known usage settles the reservation at the response, headers or not.
+    #[tokio::test(start_paused = true)]
+    async fn usage_settles_the_output_reservation_at_the_response() {
+        let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+        let mut a = send(&state, Cost::new(1, 0, 1_000), true);
+        let mut b = send(&state, Cost::new(1, 0, 1_000), true);
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_000);
+        // Read at a's admission: nothing produced yet; a produced 300. The reading (± 500)
+        // agrees with 6,700 left, so only the usage can give the 700 back.
+        let reading = RateLimitSnapshot::new()
+            .with_dialect(Dialect::Anthropic)
+            .with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+        a.complete_with(Reply {
+            snapshot: &reading,
+            outcome: &Outcome::success(),
+            received: Instant::now(),
+            usage: Some(Usage::new(0, 300)),
+        });
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+        b.complete_with(Reply {
+            snapshot: &reading,
+            outcome: &Outcome::success(),
+            received: Instant::now(),
+            usage: Some(Usage::new(0, 1_000)),
+        });
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
     }
 
     #[tokio::test(start_paused = true)]
