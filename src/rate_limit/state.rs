@@ -35,6 +35,9 @@ const TOKENS_REMAINING_TOLERANCE: u64 = 500;
 const RESET_BELOW: Duration = Duration::from_secs(2);
 /// ...or this much after it (a server that truncates instead of rounding up).
 const RESET_ABOVE: Duration = Duration::from_secs(1);
+/// The longest a request is assumed to take from dispatch to the server's admission, where
+/// `remaining` is read (a network round trip at most; generation comes after).
+const READING_DELAY: Duration = Duration::from_millis(50);
 
 /// Bounds and smoothing of the learned input-estimate correction.
 const FACTOR_MIN: f64 = 0.5;
@@ -944,9 +947,11 @@ impl KeyState {
         };
         self.buckets.set(d, Some(b));
         let dispatched = record.at.min(received);
-        // `remaining` was read at some instant between dispatch and receipt; Anthropic rounds
-        // token counts to the nearest thousand.
-        let read_at = received;
+        // `remaining` is the level right after the server admitted this request: at dispatch,
+        // plus the time the request takes to reach the server (at most `READING_DELAY` is
+        // assumed; the rounding tolerance covers more). Anthropic rounds token counts to the
+        // nearest thousand.
+        let read_at = received.min(add(dispatched, READING_DELAY));
         let tol = if dialect == Some(Dialect::Anthropic) && d != Dimension::Requests {
             TOKENS_REMAINING_TOLERANCE
         } else {
