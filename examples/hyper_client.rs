@@ -5,9 +5,12 @@
 //! cargo run --example hyper_client
 //! ```
 //!
-//! This example's connector is plain `HttpConnector` (no TLS), so it always talks to the
-//! simulated API on loopback. For `https://api.anthropic.com`, build the client with a TLS
-//! connector instead (for instance `hyper-rustls`'s `HttpsConnector`); the stack is the same.
+//! ```sh
+//! ANTHROPIC_API_KEY=... cargo run --example hyper_client   # the real API, over TLS
+//! ```
+//!
+//! The connector is `hyper-rustls`'s `HttpsConnector` with Mozilla's root certificates: it
+//! speaks TLS to `https://api.anthropic.com` and plain HTTP to the simulated API on loopback.
 
 mod support;
 
@@ -20,22 +23,20 @@ use tower_llm_limits::{BoxError, preset};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    if std::env::var_os("ANTHROPIC_API_KEY").is_some() {
-        println!(
-            "ANTHROPIC_API_KEY is set, but this example's hyper client has no TLS connector: \
-             add one (e.g. hyper-rustls) to call https://api.anthropic.com. Using the simulated \
-             API instead."
-        );
-    }
     let target = support::Target::from_env(
         "ANTHROPIC_API_KEY",
         "https://api.anthropic.com",
-        false,
+        true,
         support::sim_api(),
     )
     .await?;
 
-    let hyper_client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let hyper_client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
     let layer = preset::anthropic();
     let client = ServiceBuilder::new()
         .layer(layer.clone())

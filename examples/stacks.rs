@@ -15,7 +15,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use http_body::Body as _;
 use http_body_util::Full;
 use tower::ServiceBuilder;
@@ -29,10 +29,7 @@ use tower_llm_limits::preset::{self, PresetLayer};
 use tower_llm_limits::rate_limit::{self, HostKey, RateLimitLayer};
 use tower_llm_limits::reqwest::ReqwestService;
 use tower_llm_limits::retry::{self, RetryLayer};
-use tower_llm_limits::signals::{
-    ApiError, Classify, DefaultClassifier, ErrorBodyLayer, Outcome, OutcomeKind, RetryHints,
-    SignalsLayer,
-};
+use tower_llm_limits::signals::SignalsLayer;
 
 /// Anthropic: limits learned per model from `anthropic-ratelimit-*`, 429 `retry-after` honoured,
 /// the breaker trips on 529 overload, 413 and other 4xx never retried.
@@ -46,78 +43,18 @@ fn openai_stack() -> PresetLayer {
     preset::openai().max_wait(Duration::from_secs(30))
 }
 
-/// Bedrock's error kinds arrive in `x-amzn-errortype` (`ThrottlingException:http://...`), with no
-/// rate-limit headers: throttling is a rate limit, `ServiceUnavailableException` and
-/// `ModelNotReadyException` are overload (they trip the breaker).
-#[derive(Clone, Copy, Debug, Default)]
-struct BedrockClassifier;
-
-impl Classify for BedrockClassifier {
-    fn classify_response(
-        &self,
-        status: StatusCode,
-        headers: &HeaderMap,
-        hints: &RetryHints,
-        api_error: Option<&ApiError>,
-    ) -> Outcome {
-        let error_type = headers
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(':').next().unwrap_or(v));
-        let kind = match error_type {
-            Some("ThrottlingException") => OutcomeKind::RateLimited,
-            Some("ServiceUnavailableException" | "ModelNotReadyException") => {
-                OutcomeKind::Overloaded
-            }
-            _ => {
-                return DefaultClassifier::new()
-                    .classify_response(status, headers, hints, api_error);
-            }
-        };
-        Outcome::new(kind)
-            .with_status(status)
-            .with_retry_after(hints.retry_after())
-    }
-}
-
-/// The layers of a Bedrock-style stack, outermost first: the preset's order, every layer with the
-/// Bedrock classifier, and configured limits (Bedrock sends no rate-limit headers): here
-/// 200 requests and 200,000 tokens per minute per host.
-type BedrockLayers = Stack<
-    ErrorBodyLayer,
-    Stack<
-        SignalsLayer<BedrockClassifier>,
-        Stack<
-            AdaptiveConcurrencyLimitLayer<BedrockClassifier>,
-            Stack<
-                RateLimitLayer<HostKey>,
-                Stack<
-                    CircuitBreakerLayer<BedrockClassifier>,
-                    Stack<RetryLayer<BedrockClassifier>, Identity>,
-                >,
-            >,
-        >,
-    >,
->;
-
-fn bedrock_stack() -> ServiceBuilder<BedrockLayers> {
-    let limits = rate_limit::Limits::per_minute(200, 200_000, 200_000);
-    ServiceBuilder::new()
-        .layer(RetryLayer::new(
-            retry::Policy::new().classifier(BedrockClassifier),
-        ))
-        .layer(CircuitBreakerLayer::with_classifier(
-            breaker::Policy::new(),
-            BedrockClassifier,
-        ))
-        .layer(RateLimitLayer::with_limits(limits).key_fn(HostKey::new()))
-        .layer(
-            AdaptiveConcurrencyLimitLayer::new(Aimd::new().initial(16).min(2).max(64))
-                .expect("a valid AIMD configuration")
-                .classifier(BedrockClassifier),
-        )
-        .layer(SignalsLayer::with_classifier(BedrockClassifier))
-        .layer(ErrorBodyLayer::new())
+/// Bedrock: no rate-limit headers, so the limits are configured (here 200 requests and 200,000
+/// tokens per minute per host, as a Bedrock quota would be); error kinds arrive in
+/// `x-amzn-errortype` (`ThrottlingException:http://...`), which the default classifier already
+/// reads: throttling is a rate limit, `ServiceUnavailableException` and `ModelNotReadyException`
+/// are overload (they trip the breaker). `preset::generic` keys the limits by host and also
+/// trips the breaker on other 5xx; the concurrency cap starts lower than the Anthropic preset's.
+fn bedrock_stack() -> PresetLayer<HostKey> {
+    let concurrency = AdaptiveConcurrencyLimitLayer::new(Aimd::new().initial(16).min(2).max(64))
+        .expect("a valid AIMD configuration");
+    preset::generic()
+        .limits(rate_limit::Limits::per_minute(200, 200_000, 200_000))
+        .concurrency(concurrency)
 }
 
 /// The cost of a request of the custom stack: one request, a quarter of the body's bytes as input
@@ -227,7 +164,9 @@ async fn main() -> Result<(), BoxError> {
     })
     .await;
 
-    println!("Bedrock-style (custom classifier on x-amzn-errortype, configured limits):");
+    println!(
+        "Bedrock-style (preset::generic: x-amzn-errortype read by the default classifier, configured limits):"
+    );
     let api = support::sim_api();
     let bedrock = tower::ServiceBuilder::new()
         .map_response(bedrock_like)
@@ -240,7 +179,9 @@ async fn main() -> Result<(), BoxError> {
         sim: None,
         openai: false,
     };
-    let client = bedrock_stack().service(bedrock);
+    let client = ServiceBuilder::new()
+        .layer(bedrock_stack())
+        .service(bedrock);
     ok += support::drive("bedrock", client, 40, |i| {
         target.messages_request(&format!("Question {i}"), 64)
     })

@@ -825,3 +825,141 @@ async fn when_no_breaker_is_closed_the_least_recently_used_goes() {
     assert!(matches!(layer.state_of("b"), State::Open { .. }));
     assert!(matches!(layer.state_of("c"), State::Open { .. }));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A retry layer above the breaker waits for it instead of failing the call.
+
+/// A breaker (exact policy: open 10 s) tripped at t = 0 by five overloads of an upstream that
+/// is overloaded during the first `overload` and answers after `latency`.
+async fn tripped(
+    latency: Duration,
+    overload: Duration,
+    policy: Policy,
+) -> (CircuitBreaker<Upstream>, Upstream) {
+    let api = Upstream::overloaded_during(latency, Duration::ZERO..overload);
+    let mut breaker = CircuitBreaker::new(api.clone(), policy);
+    for _ in 0..5 {
+        assert_eq!(status(&send(&mut breaker).await), Some(529));
+    }
+    assert!(matches!(breaker.state(), State::Open { .. }));
+    (breaker, api)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_the_open_breaker_and_sends_the_call_when_it_probes() {
+    let (breaker, api) = tripped(Duration::ZERO, Duration::from_secs(5), exact()).await;
+    let budget = tower_llm_limits::retry::Budget::default();
+    let retry = Retry::new(
+        breaker.clone(),
+        RetryPolicy::new().budget(budget.clone()).seed(7),
+    );
+    let start = Instant::now();
+    let response = retry.oneshot(request(MODEL)).await.unwrap();
+    let waited = start.elapsed();
+    assert_eq!(response.status(), 200);
+    // Until the breaker probes again (10 s), plus a jitter of at most a tenth, capped at 1 s.
+    assert!(
+        waited >= Duration::from_secs(10) && waited <= Duration::from_secs(11),
+        "{waited:?}"
+    );
+    // The refused attempt never reached the API and is not counted as an attempt.
+    assert_eq!(api.received(), 6);
+    let attempts = response
+        .extensions()
+        .get::<tower_llm_limits::retry::Attempts>()
+        .unwrap()
+        .get();
+    assert_eq!(attempts, 1);
+    // The call was the first of the three successful probes that close it.
+    assert_eq!(breaker.state(), State::HalfOpen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_open_longer_than_the_allowed_wait_is_returned_at_once() {
+    let (breaker, api) = tripped(Duration::ZERO, Duration::from_secs(5), exact()).await;
+    let retry = Retry::new(
+        breaker,
+        RetryPolicy::new().max_breaker_wait(Duration::from_secs(9)),
+    );
+    let start = Instant::now();
+    let open = open_error(retry.oneshot(request(MODEL)).await);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(open.retry_after(), Duration::from_secs(10));
+    assert_eq!(api.received(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_waits_for_the_breaker_add_up_to_at_most_the_allowed_total() {
+    // Overloaded for 100 s: the probe at 10 s fails and the breaker reopens for 20 s, which
+    // would take the call to 30 s, past the 25 s allowed.
+    let (breaker, api) = tripped(Duration::ZERO, Duration::from_secs(100), exact()).await;
+    let retry = Retry::new(
+        breaker,
+        RetryPolicy::new()
+            .max_breaker_wait(Duration::from_secs(25))
+            .without_budget()
+            .seed(7),
+    );
+    let start = Instant::now();
+    let result = retry.oneshot(request(MODEL)).await;
+    let waited = start.elapsed();
+    // The probe at 10 s got a 529, retried after the SDK backoff into the reopened breaker,
+    // whose 20 s would exceed the total: the refusal comes back right then.
+    let open = open_error(result);
+    assert!(!open.is_half_open());
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(12),
+        "{waited:?}"
+    );
+    assert_eq!(api.received(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fail_fast_request_gets_the_refusal_at_once() {
+    let (breaker, api) = tripped(Duration::ZERO, Duration::from_secs(5), exact()).await;
+    let retry = Retry::new(breaker, RetryPolicy::new());
+    let mut request = request(MODEL);
+    request
+        .extensions_mut()
+        .insert(tower_llm_limits::breaker::FailFast);
+    let start = Instant::now();
+    let open = open_error(retry.oneshot(request).await);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(open.retry_after(), Duration::from_secs(10));
+    assert_eq!(api.received(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_refusal_is_retried_after_a_backoff_until_the_probe_closes_it() {
+    // One probe slot; the upstream answers after 2 s. A first call takes the probe
+    // slot; a second call, refused as half-open, backs off and goes through once the probe
+    // succeeded and closed the breaker, 2 s later.
+    let (breaker, api) = tripped(
+        Duration::from_secs(2),
+        Duration::from_secs(9),
+        exact().half_open_probes(1),
+    )
+    .await;
+    // The five trips each took 2 s: the breaker opened at 10 s and probes at 20 s.
+    let State::Open { .. } = breaker.state() else {
+        panic!("open")
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    tokio::time::sleep_until(until).await;
+    let probe = tokio::spawn(breaker.clone().oneshot(request(MODEL)));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let retry = Retry::new(breaker.clone(), RetryPolicy::new().without_budget().seed(7));
+    let start = Instant::now();
+    let response = retry.oneshot(request(MODEL)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(probe.await.unwrap().unwrap().status(), 200);
+    // Backoffs of 0.5, 1 and 2 s (less up to a quarter each): through between 2 s (the probe
+    // closed it) and 3.5 s (+ its own 2 s latency).
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(4) && took <= Duration::from_millis(5_500),
+        "{took:?}"
+    );
+    assert_eq!(api.received(), 7);
+}

@@ -100,3 +100,49 @@ async fn preset_breaker_shields_an_overloaded_api() {
     );
     assert!(report.ok() > 0);
 }
+
+/// The burst against a server that sends no `date` header, whose resets are read against the
+/// local wall clock: `epoch` is the server's clock at the start. Returns (failed, 429s, ratio).
+async fn burst_without_date(epoch: Option<std::time::SystemTime>) -> (usize, u64, f64) {
+    let mut builder = SimApi::builder()
+        .model(MODEL, Limits::per_minute(60, 40_000, 12_000))
+        .latency(Duration::from_millis(400), Duration::from_millis(2))
+        .seed(11);
+    if let Some(epoch) = epoch {
+        builder = builder.epoch(epoch);
+    }
+    let api = builder.build();
+    let (_, workload) = burst();
+    let best = workload.theoretical_best(&api);
+    let client = ServiceBuilder::new()
+        .layer(preset::anthropic())
+        .map_response(|mut response: http::Response<_>| {
+            response.headers_mut().remove(http::header::DATE);
+            response
+        })
+        .service(api.clone());
+    let report = workload.run(client).await;
+    let ratio = best.as_secs_f64() / report.elapsed().as_secs_f64();
+    (report.failed(), api.counters().rate_limited(), ratio)
+}
+
+/// Without a `date` header, a server clock far behind ours (the sim's default epoch is
+/// 2026-01-01) puts every reset in the past: read as "full now" they would send bursts into
+/// 429s. They are recognised as skew and dropped; `remaining` alone paces.
+#[tokio::test(start_paused = true)]
+async fn without_a_date_header_a_skewed_server_clock_does_not_derail_pacing() {
+    let (failed, rate_limited, ratio) = burst_without_date(None).await;
+    assert_eq!((failed, rate_limited), (0, 0));
+    assert!(ratio > 0.95, "{ratio}");
+}
+
+/// Without a `date` header and on tokio's paused clock, our wall clock stands still while the
+/// server's advances: its resets drift ever further ahead of our clock. Read as they are, they
+/// would hold every request for minutes; they are dropped once outside the minute ahead.
+#[tokio::test(start_paused = true)]
+async fn without_a_date_header_a_frozen_local_clock_does_not_stall_pacing() {
+    let (failed, rate_limited, ratio) =
+        burst_without_date(Some(std::time::SystemTime::now())).await;
+    assert_eq!((failed, rate_limited), (0, 0));
+    assert!(ratio > 0.95, "{ratio}");
+}

@@ -464,12 +464,53 @@ fn error_body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// The seed corpus itself parses without panic and the real sets are understood (where the
-/// parsers are implemented, a corpus set yields readings).
+/// A reading a corpus set must give: dimension, limit, remaining, reset.
+type Reading = (Dimension, u64, u64, Duration);
+
+/// What each set of [`corpus`] means, in the same order: the readings and the retry wait, at
+/// 2026-11-23T11:00:00Z.
+fn corpus_readings() -> Vec<(Vec<Reading>, Option<Duration>)> {
+    let ms = Duration::from_millis;
+    vec![
+        (
+            vec![
+                (Dimension::Requests, 4_000, 3_999, ms(1_000)),
+                (Dimension::InputTokens, 2_000_000, 1_999_000, ms(1_000)),
+                (Dimension::OutputTokens, 400_000, 399_000, ms(2_500)),
+                (Dimension::Tokens, 2_400_000, 2_398_000, ms(2_000)),
+            ],
+            None,
+        ),
+        (
+            vec![(Dimension::InputTokens, 30_000, 0, ms(17_000))],
+            Some(ms(17_000)),
+        ),
+        (
+            vec![
+                (Dimension::Requests, 10_000, 9_999, ms(6)),
+                (Dimension::Tokens, 30_000_000, 29_999_000, ms(62_345)),
+            ],
+            Some(ms(1_500)),
+        ),
+        (vec![(Dimension::Requests, 100, 42, ms(30_000))], None),
+        (
+            vec![(Dimension::Requests, 100, 0, ms(50_000))],
+            Some(ms(50_000)),
+        ),
+        // The GitHub reset is the epoch second of `date`: now.
+        (vec![(Dimension::Requests, 5_000, 4_987, ms(0))], None),
+        (vec![], Some(ms(3_000))),
+        (vec![], None),
+    ]
+}
+
+/// The seed corpus parses, and each real set is read as the provider means it.
 #[test]
 fn corpus_parses() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_431_600);
-    for set in corpus() {
+    let expected = corpus_readings();
+    assert_eq!(expected.len(), corpus().len());
+    for (i, (set, (readings, wait))) in corpus().into_iter().zip(expected).enumerate() {
         let mut map = HeaderMap::new();
         for (name, value) in set {
             map.append(
@@ -479,9 +520,15 @@ fn corpus_parses() {
         }
         let snapshot = RateLimitSnapshot::from_headers_at(&map, now);
         let hints = RetryHints::from_headers_at(&map, now);
-        let _ = (format!("{snapshot:?}"), format!("{hints:?}"));
-        if let Some(wait) = hints.retry_after() {
-            assert!(wait <= MAX_HINT);
-        }
+        let got: Vec<_> = snapshot
+            .iter()
+            .map(|(dimension, r)| (dimension, r.limit(), r.remaining(), r.reset()))
+            .collect();
+        let want: Vec<_> = readings
+            .into_iter()
+            .map(|(d, limit, remaining, reset)| (d, Some(limit), Some(remaining), Some(reset)))
+            .collect();
+        assert_eq!(got, want, "corpus set {i}");
+        assert_eq!(hints.retry_after(), wait, "corpus set {i}");
     }
 }

@@ -164,6 +164,27 @@ static CASES: &[Case] = cases! {
     "anthropic reset as delay-seconds (proxy)": [
         ("anthropic-ratelimit-requests-reset", b"12"),
     ] => A, [(Req, None, None, S(12), MIN)];
+    "anthropic no date, reset 61 s ahead: within the tolerance": [
+        ("anthropic-ratelimit-requests-limit", b"50"),
+        ("anthropic-ratelimit-requests-reset", b"2026-11-23T09:15:01Z"),
+    ] => A, [(Req, Some(50), None, S(61), MIN)];
+    "anthropic no date, reset 1 s past: within the tolerance, zero": [
+        ("anthropic-ratelimit-requests-reset", b"2026-11-23T09:13:59Z"),
+    ] => A, [(Req, None, None, S(0), MIN)];
+    "anthropic no date, reset 10 min ahead of our clock: skew, reset dropped": [
+        ("anthropic-ratelimit-input-tokens-limit", b"30000"),
+        ("anthropic-ratelimit-input-tokens-remaining", b"0"),
+        ("anthropic-ratelimit-input-tokens-reset", b"2026-11-23T09:24:00Z"),
+    ] => A, [(In, Some(30000), Some(0), None, MIN)];
+    "anthropic no date, reset 3 s past: skew, reset dropped": [
+        ("anthropic-ratelimit-input-tokens-limit", b"30000"),
+        ("anthropic-ratelimit-input-tokens-remaining", b"12000"),
+        ("anthropic-ratelimit-input-tokens-reset", b"2026-11-23T09:13:57Z"),
+    ] => A, [(In, Some(30000), Some(12000), None, MIN)];
+    "anthropic with a date, reset 10 min ahead: the server's clock, kept": [
+        ("date", b"Mon, 23 Nov 2026 09:14:00 GMT"),
+        ("anthropic-ratelimit-input-tokens-reset", b"2026-11-23T09:24:00Z"),
+    ] => A, [(In, None, None, S(600), MIN)];
     "anthropic unreadable date falls back to local clock": [
         ("date", b"yesterday-ish"),
         ("anthropic-ratelimit-requests-reset", b"2026-11-23T09:14:03Z"),

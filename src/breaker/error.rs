@@ -10,9 +10,12 @@ use tokio::time::Instant;
 /// probe slot taken). No request reached the inner service.
 ///
 /// It is a decision of this crate: [`DefaultClassifier`](crate::signals::DefaultClassifier)
-/// classifies it as [`OutcomeKind::Rejected`](crate::signals::OutcomeKind::Rejected), so a retry
-/// layer does not retry it and another breaker does not count it; the
-/// [`Fallback`](crate::fallback::Fallback) layer sends the request to its secondary service.
+/// classifies it as [`OutcomeKind::Rejected`](crate::signals::OutcomeKind::Rejected), so another
+/// breaker does not count it and the [`Fallback`](crate::fallback::Fallback) layer sends the
+/// request to its secondary service. A [`Retry`](crate::retry::Retry) layer above waits until
+/// [`until`](Self::until) and sends the call again, within
+/// [`Policy::max_breaker_wait`](crate::retry::Policy::max_breaker_wait), unless the request
+/// carries [`FailFast`](super::FailFast).
 #[derive(Clone, Debug)]
 pub struct Open {
     key: Option<Arc<str>>,

@@ -46,8 +46,19 @@
 //! inner service's readiness itself (on a clone of it) before calling it. A refused call's
 //! future is an immediately ready [`error::Open`]. The inner service must therefore be `Clone`
 //! (every layer of this crate is). [`error::Open`] is a decision of this crate: it classifies
-//! as [`Rejected`](crate::signals::OutcomeKind::Rejected), so the retry layer does not retry it
-//! and the [`Fallback`](crate::fallback::Fallback) layer takes over.
+//! as [`Rejected`](crate::signals::OutcomeKind::Rejected), so it is never counted against the
+//! server, and the [`Fallback`](crate::fallback::Fallback) layer takes over.
+//!
+//! # Waiting for the breaker instead of failing
+//!
+//! A [`Retry`](crate::retry::Retry) layer above treats [`error::Open`] like a server's
+//! `retry-after`: it waits until the breaker probes again (a half-open refusal: a jittered
+//! backoff) and sends the call then, for at most
+//! [`Policy::max_breaker_wait`](crate::retry::Policy::max_breaker_wait) in all (60 s by
+//! default), without spending a retry or retry budget — the refused call never reached the
+//! server. Beyond that, or for a request that carries the [`FailFast`] extension (the
+//! [`Fallback`](crate::fallback::Fallback) layer sets it, so that it can route at once), the
+//! refusal goes back to the caller as it is.
 //!
 //! Unlike the circuit breakers of other Rust crates, this one runs on tokio's clock, so its
 //! behaviour over minutes is tested exactly on the paused clock.
@@ -133,3 +144,18 @@ pub use layer::CircuitBreakerLayer;
 pub use policy::{Growth, Policy, Window};
 pub use service::CircuitBreaker;
 pub use state::{Reason, State, Transition};
+
+/// A request extension that asks the layers above the breaker to hand its refusal
+/// ([`error::Open`]) back at once instead of waiting for the breaker to let the request through.
+///
+/// The [`Fallback`](crate::fallback::Fallback) layer inserts it into every request it sends to
+/// its primary service; insert it yourself when the caller prefers an immediate error to a wait.
+///
+/// ```
+/// use tower_llm_limits::breaker::FailFast;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(FailFast);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailFast;

@@ -36,6 +36,8 @@ use http::Request;
 mod json;
 
 #[cfg(feature = "json")]
+pub(crate) use json::Inspected;
+#[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use json::{BodyInfo, IMAGE_TOKENS, inspect_json};
 
@@ -249,6 +251,13 @@ impl<E> BodyBytes for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
 pub trait EstimateCost<B> {
     /// The estimated cost of `request`.
     fn estimate(&self, request: &Request<B>) -> Cost;
+
+    /// The estimated cost of `request`, as the rate limiter asks for it: with the request
+    /// mutable, so an implementation can read (or leave) what the key function already read in
+    /// the request's extensions. The default calls [`estimate`](Self::estimate).
+    fn estimate_mut(&self, request: &mut Request<B>) -> Cost {
+        self.estimate(request)
+    }
 }
 
 /// A cost function made from a closure; see [`cost_fn`].
@@ -342,14 +351,19 @@ impl DefaultCost {
     /// Estimates the cost of a body given as bytes (JSON when feature `json` is on).
     pub fn estimate_bytes(&self, body: &[u8]) -> Cost {
         #[cfg(feature = "json")]
-        if let Some(info) = json::inspect_with(body, self.bytes_per_token) {
-            return Cost::new(
-                1,
-                info.input_tokens(),
-                info.max_tokens().unwrap_or(self.output_tokens),
-            );
+        if let Some(scan) = json::scan(body) {
+            return self.of_scan(&scan);
         }
         self.opaque(Some(body.len() as u64))
+    }
+
+    #[cfg(feature = "json")]
+    fn of_scan<M>(&self, scan: &json::Scan<M>) -> Cost {
+        Cost::new(
+            1,
+            scan.input_tokens(self.bytes_per_token),
+            scan.max_tokens.unwrap_or(self.output_tokens),
+        )
     }
 
     fn opaque(&self, len: Option<u64>) -> Cost {
@@ -360,6 +374,14 @@ impl DefaultCost {
 
 impl<B: BodyBytes> EstimateCost<B> for DefaultCost {
     fn estimate(&self, request: &Request<B>) -> Cost {
+        #[cfg(feature = "json")]
+        if let Some(inspected) = Inspected::get(request) {
+            // The body's bytes were (or are now) read: JSON, or opaque bytes of a known length.
+            return match inspected.scan() {
+                Some(scan) => self.of_scan(scan),
+                None => self.opaque(request.body().body_bytes().map(|b| b.len() as u64)),
+            };
+        }
         match request.body().body_bytes() {
             Some(bytes) => self.estimate_bytes(&bytes),
             None => self.opaque(request.body().exact_len()),

@@ -28,7 +28,11 @@
 //! # Where it sits
 //!
 //! Outermost, above the retry layer: the secondary is used once the primary's own retries are
-//! done. Give the secondary its own limiter and breaker (its limits are separate).
+//! done. Give the secondary its own limiter and breaker (its limits are separate). The primary's
+//! request carries [`breaker::FailFast`](crate::breaker::FailFast) whenever a breaker refusal
+//! falls back (always, with the default rules), so that the retry layer below hands the refusal
+//! back at once instead of waiting for the breaker to probe again; the secondary gets the request
+//! without it.
 //!
 //! # Examples
 //!

@@ -9,6 +9,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::{FallbackLayer, NoRewrite, Rewrite};
 use crate::BoxError;
+use crate::breaker::FailFast;
 use crate::signals::{Classify, DefaultClassifier, OutcomeKind};
 
 type ErrorPredicate = Arc<dyn Fn(&(dyn StdError + 'static)) -> bool + Send + Sync>;
@@ -18,6 +19,8 @@ type ErrorPredicate = Arc<dyn Fn(&(dyn StdError + 'static)) -> bool + Send + Syn
 pub(crate) struct Config {
     pub(crate) kinds: Vec<OutcomeKind>,
     when_error: Option<ErrorPredicate>,
+    /// [`falls_back_on_open_breaker`](Self::falls_back_on_open_breaker), kept up to date.
+    pub(crate) fail_fast: bool,
 }
 
 impl Default for Config {
@@ -25,6 +28,8 @@ impl Default for Config {
         Config {
             kinds: vec![OutcomeKind::Overloaded, OutcomeKind::Rejected],
             when_error: None,
+            // Every decision of this crate falls back by default.
+            fail_fast: true,
         }
     }
 }
@@ -48,6 +53,7 @@ impl Config {
             );
         }
         self.kinds = kinds;
+        self.fail_fast = self.falls_back_on_open_breaker();
     }
 
     pub(crate) fn set_when_error<F>(&mut self, f: F)
@@ -55,6 +61,15 @@ impl Config {
         F: Fn(&(dyn StdError + 'static)) -> bool + Send + Sync + 'static,
     {
         self.when_error = Some(Arc::new(f));
+        self.fail_fast = self.falls_back_on_open_breaker();
+    }
+
+    /// Whether a refusal of the primary's circuit breaker sends the request to the secondary:
+    /// then the primary's request carries [`FailFast`], so that a retry layer inside does not
+    /// wait for the breaker first.
+    fn falls_back_on_open_breaker(&self) -> bool {
+        let open = crate::breaker::error::Open::new(None, tokio::time::Instant::now(), false);
+        self.falls_back_on(&open)
     }
 
     /// Whether the primary's `error` sends the request to the secondary.
@@ -190,8 +205,12 @@ where
         self.primary.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The secondary gets the request as it was made.
         let replay = req.clone();
+        if self.config.fail_fast {
+            req.extensions_mut().insert(FailFast);
+        }
         ResponseFuture::new(
             self.primary.call(req),
             self.secondary.clone(),

@@ -15,7 +15,9 @@
 //! # Why this order
 //!
 //! - **Retry outermost**, so every attempt passes through every check again: a retry waits for
-//!   rate-limit budget, is refused at once while the breaker is open, and takes a concurrency
+//!   rate-limit budget, is refused at once while the breaker is open — the retry then waits
+//!   until the breaker probes again, for up to 60 s per call
+//!   ([`retry::Policy::max_breaker_wait`]), spending no retry — and takes a concurrency
 //!   permit like any request. When the rate limiter has absorbed a 429's `retry-after` (it pauses
 //!   every request of the key until then), the retry re-enters at once instead of sleeping the same
 //!   wait twice.
@@ -36,6 +38,7 @@
 //! | honoured `retry-after` | up to 60 s, else a typed error | the SDKs cap at 60 s (Anthropic Python, openai-node) |
 //! | retry budget | +20 % of the request rate over 10 s, plus 10 retries/s | Finagle, tower's `TpsBudget` |
 //! | breaker | trips on overload (529, 503) at 50 % failures of the last 20 calls (≥ 10) or 5 in a row, opens 10 s doubling to 300 s, 3 probes | Resilience4j, Envoy |
+//! | while the breaker is open | calls wait until it probes again, up to 60 s in all, then get [`breaker::error::Open`] | a server's `retry-after`, applied to our own refusal |
 //! | rate limits | learned from the response headers, per model; nothing hard-coded | `anthropic-ratelimit-*`, `x-ratelimit-*`, IETF `RateLimit` |
 //! | cost | 1 request, input tokens estimated from the JSON body, output reserved at `max_tokens` | Anthropic's ITPM/OTPM accounting |
 //! | concurrency | adaptive (AIMD): starts at 32, between 2 and 512, ×0.7 on 429/529/timeouts | AWS SDK adaptive mode, Netflix concurrency-limits |
@@ -107,6 +110,7 @@ use tower_layer::Layer;
 use crate::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
 use crate::concurrency::adaptive::{AdaptiveConcurrencyLimit, AdaptiveConcurrencyLimitLayer, Aimd};
 use crate::cost::DefaultCost;
+use crate::observe::Snapshot;
 use crate::rate_limit::{DefaultKey, HostKey, Limits, RateLimit, RateLimitLayer, RateLimitState};
 use crate::retry::{self, Retry, RetryLayer};
 use crate::signals::{ErrorBody, ErrorBodyLayer, OutcomeKind, Signals, SignalsLayer};
@@ -248,6 +252,12 @@ impl<K, E> PresetLayer<K, E> {
     /// The concurrency layer (its limiter).
     pub fn get_concurrency(&self) -> &AdaptiveConcurrencyLimitLayer {
         &self.concurrency
+    }
+
+    /// A live [`Snapshot`] of every shared state: rate-limit keys, breakers, the concurrency
+    /// cap and the retry budget (see [`observe`](crate::observe)).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::of(self)
     }
 }
 

@@ -62,6 +62,14 @@ impl From<String> for RateLimitKey {
 pub trait KeyFn<B> {
     /// The key of `request`.
     fn key(&self, request: &Request<B>) -> RateLimitKey;
+
+    /// The key of `request`, as the rate limiter asks for it: with the request mutable, so an
+    /// implementation can leave what it read in the request's extensions for the cost function
+    /// ([`DefaultKey`] leaves the body it parsed for [`DefaultCost`](crate::cost::DefaultCost),
+    /// so the body is read once). The default calls [`key`](Self::key).
+    fn key_mut(&self, request: &mut Request<B>) -> RateLimitKey {
+        self.key(request)
+    }
 }
 
 /// The default key: the `model` field of a JSON body (feature `json`, bodies whose bytes are
@@ -81,12 +89,17 @@ impl DefaultKey {
 impl<B: BodyBytes> KeyFn<B> for DefaultKey {
     fn key(&self, request: &Request<B>) -> RateLimitKey {
         #[cfg(feature = "json")]
-        if let Some(model) = request
-            .body()
-            .body_bytes()
-            .and_then(|b| crate::cost::inspect_json(&b))
-            .and_then(|i| i.model().map(RateLimitKey::new))
-        {
+        if let Some(model) = crate::cost::Inspected::get(request).and_then(|i| i.model()) {
+            return model;
+        }
+        #[cfg(not(feature = "json"))]
+        let _ = request;
+        RateLimitKey::global()
+    }
+
+    fn key_mut(&self, request: &mut Request<B>) -> RateLimitKey {
+        #[cfg(feature = "json")]
+        if let Some(model) = crate::cost::Inspected::get_cached(request).and_then(|i| i.model()) {
             return model;
         }
         #[cfg(not(feature = "json"))]

@@ -132,11 +132,12 @@ where
         let key = match req.extensions().get::<RateLimitKey>() {
             Some(k) => k.clone(),
             None => {
-                let k = self.key_fn.key(&req);
+                let k = self.key_fn.key_mut(&mut req);
                 req.extensions_mut().insert(k.clone());
                 k
             }
         };
+        record_key(&key);
         let (cost, exact) = match (
             req.extensions().get::<Cost>(),
             req.extensions().get::<Estimated>(),
@@ -144,7 +145,7 @@ where
             (Some(c), _) => (*c, true),
             (None, Some(e)) => (e.0, false),
             (None, None) => {
-                let c = self.cost_fn.estimate(&req);
+                let c = self.cost_fn.estimate_mut(&mut req);
                 req.extensions_mut().insert(Estimated(c));
                 (c, false)
             }
@@ -167,5 +168,14 @@ where
             }
             Err(e) => ResponseFuture::failed(e),
         }
+    }
+}
+
+/// Records the key in the call's `llm_call` span (opened by the retry layer), if the current
+/// span is one.
+fn record_key(key: &RateLimitKey) {
+    let span = tracing::Span::current();
+    if span.metadata().is_some_and(|m| m.name() == "llm_call") {
+        span.record("key", tracing::field::display(key));
     }
 }

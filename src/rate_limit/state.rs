@@ -299,20 +299,21 @@ impl RateLimitState {
                         phase: Phase::Admitted(record),
                     });
                 }
-                Check::Never(e) => return Err(e.into()),
+                Check::Never(e) => return Err(cost_exceeds(&cell.key, e)),
                 Check::Until(..) | Check::Probe => {}
             }
         } else if let Check::Never(e) = st.check(&charge, now) {
-            return Err(e.into());
+            return Err(cost_exceeds(&cell.key, e));
         }
         let (at, dimension) = st.project(&charge, class, now);
         let wait = at.saturating_duration_since(now);
         if let Some(max) = max_wait
             && wait > max
         {
-            tracing::debug!(key = %cell.key, dimension = st.reason(dimension),
+            tracing::info!(key = %cell.key, dimension = st.reason(dimension),
                 wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
-                "rate limit: projected wait exceeds the maximum");
+                "rate limit: refused, projected wait exceeds the maximum");
+            crate::observe::emit::rate_limit_refused(cell.key.as_str(), "wait_too_long");
             return Err(WaitTooLong::new(dimension, wait, max).into());
         }
         let id = (class, st.next_seq);
@@ -327,7 +328,8 @@ impl RateLimitState {
         for (q, c) in st.queued[class].iter_mut().zip(charge) {
             *q = q.saturating_add(c);
         }
-        tracing::debug!(key = %cell.key, dimension = st.reason(dimension),
+        let reason = st.reason(dimension);
+        tracing::debug!(key = %cell.key, dimension = reason,
             amount = dimension.map_or(0, |d| charge[d.index()]), wait_ms = wait.as_millis() as u64,
             queued = st.queue.len(), "rate limit: waiting");
         drop(st);
@@ -340,9 +342,18 @@ impl RateLimitState {
                 since: now,
                 deadline: max_wait.map(|m| add(now, m)),
                 max_wait,
+                reason,
             },
         })
     }
+}
+
+/// Traces and counts a request whose cost can never fit.
+fn cost_exceeds(key: &RateLimitKey, e: CostExceedsLimit) -> BoxError {
+    tracing::warn!(key = %key, dimension = e.dimension().as_str(), amount = e.cost(),
+        limit = e.limit(), "rate limit: refused, cost exceeds the limit");
+    crate::observe::emit::rate_limit_refused(key.as_str(), "cost_exceeds_limit");
+    e.into()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -886,6 +897,28 @@ impl KeyState {
             }
         }
         self.wake_head();
+        crate::observe::emit::rate_limit_response(key.as_str(), outcome.kind().as_str());
+        #[cfg(feature = "metrics")]
+        {
+            for d in Dimension::ALL {
+                if let Some(b) = self.buckets.get(d) {
+                    crate::observe::emit::rate_limit_bucket(
+                        key.as_str(),
+                        d.as_str(),
+                        b.level(now),
+                        b.capacity(),
+                    );
+                }
+            }
+            if let Some(until) = absorbed {
+                crate::observe::emit::rate_limit_key(
+                    key.as_str(),
+                    until.saturating_duration_since(now),
+                    self.in_flight,
+                    self.queue.len(),
+                );
+            }
+        }
         absorbed
     }
 
@@ -1112,6 +1145,8 @@ enum Phase {
         since: Instant,
         deadline: Option<Instant>,
         max_wait: Option<Duration>,
+        /// What it waits for (a dimension, `cooldown`, `probe`), for traces and metrics.
+        reason: &'static str,
     },
     Admitted(Record),
     Dispatched(Record),
@@ -1156,6 +1191,7 @@ impl Ticket {
             since,
             deadline,
             max_wait,
+            reason,
         } = self.phase
         else {
             return Admission::Admitted;
@@ -1177,13 +1213,15 @@ impl Ticket {
                 st.dequeue(id);
                 let record = st.admit(charge, raw, now);
                 drop(st);
-                tracing::debug!(key = %self.cell.key, waited_ms = now.saturating_duration_since(since).as_millis() as u64,
-                    "rate limit: admitted after waiting");
+                let waited = now.saturating_duration_since(since);
+                tracing::debug!(key = %self.cell.key, dimension = reason,
+                    waited_ms = waited.as_millis() as u64, "rate limit: admitted after waiting");
+                crate::observe::emit::rate_limit_waited(self.cell.key.as_str(), reason, waited);
                 self.phase = Phase::Admitted(record);
                 Admission::Admitted
             }
             Check::Never(e) => {
-                let r = fail(&mut st, e.into());
+                let r = fail(&mut st, cost_exceeds(&self.cell.key, e));
                 drop(st);
                 self.phase = Phase::Done;
                 r
@@ -1198,6 +1236,13 @@ impl Ticket {
                         st.project(&charge, id.0, now)
                     };
                     let wait = at.saturating_duration_since(since).max(max);
+                    tracing::info!(key = %self.cell.key, dimension = st.reason(dim),
+                        wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
+                        "rate limit: refused, projected wait exceeds the maximum");
+                    crate::observe::emit::rate_limit_refused(
+                        self.cell.key.as_str(),
+                        "wait_too_long",
+                    );
                     let r = fail(&mut st, WaitTooLong::new(dim, wait, max).into());
                     drop(st);
                     self.phase = Phase::Done;

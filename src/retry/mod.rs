@@ -24,6 +24,13 @@
 //! - **Ceiling** on a server-dictated wait ([`Policy::max_server_wait`], 60 s by default):
 //!   above it the call ends at once with [`error::WaitTooLong`], which states the server's
 //!   wait — neither a silent 10-minute hang nor a silent give-up.
+//! - **Open circuit breaker**: a refusal of a [circuit breaker](crate::breaker) below
+//!   ([`breaker::error::Open`](crate::breaker::error::Open)) is waited out like a server's
+//!   `retry-after` — until the breaker probes again, jittered — for at most
+//!   [`Policy::max_breaker_wait`] per call (60 s), spending neither a retry nor budget, since the
+//!   refused attempt never reached the server. Requests marked
+//!   [`breaker::FailFast`](crate::breaker::FailFast) (the [`Fallback`](crate::fallback::Fallback)
+//!   layer marks its primary's) get the refusal at once.
 //! - **Deadline** per call ([`Policy::deadline`]): a retry that could not start before it is not
 //!   attempted ([`error::DeadlineExceeded`]).
 //! - **Budget** ([`Budget`]): retries may add at most 20 % to the request rate over 10 s plus 10
@@ -44,7 +51,7 @@
 //! retries are used up, the body cannot be replayed) the last response is returned as it is,
 //! with [`Attempts`] in its extensions, and an error of the inner service is returned as it is.
 //! The layer returns its own typed errors only where it ends the call itself: budget, deadline,
-//! ceiling. Those errors carry the last status, the server's wait and the number of attempts;
+//! ceiling. A breaker refusal that is not waited out is returned as it is. Those errors carry the last status, the server's wait and the number of attempts;
 //! the last response's body is dropped (see [`error`]).
 //!
 //! # Why a service of its own rather than `tower::retry::Policy`
@@ -159,7 +166,9 @@ pub mod future;
 
 pub use backoff::{Backoff, Jitter};
 pub use budget::Budget;
-pub use policy::{Attempts, DEFAULT_MAX_SERVER_WAIT, Policy, SDK_ATTEMPT_HEADER};
+pub use policy::{
+    Attempts, DEFAULT_MAX_BREAKER_WAIT, DEFAULT_MAX_SERVER_WAIT, Policy, SDK_ATTEMPT_HEADER,
+};
 pub use replay::{ReplayBody, Replayable, SendOnce};
 pub use service::{Retry, RetryLayer};
 pub use tower_policy::TowerPolicy;

@@ -8,6 +8,8 @@ use tokio::time::Instant;
 use super::error::{BudgetExhausted, DeadlineExceeded, LastAttempt, WaitTooLong};
 use super::{Backoff, Budget};
 use crate::BoxError;
+use crate::breaker::FailFast;
+use crate::breaker::error::Open;
 use crate::signals::{
     ApiError, Classify, DefaultClassifier, Outcome, OutcomeKind, ResponseSignals, RetryHints,
     WaitAbsorbed, WaitSource,
@@ -18,6 +20,9 @@ pub const SDK_ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-stainless-
 
 /// The default ceiling on a server-dictated wait: 60 s.
 pub const DEFAULT_MAX_SERVER_WAIT: Duration = Duration::from_secs(60);
+
+/// The default longest time a call waits, in all, for an open circuit breaker: 60 s.
+pub const DEFAULT_MAX_BREAKER_WAIT: Duration = Duration::from_secs(60);
 
 /// How many attempts a call took, first one included. The [`Retry`](super::Retry) layer stores
 /// it in the extensions of every response it returns; its errors carry the same count.
@@ -49,6 +54,7 @@ pub struct Policy<C = DefaultClassifier> {
     pub(crate) max_retries: u32,
     pub(crate) backoff: Backoff,
     pub(crate) max_server_wait: Duration,
+    pub(crate) max_breaker_wait: Duration,
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_header: Option<HeaderName>,
     pub(crate) budget: Option<Budget>,
@@ -69,6 +75,7 @@ impl Policy {
             max_retries: 2,
             backoff: Backoff::sdk(),
             max_server_wait: DEFAULT_MAX_SERVER_WAIT,
+            max_breaker_wait: DEFAULT_MAX_BREAKER_WAIT,
             deadline: None,
             attempt_header: None,
             budget: Some(Budget::default()),
@@ -102,6 +109,24 @@ impl<C> Policy<C> {
     /// caller gets the figure and decides.
     pub fn max_server_wait(mut self, ceiling: Duration) -> Self {
         self.max_server_wait = ceiling;
+        self
+    }
+
+    /// The longest a call waits, in all its attempts, for an open
+    /// [circuit breaker](crate::breaker) below to let it through (default 60 s); zero never
+    /// waits.
+    ///
+    /// When the breaker refuses an attempt with [`breaker::error::Open`](crate::breaker::error::Open),
+    /// the layer waits until the breaker probes again (plus a jitter of up to a tenth of the
+    /// wait, at most 1 s, so that waiting calls do not all arrive at once), or — when the breaker
+    /// is half-open and its probe slots are taken — a [`backoff`](Self::backoff) delay, and
+    /// sends the call again. Such a wait spends neither a retry nor retry budget: the refused
+    /// attempt never reached the server. A wait that would take the call past this total (or
+    /// past the [`deadline`](Self::deadline)) is not started: the refusal is returned as it
+    /// is, at once. A request carrying [`breaker::FailFast`](crate::breaker::FailFast) is never
+    /// held.
+    pub fn max_breaker_wait(mut self, total: Duration) -> Self {
+        self.max_breaker_wait = total;
         self
     }
 
@@ -154,6 +179,7 @@ impl<C> Policy<C> {
             max_retries: self.max_retries,
             backoff: self.backoff,
             max_server_wait: self.max_server_wait,
+            max_breaker_wait: self.max_breaker_wait,
             deadline: self.deadline,
             attempt_header: self.attempt_header,
             budget: self.budget,
@@ -268,19 +294,41 @@ pub(crate) enum Verdict {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CallState {
     pub(crate) started: Instant,
-    /// Attempts made so far, the one that just ended included.
+    /// Attempts made so far, the one that just ended included (attempts an open circuit
+    /// breaker refused and the layer waited out are not counted).
     pub(crate) attempts: u32,
     pub(crate) previous_backoff: Duration,
+    /// The request carries [`FailFast`]: never wait for an open breaker.
+    pub(crate) fail_fast: bool,
+    /// Breaker refusals waited out so far, and the time spent waiting for them.
+    pub(crate) breaker_waits: u32,
+    pub(crate) breaker_waited: Duration,
 }
 
 impl CallState {
-    pub(crate) fn start() -> Self {
+    /// The state of a call made with a request whose extensions are `extensions`.
+    pub(crate) fn start(extensions: &http::Extensions) -> Self {
         CallState {
             started: Instant::now(),
             attempts: 1,
             previous_backoff: Duration::ZERO,
+            fail_fast: extensions.get::<FailFast>().is_some(),
+            breaker_waits: 0,
+            breaker_waited: Duration::ZERO,
         }
     }
+}
+
+/// The circuit breaker's refusal in `error` or its sources.
+fn breaker_refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Open> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(open) = e.downcast_ref::<Open>() {
+            return Some(open);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// What follows an attempt, as [`Policy::after_attempt`] decided.
@@ -322,6 +370,38 @@ fn classify_response<B, C: Classify>(
     (outcome, source)
 }
 
+impl<C> Policy<C> {
+    /// How long to wait before sending the call again after the breaker's refusal `open`, or
+    /// `None` when the refusal goes back to the caller.
+    fn breaker_wait(
+        &self,
+        open: &Open,
+        call: &CallState,
+        rng: &mut fastrand::Rng,
+    ) -> Option<Duration> {
+        if call.fail_fast || self.max_breaker_wait.is_zero() {
+            return None;
+        }
+        let wait = if open.is_half_open() {
+            // A probe slot frees up when a probe ends, which cannot be known: back off.
+            self.backoff.delay(call.breaker_waits, Duration::ZERO, rng)
+        } else {
+            let until = open.retry_after();
+            let spread = (until / 10).min(Duration::from_secs(1));
+            until + spread.mul_f64(rng.f64())
+        };
+        if call.breaker_waited.saturating_add(wait) > self.max_breaker_wait {
+            return None;
+        }
+        if let Some(deadline) = self.deadline
+            && Instant::now() + wait >= call.started + deadline
+        {
+            return None;
+        }
+        Some(wait)
+    }
+}
+
 impl<C: Classify> Policy<C> {
     /// Decides what follows the attempt that ended with `result`, updating `call` when it is
     /// retried. `prepare` builds the next request and says whether it could (`false`: the body
@@ -333,6 +413,36 @@ impl<C: Classify> Policy<C> {
         rng: &mut fastrand::Rng,
         prepare: impl FnOnce(u32) -> bool,
     ) -> Next<T> {
+        // Called at most once: after a breaker refusal that could not be replayed, the body is
+        // known not to be replayable.
+        let mut prepare = Some(prepare);
+        let mut prepare = |retry| prepare.take().is_some_and(|prepare| prepare(retry));
+        if let Err(error) = &result
+            && let Some(open) = breaker_refusal(&**error)
+        {
+            match self.breaker_wait(open, call, rng) {
+                // The refused attempt never left: it is sent again with the same retry number.
+                Some(wait) if prepare(call.attempts - 1) => {
+                    tracing::debug!(
+                        attempt = call.attempts,
+                        key = open.key().unwrap_or("*"),
+                        half_open = open.is_half_open(),
+                        wait_ms = wait.as_millis() as u64,
+                        waited_ms = call.breaker_waited.as_millis() as u64,
+                        "waiting for the circuit breaker"
+                    );
+                    call.breaker_waits += 1;
+                    call.breaker_waited += wait;
+                    return Next::Retry(wait);
+                }
+                _ => tracing::debug!(
+                    attempts = call.attempts,
+                    key = open.key().unwrap_or("*"),
+                    waited_ms = call.breaker_waited.as_millis() as u64,
+                    "circuit breaker open: not waiting"
+                ),
+            }
+        }
         let (outcome, hint_source, absorbed_until) = match &result {
             Ok(response) => {
                 let (outcome, source) = classify_response(response, &self.classifier);
@@ -363,7 +473,7 @@ impl<C: Classify> Policy<C> {
                 backoff,
                 source,
             } => {
-                tracing::debug!(
+                tracing::info!(
                     attempt = attempts + 1,
                     reason = outcome.kind().as_str(),
                     status,
@@ -372,6 +482,7 @@ impl<C: Classify> Policy<C> {
                     source,
                     "retrying"
                 );
+                crate::observe::emit::retry(outcome.kind().as_str(), source);
                 call.attempts += 1;
                 if !backoff.is_zero() {
                     call.previous_backoff = backoff;
@@ -388,6 +499,7 @@ impl<C: Classify> Policy<C> {
                         "not retrying"
                     );
                 }
+                crate::observe::emit::call_done(outcome.kind().as_str(), attempts);
                 return Next::Done(result.map(|mut response| {
                     response
                         .extensions_mut()
@@ -412,22 +524,32 @@ impl<C: Classify> Policy<C> {
             api_error,
             error,
         };
-        let error: BoxError = match ending {
-            Verdict::WaitTooLong => Box::new(WaitTooLong::new(last, self.max_server_wait)),
-            Verdict::Deadline { wait } => Box::new(DeadlineExceeded::new(
-                last,
-                self.deadline.unwrap_or_default(),
-                wait,
-            )),
-            _ => Box::new(BudgetExhausted::new(last)),
+        let (error, why): (BoxError, _) = match ending {
+            Verdict::WaitTooLong => (
+                Box::new(WaitTooLong::new(last, self.max_server_wait)),
+                "wait_too_long",
+            ),
+            Verdict::Deadline { wait } => (
+                Box::new(DeadlineExceeded::new(
+                    last,
+                    self.deadline.unwrap_or_default(),
+                    wait,
+                )),
+                "deadline",
+            ),
+            _ => (Box::new(BudgetExhausted::new(last)), "budget"),
         };
         tracing::info!(
             attempts,
             reason = outcome.kind().as_str(),
             status,
             server_wait_ms = server_wait.map(|w| w.as_millis() as u64),
-            "giving up: {error}"
+            why,
+            error = %error,
+            "giving up"
         );
+        crate::observe::emit::retry_gave_up(why);
+        crate::observe::emit::call_done(outcome.kind().as_str(), attempts);
         Next::Done(Err(error))
     }
 }

@@ -82,7 +82,7 @@ where
             .extensions()
             .get::<CallState>()
             .copied()
-            .unwrap_or_else(CallState::start);
+            .unwrap_or_else(|| CallState::start(request.extensions()));
         // `request` is the copy tower sends next; it is replayable or tower would not ask.
         let owned = std::mem::replace(result, Err(BoxError::from("retry: decision pending")));
         let mut retry_number = None;
@@ -114,7 +114,8 @@ where
             if let Some(budget) = &self.shared.policy.budget {
                 budget.deposit();
             }
-            copy.extensions_mut().insert(CallState::start());
+            let call = CallState::start(copy.extensions());
+            copy.extensions_mut().insert(call);
         }
         Some(copy)
     }

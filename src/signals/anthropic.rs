@@ -4,6 +4,12 @@
 //! bucket is fully replenished, measured here from the response's `date` header (else the local
 //! clock). A proxy that rewrites the reset as delay-seconds or a Go-style duration is read too.
 //! The limits are per minute, so every reading carries a 60 s window.
+//!
+//! Without a `date` header the reset can only be measured against the local clock, which may be
+//! skewed against the server's (or, on tokio's paused clock, not move at all). A per-minute bucket
+//! is full again within a minute, so a reset further ahead than that, or already past, by more
+//! than [`SKEW_TOLERANCE`], says the clocks disagree: such a reset is dropped (the reading keeps
+//! its limit and remaining) rather than trusted.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,21 +19,45 @@ use super::{Dialect, Dimension, RateLimitSnapshot};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn reset(reference: SystemTime) -> impl Fn(&str) -> Option<Option<Duration>> {
+/// How far outside `[now, now + 60 s]` an RFC 3339 reset measured against the local clock (no
+/// `date` header) may fall before it is taken as clock skew and dropped.
+pub(crate) const SKEW_TOLERANCE: Duration = Duration::from_secs(2);
+
+/// Reads a reset; `dated` says whether `reference` is the server's `date` header.
+fn reset(reference: SystemTime, dated: bool) -> impl Fn(&str) -> Option<Option<Duration>> {
     move |s| {
+        if !dated && let Some(early) = reference.checked_sub(SKEW_TOLERANCE) {
+            // Measured from `SKEW_TOLERANCE` before now: zero means "past by more than that".
+            if let Some(from_early) = parse::rfc3339_from(s, early) {
+                if from_early.is_zero() || from_early > MINUTE + 2 * SKEW_TOLERANCE {
+                    tracing::debug!(
+                        reset = s,
+                        "anthropic reset outside the minute ahead of the local clock and no date \
+                         header: clock skew, ignored"
+                    );
+                    return Some(None);
+                }
+                return Some(Some(from_early.saturating_sub(SKEW_TOLERANCE)));
+            }
+        }
         parse::rfc3339_from(s, reference)
             .or_else(|| parse::relative_or_epoch(s, reference))
             .map(Some)
     }
 }
 
-pub(super) fn read(raw: &Raw<'_>, reference: SystemTime, snapshot: &mut RateLimitSnapshot) {
+pub(super) fn read(
+    raw: &Raw<'_>,
+    reference: SystemTime,
+    dated: bool,
+    snapshot: &mut RateLimitSnapshot,
+) {
     for dimension in Dimension::ALL {
-        if let Some(reading) = bucket(&raw.anthropic[dimension.index()], reset(reference)) {
+        if let Some(reading) = bucket(&raw.anthropic[dimension.index()], reset(reference, dated)) {
             snapshot.offer(Dialect::Anthropic, dimension, reading.with_window(MINUTE));
         }
     }
     let [input, output] = &raw.priority;
-    let priority = |slots| bucket(slots, reset(reference)).map(|r| r.with_window(MINUTE));
+    let priority = |slots| bucket(slots, reset(reference, dated)).map(|r| r.with_window(MINUTE));
     snapshot.offer_priority(priority(input), priority(output));
 }

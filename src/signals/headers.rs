@@ -129,7 +129,9 @@ impl BucketReading {
 /// Resets are durations from the moment the server produced the response. Absolute times
 /// (Anthropic's RFC 3339 resets, GitHub's epoch seconds) are converted against the response's
 /// `date` header when present, which cancels clock skew between server and client (and keeps
-/// tests on a paused clock exact); without a `date` header the local wall clock is used.
+/// tests on a paused clock exact); without a `date` header the local wall clock is used, and an
+/// Anthropic reset that falls outside the minute ahead of it (a per-minute bucket is full again
+/// within a minute) is taken as clock skew and dropped, keeping the reading's limit and remaining.
 ///
 /// When several dialects are present, each dimension is taken from the first dialect that
 /// reports it, in the order Anthropic, OpenAI, IETF structured, IETF legacy, GitHub; the
@@ -188,8 +190,9 @@ impl RateLimitSnapshot {
         if !raw.any {
             return snapshot;
         }
-        let reference = raw.reference(now);
-        anthropic::read(&raw, reference, &mut snapshot);
+        let date = raw.server_date();
+        let reference = date.unwrap_or(now);
+        anthropic::read(&raw, reference, date.is_some(), &mut snapshot);
         openai::read(&raw, &mut snapshot);
         ietf::read_structured(headers, &raw, &mut snapshot);
         ietf::read_legacy(headers, &raw, reference, &mut snapshot);
@@ -390,12 +393,11 @@ impl<'a> Raw<'a> {
         raw
     }
 
-    /// The server's clock: the `date` header when readable, else `now`. Absolute resets are
-    /// measured from it, which cancels clock skew between server and client.
-    pub(super) fn reference(&self, now: SystemTime) -> SystemTime {
+    /// The server's clock: the `date` header, when readable. Absolute resets are measured from
+    /// it (else from the local clock), which cancels clock skew between server and client.
+    pub(super) fn server_date(&self) -> Option<SystemTime> {
         self.date
             .and_then(|(n, v)| read(n.as_str(), v, parse::http_date))
-            .unwrap_or(now)
     }
 }
 
