@@ -1,18 +1,22 @@
 //! An axum app whose handler calls Claude through ONE shared preset stack: every request to the
 //! app, however many run at once, draws on the same rate-limit budget, breaker and concurrency
-//! cap. `GET /status` serves what the stack knows right now.
+//! cap. `GET /status` serves what the stack knows right now as JSON, `GET /status.txt` as a
+//! table (both from [`observe::Snapshot`](tower_llm_limits::observe::Snapshot)).
 //!
 //! ```sh
-//! cargo run --example axum_service            # self-test: 50 concurrent requests, then /status
+//! cargo run --example axum_service            # self-test: 50 concurrent requests while
+//!                                             # /status.txt is polled, then /status
 //! cargo run --example axum_service -- --serve # keeps serving (prints the address)
 //! ANTHROPIC_API_KEY=... cargo run --example axum_service -- --serve
 //! ```
 //!
-//! Then `curl -d 'Say hello' http://ADDR/ask` and `curl http://ADDR/status`.
+//! Then `curl -d 'Say hello' http://ADDR/ask`, `curl http://ADDR/status.txt` and
+//! `curl http://ADDR/status`.
 
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -23,7 +27,6 @@ use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_llm_limits::preset::{self, Preset, PresetLayer};
 use tower_llm_limits::reqwest::ReqwestService;
-use tower_llm_limits::signals::Dimension;
 use tower_llm_limits::{BoxError, retry};
 
 /// What every handler shares: the stack (cheap to clone, one shared state) and the layer it was
@@ -67,45 +70,14 @@ async fn ask(State(app): State<App>, prompt: String) -> impl IntoResponse {
     }
 }
 
-/// `GET /status`: the live limits, breaker state and concurrency of the shared stack.
+/// `GET /status`: the live limits, budgets, breaker and concurrency of the shared stack, as JSON.
 async fn status(State(app): State<App>) -> Json<serde_json::Value> {
-    let keys: Vec<_> = app
-        .layer
-        .get_rate_limit()
-        .state()
-        .snapshot()
-        .into_iter()
-        .map(|key| {
-            let bucket = |d| {
-                key.bucket(d).map(|b| {
-                    serde_json::json!({
-                        "capacity": b.capacity(),
-                        "level": b.level(),
-                        "learned": b.learned(),
-                        "configured": b.configured(),
-                    })
-                })
-            };
-            serde_json::json!({
-                "key": key.key().as_str(),
-                "requests": bucket(Dimension::Requests),
-                "input_tokens": bucket(Dimension::InputTokens),
-                "output_tokens": bucket(Dimension::OutputTokens),
-                "in_flight": key.in_flight(),
-                "queued": key.queued(),
-            })
-        })
-        .collect();
-    let limiter = app.layer.get_concurrency().limiter();
-    Json(serde_json::json!({
-        "rate_limits": keys,
-        "breaker": app.layer.get_breaker().state().as_str(),
-        "concurrency": {
-            "limit": limiter.limit(),
-            "in_flight": limiter.in_flight(),
-            "waiting": limiter.waiting(),
-        },
-    }))
+    Json(app.layer.snapshot().to_json())
+}
+
+/// `GET /status.txt`: the same as a table for humans.
+async fn status_txt(State(app): State<App>) -> String {
+    app.layer.snapshot().to_string()
 }
 
 #[tokio::main]
@@ -127,6 +99,7 @@ async fn main() -> Result<(), BoxError> {
     let app = Router::new()
         .route("/ask", post(ask))
         .route("/status", get(status))
+        .route("/status.txt", get(status_txt))
         .with_state(App {
             claude,
             layer,
@@ -136,14 +109,40 @@ async fn main() -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    println!("app listening on http://{addr} (POST /ask, GET /status)");
+    println!("app listening on http://{addr} (POST /ask, GET /status, GET /status.txt)");
     if serve {
         server.await??;
         return Ok(());
     }
 
-    // Self-test: 50 concurrent users of the app, then the app's view of the limits.
+    // Self-test: 50 concurrent users of the app; meanwhile an operator polls /status.txt and
+    // sees the live limits (learned, remaining, queued, in flight) move.
     let http = reqwest::Client::new();
+    let done = Arc::new(tokio::sync::Notify::new());
+    let watcher = tokio::spawn({
+        let (http, done) = (http.clone(), done.clone());
+        async move {
+            let mut tables = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = done.notified() => return tables,
+                    _ = tick.tick() => {}
+                }
+                let url = format!("http://{addr}/status.txt");
+                match http.get(url).send().await {
+                    Ok(response) => match response.text().await {
+                        Ok(table) => {
+                            println!("GET /status.txt while the workload runs:\n{table}");
+                            tables.push(table);
+                        }
+                        Err(error) => println!("reading /status.txt failed: {error}"),
+                    },
+                    Err(error) => println!("GET /status.txt failed: {error}"),
+                }
+            }
+        }
+    });
     let mut users = tokio::task::JoinSet::new();
     for i in 0..50 {
         let request = http
@@ -165,6 +164,8 @@ async fn main() -> Result<(), BoxError> {
             }
         }
     }
+    done.notify_one();
+    let tables = watcher.await?;
     println!("{ok} of 50 requests to the app succeeded, {failed} failed");
     let status = http
         .get(format!("http://{addr}/status"))
@@ -172,10 +173,27 @@ async fn main() -> Result<(), BoxError> {
         .await?
         .text()
         .await?;
-    println!("GET /status: {status}");
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    println!("GET /status: {}", serde_json::to_string_pretty(&status)?);
     server.abort();
     if failed > 0 {
         return Err(format!("{failed} requests failed").into());
+    }
+    // The operator's view: the live tables showed the model's limits while the requests ran,
+    // and the final JSON has the limits the headers taught.
+    let live = tables.iter().filter(|t| t.contains("requests")).count();
+    println!(
+        "{live} of {} live /status.txt tables showed the learned limits",
+        tables.len()
+    );
+    if live == 0 {
+        return Err("/status.txt never showed the limits while the workload ran".into());
+    }
+    if status["rate_limits"][0]["dimensions"]["requests"]["limit"]
+        .as_u64()
+        .is_none()
+    {
+        return Err("/status has no requests limit".into());
     }
     Ok(())
 }

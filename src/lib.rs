@@ -60,6 +60,7 @@
 //! | [`concurrency::ConcurrencyLimitLayer`], [`concurrency::adaptive`] | a fixed or adaptive (AIMD) concurrency cap |
 //! | [`breaker::CircuitBreakerLayer`] | trips on 529 overload (never on 429), fails fast, probes in half-open |
 //! | [`fallback::FallbackLayer`] | routes to a secondary service while the primary is unavailable |
+//! | [`observe`] | not a layer: a live snapshot of every shared state (limits, budgets, breakers), metrics (feature `metrics`) and the tracing fields |
 //!
 //! Outermost first: retry, breaker, rate limit, concurrency, signals, client; the [`preset`]
 //! module explains why.
@@ -74,6 +75,7 @@
 //! | `sim` | the simulated Claude-like API, its loopback server and the workload generator (implies `json`) |
 //! | `reqwest` | `reqwest::ReqwestService`, the adapter from `reqwest::Client` |
 //! | `redis` | a Redis-backed rate-limit store, so many processes share one budget |
+//! | `metrics` | counters, histograms and gauges through the `metrics` facade (names in `observe`) |
 //! | `tower-http` | tower-http's `ClassifyResponse` for the outcome classifier |
 //!
 //! # Minimum supported Rust version
@@ -89,6 +91,7 @@ pub mod concurrency;
 pub mod cost;
 pub mod error;
 pub mod fallback;
+pub mod observe;
 pub mod preset;
 pub mod rate_limit;
 pub mod retry;

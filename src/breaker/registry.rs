@@ -193,7 +193,7 @@ impl Breaker {
                 if wanted > *until {
                     *until = wanted;
                     tracing::debug!(
-                        key = ctx.key.as_deref().unwrap_or(""),
+                        key = ctx.key.as_deref().unwrap_or("*"),
                         retry_after_ms = ra.as_millis() as u64,
                         "circuit breaker stays open longer: late overload with retry-after"
                     );
@@ -344,12 +344,14 @@ impl Shared {
                 done: false,
             }),
             Err(open) => {
+                let key = open.key().unwrap_or("*");
                 tracing::debug!(
-                    key = open.key().unwrap_or(""),
+                    key,
                     half_open = open.is_half_open(),
                     retry_after_ms = open.retry_after().as_millis() as u64,
                     "circuit breaker refused a call"
                 );
+                crate::observe::emit::breaker_rejected(key);
                 Err(open)
             }
         }
@@ -385,7 +387,8 @@ impl Shared {
     }
 
     fn emit(&self, t: &Transition) {
-        let key = t.key().unwrap_or("");
+        let key = t.key().unwrap_or("*");
+        crate::observe::emit::breaker_transition(key, t.to.as_str(), t.reason.as_str());
         match t.to {
             State::Open { until } => tracing::warn!(
                 key,

@@ -113,6 +113,7 @@ where
                         }
                     };
                     tracing::info!(reason, "fallback: sending the request to the secondary");
+                    crate::observe::emit::fallback(reason);
                     let svc = secondary.take().expect(DONE);
                     let req = this.rewrite.rewrite(replay.take().expect(DONE));
                     this.kind.set(Kind::Waiting {

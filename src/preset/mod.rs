@@ -110,6 +110,7 @@ use tower_layer::Layer;
 use crate::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
 use crate::concurrency::adaptive::{AdaptiveConcurrencyLimit, AdaptiveConcurrencyLimitLayer, Aimd};
 use crate::cost::DefaultCost;
+use crate::observe::Snapshot;
 use crate::rate_limit::{DefaultKey, HostKey, Limits, RateLimit, RateLimitLayer, RateLimitState};
 use crate::retry::{self, Retry, RetryLayer};
 use crate::signals::{ErrorBody, ErrorBodyLayer, OutcomeKind, Signals, SignalsLayer};
@@ -251,6 +252,12 @@ impl<K, E> PresetLayer<K, E> {
     /// The concurrency layer (its limiter).
     pub fn get_concurrency(&self) -> &AdaptiveConcurrencyLimitLayer {
         &self.concurrency
+    }
+
+    /// A live [`Snapshot`] of every shared state: rate-limit keys, breakers, the concurrency
+    /// cap and the retry budget (see [`observe`](crate::observe)).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::of(self)
     }
 }
 

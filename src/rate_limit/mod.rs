@@ -99,8 +99,15 @@
 //! # Limits: configured, learned, or both
 //!
 //! Configured [`Limits`] are the starting point (a key with one needs no probe) **and a
-//! ceiling**: a limit the server reports above the configured one is ignored, one below it wins
-//! (a workspace limit, a lowered tier). Without configuration, the newest `*-limit` a response
+//! ceiling**: a limit the server reports above the configured one does not raise it, one below it
+//! wins (a workspace limit, a lowered tier). While a ceiling is below the server's limit the two
+//! are kept apart: the ceiling's bucket counts this key's own usage at the configured rate, and
+//! an in-memory bucket at the server's capacity takes the server's readings (everyone's usage,
+//! refilled at the server's rate); a request must fit both. A nearly empty server bucket then
+//! means a wait of the server's refill time, not of the ceiling's. The server's readings say
+//! nothing about this key's own share, so the ceiling learns nothing from them: without a
+//! [`Usage`](crate::cost::Usage) it counts each request's output at its reservation. Without
+//! configuration, the newest `*-limit` a response
 //! reports is the capacity (a tier upgrade takes effect at the next response; the units already
 //! used are kept).
 //!
@@ -129,15 +136,18 @@
 //! dispatched (this one included) — a second monotone counter, of finished output, makes that
 //! `O(1)` too. A finished request counts its [`Usage`](crate::cost::Usage) when the response
 //! carries one, else its reservation. This is exact for a server that counts output as produced
-//! and conservative for one that reserves: the over-reservation of a request comes back with
-//! the first reading taken after it finished.
+//! and conservative for one that reserves. A known [`Usage`](crate::cost::Usage) also settles
+//! the request's reservation at once; without one, the over-reservation comes back with the
+//! first reading taken after the request finished.
 //!
 //! Both readings are coarse: Anthropic rounds `*-tokens-remaining` to the nearest thousand;
 //! resets have one-second resolution and are measured against the response's `date` (so skew
-//! between the server's clock and ours cancels); `remaining` was taken at some instant between the
-//! request's dispatch and the response's receipt. The limiter turns `remaining` and `reset` into
-//! two intervals of local instants for the server's `full_at`, intersects them, adds the cost not
-//! in the reading, and compares the local bucket with the result:
+//! between the server's clock and ours cancels); `remaining` is the level right after the
+//! server admitted the request, so it is read at the request's dispatch plus the trip to the
+//! server (at most 50 ms assumed; the rounding tolerance absorbs more), not at the response's
+//! receipt, which for a model's answer comes seconds later. The limiter turns `remaining` and
+//! `reset` into two intervals of local instants for the server's `full_at`, intersects them,
+//! adds the cost not in the reading, and compares the local bucket with the result:
 //!
 //! - local state **inside** the interval: kept (the local model is finer than the reading);
 //! - the server says there is **less** budget: the local bucket moves to the interval's

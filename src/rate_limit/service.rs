@@ -137,6 +137,7 @@ where
                 k
             }
         };
+        record_key(&key);
         let (cost, exact) = match (
             req.extensions().get::<Cost>(),
             req.extensions().get::<Estimated>(),
@@ -167,5 +168,14 @@ where
             }
             Err(e) => ResponseFuture::failed(e),
         }
+    }
+}
+
+/// Records the key in the call's `llm_call` span (opened by the retry layer), if the current
+/// span is one.
+fn record_key(key: &RateLimitKey) {
+    let span = tracing::Span::current();
+    if span.metadata().is_some_and(|m| m.name() == "llm_call") {
+        span.record("key", tracing::field::display(key));
     }
 }

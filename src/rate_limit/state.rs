@@ -35,6 +35,9 @@ const TOKENS_REMAINING_TOLERANCE: u64 = 500;
 const RESET_BELOW: Duration = Duration::from_secs(2);
 /// ...or this much after it (a server that truncates instead of rounding up).
 const RESET_ABOVE: Duration = Duration::from_secs(1);
+/// The longest a request is assumed to take from dispatch to the server's admission, where
+/// `remaining` is read (a network round trip at most; generation comes after).
+const READING_DELAY: Duration = Duration::from_millis(50);
 
 /// Bounds and smoothing of the learned input-estimate correction.
 const FACTOR_MIN: f64 = 0.5;
@@ -245,6 +248,7 @@ impl RateLimitState {
                 configured,
                 window: limits.get_window(),
                 learned: [None; 4],
+                server: [None; 4],
                 probe: Probe::Idle,
                 cooldown_until: None,
                 dispatched: [0; 4],
@@ -295,20 +299,21 @@ impl RateLimitState {
                         phase: Phase::Admitted(record),
                     });
                 }
-                Check::Never(e) => return Err(e.into()),
+                Check::Never(e) => return Err(cost_exceeds(&cell.key, e)),
                 Check::Until(..) | Check::Probe => {}
             }
         } else if let Check::Never(e) = st.check(&charge, now) {
-            return Err(e.into());
+            return Err(cost_exceeds(&cell.key, e));
         }
         let (at, dimension) = st.project(&charge, class, now);
         let wait = at.saturating_duration_since(now);
         if let Some(max) = max_wait
             && wait > max
         {
-            tracing::debug!(key = %cell.key, dimension = st.reason(dimension),
+            tracing::info!(key = %cell.key, dimension = st.reason(dimension),
                 wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
-                "rate limit: projected wait exceeds the maximum");
+                "rate limit: refused, projected wait exceeds the maximum");
+            crate::observe::emit::rate_limit_refused(cell.key.as_str(), "wait_too_long");
             return Err(WaitTooLong::new(dimension, wait, max).into());
         }
         let id = (class, st.next_seq);
@@ -323,7 +328,8 @@ impl RateLimitState {
         for (q, c) in st.queued[class].iter_mut().zip(charge) {
             *q = q.saturating_add(c);
         }
-        tracing::debug!(key = %cell.key, dimension = st.reason(dimension),
+        let reason = st.reason(dimension);
+        tracing::debug!(key = %cell.key, dimension = reason,
             amount = dimension.map_or(0, |d| charge[d.index()]), wait_ms = wait.as_millis() as u64,
             queued = st.queue.len(), "rate limit: waiting");
         drop(st);
@@ -336,9 +342,18 @@ impl RateLimitState {
                 since: now,
                 deadline: max_wait.map(|m| add(now, m)),
                 max_wait,
+                reason,
             },
         })
     }
+}
+
+/// Traces and counts a request whose cost can never fit.
+fn cost_exceeds(key: &RateLimitKey, e: CostExceedsLimit) -> BoxError {
+    tracing::warn!(key = %key, dimension = e.dimension().as_str(), amount = e.cost(),
+        limit = e.limit(), "rate limit: refused, cost exceeds the limit");
+    crate::observe::emit::rate_limit_refused(key.as_str(), "cost_exceeds_limit");
+    e.into()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -488,6 +503,11 @@ struct KeyState {
     configured: [Option<u64>; 4],
     window: Duration,
     learned: [Option<(u64, Duration)>; 4],
+    /// The server's own bucket, per dimension, while a configured ceiling is below the limit it
+    /// reports: the ceiling (in `buckets`) counts this key's own usage at the configured rate,
+    /// this one the server's level at the server's rate, corrected from its readings. A request
+    /// must fit both.
+    server: [Option<Bucket>; 4],
     probe: Probe,
     cooldown_until: Option<Instant>,
     /// Cumulative charge at dispatch, per dimension (monotone).
@@ -656,6 +676,17 @@ impl KeyState {
                     e.max(b.ready_at(charge[i], b.capacity()).unwrap_or(e))
                 }),
             };
+            // Under a ceiling the server's own bucket must hold the cost too (it is larger
+            // than the ceiling, so the cost always fits it eventually).
+            let t = match self.server[i] {
+                Some(mut s) => {
+                    if let Some(ahead) = ahead {
+                        s.charge(ahead[i], now);
+                    }
+                    s.ready_at(charge[i], s.capacity()).map_or(t, |u| t.max(u))
+                }
+                None => t,
+            };
             if t > at {
                 at = t;
                 dim = Some(d);
@@ -694,6 +725,9 @@ impl KeyState {
                 }
                 b.charge(charge[d.index()], now);
                 self.buckets.set(d, Some(b));
+            }
+            if let Some(s) = &mut self.server[d.index()] {
+                s.charge(charge[d.index()], now);
             }
         }
         for (c, x) in self.dispatched.iter_mut().zip(charge) {
@@ -744,6 +778,9 @@ impl KeyState {
             if let Some(mut b) = self.buckets.get(d) {
                 b.refund(amounts[i], now);
                 self.buckets.set(d, Some(b));
+            }
+            if let Some(s) = &mut self.server[i] {
+                s.refund(amounts[i], now);
             }
         }
     }
@@ -833,6 +870,12 @@ impl KeyState {
             })
         };
         self.finish(record, own_output);
+        if !limited && let Some(u) = usage {
+            // The true output is known: settle the reservation at once, before the reading is
+            // compared (neither accounting charges the unused part of `max_tokens` for long).
+            let back = record.charge[OUT].saturating_sub(u.output_tokens());
+            self.refund(&[OUT, TOK], &[0, 0, back, back], now);
+        }
         if snapshot.is_empty() {
             if record.probe {
                 let ok = outcome.is_success() && !self.any_bucket();
@@ -853,17 +896,29 @@ impl KeyState {
                 self.learn(key, d, reading, dialect, record, received, now);
             }
         }
-        if !limited
-            && snapshot.get(Dimension::OutputTokens).is_none()
-            && let Some(u) = usage
+        self.wake_head();
+        crate::observe::emit::rate_limit_response(key.as_str(), outcome.kind().as_str());
+        #[cfg(feature = "metrics")]
         {
-            let back = record.charge[OUT].saturating_sub(u.output_tokens());
-            self.refund(&[OUT], &[0, 0, back, 0], now);
-            if snapshot.get(Dimension::Tokens).is_none() {
-                self.refund(&[TOK], &[0, 0, 0, back], now);
+            for d in Dimension::ALL {
+                if let Some(b) = self.buckets.get(d) {
+                    crate::observe::emit::rate_limit_bucket(
+                        key.as_str(),
+                        d.as_str(),
+                        b.level(now),
+                        b.capacity(),
+                    );
+                }
+            }
+            if let Some(until) = absorbed {
+                crate::observe::emit::rate_limit_key(
+                    key.as_str(),
+                    until.saturating_duration_since(now),
+                    self.in_flight,
+                    self.queue.len(),
+                );
             }
         }
-        self.wake_head();
         absorbed
     }
 
@@ -890,7 +945,7 @@ impl KeyState {
         let Some((cap, window)) = self.capacity(d) else {
             return;
         };
-        let mut b = match self.buckets.get(d) {
+        let b = match self.buckets.get(d) {
             Some(mut b) => {
                 if (b.capacity(), b.window()) != (cap, window) {
                     b.resize(cap, window, now);
@@ -903,9 +958,33 @@ impl KeyState {
         let server_cap = self.learned[i].map_or(cap, |l| l.0);
         let server_window = self.learned[i].map_or(window, |l| l.1);
         let server = Bucket::new(server_cap, server_window, now);
+        // The bucket the reading corrects: the local one, or under a configured ceiling below
+        // the server's limit the server's own bucket. The ceiling counts this key's own usage at
+        // the configured rate; the server's units used (everyone's, refilled at the server's
+        // rate) say nothing about it, and converting them into the smaller bucket turned a
+        // nearly empty server bucket into a wait of many minutes.
+        let ceiling = cap < server_cap;
+        let mut target = if ceiling {
+            match self.server[i] {
+                Some(mut s) => {
+                    if (s.capacity(), s.window()) != (server_cap, server_window) {
+                        s.resize(server_cap, server_window, now);
+                    }
+                    s
+                }
+                None => server,
+            }
+        } else {
+            self.server[i] = None;
+            b
+        };
+        self.buckets.set(d, Some(b));
         let dispatched = record.at.min(received);
-        // `remaining` was read at some instant between dispatch and receipt; Anthropic rounds
-        // token counts to the nearest thousand.
+        // `remaining` is the level right after the server admitted this request: at dispatch,
+        // plus the time the request takes to reach the server (at most `READING_DELAY` is
+        // assumed; the rounding tolerance covers more). Anthropic rounds token counts to the
+        // nearest thousand.
+        let read_at = received.min(add(dispatched, READING_DELAY));
         let tol = if dialect == Some(Dialect::Anthropic) && d != Dimension::Requests {
             TOKENS_REMAINING_TOLERANCE
         } else {
@@ -916,7 +995,7 @@ impl KeyState {
             (
                 add(dispatched, server.span(used.saturating_sub(tol))),
                 add(
-                    received,
+                    read_at,
                     server.span(used.saturating_add(tol).min(server_cap)),
                 ),
             )
@@ -937,7 +1016,11 @@ impl KeyState {
             }
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => {
-                self.buckets.set(d, Some(b));
+                if ceiling {
+                    self.server[i] = Some(target);
+                } else {
+                    self.buckets.set(d, Some(target));
+                }
                 return;
             }
         };
@@ -967,21 +1050,23 @@ impl KeyState {
             Dimension::OutputTokens => output,
             _ => after_input.saturating_add(output),
         };
-        // The server's instants are in its own rate; the local bucket may be smaller (a
-        // configured ceiling): convert through the units used.
-        let to_local = |t: Instant| {
-            let used = server.span_units(t.saturating_duration_since(now));
-            add(now, b.span(used.saturating_add(not_in_reading)))
-        };
-        let (lo_at, hi_at) = (to_local(lo), to_local(hi));
-        let old = b.full_at();
+        // The target has the server's capacity and window (the server's own bucket, or a local
+        // bucket without a ceiling below the server's limit): add what the reading misses.
+        let shift = |t: Instant| add(t.max(now), target.span(not_in_reading));
+        let (lo_at, hi_at) = (shift(lo), shift(hi));
+        let old = target.full_at();
         if old < lo_at || old > hi_at {
-            b.set_full_at(hi_at);
-            tracing::debug!(key = %key, dimension = d.as_str(), old_level = Bucket::new(cap, window, old).level(now),
-                new_level = b.level(now), server_remaining = ?reading.remaining(),
+            target.set_full_at(hi_at);
+            tracing::debug!(key = %key, dimension = d.as_str(), ceiling,
+                old_level = Bucket::new(server_cap, server_window, old).level(now),
+                new_level = target.level(now), server_remaining = ?reading.remaining(),
                 "rate limit: level corrected from the server's reading");
         }
-        self.buckets.set(d, Some(b));
+        if ceiling {
+            self.server[i] = Some(target);
+        } else {
+            self.buckets.set(d, Some(target));
+        }
         if !full_at_reset
             && reading.remaining() == Some(0)
             && let Some(reset) = reading.reset()
@@ -1060,6 +1145,8 @@ enum Phase {
         since: Instant,
         deadline: Option<Instant>,
         max_wait: Option<Duration>,
+        /// What it waits for (a dimension, `cooldown`, `probe`), for traces and metrics.
+        reason: &'static str,
     },
     Admitted(Record),
     Dispatched(Record),
@@ -1104,6 +1191,7 @@ impl Ticket {
             since,
             deadline,
             max_wait,
+            reason,
         } = self.phase
         else {
             return Admission::Admitted;
@@ -1125,13 +1213,15 @@ impl Ticket {
                 st.dequeue(id);
                 let record = st.admit(charge, raw, now);
                 drop(st);
-                tracing::debug!(key = %self.cell.key, waited_ms = now.saturating_duration_since(since).as_millis() as u64,
-                    "rate limit: admitted after waiting");
+                let waited = now.saturating_duration_since(since);
+                tracing::debug!(key = %self.cell.key, dimension = reason,
+                    waited_ms = waited.as_millis() as u64, "rate limit: admitted after waiting");
+                crate::observe::emit::rate_limit_waited(self.cell.key.as_str(), reason, waited);
                 self.phase = Phase::Admitted(record);
                 Admission::Admitted
             }
             Check::Never(e) => {
-                let r = fail(&mut st, e.into());
+                let r = fail(&mut st, cost_exceeds(&self.cell.key, e));
                 drop(st);
                 self.phase = Phase::Done;
                 r
@@ -1146,6 +1236,13 @@ impl Ticket {
                         st.project(&charge, id.0, now)
                     };
                     let wait = at.saturating_duration_since(since).max(max);
+                    tracing::info!(key = %self.cell.key, dimension = st.reason(dim),
+                        wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
+                        "rate limit: refused, projected wait exceeds the maximum");
+                    crate::observe::emit::rate_limit_refused(
+                        self.cell.key.as_str(),
+                        "wait_too_long",
+                    );
                     let r = fail(&mut st, WaitTooLong::new(dim, wait, max).into());
                     drop(st);
                     self.phase = Phase::Done;
@@ -1346,6 +1443,34 @@ mod tests {
         assert_eq!(level(&state, Dimension::OutputTokens), 6_600);
     }
 
+    /// A known usage settles the reservation at the response, headers or not.
+    #[tokio::test(start_paused = true)]
+    async fn usage_settles_the_output_reservation_at_the_response() {
+        let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+        let mut a = send(&state, Cost::new(1, 0, 1_000), true);
+        let mut b = send(&state, Cost::new(1, 0, 1_000), true);
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_000);
+        // Read at a's admission: nothing produced yet; a produced 300. The reading (± 500)
+        // agrees with 6,700 left, so only the usage can give the 700 back.
+        let reading = RateLimitSnapshot::new()
+            .with_dialect(Dialect::Anthropic)
+            .with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+        a.complete_with(Reply {
+            snapshot: &reading,
+            outcome: &Outcome::success(),
+            received: Instant::now(),
+            usage: Some(Usage::new(0, 300)),
+        });
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+        b.complete_with(Reply {
+            snapshot: &reading,
+            outcome: &Outcome::success(),
+            received: Instant::now(),
+            usage: Some(Usage::new(0, 1_000)),
+        });
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn rate_limited_response_refunds_and_cools_down() {
         let state = RateLimitState::with_limits(Limits::new().requests(10));
@@ -1415,6 +1540,57 @@ mod tests {
             snap.cooldown_until(),
             Some(Instant::now() + Duration::from_secs(30))
         );
+    }
+
+    /// A configured ceiling below the server's limit, and a server bucket nearly emptied by
+    /// someone else: the wait is the server's refill time for the missing tokens (at the
+    /// server's rate), not the configured bucket's, and the ceiling still counts only this key's
+    /// own usage.
+    #[tokio::test(start_paused = true)]
+    async fn ceiling_below_server_limit_waits_for_the_server_refill() {
+        let state = RateLimitState::with_limits(Limits::new().input_tokens(10_000));
+        let mut a = send(&state, Cost::new(1, 1_000, 0), true);
+        // Server: 150,000 ITPM (2,500 per second), 1,000 left after `a`: full again in 59.6 s.
+        let snapshot = RateLimitSnapshot::new()
+            .with_dialect(Dialect::Anthropic)
+            .with(Dimension::InputTokens, reading(150_000, 1_000, 60_000));
+        reply(&mut a, &snapshot, Outcome::success());
+        assert_eq!(
+            state
+                .key_snapshot(&key())
+                .unwrap()
+                .bucket(Dimension::InputTokens)
+                .unwrap()
+                .capacity(),
+            10_000
+        );
+        // 2,000 more: the server has 500..=1,500 (rounded to the thousand), so 0.2..=0.6 s of
+        // its refill; our own ceiling has 9,000 left.
+        let max = Duration::from_secs(2);
+        let mut b = state
+            .enter(
+                &key(),
+                Cost::new(1, 2_000, 0),
+                true,
+                Priority::Interactive,
+                Some(max),
+            )
+            .expect("a 0.2-0.6 s wait is within a 2 s maximum");
+        assert!(!b.is_admitted(), "the server bucket is nearly empty");
+        let waker = std::task::Waker::noop();
+        let Admission::Wait(Some(at)) = b.poll_admit(waker) else {
+            panic!("expected a timed wait");
+        };
+        let wait = at.saturating_duration_since(Instant::now());
+        assert!(
+            wait >= Duration::from_millis(200) && wait <= Duration::from_millis(1_000),
+            "wait {wait:?}"
+        );
+        tokio::time::advance(wait).await;
+        assert!(matches!(b.poll_admit(waker), Admission::Admitted));
+        // The ceiling counts this key's own usage: 1,000 + 2,000 of 10,000.
+        let level = level(&state, Dimension::InputTokens);
+        assert!((6_900..=7_100).contains(&level), "ceiling level {level}");
     }
 
     /// A server that charges 80% of the raw estimates: the correction factor converges there.

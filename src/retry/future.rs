@@ -48,6 +48,8 @@ pin_project_lite::pin_project! {
         shared: Arc<Shared<C>>,
         rng: fastrand::Rng,
         call: CallState,
+        // The call's `llm_call` span, entered while the future is polled.
+        span: tracing::Span,
     }
 }
 
@@ -79,6 +81,7 @@ where
         request: Request<B>,
         shared: Arc<Shared<C>>,
         rng: fastrand::Rng,
+        span: tracing::Span,
     ) -> Self {
         let call = CallState::start(request.extensions());
         let (parts, body) = request.into_parts();
@@ -89,7 +92,7 @@ where
             ),
             None => (Request::from_parts(parts, body), None),
         };
-        let future = service.call(request);
+        let future = span.in_scope(|| service.call(request));
         ResponseFuture {
             state: State::Calling { future },
             service,
@@ -98,6 +101,7 @@ where
             shared,
             rng,
             call,
+            span,
         }
     }
 }
@@ -129,6 +133,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
@@ -144,10 +149,16 @@ where
                             *this.next = None;
                             return Poll::Ready(result);
                         }
-                        Next::Retry(sleep) if sleep.is_zero() => this.state.set(State::Readying),
-                        Next::Retry(sleep) => this.state.set(State::Sleeping {
-                            sleep: tokio::time::sleep(sleep),
-                        }),
+                        Next::Retry(sleep) => {
+                            this.span.record("attempt", this.call.attempts);
+                            if sleep.is_zero() {
+                                this.state.set(State::Readying);
+                            } else {
+                                this.state.set(State::Sleeping {
+                                    sleep: tokio::time::sleep(sleep),
+                                });
+                            }
+                        }
                     }
                 }
                 StateProj::Sleeping { sleep } => {

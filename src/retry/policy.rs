@@ -425,7 +425,7 @@ impl<C: Classify> Policy<C> {
                 Some(wait) if prepare(call.attempts - 1) => {
                     tracing::debug!(
                         attempt = call.attempts,
-                        key = open.key(),
+                        key = open.key().unwrap_or("*"),
                         half_open = open.is_half_open(),
                         wait_ms = wait.as_millis() as u64,
                         waited_ms = call.breaker_waited.as_millis() as u64,
@@ -437,7 +437,7 @@ impl<C: Classify> Policy<C> {
                 }
                 _ => tracing::debug!(
                     attempts = call.attempts,
-                    key = open.key(),
+                    key = open.key().unwrap_or("*"),
                     waited_ms = call.breaker_waited.as_millis() as u64,
                     "circuit breaker open: not waiting"
                 ),
@@ -473,7 +473,7 @@ impl<C: Classify> Policy<C> {
                 backoff,
                 source,
             } => {
-                tracing::debug!(
+                tracing::info!(
                     attempt = attempts + 1,
                     reason = outcome.kind().as_str(),
                     status,
@@ -482,6 +482,7 @@ impl<C: Classify> Policy<C> {
                     source,
                     "retrying"
                 );
+                crate::observe::emit::retry(outcome.kind().as_str(), source);
                 call.attempts += 1;
                 if !backoff.is_zero() {
                     call.previous_backoff = backoff;
@@ -498,6 +499,7 @@ impl<C: Classify> Policy<C> {
                         "not retrying"
                     );
                 }
+                crate::observe::emit::call_done(outcome.kind().as_str(), attempts);
                 return Next::Done(result.map(|mut response| {
                     response
                         .extensions_mut()
@@ -522,22 +524,32 @@ impl<C: Classify> Policy<C> {
             api_error,
             error,
         };
-        let error: BoxError = match ending {
-            Verdict::WaitTooLong => Box::new(WaitTooLong::new(last, self.max_server_wait)),
-            Verdict::Deadline { wait } => Box::new(DeadlineExceeded::new(
-                last,
-                self.deadline.unwrap_or_default(),
-                wait,
-            )),
-            _ => Box::new(BudgetExhausted::new(last)),
+        let (error, why): (BoxError, _) = match ending {
+            Verdict::WaitTooLong => (
+                Box::new(WaitTooLong::new(last, self.max_server_wait)),
+                "wait_too_long",
+            ),
+            Verdict::Deadline { wait } => (
+                Box::new(DeadlineExceeded::new(
+                    last,
+                    self.deadline.unwrap_or_default(),
+                    wait,
+                )),
+                "deadline",
+            ),
+            _ => (Box::new(BudgetExhausted::new(last)), "budget"),
         };
         tracing::info!(
             attempts,
             reason = outcome.kind().as_str(),
             status,
             server_wait_ms = server_wait.map(|w| w.as_millis() as u64),
-            "giving up: {error}"
+            why,
+            error = %error,
+            "giving up"
         );
+        crate::observe::emit::retry_gave_up(why);
+        crate::observe::emit::call_done(outcome.kind().as_str(), attempts);
         Next::Done(Err(error))
     }
 }

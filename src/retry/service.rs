@@ -118,7 +118,10 @@ where
             budget.deposit();
         }
         let rng = self.shared.rng();
-        ResponseFuture::new(service, request, Arc::clone(&self.shared), rng)
+        crate::observe::emit::call();
+        // One span per call; the rate limiter below records the key in it.
+        let span = tracing::info_span!("llm_call", attempt = 1u32, key = tracing::field::Empty);
+        ResponseFuture::new(service, request, Arc::clone(&self.shared), rng, span)
     }
 }
 

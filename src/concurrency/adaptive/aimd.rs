@@ -295,6 +295,7 @@ impl AdaptiveLimiter {
             if new != old {
                 control.decreases += 1;
                 limiter.set_limit(new);
+                crate::observe::emit::concurrency_limit_changed("decrease", kind.as_str(), new);
                 tracing::info!(
                     old,
                     new,
@@ -310,6 +311,7 @@ impl AdaptiveLimiter {
                 if old < config.max {
                     control.increases += 1;
                     limiter.set_limit(old + 1);
+                    crate::observe::emit::concurrency_limit_changed("increase", "success", old + 1);
                     tracing::debug!(
                         old,
                         new = old + 1,
