@@ -112,9 +112,11 @@
 //! used are kept).
 //!
 //! **Start-up.** Before anything is known about a key (no configured limit, no response yet),
-//! one request goes alone — the probe — and the others wait for its answer: sending everything at
-//! once would get most of it refused, one probe costs one round trip. If the probe fails without
-//! headers, the next request probes. If a successful response carries no rate-limit header and
+//! the first [`STARTUP_PROBES`] requests (4) go — the probes — and the others wait for the first
+//! answer: sending everything at once would get most of it refused, and waiting costs one round
+//! trip, the shortest of the probes' (a model's answer takes longer the more it writes, so a few
+//! probes answer sooner than one; a handful of requests fits any real tier). If every probe fails
+//! without headers, the next request probes. If a successful response carries no rate-limit header and
 //! nothing is configured, the key is not limited (except by cooldowns).
 //!
 //! **Ramp-up** ([`RampUp`], off by default, [`RateLimitStateBuilder::ramp_up`]): after a cold
@@ -257,6 +259,6 @@ pub use layer::RateLimitLayer;
 pub use service::RateLimit;
 pub use state::{
     BucketSnapshot, DEFAULT_COOLDOWN, DEFAULT_MAX_KEYS, KeySnapshot, RateLimitState,
-    RateLimitStateBuilder,
+    RateLimitStateBuilder, STARTUP_PROBES,
 };
 pub use store::{Buckets, MemoryStore, Store};

@@ -24,6 +24,10 @@ use super::store::{Buckets, MemoryStore, Store};
 /// The default bound on the number of keys a state keeps.
 pub const DEFAULT_MAX_KEYS: usize = 1024;
 
+/// Requests sent before anything is known about a key (the start-up probes): the others wait
+/// for the first answer, which comes after the shortest of their round trips.
+pub const STARTUP_PROBES: usize = 4;
+
 /// The cooldown after a 429 that carries no `retry-after`.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
 
@@ -250,6 +254,7 @@ impl RateLimitState {
                 learned: [None; 4],
                 server: [None; 4],
                 probe: Probe::Idle,
+                probes: 0,
                 cooldown_until: None,
                 dispatched: [0; 4],
                 dispatch_seq: 0,
@@ -479,9 +484,10 @@ impl BucketSnapshot {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Probe {
-    /// Nothing known: the next request probes.
+    /// Nothing known, no probe out: the next request probes.
     Idle,
-    /// One request is out to learn the limits; the others wait for its answer.
+    /// Requests are out to learn the limits (at most [`STARTUP_PROBES`]); the others wait for
+    /// the first answer.
     InFlight,
     /// Responses carry no rate-limit headers and nothing is configured: not limited.
     Unlimited,
@@ -509,6 +515,8 @@ struct KeyState {
     /// must fit both.
     server: [Option<Bucket>; 4],
     probe: Probe,
+    /// Probes in flight.
+    probes: usize,
     cooldown_until: Option<Instant>,
     /// Cumulative charge at dispatch, per dimension (monotone).
     dispatched: Charge,
@@ -602,8 +610,21 @@ impl KeyState {
     fn reason(&self, dimension: Option<Dimension>) -> &'static str {
         match dimension {
             Some(d) => d.as_str(),
-            None if self.probe == Probe::InFlight && !self.any_bucket() => "probe",
+            None if self.probing() => "probe",
             None => "cooldown",
+        }
+    }
+
+    /// Nothing known and every start-up probe out: wait for the first answer.
+    fn probing(&self) -> bool {
+        self.probe == Probe::InFlight && self.probes >= STARTUP_PROBES && !self.any_bucket()
+    }
+
+    /// A probe ended (answered, failed or dropped).
+    fn probe_done(&mut self) {
+        self.probes = self.probes.saturating_sub(1);
+        if self.probes == 0 && self.probe == Probe::InFlight {
+            self.probe = Probe::Idle;
         }
     }
 
@@ -635,7 +656,7 @@ impl KeyState {
                 return Check::Never(CostExceedsLimit::new(d, charge[d.index()], b.capacity()));
             }
         }
-        if self.probe == Probe::InFlight && !self.any_bucket() {
+        if self.probing() {
             return Check::Probe;
         }
         let (at, _) = self.ready_at(charge, None, now);
@@ -737,9 +758,10 @@ impl KeyState {
         self.dispatch_seq += 1;
         self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
         self.in_flight += 1;
-        let probe = !self.any_bucket() && self.probe == Probe::Idle;
+        let probe = !self.any_bucket() && self.probe != Probe::Unlimited;
         if probe {
             self.probe = Probe::InFlight;
+            self.probes += 1;
         }
         Record {
             seq: self.dispatch_seq,
@@ -799,7 +821,7 @@ impl KeyState {
         let out = record.charge[OUT];
         self.refund(&[OUT, TOK], &[0, 0, out, out], now);
         if record.probe {
-            self.probe = Probe::Idle;
+            self.probe_done();
         }
         self.wake_head();
     }
@@ -810,7 +832,7 @@ impl KeyState {
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
         self.note_refund(record);
         if record.probe {
-            self.probe = Probe::Idle;
+            self.probe_done();
         }
         self.wake_head();
     }
@@ -878,15 +900,23 @@ impl KeyState {
         }
         if snapshot.is_empty() {
             if record.probe {
+                self.probe_done();
                 let ok = outcome.is_success() && !self.any_bucket();
-                self.probe = if ok { Probe::Unlimited } else { Probe::Idle };
                 if ok {
+                    self.probe = Probe::Unlimited;
                     tracing::debug!(key = %key, "rate limit: no rate-limit headers; not limited");
                 }
             }
         } else {
+            if record.probe {
+                self.probes = self.probes.saturating_sub(1);
+            }
             if self.probe != Probe::Unlimited {
-                self.probe = Probe::Idle;
+                self.probe = if self.probes > 0 {
+                    Probe::InFlight
+                } else {
+                    Probe::Idle
+                };
             }
             let dialect = snapshot.dialect();
             for (d, reading) in snapshot.iter() {
@@ -1360,7 +1390,10 @@ mod tests {
     async fn probe_then_limits_learned_from_anthropic_headers() {
         let state = RateLimitState::new();
         let mut probe = send(&state, Cost::new(1, 1_000, 500), true);
-        // Nothing known: the next request waits for the probe's answer.
+        // Nothing known: up to STARTUP_PROBES requests go, the next waits for the first answer.
+        let others: Vec<Ticket> = (1..STARTUP_PROBES)
+            .map(|_| send(&state, Cost::new(1, 0, 0), true))
+            .collect();
         let waiting = state
             .enter(
                 &key(),
@@ -1389,10 +1422,10 @@ mod tests {
         }
         // The `tokens` reading duplicates the input bucket: no combined bucket.
         assert!(snap.bucket(Dimension::Tokens).is_none());
-        // Requests: exact (1 used). Input: 29,000 ± 500 and a 2 s reset (−2 s, +1 s):
+        // Requests: exact (1 used, and the other probes sent after it). Input: 29,000 ± 500 and a 2 s reset (−2 s, +1 s):
         // conservative edge 1,500 used. Output: the reading holds no output of the probe, whose
         // 500 reserved stay, and the reset's +1 s (134 tokens at 8,000/min).
-        assert_eq!(level(&state, Dimension::Requests), 49);
+        assert_eq!(level(&state, Dimension::Requests), 49 - others.len() as u64);
         assert_eq!(level(&state, Dimension::InputTokens), 28_500);
         assert_eq!(level(&state, Dimension::OutputTokens), 8_000 - 134 - 500);
     }
