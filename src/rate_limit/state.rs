@@ -48,6 +48,10 @@ const FACTOR_MIN: f64 = 0.5;
 const FACTOR_MAX: f64 = 4.0;
 const FACTOR_ALPHA: f64 = 0.25;
 
+/// Bounds and smoothing of the learned share of `max_tokens` a request produces.
+const OUTPUT_SHARE_MIN: f64 = 0.25;
+const OUTPUT_SHARE_ALPHA: f64 = 0.5;
+
 /// Cost per dimension, in [`Dimension::ALL`] order.
 pub(crate) type Charge = [u64; 4];
 
@@ -262,6 +266,10 @@ impl RateLimitState {
                 raw_input: 0,
                 outstanding_output: 0,
                 completed_output: 0,
+                known_output: 0,
+                unknown_reserved: 0,
+                output_share: 1.0,
+                output_anchor: None,
                 in_flight: 0,
                 queue: BTreeMap::new(),
                 queued: [[0; 4]; 2],
@@ -392,6 +400,7 @@ impl KeyCell {
             in_flight: st.in_flight,
             queued: st.queue.len(),
             input_correction: st.input_factor,
+            output_share: st.output_share,
         }
     }
 }
@@ -405,6 +414,7 @@ pub struct KeySnapshot {
     in_flight: usize,
     queued: usize,
     input_correction: f64,
+    output_share: f64,
 }
 
 impl KeySnapshot {
@@ -436,6 +446,12 @@ impl KeySnapshot {
     /// The learned factor applied to input-token estimates (1.0 until learned).
     pub fn input_correction(&self) -> f64 {
         self.input_correction
+    }
+
+    /// The learned share of `max_tokens` a request is taken to produce when its response
+    /// carries no [`Usage`] (1.0 until learned).
+    pub fn output_share(&self) -> f64 {
+        self.output_share
     }
 }
 
@@ -498,6 +514,15 @@ struct Waiter {
     waker: Option<Waker>,
 }
 
+/// An output reading, for [`KeyState::learn_output_share`]: the server's `full_at` and the
+/// finished output (known, and reserved but unknown) before the request was sent.
+#[derive(Clone, Copy, Debug)]
+struct OutputAnchor {
+    full_at: Instant,
+    known: u64,
+    unknown: u64,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Anchor {
     full_at: Instant,
@@ -533,6 +558,15 @@ struct KeyState {
     /// Cumulative output of finished requests (their true output when known, else their
     /// reservation): what a server counting output as produced may have charged since.
     completed_output: u64,
+    /// Cumulative true output of finished requests whose output is known (a [`Usage`], or
+    /// refused: none).
+    known_output: u64,
+    /// Cumulative reservation of finished requests whose output is unknown.
+    unknown_reserved: u64,
+    /// The learned share of its reservation a request produces, when its output is unknown
+    /// (1.0 until learned): what such a request is taken to have charged.
+    output_share: f64,
+    output_anchor: Option<OutputAnchor>,
     in_flight: usize,
     queue: BTreeMap<(usize, u64), Waiter>,
     /// Queued charge per priority class.
@@ -572,6 +606,8 @@ pub(crate) struct Record {
     after: Charge,
     raw_after: u64,
     completed_before: u64,
+    known_before: u64,
+    unknown_before: u64,
     at: Instant,
     probe: bool,
 }
@@ -744,6 +780,9 @@ impl KeyState {
                     // understate what the server charged in between.
                     self.anchor = None;
                 }
+                if d == Dimension::OutputTokens && b.full_at() <= now {
+                    self.output_anchor = None;
+                }
                 b.charge(charge[d.index()], now);
                 self.buckets.set(d, Some(b));
             }
@@ -769,6 +808,8 @@ impl KeyState {
             after: self.dispatched,
             raw_after: self.raw_input,
             completed_before: self.completed_output,
+            known_before: self.known_output,
+            unknown_before: self.unknown_reserved,
             at: now,
             probe,
         }
@@ -884,18 +925,26 @@ impl KeyState {
                 cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
                 "rate limit: 429, cooling down every request of this key");
         }
-        let own_output = if limited {
-            0
-        } else {
-            usage.map_or(record.charge[OUT], |u| {
-                u.output_tokens().min(record.charge[OUT])
-            })
+        // What the server charged (or will charge) for this request's output: nothing when it
+        // refused it, the true figure when a `Usage` says, else the learned share of the
+        // reservation.
+        let reserved = record.charge[OUT];
+        let own_output = match (limited, usage) {
+            (true, _) => 0,
+            (false, Some(u)) => u.output_tokens().min(reserved),
+            (false, None) => ((reserved as f64 * self.output_share).ceil() as u64).min(reserved),
         };
+        if limited || usage.is_some() {
+            self.known_output = self.known_output.saturating_add(own_output);
+        } else {
+            self.unknown_reserved = self.unknown_reserved.saturating_add(reserved);
+        }
         self.finish(record, own_output);
-        if !limited && let Some(u) = usage {
-            // The true output is known: settle the reservation at once, before the reading is
-            // compared (neither accounting charges the unused part of `max_tokens` for long).
-            let back = record.charge[OUT].saturating_sub(u.output_tokens());
+        if !limited {
+            // Settle the reservation at once, before the reading is compared (neither
+            // accounting charges the unused part of `max_tokens` for long); an estimate that
+            // was too low shows in the next readings, which correct the level.
+            let back = reserved - own_output;
             self.refund(&[OUT, TOK], &[0, 0, back, back], now);
         }
         if snapshot.is_empty() {
@@ -1059,6 +1108,11 @@ impl KeyState {
                 .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
             self.learn_input_factor(key, &server, lo, hi, level_hi, record);
         }
+        if d == Dimension::OutputTokens {
+            let level_hi = server_cap
+                .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
+            self.learn_output_share(key, &server, lo, hi, level_hi, record);
+        }
         // What this key charged that the reading cannot contain. Input and requests:
         // everything dispatched after this request. Output: everything in flight, and everything
         // that finished since this request left (this one included), which a server counting
@@ -1148,6 +1202,54 @@ impl KeyState {
             tracing::debug!(key = %key, old, new, sample, "rate limit: input estimate correction learned");
         }
         self.anchor = Some(here);
+    }
+
+    /// Compares what the server charged for output between two readings with what the
+    /// requests that finished in between reserved, and folds the share into the output
+    /// estimate of requests whose true output is unknown.
+    fn learn_output_share(
+        &mut self,
+        key: &RateLimitKey,
+        server: &Bucket,
+        lo: Instant,
+        hi: Instant,
+        level_hi: u64,
+        record: &Record,
+    ) {
+        if level_hi + server.capacity() / 20 >= server.capacity() {
+            // The server's bucket may have been full: refill lost, no comparison possible.
+            self.output_anchor = None;
+            return;
+        }
+        let here = OutputAnchor {
+            full_at: lo + hi.saturating_duration_since(lo) / 2,
+            known: record.known_before,
+            unknown: record.unknown_before,
+        };
+        let Some(a) = self.output_anchor else {
+            self.output_anchor = Some(here);
+            return;
+        };
+        if here.unknown <= a.unknown || here.full_at <= a.full_at {
+            return;
+        }
+        // At least a quarter of the bucket in between, so that the readings' resolution (about
+        // a thousand tokens) stays a small part of the comparison.
+        let unknown = (here.unknown - a.unknown) as f64;
+        if unknown < (server.capacity() / 4) as f64 {
+            return;
+        }
+        let known = here.known.saturating_sub(a.known) as f64;
+        let charged = server.span_units(here.full_at.saturating_duration_since(a.full_at)) as f64;
+        let sample = ((charged - known) / unknown).clamp(OUTPUT_SHARE_MIN, 1.0);
+        let old = self.output_share;
+        let new = (old * (1.0 - OUTPUT_SHARE_ALPHA) + sample * OUTPUT_SHARE_ALPHA)
+            .clamp(OUTPUT_SHARE_MIN, 1.0);
+        if sample.is_finite() {
+            self.output_share = new;
+            tracing::debug!(key = %key, old, new, sample, "rate limit: output share learned");
+        }
+        self.output_anchor = Some(here);
     }
 }
 
@@ -1660,5 +1762,43 @@ mod tests {
         }
         let factor = state.key_snapshot(&key()).unwrap().input_correction();
         assert!((0.75..=0.85).contains(&factor), "factor {factor}");
+    }
+
+    /// A server counting output as produced: the share of `max_tokens` requests really produce
+    /// is learned from its readings (and stays at 1.0 when they produce all of it).
+    #[tokio::test(start_paused = true)]
+    async fn output_share_is_learned() {
+        for (produced, range) in [(500, 0.4..=0.6), (1_000, 0.9..=1.0)] {
+            let window = Duration::from_secs(60);
+            let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+            let mut server = Bucket::new(8_000, window, Instant::now());
+            for _ in 0..3_000 {
+                let t = state
+                    .enter(
+                        &key(),
+                        Cost::new(1, 0, 1_000),
+                        true,
+                        Priority::Interactive,
+                        None,
+                    )
+                    .unwrap();
+                if !t.is_admitted() {
+                    drop(t);
+                    tokio::time::advance(Duration::from_millis(100)).await;
+                    continue;
+                }
+                let mut t = t;
+                t.dispatched();
+                // Read at admission; the output is charged when the answer ends.
+                let remaining = server.level(Instant::now());
+                tokio::time::advance(Duration::from_millis(100)).await;
+                server.charge(produced, Instant::now());
+                let snapshot = RateLimitSnapshot::new()
+                    .with(Dimension::OutputTokens, remaining_only(8_000, remaining));
+                reply(&mut t, &snapshot, Outcome::success());
+            }
+            let share = state.key_snapshot(&key()).unwrap().output_share();
+            assert!(range.contains(&share), "produced {produced}: share {share}");
+        }
     }
 }
