@@ -112,9 +112,11 @@
 //! used are kept).
 //!
 //! **Start-up.** Before anything is known about a key (no configured limit, no response yet),
-//! one request goes alone — the probe — and the others wait for its answer: sending everything at
-//! once would get most of it refused, one probe costs one round trip. If the probe fails without
-//! headers, the next request probes. If a successful response carries no rate-limit header and
+//! the first [`STARTUP_PROBES`] requests (4) go — the probes — and the others wait for the first
+//! answer: sending everything at once would get most of it refused, and waiting costs one round
+//! trip, the shortest of the probes' (a model's answer takes longer the more it writes, so a few
+//! probes answer sooner than one; a handful of requests fits any real tier). If every probe fails
+//! without headers, the next request probes. If a successful response carries no rate-limit header and
 //! nothing is configured, the key is not limited (except by cooldowns).
 //!
 //! **Ramp-up** ([`RampUp`], off by default, [`RateLimitStateBuilder::ramp_up`]): after a cold
@@ -135,10 +137,10 @@
 //! output of any request still in flight, nor of any request that finished after this one was
 //! dispatched (this one included) — a second monotone counter, of finished output, makes that
 //! `O(1)` too. A finished request counts its [`Usage`](crate::cost::Usage) when the response
-//! carries one, else its reservation. This is exact for a server that counts output as produced
-//! and conservative for one that reserves. A known [`Usage`](crate::cost::Usage) also settles
-//! the request's reservation at once; without one, the over-reservation comes back with the
-//! first reading taken after the request finished.
+//! carries one, else the learned share of its reservation (below), and its reservation is
+//! settled to that figure at once. This is exact for a server that counts output as produced
+//! and conservative for one that reserves; an estimate that was too low shows in the next
+//! readings, which correct the level.
 //!
 //! Both readings are coarse: Anthropic rounds `*-tokens-remaining` to the nearest thousand;
 //! resets have one-second resolution and are measured against the response's `date` (so skew
@@ -172,6 +174,15 @@
 //! estimates feeds an EWMA (weight 0.25) clamped to `0.5..=4`, applied to later input estimates
 //! (not to a caller's explicit [`Cost`](crate::cost::Cost), which is taken as exact). The factor
 //! is visible in [`KeySnapshot::input_correction`].
+//!
+//! **Output share.** Without a [`Usage`](crate::cost::Usage) a finished request's output is
+//! unknown, and counting its whole `max_tokens` keeps the output bucket's level below the
+//! server's by the unused part of every reservation since the last reading. Successive output
+//! readings (at least a quarter of the capacity of finished reservations apart, never across an
+//! instant the bucket may have been full) tell what the server charged for the requests that
+//! finished in between; its ratio to their reservations feeds an EWMA (weight 0.5) clamped to
+//! `0.25..=1`, the share a finished request is taken to have produced. Other users of the same
+//! limit only raise it. It is visible in [`KeySnapshot::output_share`].
 //!
 //! Fixed-window dialects (IETF, GitHub): the reset is the end of a window, not `full_at`, so only
 //! `remaining` corrects the level, and `remaining: 0` holds the key until the reset.
@@ -257,6 +268,6 @@ pub use layer::RateLimitLayer;
 pub use service::RateLimit;
 pub use state::{
     BucketSnapshot, DEFAULT_COOLDOWN, DEFAULT_MAX_KEYS, KeySnapshot, RateLimitState,
-    RateLimitStateBuilder,
+    RateLimitStateBuilder, STARTUP_PROBES,
 };
 pub use store::{Buckets, MemoryStore, Store};

@@ -24,6 +24,10 @@ use super::store::{Buckets, MemoryStore, Store};
 /// The default bound on the number of keys a state keeps.
 pub const DEFAULT_MAX_KEYS: usize = 1024;
 
+/// Requests sent before anything is known about a key (the start-up probes): the others wait
+/// for the first answer, which comes after the shortest of their round trips.
+pub const STARTUP_PROBES: usize = 4;
+
 /// The cooldown after a 429 that carries no `retry-after`.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
 
@@ -43,6 +47,10 @@ const READING_DELAY: Duration = Duration::from_millis(50);
 const FACTOR_MIN: f64 = 0.5;
 const FACTOR_MAX: f64 = 4.0;
 const FACTOR_ALPHA: f64 = 0.25;
+
+/// Bounds and smoothing of the learned share of `max_tokens` a request produces.
+const OUTPUT_SHARE_MIN: f64 = 0.25;
+const OUTPUT_SHARE_ALPHA: f64 = 0.5;
 
 /// Cost per dimension, in [`Dimension::ALL`] order.
 pub(crate) type Charge = [u64; 4];
@@ -250,6 +258,7 @@ impl RateLimitState {
                 learned: [None; 4],
                 server: [None; 4],
                 probe: Probe::Idle,
+                probes: 0,
                 cooldown_until: None,
                 dispatched: [0; 4],
                 dispatch_seq: 0,
@@ -257,6 +266,10 @@ impl RateLimitState {
                 raw_input: 0,
                 outstanding_output: 0,
                 completed_output: 0,
+                known_output: 0,
+                unknown_reserved: 0,
+                output_share: 1.0,
+                output_anchor: None,
                 in_flight: 0,
                 queue: BTreeMap::new(),
                 queued: [[0; 4]; 2],
@@ -387,6 +400,7 @@ impl KeyCell {
             in_flight: st.in_flight,
             queued: st.queue.len(),
             input_correction: st.input_factor,
+            output_share: st.output_share,
         }
     }
 }
@@ -400,6 +414,7 @@ pub struct KeySnapshot {
     in_flight: usize,
     queued: usize,
     input_correction: f64,
+    output_share: f64,
 }
 
 impl KeySnapshot {
@@ -431,6 +446,12 @@ impl KeySnapshot {
     /// The learned factor applied to input-token estimates (1.0 until learned).
     pub fn input_correction(&self) -> f64 {
         self.input_correction
+    }
+
+    /// The learned share of `max_tokens` a request is taken to produce when its response
+    /// carries no [`Usage`] (1.0 until learned).
+    pub fn output_share(&self) -> f64 {
+        self.output_share
     }
 }
 
@@ -479,9 +500,10 @@ impl BucketSnapshot {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Probe {
-    /// Nothing known: the next request probes.
+    /// Nothing known, no probe out: the next request probes.
     Idle,
-    /// One request is out to learn the limits; the others wait for its answer.
+    /// Requests are out to learn the limits (at most [`STARTUP_PROBES`]); the others wait for
+    /// the first answer.
     InFlight,
     /// Responses carry no rate-limit headers and nothing is configured: not limited.
     Unlimited,
@@ -490,6 +512,15 @@ enum Probe {
 struct Waiter {
     charge: Charge,
     waker: Option<Waker>,
+}
+
+/// An output reading, for [`KeyState::learn_output_share`]: the server's `full_at` and the
+/// finished output (known, and reserved but unknown) before the request was sent.
+#[derive(Clone, Copy, Debug)]
+struct OutputAnchor {
+    full_at: Instant,
+    known: u64,
+    unknown: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -509,6 +540,8 @@ struct KeyState {
     /// must fit both.
     server: [Option<Bucket>; 4],
     probe: Probe,
+    /// Probes in flight.
+    probes: usize,
     cooldown_until: Option<Instant>,
     /// Cumulative charge at dispatch, per dimension (monotone).
     dispatched: Charge,
@@ -525,6 +558,15 @@ struct KeyState {
     /// Cumulative output of finished requests (their true output when known, else their
     /// reservation): what a server counting output as produced may have charged since.
     completed_output: u64,
+    /// Cumulative true output of finished requests whose output is known (a [`Usage`], or
+    /// refused: none).
+    known_output: u64,
+    /// Cumulative reservation of finished requests whose output is unknown.
+    unknown_reserved: u64,
+    /// The learned share of its reservation a request produces, when its output is unknown
+    /// (1.0 until learned): what such a request is taken to have charged.
+    output_share: f64,
+    output_anchor: Option<OutputAnchor>,
     in_flight: usize,
     queue: BTreeMap<(usize, u64), Waiter>,
     /// Queued charge per priority class.
@@ -564,6 +606,8 @@ pub(crate) struct Record {
     after: Charge,
     raw_after: u64,
     completed_before: u64,
+    known_before: u64,
+    unknown_before: u64,
     at: Instant,
     probe: bool,
 }
@@ -602,8 +646,21 @@ impl KeyState {
     fn reason(&self, dimension: Option<Dimension>) -> &'static str {
         match dimension {
             Some(d) => d.as_str(),
-            None if self.probe == Probe::InFlight && !self.any_bucket() => "probe",
+            None if self.probing() => "probe",
             None => "cooldown",
+        }
+    }
+
+    /// Nothing known and every start-up probe out: wait for the first answer.
+    fn probing(&self) -> bool {
+        self.probe == Probe::InFlight && self.probes >= STARTUP_PROBES && !self.any_bucket()
+    }
+
+    /// A probe ended (answered, failed or dropped).
+    fn probe_done(&mut self) {
+        self.probes = self.probes.saturating_sub(1);
+        if self.probes == 0 && self.probe == Probe::InFlight {
+            self.probe = Probe::Idle;
         }
     }
 
@@ -635,7 +692,7 @@ impl KeyState {
                 return Check::Never(CostExceedsLimit::new(d, charge[d.index()], b.capacity()));
             }
         }
-        if self.probe == Probe::InFlight && !self.any_bucket() {
+        if self.probing() {
             return Check::Probe;
         }
         let (at, _) = self.ready_at(charge, None, now);
@@ -723,6 +780,9 @@ impl KeyState {
                     // understate what the server charged in between.
                     self.anchor = None;
                 }
+                if d == Dimension::OutputTokens && b.full_at() <= now {
+                    self.output_anchor = None;
+                }
                 b.charge(charge[d.index()], now);
                 self.buckets.set(d, Some(b));
             }
@@ -737,9 +797,10 @@ impl KeyState {
         self.dispatch_seq += 1;
         self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
         self.in_flight += 1;
-        let probe = !self.any_bucket() && self.probe == Probe::Idle;
+        let probe = !self.any_bucket() && self.probe != Probe::Unlimited;
         if probe {
             self.probe = Probe::InFlight;
+            self.probes += 1;
         }
         Record {
             seq: self.dispatch_seq,
@@ -747,6 +808,8 @@ impl KeyState {
             after: self.dispatched,
             raw_after: self.raw_input,
             completed_before: self.completed_output,
+            known_before: self.known_output,
+            unknown_before: self.unknown_reserved,
             at: now,
             probe,
         }
@@ -799,7 +862,7 @@ impl KeyState {
         let out = record.charge[OUT];
         self.refund(&[OUT, TOK], &[0, 0, out, out], now);
         if record.probe {
-            self.probe = Probe::Idle;
+            self.probe_done();
         }
         self.wake_head();
     }
@@ -810,7 +873,7 @@ impl KeyState {
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
         self.note_refund(record);
         if record.probe {
-            self.probe = Probe::Idle;
+            self.probe_done();
         }
         self.wake_head();
     }
@@ -862,31 +925,47 @@ impl KeyState {
                 cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
                 "rate limit: 429, cooling down every request of this key");
         }
-        let own_output = if limited {
-            0
-        } else {
-            usage.map_or(record.charge[OUT], |u| {
-                u.output_tokens().min(record.charge[OUT])
-            })
+        // What the server charged (or will charge) for this request's output: nothing when it
+        // refused it, the true figure when a `Usage` says, else the learned share of the
+        // reservation.
+        let reserved = record.charge[OUT];
+        let own_output = match (limited, usage) {
+            (true, _) => 0,
+            (false, Some(u)) => u.output_tokens().min(reserved),
+            (false, None) => ((reserved as f64 * self.output_share).ceil() as u64).min(reserved),
         };
+        if limited || usage.is_some() {
+            self.known_output = self.known_output.saturating_add(own_output);
+        } else {
+            self.unknown_reserved = self.unknown_reserved.saturating_add(reserved);
+        }
         self.finish(record, own_output);
-        if !limited && let Some(u) = usage {
-            // The true output is known: settle the reservation at once, before the reading is
-            // compared (neither accounting charges the unused part of `max_tokens` for long).
-            let back = record.charge[OUT].saturating_sub(u.output_tokens());
+        if !limited {
+            // Settle the reservation at once, before the reading is compared (neither
+            // accounting charges the unused part of `max_tokens` for long); an estimate that
+            // was too low shows in the next readings, which correct the level.
+            let back = reserved - own_output;
             self.refund(&[OUT, TOK], &[0, 0, back, back], now);
         }
         if snapshot.is_empty() {
             if record.probe {
+                self.probe_done();
                 let ok = outcome.is_success() && !self.any_bucket();
-                self.probe = if ok { Probe::Unlimited } else { Probe::Idle };
                 if ok {
+                    self.probe = Probe::Unlimited;
                     tracing::debug!(key = %key, "rate limit: no rate-limit headers; not limited");
                 }
             }
         } else {
+            if record.probe {
+                self.probes = self.probes.saturating_sub(1);
+            }
             if self.probe != Probe::Unlimited {
-                self.probe = Probe::Idle;
+                self.probe = if self.probes > 0 {
+                    Probe::InFlight
+                } else {
+                    Probe::Idle
+                };
             }
             let dialect = snapshot.dialect();
             for (d, reading) in snapshot.iter() {
@@ -1029,6 +1108,11 @@ impl KeyState {
                 .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
             self.learn_input_factor(key, &server, lo, hi, level_hi, record);
         }
+        if d == Dimension::OutputTokens {
+            let level_hi = server_cap
+                .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
+            self.learn_output_share(key, &server, lo, hi, level_hi, record);
+        }
         // What this key charged that the reading cannot contain. Input and requests:
         // everything dispatched after this request. Output: everything in flight, and everything
         // that finished since this request left (this one included), which a server counting
@@ -1118,6 +1202,54 @@ impl KeyState {
             tracing::debug!(key = %key, old, new, sample, "rate limit: input estimate correction learned");
         }
         self.anchor = Some(here);
+    }
+
+    /// Compares what the server charged for output between two readings with what the
+    /// requests that finished in between reserved, and folds the share into the output
+    /// estimate of requests whose true output is unknown.
+    fn learn_output_share(
+        &mut self,
+        key: &RateLimitKey,
+        server: &Bucket,
+        lo: Instant,
+        hi: Instant,
+        level_hi: u64,
+        record: &Record,
+    ) {
+        if level_hi + server.capacity() / 20 >= server.capacity() {
+            // The server's bucket may have been full: refill lost, no comparison possible.
+            self.output_anchor = None;
+            return;
+        }
+        let here = OutputAnchor {
+            full_at: lo + hi.saturating_duration_since(lo) / 2,
+            known: record.known_before,
+            unknown: record.unknown_before,
+        };
+        let Some(a) = self.output_anchor else {
+            self.output_anchor = Some(here);
+            return;
+        };
+        if here.unknown <= a.unknown || here.full_at <= a.full_at {
+            return;
+        }
+        // At least a quarter of the bucket in between, so that the readings' resolution (about
+        // a thousand tokens) stays a small part of the comparison.
+        let unknown = (here.unknown - a.unknown) as f64;
+        if unknown < (server.capacity() / 4) as f64 {
+            return;
+        }
+        let known = here.known.saturating_sub(a.known) as f64;
+        let charged = server.span_units(here.full_at.saturating_duration_since(a.full_at)) as f64;
+        let sample = ((charged - known) / unknown).clamp(OUTPUT_SHARE_MIN, 1.0);
+        let old = self.output_share;
+        let new = (old * (1.0 - OUTPUT_SHARE_ALPHA) + sample * OUTPUT_SHARE_ALPHA)
+            .clamp(OUTPUT_SHARE_MIN, 1.0);
+        if sample.is_finite() {
+            self.output_share = new;
+            tracing::debug!(key = %key, old, new, sample, "rate limit: output share learned");
+        }
+        self.output_anchor = Some(here);
     }
 }
 
@@ -1360,7 +1492,10 @@ mod tests {
     async fn probe_then_limits_learned_from_anthropic_headers() {
         let state = RateLimitState::new();
         let mut probe = send(&state, Cost::new(1, 1_000, 500), true);
-        // Nothing known: the next request waits for the probe's answer.
+        // Nothing known: up to STARTUP_PROBES requests go, the next waits for the first answer.
+        let others: Vec<Ticket> = (1..STARTUP_PROBES)
+            .map(|_| send(&state, Cost::new(1, 0, 0), true))
+            .collect();
         let waiting = state
             .enter(
                 &key(),
@@ -1389,10 +1524,10 @@ mod tests {
         }
         // The `tokens` reading duplicates the input bucket: no combined bucket.
         assert!(snap.bucket(Dimension::Tokens).is_none());
-        // Requests: exact (1 used). Input: 29,000 ± 500 and a 2 s reset (−2 s, +1 s):
+        // Requests: exact (1 used, and the other probes sent after it). Input: 29,000 ± 500 and a 2 s reset (−2 s, +1 s):
         // conservative edge 1,500 used. Output: the reading holds no output of the probe, whose
         // 500 reserved stay, and the reset's +1 s (134 tokens at 8,000/min).
-        assert_eq!(level(&state, Dimension::Requests), 49);
+        assert_eq!(level(&state, Dimension::Requests), 49 - others.len() as u64);
         assert_eq!(level(&state, Dimension::InputTokens), 28_500);
         assert_eq!(level(&state, Dimension::OutputTokens), 8_000 - 134 - 500);
     }
@@ -1627,5 +1762,43 @@ mod tests {
         }
         let factor = state.key_snapshot(&key()).unwrap().input_correction();
         assert!((0.75..=0.85).contains(&factor), "factor {factor}");
+    }
+
+    /// A server counting output as produced: the share of `max_tokens` requests really produce
+    /// is learned from its readings (and stays at 1.0 when they produce all of it).
+    #[tokio::test(start_paused = true)]
+    async fn output_share_is_learned() {
+        for (produced, range) in [(500, 0.4..=0.6), (1_000, 0.9..=1.0)] {
+            let window = Duration::from_secs(60);
+            let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+            let mut server = Bucket::new(8_000, window, Instant::now());
+            for _ in 0..3_000 {
+                let t = state
+                    .enter(
+                        &key(),
+                        Cost::new(1, 0, 1_000),
+                        true,
+                        Priority::Interactive,
+                        None,
+                    )
+                    .unwrap();
+                if !t.is_admitted() {
+                    drop(t);
+                    tokio::time::advance(Duration::from_millis(100)).await;
+                    continue;
+                }
+                let mut t = t;
+                t.dispatched();
+                // Read at admission; the output is charged when the answer ends.
+                let remaining = server.level(Instant::now());
+                tokio::time::advance(Duration::from_millis(100)).await;
+                server.charge(produced, Instant::now());
+                let snapshot = RateLimitSnapshot::new()
+                    .with(Dimension::OutputTokens, remaining_only(8_000, remaining));
+                reply(&mut t, &snapshot, Outcome::success());
+            }
+            let share = state.key_snapshot(&key()).unwrap().output_share();
+            assert!(range.contains(&share), "produced {produced}: share {share}");
+        }
     }
 }
