@@ -172,16 +172,20 @@ impl Scenario {
             .output_fraction(OUTPUT_FRACTION)
     }
 
-    /// T*, the best possible completion time. The sim computes it for fixed limits; across an
-    /// upgrade that multiplies every limit by `k` at `t_c`, the binding bucket refills `k` times
-    /// faster from then on (the sim keeps bucket levels), so `T* = t_c + (T₁ − t_c) / k` when
-    /// the fixed-limit best `T₁` is later than `t_c`.
+    /// T*, the best possible completion time. The sim computes it for fixed limits (the refill
+    /// bound plus the shortest answer, see `Workload::theoretical_best`); across an upgrade that
+    /// multiplies every limit by `k` at `t_c`, the binding bucket refills `k` times faster from
+    /// then on (the sim keeps bucket levels), so the refill bound becomes
+    /// `t_c + (T₁ − t_c) / k` when the fixed-limit bound `T₁` is later than `t_c`; the answer's
+    /// latency does not scale.
     fn best(&self, workload: &Workload, api: &SimApi) -> Duration {
-        let fixed = workload.theoretical_best(api);
-        match self.upgrade {
+        let latency = workload.shortest_latency(api);
+        let fixed = workload.theoretical_best(api).saturating_sub(latency);
+        let refill = match self.upgrade {
             Some((at, k)) if fixed > at => at + (fixed - at) / k as u32,
             _ => fixed,
-        }
+        };
+        refill + latency
     }
 }
 

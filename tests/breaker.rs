@@ -258,28 +258,33 @@ where
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_probe_reopens_it_for_longer() {
-    let api = Upstream::always(529);
-    let mut svc = CircuitBreaker::new(
-        api.clone(),
-        exact()
-            .open_duration(Duration::from_secs(10))
-            .max_open_duration(Duration::from_secs(35)),
-    );
-    for _ in 0..5 {
-        send(&mut svc).await.unwrap();
-    }
-    // Doubling: 10 s, 20 s, then capped at 35 s.
-    for (open_for, received) in [(10, 6), (20, 7), (35, 8), (35, 9)] {
-        let at = Instant::now();
-        assert_eq!(
-            svc.state(),
-            State::Open {
-                until: at + Duration::from_secs(open_for)
-            }
+    // By default the open duration grows linearly (Envoy's rule): 10 s, 20 s, 30 s, then the
+    // cap; doubling gives 10 s, 20 s, then the cap.
+    let linear = exact();
+    let doubling = exact().growth(Growth::Doubling);
+    for (policy, open_fors) in [(linear, [10, 20, 30, 35]), (doubling, [10, 20, 35, 35])] {
+        let api = Upstream::always(529);
+        let mut svc = CircuitBreaker::new(
+            api.clone(),
+            policy
+                .open_duration(Duration::from_secs(10))
+                .max_open_duration(Duration::from_secs(35)),
         );
-        advance(Duration::from_secs(open_for)).await;
-        assert_eq!(status(&send(&mut svc).await), Some(529), "the probe");
-        assert_eq!(api.received(), received);
+        for _ in 0..5 {
+            send(&mut svc).await.unwrap();
+        }
+        for (open_for, received) in open_fors.into_iter().zip(6..) {
+            let at = Instant::now();
+            assert_eq!(
+                svc.state(),
+                State::Open {
+                    until: at + Duration::from_secs(open_for)
+                }
+            );
+            advance(Duration::from_secs(open_for)).await;
+            assert_eq!(status(&send(&mut svc).await), Some(529), "the probe");
+            assert_eq!(api.received(), received);
+        }
     }
 }
 
@@ -889,14 +894,14 @@ async fn a_breaker_open_longer_than_the_allowed_wait_is_returned_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_waits_for_the_breaker_add_up_to_at_most_the_allowed_total() {
-    // Overloaded for 100 s: the probe at 10 s fails and the breaker reopens for 20 s, which
-    // would take the call to 30 s, past the 25 s allowed.
+async fn a_reopened_breaker_beyond_the_allowed_wait_ends_the_wait() {
+    // Overloaded for 100 s: the probe at 10 s fails and the breaker reopens for 20 s, more
+    // than the 15 s allowed for one wait.
     let (breaker, api) = tripped(Duration::ZERO, Duration::from_secs(100), exact()).await;
     let retry = Retry::new(
         breaker,
         RetryPolicy::new()
-            .max_breaker_wait(Duration::from_secs(25))
+            .max_breaker_wait(Duration::from_secs(15))
             .without_budget()
             .seed(7),
     );
@@ -904,7 +909,7 @@ async fn the_waits_for_the_breaker_add_up_to_at_most_the_allowed_total() {
     let result = retry.oneshot(request(MODEL)).await;
     let waited = start.elapsed();
     // The probe at 10 s got a 529, retried after the SDK backoff into the reopened breaker,
-    // whose 20 s would exceed the total: the refusal comes back right then.
+    // whose 20 s exceed the ceiling: the refusal comes back right then.
     let open = open_error(result);
     assert!(!open.is_half_open());
     assert!(
@@ -962,4 +967,45 @@ async fn a_half_open_refusal_is_retried_after_a_backoff_until_the_probe_closes_i
         "{took:?}"
     );
     assert_eq!(api.received(), 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_waits_for_a_half_open_breaker_add_up_to_at_most_ten_ceilings() {
+    // Five overloads open the breaker for 10 s; its one probe then hangs, so it stays half-open
+    // and refuses every other call. A call backs off (8 s at most each time, the ceiling) until
+    // its waits would pass 10 × 8 s, then gets the refusal.
+    let api = Upstream::new(Duration::ZERO, |_, n| {
+        if n < 5 {
+            Reply::Status(529)
+        } else {
+            Reply::Hang
+        }
+    });
+    let mut breaker = CircuitBreaker::new(api.clone(), exact().half_open_probes(1));
+    for _ in 0..5 {
+        assert_eq!(status(&send(&mut breaker).await), Some(529));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let _probe = tokio::spawn(breaker.clone().oneshot(request(MODEL)));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.state(), State::HalfOpen);
+
+    let retry = Retry::new(
+        breaker,
+        RetryPolicy::new()
+            .max_breaker_wait(Duration::from_secs(8))
+            .without_budget()
+            .seed(7),
+    );
+    let start = Instant::now();
+    let open = open_error(retry.oneshot(request(MODEL)).await);
+    let waited = start.elapsed();
+    assert!(open.is_half_open());
+    // Backoffs of 0.5, 1, 2, 4 s then 8 s each (less up to a quarter): the total stays within
+    // 80 s and stops less than one wait short of it.
+    assert!(
+        waited > Duration::from_secs(72) && waited <= Duration::from_secs(80),
+        "{waited:?}"
+    );
+    assert_eq!(api.received(), 6);
 }

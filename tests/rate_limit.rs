@@ -12,7 +12,7 @@ use tower_llm_limits::BoxError;
 use tower_llm_limits::cost::Cost;
 use tower_llm_limits::rate_limit::error::{CostExceedsLimit, WaitTooLong};
 use tower_llm_limits::rate_limit::{
-    Limits, MaxWait, Priority, RateLimitKey, RateLimitLayer, RateLimitState,
+    Limits, MaxWait, Priority, RateLimitKey, RateLimitLayer, RateLimitState, STARTUP_PROBES,
 };
 use tower_llm_limits::signals::{Dimension, WaitAbsorbed};
 
@@ -290,12 +290,13 @@ async fn per_key_buckets_are_independent() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn without_headers_or_limits_one_probe_then_unlimited() {
+async fn without_headers_or_limits_probes_then_unlimited() {
     let start = Instant::now();
     let (inner, log) = recorder(start, Duration::from_secs(1), StatusCode::OK);
     let svc = RateLimitLayer::new().layer(inner);
     let mut tasks = Vec::new();
-    for i in 0..3 {
+    let n = STARTUP_PROBES + 2;
+    for i in 0..n {
         tasks.push(tokio::spawn(
             svc.clone()
                 .oneshot(req(&i.to_string(), Cost::new(1, 10, 10))),
@@ -306,7 +307,10 @@ async fn without_headers_or_limits_one_probe_then_unlimited() {
         t.await.unwrap().unwrap();
     }
     let times: Vec<Duration> = log.lock().unwrap().iter().map(|x| x.1).collect();
-    assert_eq!(times, [secs(0.0), secs(1.0), secs(1.0)]);
+    // The probes at once, the others after the first answer (no headers: not limited).
+    let mut expected = vec![secs(0.0); STARTUP_PROBES];
+    expected.extend([secs(1.0); 2]);
+    assert_eq!(times, expected);
 }
 
 #[tokio::test(start_paused = true)]

@@ -551,9 +551,16 @@ async fn theoretical_best_per_dimension() {
         .starting_fill(0.5)
         .build();
     let workload = Workload::new(100, 4).seed(1).input_tokens(1_000..=1_000);
-    // Input-bound: 100,000 tokens − 15,000 at start, at 500/s → 170 s.
-    assert_eq!(workload.theoretical_best(&api), Duration::from_secs(170));
+    // Input-bound: 100,000 tokens − 15,000 at start, at 500/s → 170 s, plus the shortest
+    // answer (300 ms + 2 ms per output token).
     let specs = workload.specs();
+    let fewest = specs.iter().map(|s| s.output_tokens()).min().unwrap();
+    let shortest = Duration::from_millis(300 + 2 * fewest);
+    assert_eq!(workload.shortest_latency(&api), shortest);
+    assert_eq!(
+        workload.theoretical_best(&api),
+        Duration::from_secs(170) + shortest
+    );
     assert_eq!(specs.len(), 100);
     assert!(
         specs
@@ -570,8 +577,11 @@ async fn theoretical_best_per_dimension() {
     let workload = Workload::new(2, 1)
         .max_tokens(100..=100)
         .output_fraction(0.5..=0.5);
-    // 2 × 50 + 50, at 10/s.
-    assert_eq!(workload.theoretical_best(&api), Duration::from_secs(15));
+    // 2 × 50 + 50, at 10/s, and 300 ms + 50 × 2 ms to answer.
+    assert_eq!(
+        workload.theoretical_best(&api),
+        Duration::from_millis(15_400)
+    );
     // The unknown model is skipped.
     let other = Workload::new(2, 1).models(["claude-nope"]);
     assert_eq!(other.theoretical_best(&api), Duration::ZERO);
@@ -683,13 +693,19 @@ async fn a_ten_minute_workload_runs_in_milliseconds_and_repeats() {
             .input_tokens(100..=500)
             .max_tokens(100..=300);
         let report = workload.run(stack).await;
-        (report, workload.theoretical_best(&api), api.counters())
+        let latency = workload.shortest_latency(&api);
+        (
+            report,
+            workload.theoretical_best(&api) - latency,
+            api.counters(),
+        )
     };
     let real = std::time::Instant::now();
     let (report, best, counters) = run().await;
     let real = real.elapsed();
     assert_eq!((report.ok(), counters.rate_limited()), (500, 0));
-    assert_eq!(best, Duration::from_secs(540)); // (500 − 50) requests at 50 per minute
+    // (500 − 50) requests at 50 per minute, without the last answer's latency.
+    assert_eq!(best, Duration::from_secs(540));
     assert!(
         report.elapsed() >= Duration::from_secs(594),
         "{:?}",

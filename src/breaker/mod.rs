@@ -53,10 +53,10 @@
 //!
 //! A [`Retry`](crate::retry::Retry) layer above treats [`error::Open`] like a server's
 //! `retry-after`: it waits until the breaker probes again (a half-open refusal: a jittered
-//! backoff) and sends the call then, for at most
-//! [`Policy::max_breaker_wait`](crate::retry::Policy::max_breaker_wait) in all (60 s by
+//! backoff) and sends the call then, when that is at most
+//! [`Policy::max_breaker_wait`](crate::retry::Policy::max_breaker_wait) away (60 s by
 //! default), without spending a retry or retry budget — the refused call never reached the
-//! server. Beyond that, or for a request that carries the [`FailFast`] extension (the
+//! server. For a longer open duration, or for a request that carries the [`FailFast`] extension (the
 //! [`Fallback`](crate::fallback::Fallback) layer sets it, so that it can route at once), the
 //! refusal goes back to the caller as it is.
 //!

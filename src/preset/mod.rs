@@ -16,7 +16,7 @@
 //!
 //! - **Retry outermost**, so every attempt passes through every check again: a retry waits for
 //!   rate-limit budget, is refused at once while the breaker is open — the retry then waits
-//!   until the breaker probes again, for up to 60 s per call
+//!   until the breaker probes again when that is at most 60 s away
 //!   ([`retry::Policy::max_breaker_wait`]), spending no retry — and takes a concurrency
 //!   permit like any request. When the rate limiter has absorbed a 429's `retry-after` (it pauses
 //!   every request of the key until then), the retry re-enters at once instead of sleeping the same
@@ -37,8 +37,8 @@
 //! | retries | 2 (3 attempts), backoff `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)` | the official Anthropic and OpenAI SDKs |
 //! | honoured `retry-after` | up to 60 s, else a typed error | the SDKs cap at 60 s (Anthropic Python, openai-node) |
 //! | retry budget | +20 % of the request rate over 10 s, plus 10 retries/s | Finagle, tower's `TpsBudget` |
-//! | breaker | trips on overload (529, 503) at 50 % failures of the last 20 calls (≥ 10) or 5 in a row, opens 10 s doubling to 300 s, 3 probes | Resilience4j, Envoy |
-//! | while the breaker is open | calls wait until it probes again, up to 60 s in all, then get [`breaker::error::Open`] | a server's `retry-after`, applied to our own refusal |
+//! | breaker | trips on overload (529, 503) at 50 % failures of the last 20 calls (≥ 10) or 5 in a row, opens 10 s growing linearly (10, 20, 30 s…) to 300 s, 3 probes | Resilience4j, Envoy |
+//! | while the breaker is open | calls wait until it probes again when that is at most 60 s away (10 min in all), else get [`breaker::error::Open`] | a server's `retry-after`, applied to our own refusal |
 //! | rate limits | learned from the response headers, per model; nothing hard-coded | `anthropic-ratelimit-*`, `x-ratelimit-*`, IETF `RateLimit` |
 //! | cost | 1 request, input tokens estimated from the JSON body, output reserved at `max_tokens` | Anthropic's ITPM/OTPM accounting |
 //! | concurrency | adaptive (AIMD): starts at 32, between 2 and 512, ×0.7 on 429/529/timeouts | AWS SDK adaptive mode, Netflix concurrency-limits |

@@ -99,15 +99,24 @@
 //! # Limits: configured, learned, or both
 //!
 //! Configured [`Limits`] are the starting point (a key with one needs no probe) **and a
-//! ceiling**: a limit the server reports above the configured one is ignored, one below it wins
-//! (a workspace limit, a lowered tier). Without configuration, the newest `*-limit` a response
+//! ceiling**: a limit the server reports above the configured one does not raise it, one below it
+//! wins (a workspace limit, a lowered tier). While a ceiling is below the server's limit the two
+//! are kept apart: the ceiling's bucket counts this key's own usage at the configured rate, and
+//! an in-memory bucket at the server's capacity takes the server's readings (everyone's usage,
+//! refilled at the server's rate); a request must fit both. A nearly empty server bucket then
+//! means a wait of the server's refill time, not of the ceiling's. The server's readings say
+//! nothing about this key's own share, so the ceiling learns nothing from them: without a
+//! [`Usage`](crate::cost::Usage) it counts each request's output at its reservation. Without
+//! configuration, the newest `*-limit` a response
 //! reports is the capacity (a tier upgrade takes effect at the next response; the units already
 //! used are kept).
 //!
 //! **Start-up.** Before anything is known about a key (no configured limit, no response yet),
-//! one request goes alone — the probe — and the others wait for its answer: sending everything at
-//! once would get most of it refused, one probe costs one round trip. If the probe fails without
-//! headers, the next request probes. If a successful response carries no rate-limit header and
+//! the first [`STARTUP_PROBES`] requests (4) go — the probes — and the others wait for the first
+//! answer: sending everything at once would get most of it refused, and waiting costs one round
+//! trip, the shortest of the probes' (a model's answer takes longer the more it writes, so a few
+//! probes answer sooner than one; a handful of requests fits any real tier). If every probe fails
+//! without headers, the next request probes. If a successful response carries no rate-limit header and
 //! nothing is configured, the key is not limited (except by cooldowns).
 //!
 //! **Ramp-up** ([`RampUp`], off by default, [`RateLimitStateBuilder::ramp_up`]): after a cold
@@ -128,16 +137,19 @@
 //! output of any request still in flight, nor of any request that finished after this one was
 //! dispatched (this one included) — a second monotone counter, of finished output, makes that
 //! `O(1)` too. A finished request counts its [`Usage`](crate::cost::Usage) when the response
-//! carries one, else its reservation. This is exact for a server that counts output as produced
-//! and conservative for one that reserves: the over-reservation of a request comes back with
-//! the first reading taken after it finished.
+//! carries one, else the learned share of its reservation (below), and its reservation is
+//! settled to that figure at once. This is exact for a server that counts output as produced
+//! and conservative for one that reserves; an estimate that was too low shows in the next
+//! readings, which correct the level.
 //!
 //! Both readings are coarse: Anthropic rounds `*-tokens-remaining` to the nearest thousand;
 //! resets have one-second resolution and are measured against the response's `date` (so skew
-//! between the server's clock and ours cancels); `remaining` was taken at some instant between the
-//! request's dispatch and the response's receipt. The limiter turns `remaining` and `reset` into
-//! two intervals of local instants for the server's `full_at`, intersects them, adds the cost not
-//! in the reading, and compares the local bucket with the result:
+//! between the server's clock and ours cancels); `remaining` is the level right after the
+//! server admitted the request, so it is read at the request's dispatch plus the trip to the
+//! server (at most 50 ms assumed; the rounding tolerance absorbs more), not at the response's
+//! receipt, which for a model's answer comes seconds later. The limiter turns `remaining` and
+//! `reset` into two intervals of local instants for the server's `full_at`, intersects them,
+//! adds the cost not in the reading, and compares the local bucket with the result:
 //!
 //! - local state **inside** the interval: kept (the local model is finer than the reading);
 //! - the server says there is **less** budget: the local bucket moves to the interval's
@@ -162,6 +174,15 @@
 //! estimates feeds an EWMA (weight 0.25) clamped to `0.5..=4`, applied to later input estimates
 //! (not to a caller's explicit [`Cost`](crate::cost::Cost), which is taken as exact). The factor
 //! is visible in [`KeySnapshot::input_correction`].
+//!
+//! **Output share.** Without a [`Usage`](crate::cost::Usage) a finished request's output is
+//! unknown, and counting its whole `max_tokens` keeps the output bucket's level below the
+//! server's by the unused part of every reservation since the last reading. Successive output
+//! readings (at least a quarter of the capacity of finished reservations apart, never across an
+//! instant the bucket may have been full) tell what the server charged for the requests that
+//! finished in between; its ratio to their reservations feeds an EWMA (weight 0.5) clamped to
+//! `0.25..=1`, the share a finished request is taken to have produced. Other users of the same
+//! limit only raise it. It is visible in [`KeySnapshot::output_share`].
 //!
 //! Fixed-window dialects (IETF, GitHub): the reset is the end of a window, not `full_at`, so only
 //! `remaining` corrects the level, and `remaining: 0` holds the key until the reset.
@@ -247,6 +268,6 @@ pub use layer::RateLimitLayer;
 pub use service::RateLimit;
 pub use state::{
     BucketSnapshot, DEFAULT_COOLDOWN, DEFAULT_MAX_KEYS, KeySnapshot, RateLimitState,
-    RateLimitStateBuilder,
+    RateLimitStateBuilder, STARTUP_PROBES,
 };
 pub use store::{Buckets, MemoryStore, Store};

@@ -24,6 +24,10 @@ use super::store::{Buckets, MemoryStore, Store};
 /// The default bound on the number of keys a state keeps.
 pub const DEFAULT_MAX_KEYS: usize = 1024;
 
+/// Requests sent before anything is known about a key (the start-up probes): the others wait
+/// for the first answer, which comes after the shortest of their round trips.
+pub const STARTUP_PROBES: usize = 4;
+
 /// The cooldown after a 429 that carries no `retry-after`.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
 
@@ -35,11 +39,18 @@ const TOKENS_REMAINING_TOLERANCE: u64 = 500;
 const RESET_BELOW: Duration = Duration::from_secs(2);
 /// ...or this much after it (a server that truncates instead of rounding up).
 const RESET_ABOVE: Duration = Duration::from_secs(1);
+/// The longest a request is assumed to take from dispatch to the server's admission, where
+/// `remaining` is read (a network round trip at most; generation comes after).
+const READING_DELAY: Duration = Duration::from_millis(50);
 
 /// Bounds and smoothing of the learned input-estimate correction.
 const FACTOR_MIN: f64 = 0.5;
 const FACTOR_MAX: f64 = 4.0;
 const FACTOR_ALPHA: f64 = 0.25;
+
+/// Bounds and smoothing of the learned share of `max_tokens` a request produces.
+const OUTPUT_SHARE_MIN: f64 = 0.25;
+const OUTPUT_SHARE_ALPHA: f64 = 0.5;
 
 /// Cost per dimension, in [`Dimension::ALL`] order.
 pub(crate) type Charge = [u64; 4];
@@ -245,7 +256,9 @@ impl RateLimitState {
                 configured,
                 window: limits.get_window(),
                 learned: [None; 4],
+                server: [None; 4],
                 probe: Probe::Idle,
+                probes: 0,
                 cooldown_until: None,
                 dispatched: [0; 4],
                 dispatch_seq: 0,
@@ -253,6 +266,10 @@ impl RateLimitState {
                 raw_input: 0,
                 outstanding_output: 0,
                 completed_output: 0,
+                known_output: 0,
+                unknown_reserved: 0,
+                output_share: 1.0,
+                output_anchor: None,
                 in_flight: 0,
                 queue: BTreeMap::new(),
                 queued: [[0; 4]; 2],
@@ -383,6 +400,7 @@ impl KeyCell {
             in_flight: st.in_flight,
             queued: st.queue.len(),
             input_correction: st.input_factor,
+            output_share: st.output_share,
         }
     }
 }
@@ -396,6 +414,7 @@ pub struct KeySnapshot {
     in_flight: usize,
     queued: usize,
     input_correction: f64,
+    output_share: f64,
 }
 
 impl KeySnapshot {
@@ -427,6 +446,12 @@ impl KeySnapshot {
     /// The learned factor applied to input-token estimates (1.0 until learned).
     pub fn input_correction(&self) -> f64 {
         self.input_correction
+    }
+
+    /// The learned share of `max_tokens` a request is taken to produce when its response
+    /// carries no [`Usage`] (1.0 until learned).
+    pub fn output_share(&self) -> f64 {
+        self.output_share
     }
 }
 
@@ -475,9 +500,10 @@ impl BucketSnapshot {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Probe {
-    /// Nothing known: the next request probes.
+    /// Nothing known, no probe out: the next request probes.
     Idle,
-    /// One request is out to learn the limits; the others wait for its answer.
+    /// Requests are out to learn the limits (at most [`STARTUP_PROBES`]); the others wait for
+    /// the first answer.
     InFlight,
     /// Responses carry no rate-limit headers and nothing is configured: not limited.
     Unlimited,
@@ -486,6 +512,15 @@ enum Probe {
 struct Waiter {
     charge: Charge,
     waker: Option<Waker>,
+}
+
+/// An output reading, for [`KeyState::learn_output_share`]: the server's `full_at` and the
+/// finished output (known, and reserved but unknown) before the request was sent.
+#[derive(Clone, Copy, Debug)]
+struct OutputAnchor {
+    full_at: Instant,
+    known: u64,
+    unknown: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -499,7 +534,14 @@ struct KeyState {
     configured: [Option<u64>; 4],
     window: Duration,
     learned: [Option<(u64, Duration)>; 4],
+    /// The server's own bucket, per dimension, while a configured ceiling is below the limit it
+    /// reports: the ceiling (in `buckets`) counts this key's own usage at the configured rate,
+    /// this one the server's level at the server's rate, corrected from its readings. A request
+    /// must fit both.
+    server: [Option<Bucket>; 4],
     probe: Probe,
+    /// Probes in flight.
+    probes: usize,
     cooldown_until: Option<Instant>,
     /// Cumulative charge at dispatch, per dimension (monotone).
     dispatched: Charge,
@@ -516,6 +558,15 @@ struct KeyState {
     /// Cumulative output of finished requests (their true output when known, else their
     /// reservation): what a server counting output as produced may have charged since.
     completed_output: u64,
+    /// Cumulative true output of finished requests whose output is known (a [`Usage`], or
+    /// refused: none).
+    known_output: u64,
+    /// Cumulative reservation of finished requests whose output is unknown.
+    unknown_reserved: u64,
+    /// The learned share of its reservation a request produces, when its output is unknown
+    /// (1.0 until learned): what such a request is taken to have charged.
+    output_share: f64,
+    output_anchor: Option<OutputAnchor>,
     in_flight: usize,
     queue: BTreeMap<(usize, u64), Waiter>,
     /// Queued charge per priority class.
@@ -555,6 +606,8 @@ pub(crate) struct Record {
     after: Charge,
     raw_after: u64,
     completed_before: u64,
+    known_before: u64,
+    unknown_before: u64,
     at: Instant,
     probe: bool,
 }
@@ -593,8 +646,21 @@ impl KeyState {
     fn reason(&self, dimension: Option<Dimension>) -> &'static str {
         match dimension {
             Some(d) => d.as_str(),
-            None if self.probe == Probe::InFlight && !self.any_bucket() => "probe",
+            None if self.probing() => "probe",
             None => "cooldown",
+        }
+    }
+
+    /// Nothing known and every start-up probe out: wait for the first answer.
+    fn probing(&self) -> bool {
+        self.probe == Probe::InFlight && self.probes >= STARTUP_PROBES && !self.any_bucket()
+    }
+
+    /// A probe ended (answered, failed or dropped).
+    fn probe_done(&mut self) {
+        self.probes = self.probes.saturating_sub(1);
+        if self.probes == 0 && self.probe == Probe::InFlight {
+            self.probe = Probe::Idle;
         }
     }
 
@@ -626,7 +692,7 @@ impl KeyState {
                 return Check::Never(CostExceedsLimit::new(d, charge[d.index()], b.capacity()));
             }
         }
-        if self.probe == Probe::InFlight && !self.any_bucket() {
+        if self.probing() {
             return Check::Probe;
         }
         let (at, _) = self.ready_at(charge, None, now);
@@ -667,6 +733,17 @@ impl KeyState {
                     e.max(b.ready_at(charge[i], b.capacity()).unwrap_or(e))
                 }),
             };
+            // Under a ceiling the server's own bucket must hold the cost too (it is larger
+            // than the ceiling, so the cost always fits it eventually).
+            let t = match self.server[i] {
+                Some(mut s) => {
+                    if let Some(ahead) = ahead {
+                        s.charge(ahead[i], now);
+                    }
+                    s.ready_at(charge[i], s.capacity()).map_or(t, |u| t.max(u))
+                }
+                None => t,
+            };
             if t > at {
                 at = t;
                 dim = Some(d);
@@ -703,8 +780,14 @@ impl KeyState {
                     // understate what the server charged in between.
                     self.anchor = None;
                 }
+                if d == Dimension::OutputTokens && b.full_at() <= now {
+                    self.output_anchor = None;
+                }
                 b.charge(charge[d.index()], now);
                 self.buckets.set(d, Some(b));
+            }
+            if let Some(s) = &mut self.server[d.index()] {
+                s.charge(charge[d.index()], now);
             }
         }
         for (c, x) in self.dispatched.iter_mut().zip(charge) {
@@ -714,9 +797,10 @@ impl KeyState {
         self.dispatch_seq += 1;
         self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
         self.in_flight += 1;
-        let probe = !self.any_bucket() && self.probe == Probe::Idle;
+        let probe = !self.any_bucket() && self.probe != Probe::Unlimited;
         if probe {
             self.probe = Probe::InFlight;
+            self.probes += 1;
         }
         Record {
             seq: self.dispatch_seq,
@@ -724,6 +808,8 @@ impl KeyState {
             after: self.dispatched,
             raw_after: self.raw_input,
             completed_before: self.completed_output,
+            known_before: self.known_output,
+            unknown_before: self.unknown_reserved,
             at: now,
             probe,
         }
@@ -756,6 +842,9 @@ impl KeyState {
                 b.refund(amounts[i], now);
                 self.buckets.set(d, Some(b));
             }
+            if let Some(s) = &mut self.server[i] {
+                s.refund(amounts[i], now);
+            }
         }
     }
 
@@ -773,7 +862,7 @@ impl KeyState {
         let out = record.charge[OUT];
         self.refund(&[OUT, TOK], &[0, 0, out, out], now);
         if record.probe {
-            self.probe = Probe::Idle;
+            self.probe_done();
         }
         self.wake_head();
     }
@@ -784,7 +873,7 @@ impl KeyState {
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
         self.note_refund(record);
         if record.probe {
-            self.probe = Probe::Idle;
+            self.probe_done();
         }
         self.wake_head();
     }
@@ -836,25 +925,47 @@ impl KeyState {
                 cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
                 "rate limit: 429, cooling down every request of this key");
         }
-        let own_output = if limited {
-            0
-        } else {
-            usage.map_or(record.charge[OUT], |u| {
-                u.output_tokens().min(record.charge[OUT])
-            })
+        // What the server charged (or will charge) for this request's output: nothing when it
+        // refused it, the true figure when a `Usage` says, else the learned share of the
+        // reservation.
+        let reserved = record.charge[OUT];
+        let own_output = match (limited, usage) {
+            (true, _) => 0,
+            (false, Some(u)) => u.output_tokens().min(reserved),
+            (false, None) => ((reserved as f64 * self.output_share).ceil() as u64).min(reserved),
         };
+        if limited || usage.is_some() {
+            self.known_output = self.known_output.saturating_add(own_output);
+        } else {
+            self.unknown_reserved = self.unknown_reserved.saturating_add(reserved);
+        }
         self.finish(record, own_output);
+        if !limited {
+            // Settle the reservation at once, before the reading is compared (neither
+            // accounting charges the unused part of `max_tokens` for long); an estimate that
+            // was too low shows in the next readings, which correct the level.
+            let back = reserved - own_output;
+            self.refund(&[OUT, TOK], &[0, 0, back, back], now);
+        }
         if snapshot.is_empty() {
             if record.probe {
+                self.probe_done();
                 let ok = outcome.is_success() && !self.any_bucket();
-                self.probe = if ok { Probe::Unlimited } else { Probe::Idle };
                 if ok {
+                    self.probe = Probe::Unlimited;
                     tracing::debug!(key = %key, "rate limit: no rate-limit headers; not limited");
                 }
             }
         } else {
+            if record.probe {
+                self.probes = self.probes.saturating_sub(1);
+            }
             if self.probe != Probe::Unlimited {
-                self.probe = Probe::Idle;
+                self.probe = if self.probes > 0 {
+                    Probe::InFlight
+                } else {
+                    Probe::Idle
+                };
             }
             let dialect = snapshot.dialect();
             for (d, reading) in snapshot.iter() {
@@ -862,16 +973,6 @@ impl KeyState {
                     continue;
                 }
                 self.learn(key, d, reading, dialect, record, received, now);
-            }
-        }
-        if !limited
-            && snapshot.get(Dimension::OutputTokens).is_none()
-            && let Some(u) = usage
-        {
-            let back = record.charge[OUT].saturating_sub(u.output_tokens());
-            self.refund(&[OUT], &[0, 0, back, 0], now);
-            if snapshot.get(Dimension::Tokens).is_none() {
-                self.refund(&[TOK], &[0, 0, 0, back], now);
             }
         }
         self.wake_head();
@@ -901,7 +1002,7 @@ impl KeyState {
         let Some((cap, window)) = self.capacity(d) else {
             return;
         };
-        let mut b = match self.buckets.get(d) {
+        let b = match self.buckets.get(d) {
             Some(mut b) => {
                 if (b.capacity(), b.window()) != (cap, window) {
                     b.resize(cap, window, now);
@@ -914,9 +1015,33 @@ impl KeyState {
         let server_cap = self.learned[i].map_or(cap, |l| l.0);
         let server_window = self.learned[i].map_or(window, |l| l.1);
         let server = Bucket::new(server_cap, server_window, now);
+        // The bucket the reading corrects: the local one, or under a configured ceiling below
+        // the server's limit the server's own bucket. The ceiling counts this key's own usage at
+        // the configured rate; the server's units used (everyone's, refilled at the server's
+        // rate) say nothing about it, and converting them into the smaller bucket turned a
+        // nearly empty server bucket into a wait of many minutes.
+        let ceiling = cap < server_cap;
+        let mut target = if ceiling {
+            match self.server[i] {
+                Some(mut s) => {
+                    if (s.capacity(), s.window()) != (server_cap, server_window) {
+                        s.resize(server_cap, server_window, now);
+                    }
+                    s
+                }
+                None => server,
+            }
+        } else {
+            self.server[i] = None;
+            b
+        };
+        self.buckets.set(d, Some(b));
         let dispatched = record.at.min(received);
-        // `remaining` was read at some instant between dispatch and receipt; Anthropic rounds
-        // token counts to the nearest thousand.
+        // `remaining` is the level right after the server admitted this request: at dispatch,
+        // plus the time the request takes to reach the server (at most `READING_DELAY` is
+        // assumed; the rounding tolerance covers more). Anthropic rounds token counts to the
+        // nearest thousand.
+        let read_at = received.min(add(dispatched, READING_DELAY));
         let tol = if dialect == Some(Dialect::Anthropic) && d != Dimension::Requests {
             TOKENS_REMAINING_TOLERANCE
         } else {
@@ -927,7 +1052,7 @@ impl KeyState {
             (
                 add(dispatched, server.span(used.saturating_sub(tol))),
                 add(
-                    received,
+                    read_at,
                     server.span(used.saturating_add(tol).min(server_cap)),
                 ),
             )
@@ -948,7 +1073,11 @@ impl KeyState {
             }
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => {
-                self.buckets.set(d, Some(b));
+                if ceiling {
+                    self.server[i] = Some(target);
+                } else {
+                    self.buckets.set(d, Some(target));
+                }
                 return;
             }
         };
@@ -956,6 +1085,11 @@ impl KeyState {
             let level_hi = server_cap
                 .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
             self.learn_input_factor(key, &server, lo, hi, level_hi, record);
+        }
+        if d == Dimension::OutputTokens {
+            let level_hi = server_cap
+                .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
+            self.learn_output_share(key, &server, lo, hi, level_hi, record);
         }
         // What this key charged that the reading cannot contain. Input and requests:
         // everything dispatched after this request. Output: everything in flight, and everything
@@ -978,21 +1112,23 @@ impl KeyState {
             Dimension::OutputTokens => output,
             _ => after_input.saturating_add(output),
         };
-        // The server's instants are in its own rate; the local bucket may be smaller (a
-        // configured ceiling): convert through the units used.
-        let to_local = |t: Instant| {
-            let used = server.span_units(t.saturating_duration_since(now));
-            add(now, b.span(used.saturating_add(not_in_reading)))
-        };
-        let (lo_at, hi_at) = (to_local(lo), to_local(hi));
-        let old = b.full_at();
+        // The target has the server's capacity and window (the server's own bucket, or a local
+        // bucket without a ceiling below the server's limit): add what the reading misses.
+        let shift = |t: Instant| add(t.max(now), target.span(not_in_reading));
+        let (lo_at, hi_at) = (shift(lo), shift(hi));
+        let old = target.full_at();
         if old < lo_at || old > hi_at {
-            b.set_full_at(hi_at);
-            tracing::debug!(key = %key, dimension = d.as_str(), old_level = Bucket::new(cap, window, old).level(now),
-                new_level = b.level(now), server_remaining = ?reading.remaining(),
+            target.set_full_at(hi_at);
+            tracing::debug!(key = %key, dimension = d.as_str(), ceiling,
+                old_level = Bucket::new(server_cap, server_window, old).level(now),
+                new_level = target.level(now), server_remaining = ?reading.remaining(),
                 "rate limit: level corrected from the server's reading");
         }
-        self.buckets.set(d, Some(b));
+        if ceiling {
+            self.server[i] = Some(target);
+        } else {
+            self.buckets.set(d, Some(target));
+        }
         if !full_at_reset
             && reading.remaining() == Some(0)
             && let Some(reset) = reading.reset()
@@ -1044,6 +1180,54 @@ impl KeyState {
             tracing::debug!(key = %key, old, new, sample, "rate limit: input estimate correction learned");
         }
         self.anchor = Some(here);
+    }
+
+    /// Compares what the server charged for output between two readings with what the
+    /// requests that finished in between reserved, and folds the share into the output
+    /// estimate of requests whose true output is unknown.
+    fn learn_output_share(
+        &mut self,
+        key: &RateLimitKey,
+        server: &Bucket,
+        lo: Instant,
+        hi: Instant,
+        level_hi: u64,
+        record: &Record,
+    ) {
+        if level_hi + server.capacity() / 20 >= server.capacity() {
+            // The server's bucket may have been full: refill lost, no comparison possible.
+            self.output_anchor = None;
+            return;
+        }
+        let here = OutputAnchor {
+            full_at: lo + hi.saturating_duration_since(lo) / 2,
+            known: record.known_before,
+            unknown: record.unknown_before,
+        };
+        let Some(a) = self.output_anchor else {
+            self.output_anchor = Some(here);
+            return;
+        };
+        if here.unknown <= a.unknown || here.full_at <= a.full_at {
+            return;
+        }
+        // At least a quarter of the bucket in between, so that the readings' resolution (about
+        // a thousand tokens) stays a small part of the comparison.
+        let unknown = (here.unknown - a.unknown) as f64;
+        if unknown < (server.capacity() / 4) as f64 {
+            return;
+        }
+        let known = here.known.saturating_sub(a.known) as f64;
+        let charged = server.span_units(here.full_at.saturating_duration_since(a.full_at)) as f64;
+        let sample = ((charged - known) / unknown).clamp(OUTPUT_SHARE_MIN, 1.0);
+        let old = self.output_share;
+        let new = (old * (1.0 - OUTPUT_SHARE_ALPHA) + sample * OUTPUT_SHARE_ALPHA)
+            .clamp(OUTPUT_SHARE_MIN, 1.0);
+        if sample.is_finite() {
+            self.output_share = new;
+            tracing::debug!(key = %key, old, new, sample, "rate limit: output share learned");
+        }
+        self.output_anchor = Some(here);
     }
 }
 
@@ -1292,7 +1476,10 @@ mod tests {
     async fn probe_then_limits_learned_from_anthropic_headers() {
         let state = RateLimitState::new();
         let mut probe = send(&state, Cost::new(1, 1_000, 500), true);
-        // Nothing known: the next request waits for the probe's answer.
+        // Nothing known: up to STARTUP_PROBES requests go, the next waits for the first answer.
+        let others: Vec<Ticket> = (1..STARTUP_PROBES)
+            .map(|_| send(&state, Cost::new(1, 0, 0), true))
+            .collect();
         let waiting = state
             .enter(
                 &key(),
@@ -1321,10 +1508,10 @@ mod tests {
         }
         // The `tokens` reading duplicates the input bucket: no combined bucket.
         assert!(snap.bucket(Dimension::Tokens).is_none());
-        // Requests: exact (1 used). Input: 29,000 ± 500 and a 2 s reset (−2 s, +1 s):
+        // Requests: exact (1 used, and the other probes sent after it). Input: 29,000 ± 500 and a 2 s reset (−2 s, +1 s):
         // conservative edge 1,500 used. Output: the reading holds no output of the probe, whose
         // 500 reserved stay, and the reset's +1 s (134 tokens at 8,000/min).
-        assert_eq!(level(&state, Dimension::Requests), 49);
+        assert_eq!(level(&state, Dimension::Requests), 49 - others.len() as u64);
         assert_eq!(level(&state, Dimension::InputTokens), 28_500);
         assert_eq!(level(&state, Dimension::OutputTokens), 8_000 - 134 - 500);
     }
@@ -1373,6 +1560,34 @@ mod tests {
             usage: Some(Usage::new(0, 100)),
         });
         assert_eq!(level(&state, Dimension::OutputTokens), 6_600);
+    }
+
+    /// A known usage settles the reservation at the response, headers or not.
+    #[tokio::test(start_paused = true)]
+    async fn usage_settles_the_output_reservation_at_the_response() {
+        let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+        let mut a = send(&state, Cost::new(1, 0, 1_000), true);
+        let mut b = send(&state, Cost::new(1, 0, 1_000), true);
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_000);
+        // Read at a's admission: nothing produced yet; a produced 300. The reading (± 500)
+        // agrees with 6,700 left, so only the usage can give the 700 back.
+        let reading = RateLimitSnapshot::new()
+            .with_dialect(Dialect::Anthropic)
+            .with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+        a.complete_with(Reply {
+            snapshot: &reading,
+            outcome: &Outcome::success(),
+            received: Instant::now(),
+            usage: Some(Usage::new(0, 300)),
+        });
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+        b.complete_with(Reply {
+            snapshot: &reading,
+            outcome: &Outcome::success(),
+            received: Instant::now(),
+            usage: Some(Usage::new(0, 1_000)),
+        });
+        assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1446,6 +1661,57 @@ mod tests {
         );
     }
 
+    /// A configured ceiling below the server's limit, and a server bucket nearly emptied by
+    /// someone else: the wait is the server's refill time for the missing tokens (at the
+    /// server's rate), not the configured bucket's, and the ceiling still counts only this key's
+    /// own usage.
+    #[tokio::test(start_paused = true)]
+    async fn ceiling_below_server_limit_waits_for_the_server_refill() {
+        let state = RateLimitState::with_limits(Limits::new().input_tokens(10_000));
+        let mut a = send(&state, Cost::new(1, 1_000, 0), true);
+        // Server: 150,000 ITPM (2,500 per second), 1,000 left after `a`: full again in 59.6 s.
+        let snapshot = RateLimitSnapshot::new()
+            .with_dialect(Dialect::Anthropic)
+            .with(Dimension::InputTokens, reading(150_000, 1_000, 60_000));
+        reply(&mut a, &snapshot, Outcome::success());
+        assert_eq!(
+            state
+                .key_snapshot(&key())
+                .unwrap()
+                .bucket(Dimension::InputTokens)
+                .unwrap()
+                .capacity(),
+            10_000
+        );
+        // 2,000 more: the server has 500..=1,500 (rounded to the thousand), so 0.2..=0.6 s of
+        // its refill; our own ceiling has 9,000 left.
+        let max = Duration::from_secs(2);
+        let mut b = state
+            .enter(
+                &key(),
+                Cost::new(1, 2_000, 0),
+                true,
+                Priority::Interactive,
+                Some(max),
+            )
+            .expect("a 0.2-0.6 s wait is within a 2 s maximum");
+        assert!(!b.is_admitted(), "the server bucket is nearly empty");
+        let waker = std::task::Waker::noop();
+        let Admission::Wait(Some(at)) = b.poll_admit(waker) else {
+            panic!("expected a timed wait");
+        };
+        let wait = at.saturating_duration_since(Instant::now());
+        assert!(
+            wait >= Duration::from_millis(200) && wait <= Duration::from_millis(1_000),
+            "wait {wait:?}"
+        );
+        tokio::time::advance(wait).await;
+        assert!(matches!(b.poll_admit(waker), Admission::Admitted));
+        // The ceiling counts this key's own usage: 1,000 + 2,000 of 10,000.
+        let level = level(&state, Dimension::InputTokens);
+        assert!((6_900..=7_100).contains(&level), "ceiling level {level}");
+    }
+
     /// A server that charges 80% of the raw estimates: the correction factor converges there.
     #[tokio::test(start_paused = true)]
     async fn input_estimation_error_is_learned() {
@@ -1480,5 +1746,43 @@ mod tests {
         }
         let factor = state.key_snapshot(&key()).unwrap().input_correction();
         assert!((0.75..=0.85).contains(&factor), "factor {factor}");
+    }
+
+    /// A server counting output as produced: the share of `max_tokens` requests really produce
+    /// is learned from its readings (and stays at 1.0 when they produce all of it).
+    #[tokio::test(start_paused = true)]
+    async fn output_share_is_learned() {
+        for (produced, range) in [(500, 0.4..=0.6), (1_000, 0.9..=1.0)] {
+            let window = Duration::from_secs(60);
+            let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+            let mut server = Bucket::new(8_000, window, Instant::now());
+            for _ in 0..3_000 {
+                let t = state
+                    .enter(
+                        &key(),
+                        Cost::new(1, 0, 1_000),
+                        true,
+                        Priority::Interactive,
+                        None,
+                    )
+                    .unwrap();
+                if !t.is_admitted() {
+                    drop(t);
+                    tokio::time::advance(Duration::from_millis(100)).await;
+                    continue;
+                }
+                let mut t = t;
+                t.dispatched();
+                // Read at admission; the output is charged when the answer ends.
+                let remaining = server.level(Instant::now());
+                tokio::time::advance(Duration::from_millis(100)).await;
+                server.charge(produced, Instant::now());
+                let snapshot = RateLimitSnapshot::new()
+                    .with(Dimension::OutputTokens, remaining_only(8_000, remaining));
+                reply(&mut t, &snapshot, Outcome::success());
+            }
+            let share = state.key_snapshot(&key()).unwrap().output_share();
+            assert!(range.contains(&share), "produced {produced}: share {share}");
+        }
     }
 }

@@ -26,8 +26,8 @@
 //!   wait — neither a silent 10-minute hang nor a silent give-up.
 //! - **Open circuit breaker**: a refusal of a [circuit breaker](crate::breaker) below
 //!   ([`breaker::error::Open`](crate::breaker::error::Open)) is waited out like a server's
-//!   `retry-after` — until the breaker probes again, jittered — for at most
-//!   [`Policy::max_breaker_wait`] per call (60 s), spending neither a retry nor budget, since the
+//!   `retry-after` — until the breaker probes again, jittered — when that is at most
+//!   [`Policy::max_breaker_wait`] away (60 s), spending neither a retry nor budget, since the
 //!   refused attempt never reached the server. Requests marked
 //!   [`breaker::FailFast`](crate::breaker::FailFast) (the [`Fallback`](crate::fallback::Fallback)
 //!   layer marks its primary's) get the refusal at once.

@@ -21,8 +21,12 @@ pub const SDK_ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-stainless-
 /// The default ceiling on a server-dictated wait: 60 s.
 pub const DEFAULT_MAX_SERVER_WAIT: Duration = Duration::from_secs(60);
 
-/// The default longest time a call waits, in all, for an open circuit breaker: 60 s.
+/// The default longest single wait for an open circuit breaker: 60 s.
 pub const DEFAULT_MAX_BREAKER_WAIT: Duration = Duration::from_secs(60);
+
+/// A call's waits for an open breaker add up to at most this many times
+/// [`Policy::max_breaker_wait`].
+const BREAKER_WAITS_PER_CALL: u32 = 10;
 
 /// How many attempts a call took, first one included. The [`Retry`](super::Retry) layer stores
 /// it in the extensions of every response it returns; its errors carry the same count.
@@ -112,21 +116,23 @@ impl<C> Policy<C> {
         self
     }
 
-    /// The longest a call waits, in all its attempts, for an open
-    /// [circuit breaker](crate::breaker) below to let it through (default 60 s); zero never
-    /// waits.
+    /// The longest single wait for an open [circuit breaker](crate::breaker) below to let a call
+    /// through (default 60 s, as [`max_server_wait`](Self::max_server_wait)); zero never waits.
     ///
     /// When the breaker refuses an attempt with [`breaker::error::Open`](crate::breaker::error::Open),
     /// the layer waits until the breaker probes again (plus a jitter of up to a tenth of the
     /// wait, at most 1 s, so that waiting calls do not all arrive at once), or — when the breaker
     /// is half-open and its probe slots are taken — a [`backoff`](Self::backoff) delay, and
     /// sends the call again. Such a wait spends neither a retry nor retry budget: the refused
-    /// attempt never reached the server. A wait that would take the call past this total (or
-    /// past the [`deadline`](Self::deadline)) is not started: the refusal is returned as it
-    /// is, at once. A request carrying [`breaker::FailFast`](crate::breaker::FailFast) is never
-    /// held.
-    pub fn max_breaker_wait(mut self, total: Duration) -> Self {
-        self.max_breaker_wait = total;
+    /// attempt never reached the server. A wait longer than this, one that would take the
+    /// call's waits for the breaker past ten times this in all (10 minutes by default, the
+    /// SDKs' default request timeout), or one past the [`deadline`](Self::deadline) is not
+    /// started: the refusal is returned as it is, at once. Since the breaker's open duration
+    /// grows with each failed probe (10, 20, 40, 80 s by default), a sustained outage ends the
+    /// wait after a few probes. A request carrying
+    /// [`breaker::FailFast`](crate::breaker::FailFast) is never held.
+    pub fn max_breaker_wait(mut self, ceiling: Duration) -> Self {
+        self.max_breaker_wait = ceiling;
         self
     }
 
@@ -390,7 +396,8 @@ impl<C> Policy<C> {
             let spread = (until / 10).min(Duration::from_secs(1));
             until + spread.mul_f64(rng.f64())
         };
-        if call.breaker_waited.saturating_add(wait) > self.max_breaker_wait {
+        let total = self.max_breaker_wait.saturating_mul(BREAKER_WAITS_PER_CALL);
+        if wait > self.max_breaker_wait || call.breaker_waited.saturating_add(wait) > total {
             return None;
         }
         if let Some(deadline) = self.deadline

@@ -185,18 +185,22 @@ impl RateLimitSnapshot {
     /// Like [`from_headers`](Self::from_headers), with `now` as the local wall-clock time used
     /// when the response has no usable `date` header.
     pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Self {
-        let raw = Raw::collect(headers);
+        Self::from_raw(headers, &Raw::collect(headers), now)
+    }
+
+    /// [`from_headers_at`](Self::from_headers_at) with the headers already sorted.
+    pub(super) fn from_raw(headers: &HeaderMap, raw: &Raw<'_>, now: SystemTime) -> Self {
         let mut snapshot = RateLimitSnapshot::default();
         if !raw.any {
             return snapshot;
         }
         let date = raw.server_date();
         let reference = date.unwrap_or(now);
-        anthropic::read(&raw, reference, date.is_some(), &mut snapshot);
-        openai::read(&raw, &mut snapshot);
-        ietf::read_structured(headers, &raw, &mut snapshot);
-        ietf::read_legacy(headers, &raw, reference, &mut snapshot);
-        github::read(&raw, reference, &mut snapshot);
+        anthropic::read(raw, reference, date.is_some(), &mut snapshot);
+        openai::read(raw, &mut snapshot);
+        ietf::read_structured(headers, raw, &mut snapshot);
+        ietf::read_legacy(headers, raw, reference, &mut snapshot);
+        github::read(raw, reference, &mut snapshot);
         snapshot
     }
 
@@ -307,6 +311,12 @@ pub(super) struct Raw<'a> {
     pub(super) policy: bool,
     /// Any rate-limit header is present.
     pub(super) any: bool,
+    /// `retry-after-ms` (a retry hint, not a rate-limit header: it leaves `any` alone).
+    pub(super) retry_after_ms: Slot<'a>,
+    /// `retry-after`.
+    pub(super) retry_after: Slot<'a>,
+    /// `x-should-retry`.
+    pub(super) should_retry: Slot<'a>,
 }
 
 fn field(s: &str) -> Option<usize> {
@@ -333,25 +343,45 @@ impl<'a> Raw<'a> {
                 put(&mut raw.date, name, value);
                 continue;
             } else if let Some(rest) = n.strip_prefix("anthropic-ratelimit-") {
-                rest.rsplit_once('-').and_then(|(dim, f)| {
-                    let dim = match dim {
-                        "requests" => Dimension::Requests,
-                        "input-tokens" => Dimension::InputTokens,
-                        "output-tokens" => Dimension::OutputTokens,
-                        "tokens" => Dimension::Tokens,
-                        _ => return None,
-                    };
-                    Some(&mut raw.anthropic[dim.index()][field(f)?])
-                })
+                // One match on the whole rest (no search for the last `-`): these names are
+                // read on every response.
+                let (dim, f) = match rest {
+                    "requests-limit" => (Dimension::Requests, LIMIT),
+                    "requests-remaining" => (Dimension::Requests, REMAINING),
+                    "requests-reset" => (Dimension::Requests, RESET),
+                    "input-tokens-limit" => (Dimension::InputTokens, LIMIT),
+                    "input-tokens-remaining" => (Dimension::InputTokens, REMAINING),
+                    "input-tokens-reset" => (Dimension::InputTokens, RESET),
+                    "output-tokens-limit" => (Dimension::OutputTokens, LIMIT),
+                    "output-tokens-remaining" => (Dimension::OutputTokens, REMAINING),
+                    "output-tokens-reset" => (Dimension::OutputTokens, RESET),
+                    "tokens-limit" => (Dimension::Tokens, LIMIT),
+                    "tokens-remaining" => (Dimension::Tokens, REMAINING),
+                    "tokens-reset" => (Dimension::Tokens, RESET),
+                    _ => continue,
+                };
+                Some(&mut raw.anthropic[dim.index()][f])
             } else if let Some(rest) = n.strip_prefix("anthropic-priority-") {
-                rest.rsplit_once('-').and_then(|(dim, f)| {
-                    let i = match dim {
-                        "input-tokens" => 0,
-                        "output-tokens" => 1,
-                        _ => return None,
-                    };
-                    Some(&mut raw.priority[i][field(f)?])
-                })
+                let (i, f) = match rest {
+                    "input-tokens-limit" => (0, LIMIT),
+                    "input-tokens-remaining" => (0, REMAINING),
+                    "input-tokens-reset" => (0, RESET),
+                    "output-tokens-limit" => (1, LIMIT),
+                    "output-tokens-remaining" => (1, REMAINING),
+                    "output-tokens-reset" => (1, RESET),
+                    _ => continue,
+                };
+                Some(&mut raw.priority[i][f])
+            } else if let Some(rest) = n.strip_prefix("retry-after") {
+                match rest {
+                    "" => put(&mut raw.retry_after, name, value),
+                    "-ms" => put(&mut raw.retry_after_ms, name, value),
+                    _ => {}
+                }
+                continue;
+            } else if n == "x-should-retry" {
+                put(&mut raw.should_retry, name, value);
+                continue;
             } else if let Some(rest) = n.strip_prefix("x-ratelimit-") {
                 if let Some(f) = field(rest) {
                     Some(&mut raw.github[f])

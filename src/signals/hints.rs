@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
+use super::headers::{Raw, Slot};
 use super::parse::{self, read};
 
 /// `retry-after-ms`: float milliseconds.
@@ -45,26 +46,31 @@ impl RetryHints {
 
     /// Like [`from_headers`](Self::from_headers) with an explicit local wall-clock time.
     pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Self {
-        let header = |name: &'static str| headers.get(name).map(|v| (name, v));
-        let retry_after = header("retry-after-ms")
+        Self::from_raw(&Raw::collect(headers), now)
+    }
+
+    /// [`from_headers_at`](Self::from_headers_at) with the headers already sorted.
+    pub(super) fn from_raw<'a>(raw: &Raw<'a>, now: SystemTime) -> Self {
+        fn header<'a>(slot: Slot<'a>) -> Option<(&'a str, &'a http::HeaderValue)> {
+            slot.map(|(n, v)| (n.as_str(), v))
+        }
+        let retry_after = header(raw.retry_after_ms)
             .and_then(|(n, v)| read(n, v, millis))
             .map(|d| (d, WaitSource::RetryAfterMs))
             .or_else(|| {
-                header("retry-after").and_then(|(n, v)| {
+                header(raw.retry_after).and_then(|(n, v)| {
                     read(n, v, |s| {
                         if let Some(secs) = parse::decimal(s) {
                             return parse::secs_f64(secs)
                                 .map(|d| (d, WaitSource::RetryAfterSeconds));
                         }
                         let at = parse::http_date(s)?;
-                        let reference = header("date")
-                            .and_then(|(n, v)| read(n, v, parse::http_date))
-                            .unwrap_or(now);
+                        let reference = raw.server_date().unwrap_or(now);
                         Some((parse::until_time(at, reference), WaitSource::RetryAfterDate))
                     })
                 })
             });
-        let should_retry = header("x-should-retry").and_then(|(n, v)| {
+        let should_retry = header(raw.should_retry).and_then(|(n, v)| {
             read(n, v, |s| {
                 if s.eq_ignore_ascii_case("true") {
                     Some(true)

@@ -31,8 +31,11 @@ impl ResponseSignals {
         api_error: Option<&ApiError>,
         classifier: &C,
     ) -> Self {
-        let rate_limits = RateLimitSnapshot::from_headers(headers);
-        let hints = RetryHints::from_headers(headers);
+        // One pass over the headers and one reading of the clock for both.
+        let raw = super::headers::Raw::collect(headers);
+        let now = std::time::SystemTime::now();
+        let rate_limits = RateLimitSnapshot::from_raw(headers, &raw, now);
+        let hints = RetryHints::from_raw(&raw, now);
         let outcome = classifier.classify_response(status, headers, &hints, api_error);
         ResponseSignals {
             status,

@@ -135,8 +135,47 @@ pub(crate) fn relative_or_epoch(s: &str, reference: SystemTime) -> Option<Durati
 
 /// An RFC 3339 timestamp measured from `reference` (zero when it is in the past).
 pub(crate) fn rfc3339_from(s: &str, reference: SystemTime) -> Option<Duration> {
-    let at = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-    Some(until_unix_nanos(at.unix_timestamp_nanos(), reference))
+    let nanos = match rfc3339_utc_seconds(s) {
+        Some(secs) => i128::from(secs) * 1_000_000_000,
+        None => OffsetDateTime::parse(s, &Rfc3339)
+            .ok()?
+            .unix_timestamp_nanos(),
+    };
+    Some(until_unix_nanos(nanos, reference))
+}
+
+/// The shape every Anthropic reset has, `YYYY-MM-DDTHH:MM:SSZ`, read without the general RFC 3339
+/// parser: Unix seconds, or `None` for anything else (fractions, offsets, a leap second, an
+/// invalid date), which the general parser then reads or rejects. Same result as the general
+/// parser for every string it accepts.
+fn rfc3339_utc_seconds(s: &str) -> Option<i64> {
+    let b: &[u8; 20] = s.as_bytes().try_into().ok()?;
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if b[19] != b'Z' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u16> {
+        b[range].iter().try_fold(0u16, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u16::from(c - b'0'))
+        })
+    };
+    let year = num(0..4)?;
+    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+    let day = u8::try_from(num(8..10)?).ok()?;
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if second > 59 {
+        return None;
+    }
+    let date = time::Date::from_calendar_date(i32::from(year), month, day).ok()?;
+    let time = time::Time::from_hms(
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second).ok()?,
+    )
+    .ok()?;
+    Some(date.with_time(time).assume_utc().unix_timestamp())
 }
 
 /// An HTTP-date (IMF-fixdate, RFC 850, asctime — through `httpdate`) or, as a lenient fallback,
@@ -240,6 +279,47 @@ mod tests {
         assert_eq!(secs_f64(-0.0), Some(Duration::ZERO));
         assert_eq!(secs_f64(f64::MAX), Some(MAX_HINT));
         assert_eq!(secs_f64(f64::NAN), None);
+    }
+
+    #[test]
+    fn rfc3339_fast_path_agrees_with_the_parser() {
+        let reference = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let general = |s: &str| {
+            OffsetDateTime::parse(s, &Rfc3339)
+                .ok()
+                .map(|at| until_unix_nanos(at.unix_timestamp_nanos(), reference))
+        };
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut fast = 0;
+        for i in 0..20_000 {
+            let s = if i % 2 == 0 {
+                format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                    rng.u16(1990..2100),
+                    rng.u8(0..14),
+                    rng.u8(0..33),
+                    rng.u8(0..26),
+                    rng.u8(0..62),
+                    rng.u8(0..62)
+                )
+            } else {
+                // Mutations of a valid timestamp: other separators, case, offsets, fractions.
+                let mut b = b"2023-11-14T22:13:21Z".to_vec();
+                let at = rng.usize(..b.len());
+                b[at] = b"0123456789-T:Ztz+. "[rng.usize(..19)];
+                String::from_utf8(b).unwrap()
+            };
+            fast += usize::from(rfc3339_utc_seconds(&s).is_some());
+            assert_eq!(rfc3339_from(&s, reference), general(&s), "{s}");
+        }
+        assert!(fast > 5_000, "{fast}");
+        for s in [
+            "2024-02-29T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2023-12-31T23:59:60Z",
+        ] {
+            assert_eq!(rfc3339_from(s, reference), general(s), "{s}");
+        }
     }
 
     #[test]

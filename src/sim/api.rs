@@ -428,6 +428,15 @@ impl SimApi {
         self.shared.config.accounting
     }
 
+    /// The latency of an admitted request: `(base, per output token)` (see
+    /// [`SimApiBuilder::latency`]).
+    pub fn latency(&self) -> (Duration, Duration) {
+        (
+            self.shared.config.base_latency,
+            self.shared.config.per_token_latency,
+        )
+    }
+
     /// The starting fill of every bucket.
     pub fn starting_fill(&self) -> f64 {
         self.shared.config.starting_fill

@@ -309,14 +309,32 @@ impl Workload {
         out
     }
 
-    /// T*, the best possible completion time: the largest of [`bounds`](Self::bounds).
-    /// Every goodput figure is measured against it.
+    /// T*, the best possible completion time: the largest of [`bounds`](Self::bounds) plus
+    /// the [`shortest_latency`](Self::shortest_latency). Every goodput figure is measured
+    /// against it.
+    ///
+    /// The latency belongs in it: a bucket charged at admission (requests, input tokens,
+    /// reserved output) admits the last request at its bound at the earliest, and that request
+    /// still takes its round trip to answer; a bucket charged as output is produced starts full
+    /// and cannot begin to refill before the first answer, so its bound starts that late.
     pub fn theoretical_best(&self, api: &SimApi) -> Duration {
-        self.bounds(api)
+        let bound = self.bounds(api).iter().map(Bound::time).max();
+        bound.map_or(Duration::ZERO, |b| {
+            b.saturating_add(self.shortest_latency(api))
+        })
+    }
+
+    /// The shortest time the API takes to answer any of the workload's requests:
+    /// `base + per output token × the fewest output tokens produced`.
+    pub fn shortest_latency(&self, api: &SimApi) -> Duration {
+        let (base, per_token) = api.latency();
+        let fewest = self
+            .specs()
             .iter()
-            .map(Bound::time)
-            .max()
-            .unwrap_or(Duration::ZERO)
+            .map(RequestSpec::output_tokens)
+            .min()
+            .unwrap_or(0);
+        base.saturating_add(per_token.saturating_mul(u32::try_from(fewest).unwrap_or(u32::MAX)))
     }
 
     /// Sends the workload through `service`: `concurrency` callers (tokio tasks) each take the
