@@ -1,17 +1,17 @@
 //! The built-in estimator for Anthropic Messages and OpenAI chat / responses JSON bodies.
 //!
-//! The body is read in one pass with serde's visitor interface, without building a
-//! `serde_json::Value`: strings are counted where they lie in the body (no allocation unless they
-//! contain escapes, and then into the parser's scratch buffer), every other value is checked and
-//! skipped. The rate limiter's default key ([`DefaultKey`](crate::rate_limit::DefaultKey)) and
+//! The body is read in one pass by a small scanner, without building a `serde_json::Value`:
+//! strings are counted where they lie in the body (nothing is copied unless a key or the model
+//! has escapes), every other value is checked and skipped. It accepts exactly what
+//! `serde_json::from_slice` accepts. The rate limiter's default key ([`DefaultKey`](crate::rate_limit::DefaultKey)) and
 //! default cost ([`DefaultCost`](super::DefaultCost)) share one pass per request: the first of
 //! them to run leaves what it read in the request's extensions for the other.
 
 use std::fmt;
 
+use std::borrow::Cow;
+
 use http::Request;
-use serde::Deserializer as _;
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::{BodyBytes, DEFAULT_BYTES_PER_TOKEN};
 use crate::rate_limit::RateLimitKey;
@@ -93,14 +93,6 @@ impl<M> Scan<M> {
     }
 }
 
-/// One pass over `body`: `None` when it is not a JSON object.
-pub(super) fn scan(body: &[u8]) -> Option<Scan<std::borrow::Cow<'_, str>>> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let scan = de.deserialize_any(TopVisitor).ok()??;
-    de.end().ok()?;
-    Some(scan)
-}
-
 /// What a request's body said, cached in its extensions so the key and the cost functions read
 /// the body once between them. `None`: not a JSON object (or its bytes are not available).
 #[derive(Clone)]
@@ -150,186 +142,525 @@ impl fmt::Debug for Inspected {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The visitors. Each accepts any JSON value (so the body is validated exactly as a full parse
-// would: every string's UTF-8 and escapes, every number's range) and returns what it counts.
+// The scanner. It accepts exactly the documents `serde_json::from_slice::<Value>` accepts (the
+// same grammar, string escapes and UTF-8 rules, nesting limit; numbers other than plain
+// non-negative integers are handed to `serde_json` itself, so their range and printed form are
+// its own), and counts as it goes. Strings are crossed 32 bytes at a time until a quote, a
+// backslash, a control character or a non-ASCII byte.
 
-/// A top-level field the estimator reads.
-enum Field {
-    Model,
-    MaxTokens(usize),
-    Text(usize),
-    Tools,
-    Other,
-}
+/// `serde_json`'s nesting limit: the 128th nested array or object is refused.
+const MAX_DEPTH: usize = 128;
 
 /// The text fields: `system`, `messages`, `input`, `instructions`, `prompt`.
 const TEXT_FIELDS: usize = 5;
 const MESSAGES: usize = 1;
 
-struct FieldVisitor;
+/// One pass over `body`: `None` when it is not a JSON object.
+pub(super) fn scan(body: &[u8]) -> Option<Scan<Cow<'_, str>>> {
+    let mut p = Parser {
+        b: body,
+        i: 0,
+        depth: 0,
+    };
+    p.ws();
+    if p.peek() != Some(b'{') {
+        return None;
+    }
+    let scan = p.top()?;
+    p.ws();
+    (p.i == body.len()).then_some(scan)
+}
 
-impl<'de> Visitor<'de> for FieldVisitor {
-    type Value = Field;
+struct Parser<'a> {
+    b: &'a [u8],
+    i: usize,
+    depth: usize,
+}
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a field name")
+/// A string as it lies in the body (between its quotes).
+struct Str<'a> {
+    raw: &'a [u8],
+    /// The raw bytes are the text: no escapes (and valid UTF-8).
+    plain: bool,
+    /// Bytes of the decoded text.
+    len: usize,
+}
+
+impl<'a> Str<'a> {
+    /// The decoded text (copied only when the string has escapes).
+    fn text(&self) -> Cow<'a, str> {
+        if self.plain {
+            // Validated while scanning.
+            Cow::Borrowed(std::str::from_utf8(self.raw).unwrap_or_default())
+        } else {
+            Cow::Owned(decode(self.raw))
+        }
+    }
+}
+
+/// A number: a plain non-negative integer, or what `serde_json` made of the token.
+enum Num {
+    Plain(u64, usize),
+    Other(serde_json::Number),
+}
+
+impl Num {
+    /// Its length as `serde_json` prints it.
+    fn printed_len(&self) -> usize {
+        match self {
+            Num::Plain(_, len) => *len,
+            Num::Other(n) => number_len(n),
+        }
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
-        Ok(match v {
-            "model" => Field::Model,
-            "max_tokens" => Field::MaxTokens(0),
-            "max_completion_tokens" => Field::MaxTokens(1),
-            "max_output_tokens" => Field::MaxTokens(2),
-            "system" => Field::Text(0),
-            "messages" => Field::Text(MESSAGES),
-            "input" => Field::Text(2),
-            "instructions" => Field::Text(3),
-            "prompt" => Field::Text(4),
-            "tools" => Field::Tools,
-            _ => Field::Other,
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Num::Plain(v, _) => Some(*v),
+            Num::Other(n) => n.as_u64(),
+        }
+    }
+}
+
+/// A byte that ends a fast run inside a string: `"`, `\`, a control character or non-ASCII.
+#[inline(always)]
+fn special(c: u8) -> bool {
+    (c == b'"') | (c == b'\\') | (c.wrapping_sub(0x20) >= 0x60)
+}
+
+/// Tokens of an image or document block, or the text of any other value.
+const IMAGE_TYPES: [&str; 6] = [
+    "image",
+    "image_url",
+    "input_image",
+    "document",
+    "input_file",
+    "file",
+];
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.peek() == Some(c)).then(|| self.i += 1)
+    }
+
+    /// `{ "key": value, … }`: `entry` reads each value after its key.
+    fn object(&mut self, mut entry: impl FnMut(&mut Self, Str<'a>) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        self.enter()?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                let key = self.string()?;
+                self.eat(b':')?;
+                self.ws();
+                entry(self, key)?;
+                self.ws();
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b'}' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(())
+    }
+
+    /// `[ value, … ]`: `item` reads each value.
+    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        self.enter()?;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                item(self)?;
+                self.ws();
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b']' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(())
+    }
+
+    fn enter(&mut self) -> Option<()> {
+        self.depth += 1;
+        (self.depth < MAX_DEPTH).then_some(())
+    }
+
+    fn literal(&mut self) -> Option<()> {
+        let rest = &self.b[self.i..];
+        let len = [&b"true"[..], b"false", b"null"]
+            .into_iter()
+            .find(|l| rest.starts_with(l))?
+            .len();
+        self.i += len;
+        Some(())
+    }
+
+    fn string(&mut self) -> Option<Str<'a>> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let b = self.b;
+        let start = self.i + 1;
+        let mut i = start;
+        let mut saved = 0usize;
+        let mut plain = true;
+        let mut ascii = true;
+        loop {
+            // 32 bytes at a time while nothing needs a look.
+            while let Some(chunk) = b.get(i..i + 32).and_then(|c| <&[u8; 32]>::try_from(c).ok()) {
+                // Branch-free over a fixed-size block: the compiler makes it a few vector
+                // instructions.
+                let mut any = 0u8;
+                for &c in chunk {
+                    any |= u8::from(special(c));
+                }
+                if any != 0 {
+                    break;
+                }
+                i += 32;
+            }
+            let run = b[i..].iter().position(|&c| special(c))?;
+            i += run;
+            match b[i] {
+                b'"' => break,
+                b'\\' => {
+                    plain = false;
+                    let (raw, decoded) = escape(&b[i..])?;
+                    // Bytes the escapes save: the raw escape is longer than what it stands for.
+                    saved += raw - decoded;
+                    i += raw;
+                }
+                c if c < 0x20 => return None,
+                _ => {
+                    ascii = false;
+                    i += 1;
+                }
+            }
+        }
+        let raw = &b[start..i];
+        self.i = i + 1;
+        if !ascii {
+            if plain {
+                std::str::from_utf8(raw).ok()?;
+            } else {
+                decode_checked(raw)?;
+            }
+        }
+        Some(Str {
+            raw,
+            plain,
+            len: raw.len() - saved,
         })
     }
-}
 
-impl<'de> DeserializeSeed<'de> for FieldVisitor {
-    type Value = Field;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-/// Implements the visit methods of a visitor that accepts any value, with a default result for
-/// the kinds it does not handle itself.
-macro_rules! accept_any {
-    (@one bool, $d:expr) => { fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> { Ok($d) } };
-    (@one i64, $d:expr) => { fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> { Ok($d) } };
-    (@one u64, $d:expr) => { fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> { Ok($d) } };
-    (@one f64, $d:expr) => { fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> { Ok($d) } };
-    (@one str, $d:expr) => { fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> { Ok($d) } };
-    (@one unit, $d:expr) => { fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> { Ok($d) } };
-    (@one seq, $d:expr) => {
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element_seed(Skip)?.is_some() {}
-            Ok($d)
-        }
-    };
-    (@one map, $d:expr) => {
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_key_seed(Skip)?.is_some() {
-                map.next_value_seed(Skip)?;
+    fn number(&mut self) -> Option<Num> {
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let digits = |i: &mut usize| {
+            let from = *i;
+            while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
             }
-            Ok($d)
+            *i > from
+        };
+        let negative = b.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        match b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => {
+                digits(&mut i);
+            }
+            _ => return None,
         }
-    };
-    ($default:expr; $($skip:ident),*) => {
-        $(accept_any!(@one $skip, $default);)*
-    };
-}
-
-/// Implements `DeserializeSeed` for a visitor through `deserialize_any`.
-macro_rules! seed {
-    ($t:ty) => {
-        impl<'de> DeserializeSeed<'de> for $t {
-            type Value = <$t as Visitor<'de>>::Value;
-            fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                d.deserialize_any(self)
+        let mut plain = !negative;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            plain = false;
+            if !digits(&mut i) {
+                return None;
             }
         }
-    };
-}
-
-/// Reads and discards any value.
-#[derive(Clone, Copy)]
-struct Skip;
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1;
+            plain = false;
+            if let Some(b'+' | b'-') = b.get(i) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        self.i = i;
+        let token = &b[start..i];
+        if plain && token.len() <= 19 {
+            let v = token
+                .iter()
+                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            return Some(Num::Plain(v, token.len()));
+        }
+        serde_json::from_slice(token).ok().map(Num::Other)
     }
-    accept_any!((); bool, i64, u64, f64, str, unit, seq, map);
-}
-seed!(Skip);
 
-/// The top-level object; anything else is `None`.
-struct TopVisitor;
-
-impl<'de> Visitor<'de> for TopVisitor {
-    type Value = Option<Scan<std::borrow::Cow<'de, str>>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+    /// Any value, checked and dropped.
+    fn skip(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'{' => self.object(|p, _| p.skip()),
+            b'[' => self.array(Self::skip),
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            _ => self.literal(),
+        }
     }
-    accept_any!(None; bool, i64, u64, f64, str, unit, seq);
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    /// The text of a value: every string's bytes, every number's printed length; an image or
+    /// document block counts [`IMAGE_TOKENS`]; structural fields (`type`, `role`, ids,
+    /// `cache_control`) are not text.
+    fn walk(&mut self) -> Option<Count> {
+        match self.peek()? {
+            b'{' => {
+                let mut count = Count::default();
+                // The last `type` decides, as in a map.
+                let mut image = false;
+                self.object(|p, key| {
+                    match &*key.text() {
+                        "type" => image = p.image_type()?,
+                        "role" | "id" | "tool_use_id" | "call_id" | "cache_control" => p.skip()?,
+                        _ => count.add(p.walk()?),
+                    }
+                    Some(())
+                })?;
+                Some(if image {
+                    Count {
+                        text_bytes: 0,
+                        fixed: IMAGE_TOKENS,
+                    }
+                } else {
+                    count
+                })
+            }
+            b'[' => {
+                let mut count = Count::default();
+                self.array(|p| {
+                    count.add(p.walk()?);
+                    Some(())
+                })?;
+                Some(count)
+            }
+            b'"' => Some(Count::text(self.string()?.len)),
+            b'-' | b'0'..=b'9' => Some(Count::text(self.number()?.printed_len())),
+            _ => self.literal().map(|()| Count::default()),
+        }
+    }
+
+    /// `messages`: its text, and its length when it is an array.
+    fn messages(&mut self) -> Option<(Count, Option<usize>)> {
+        if self.peek()? != b'[' {
+            return self.walk().map(|c| (c, None));
+        }
+        let mut count = Count::default();
+        let mut len = 0;
+        self.array(|p| {
+            count.add(p.walk()?);
+            len += 1;
+            Some(())
+        })?;
+        Some((count, Some(len)))
+    }
+
+    /// Whether a `type` value names an image or document block.
+    fn image_type(&mut self) -> Option<bool> {
+        if self.peek()? == b'"' {
+            let s = self.string()?;
+            return Some(IMAGE_TYPES.contains(&&*s.text()));
+        }
+        self.skip().map(|()| false)
+    }
+
+    /// A string value, else nothing.
+    fn model(&mut self) -> Option<Option<Cow<'a, str>>> {
+        if self.peek()? == b'"' {
+            return Some(Some(self.string()?.text()));
+        }
+        self.skip().map(|()| None)
+    }
+
+    /// A non-negative integer value, else nothing.
+    fn max_tokens(&mut self) -> Option<Option<u64>> {
+        if let b'-' | b'0'..=b'9' = self.peek()? {
+            return Some(self.number()?.as_u64());
+        }
+        self.skip().map(|()| None)
+    }
+
+    /// The length of a value written back as compact JSON by `serde_json` (`tools` is billed
+    /// as its JSON).
+    fn json_len(&mut self) -> Option<u64> {
+        match self.peek()? {
+            b'{' => {
+                let (mut len, mut entries) = (2u64, 0u64);
+                self.object(|p, key| {
+                    // `"key":value`
+                    len += escaped_len(&key.text()) + 1 + p.json_len()?;
+                    entries += 1;
+                    Some(())
+                })?;
+                Some(len + entries.saturating_sub(1))
+            }
+            b'[' => {
+                let (mut len, mut items) = (2u64, 0u64);
+                self.array(|p| {
+                    len += p.json_len()?;
+                    items += 1;
+                    Some(())
+                })?;
+                Some(len + items.saturating_sub(1))
+            }
+            b'"' => Some(escaped_len(&self.string()?.text())),
+            b'-' | b'0'..=b'9' => Some(self.number()?.printed_len() as u64),
+            b't' | b'n' => self.literal().map(|()| 4),
+            _ => self.literal().map(|()| 5),
+        }
+    }
+
+    /// The top-level object.
+    fn top(&mut self) -> Option<Scan<Cow<'a, str>>> {
         // Each field keeps its last value, as a map would.
         let mut model = None;
         let mut max_tokens = [None; 3];
         let mut text = [Count::default(); TEXT_FIELDS];
         let mut messages = None;
         let mut tools = 0;
-        while let Some(field) = map.next_key_seed(FieldVisitor)? {
-            match field {
-                Field::Model => model = map.next_value_seed(ModelVisitor)?,
-                Field::MaxTokens(i) => max_tokens[i] = map.next_value_seed(U64Visitor)?,
-                Field::Text(i) if i == MESSAGES => {
-                    let (count, len) = map.next_value_seed(MessagesVisitor)?;
-                    text[i] = count;
-                    messages = len;
-                }
-                Field::Text(i) => text[i] = map.next_value_seed(Walk)?,
-                Field::Tools => tools = map.next_value_seed(JsonLen)?,
-                Field::Other => map.next_value_seed(Skip)?,
+        self.object(|p, key| {
+            match &*key.text() {
+                "model" => model = p.model()?,
+                "max_tokens" => max_tokens[0] = p.max_tokens()?,
+                "max_completion_tokens" => max_tokens[1] = p.max_tokens()?,
+                "max_output_tokens" => max_tokens[2] = p.max_tokens()?,
+                "system" => text[0] = p.walk()?,
+                "messages" => (text[MESSAGES], messages) = p.messages()?,
+                "input" => text[2] = p.walk()?,
+                "instructions" => text[3] = p.walk()?,
+                "prompt" => text[4] = p.walk()?,
+                "tools" => tools = p.json_len()?,
+                _ => p.skip()?,
             }
-        }
+            Some(())
+        })?;
         let mut count = Count::default();
         for c in text {
             count.add(c);
         }
         count.fixed += PER_MESSAGE_TOKENS * messages.unwrap_or(0) as u64;
         count.text_bytes += tools;
-        Ok(Some(Scan {
+        Some(Scan {
             model,
             text_bytes: count.text_bytes,
             fixed: count.fixed,
             max_tokens: max_tokens.into_iter().flatten().next(),
-        }))
+        })
     }
 }
 
-/// `model`: a string, else nothing.
-struct ModelVisitor;
-
-impl<'de> Visitor<'de> for ModelVisitor {
-    type Value = Option<std::borrow::Cow<'de, str>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    accept_any!(None; bool, i64, u64, f64, unit, seq, map);
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Some(std::borrow::Cow::Borrowed(v)))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Some(std::borrow::Cow::Owned(v.to_owned())))
-    }
-}
-seed!(ModelVisitor);
-
-/// `max_tokens` and friends: a non-negative integer, else nothing.
-struct U64Visitor;
-
-impl<'de> Visitor<'de> for U64Visitor {
-    type Value = Option<u64>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    accept_any!(None; bool, i64, f64, str, unit, seq, map);
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Some(v))
+/// The escape at the start of `s` (`\n`, `\uXXXX`, a surrogate pair): its raw length and the
+/// length of its UTF-8; `None` where `serde_json` refuses it.
+fn escape(s: &[u8]) -> Option<(usize, usize)> {
+    match s.get(1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some((2, 1)),
+        b'u' => {
+            let n = hex4(s.get(2..6)?)?;
+            match n {
+                0xDC00..=0xDFFF => None,
+                0xD800..=0xDBFF => {
+                    if s.get(6..8)? != b"\\u" {
+                        return None;
+                    }
+                    let low = hex4(s.get(8..12)?)?;
+                    (0xDC00..=0xDFFF).contains(&low).then_some((12, 4))
+                }
+                0..=0x7F => Some((6, 1)),
+                0x80..=0x7FF => Some((6, 2)),
+                _ => Some((6, 3)),
+            }
+        }
+        _ => None,
     }
 }
-seed!(U64Visitor);
+
+fn hex4(s: &[u8]) -> Option<u16> {
+    s.iter().try_fold(0u16, |n, &c| {
+        let d = (c as char).to_digit(16)?;
+        Some(n * 16 + d as u16)
+    })
+}
+
+/// Decodes a string's raw bytes (escapes already checked by the scan).
+fn decode(raw: &[u8]) -> String {
+    decode_checked(raw).unwrap_or_default()
+}
+
+/// Decodes a string's raw bytes; `None` when the result is not UTF-8.
+fn decode_checked(raw: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        }
+        let (len, _) = escape(&raw[i..])?;
+        let c = match raw[i + 1] {
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = u32::from(hex4(&raw[i + 2..i + 6])?);
+                let code = if len == 12 {
+                    let lo = u32::from(hex4(&raw[i + 8..i + 12])?);
+                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                } else {
+                    hi
+                };
+                char::from_u32(code)?
+            }
+            other => char::from(other),
+        };
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        i += len;
+    }
+    String::from_utf8(out).ok()
+}
 
 /// Text bytes and fixed tokens of a value.
 #[derive(Clone, Copy, Default)]
@@ -352,198 +683,6 @@ impl Count {
     }
 }
 
-/// Counts the text of any value: every string's bytes, every number's printed length; an image
-/// or document block counts [`IMAGE_TOKENS`]; structural fields (`type`, `role`, ids,
-/// `cache_control`) are not text.
-struct Walk;
-
-impl<'de> Visitor<'de> for Walk {
-    type Value = Count;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    accept_any!(Count::default(); bool, unit);
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Count, E> {
-        Ok(Count::text(v.len()))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
-        Ok(Count::text(number_len(serde_json::Number::from(v))))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
-        Ok(Count::text(number_len(serde_json::Number::from(v))))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
-        Ok(Count::text(
-            serde_json::Number::from_f64(v).map_or(0, number_len),
-        ))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
-        let mut count = Count::default();
-        while let Some(c) = seq.next_element_seed(Walk)? {
-            count.add(c);
-        }
-        Ok(count)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
-        let mut count = Count::default();
-        // The last `type` decides, as in a map.
-        let mut image = false;
-        while let Some(key) = map.next_key_seed(KeyVisitor)? {
-            match key {
-                Key::Type => image = map.next_value_seed(ImageType)?,
-                Key::Structural => map.next_value_seed(Skip)?,
-                Key::Text => count.add(map.next_value_seed(Walk)?),
-            }
-        }
-        Ok(if image {
-            Count {
-                text_bytes: 0,
-                fixed: IMAGE_TOKENS,
-            }
-        } else {
-            count
-        })
-    }
-}
-seed!(Walk);
-
-/// `messages`: its text, and its length when it is an array.
-struct MessagesVisitor;
-
-impl<'de> Visitor<'de> for MessagesVisitor {
-    type Value = (Count, Option<usize>);
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Walk.visit_bool(v).map(|c| (c, None))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Walk.visit_u64(v).map(|c| (c, None))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Walk.visit_i64(v).map(|c| (c, None))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Walk.visit_f64(v).map(|c| (c, None))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Walk.visit_str(v).map(|c| (c, None))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Walk.visit_unit().map(|c| (c, None))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Walk.visit_map(map).map(|c| (c, None))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut count = Count::default();
-        let mut len = 0;
-        while let Some(c) = seq.next_element_seed(Walk)? {
-            count.add(c);
-            len += 1;
-        }
-        Ok((count, Some(len)))
-    }
-}
-seed!(MessagesVisitor);
-
-/// A key inside the text fields.
-enum Key {
-    Type,
-    Structural,
-    Text,
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-        Ok(match v {
-            "type" => Key::Type,
-            "role" | "id" | "tool_use_id" | "call_id" | "cache_control" => Key::Structural,
-            _ => Key::Text,
-        })
-    }
-}
-seed!(KeyVisitor);
-
-/// Whether a `type` value names an image or document block.
-struct ImageType;
-
-impl<'de> Visitor<'de> for ImageType {
-    type Value = bool;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    accept_any!(false; bool, i64, u64, f64, unit, seq, map);
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(matches!(
-            v,
-            "image" | "image_url" | "input_image" | "document" | "input_file" | "file"
-        ))
-    }
-}
-seed!(ImageType);
-
-/// The length of a value written back as compact JSON (`tools` is billed as its JSON).
-struct JsonLen;
-
-impl<'de> Visitor<'de> for JsonLen {
-    type Value = u64;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<u64, E> {
-        Ok(if v { 4 } else { 5 })
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
-        Ok(4)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
-        Ok(number_len(serde_json::Number::from(v)) as u64)
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-        Ok(number_len(serde_json::Number::from(v)) as u64)
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
-        // A parsed number is finite; a non-finite one would be written `null`.
-        Ok(serde_json::Number::from_f64(v).map_or(4, number_len) as u64)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-        Ok(escaped_len(v))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
-        let mut len = 2;
-        let mut items = 0;
-        while let Some(l) = seq.next_element_seed(JsonLen)? {
-            len += l;
-            items += 1;
-        }
-        Ok(len + commas(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
-        let mut len = 2;
-        let mut entries = 0;
-        while let Some(key) = map.next_key_seed(JsonLen)? {
-            // `"key":value`
-            len += key + 1 + map.next_value_seed(JsonLen)?;
-            entries += 1;
-        }
-        Ok(len + commas(entries))
-    }
-}
-seed!(JsonLen);
-
-fn commas(items: u64) -> u64 {
-    items.saturating_sub(1)
-}
-
 /// The length of `s` as a JSON string literal written by `serde_json`, quotes included.
 fn escaped_len(s: &str) -> u64 {
     let extra: usize = s
@@ -558,7 +697,7 @@ fn escaped_len(s: &str) -> u64 {
 }
 
 /// The length of a number as `serde_json` prints it.
-fn number_len(n: serde_json::Number) -> usize {
+fn number_len(n: &serde_json::Number) -> usize {
     struct Len(usize);
     impl fmt::Write for Len {
         fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -799,5 +938,87 @@ mod tests {
             assert_eq!(inspect_json(&pretty), reference(&pretty));
         }
         assert!(objects > 15_000, "{objects}");
+    }
+
+    #[test]
+    fn what_serde_json_refuses_is_refused() {
+        // Mutations of valid bodies (a byte replaced, inserted or cut): the scanner accepts a
+        // body exactly when `serde_json` does, and reads the same from it.
+        const BYTES: &[u8] = b"{}[]\",:0123456789-+.eEtrufalsn \t\n\\/ubx\x01\xc3\xa9\xff\xed";
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let value = Value::Object(
+                (0..rng.usize(1..6))
+                    .map(|_| {
+                        let key = TOP_KEYS[rng.usize(..TOP_KEYS.len())].to_string();
+                        (key, random_value(&mut rng, 3))
+                    })
+                    .collect(),
+            );
+            let mut body = serde_json::to_vec(&value).unwrap();
+            for _ in 0..rng.usize(1..3) {
+                let at = rng.usize(..body.len());
+                match rng.u8(..3) {
+                    0 => body[at] = BYTES[rng.usize(..BYTES.len())],
+                    1 => body.insert(at, BYTES[rng.usize(..BYTES.len())]),
+                    _ => body.truncate(at),
+                }
+                if body.is_empty() {
+                    break;
+                }
+            }
+            let want = reference(&body);
+            accepted += usize::from(want.is_some());
+            assert_eq!(
+                inspect_json(&body),
+                want,
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        assert!(accepted > 1_000, "{accepted}");
+        for body in [
+            &br#"{"m":"\ud83e\udd80","model":"\u00e9\/"}"#[..],
+            br#"{"model":"\ud83e"}"#,
+            br#"{"model":"\udd80"}"#,
+            br#"{"model":"\ud83e\u0041"}"#,
+            br#"{"model":"a\qb"}"#,
+            br#"{"max_tokens":18446744073709551615,"input":[-0,1.5e3,1E400]}"#,
+            br#"{"max_tokens":18446744073709551616,"input":[-0,1.5e3,-12]}"#,
+            br#"{"input":[01]}"#,
+            br#"{"input":"tab	inside"}"#,
+            b"{\"input\":\"\xe2\x82\"}",
+            b" \n{\"input\":\"\xe2\x82\xac\"} \t",
+            br#"{"a":1,}"#,
+            br#"{"a":[1,]}"#,
+            br#"{1:2}"#,
+            br#"{"a" 1}"#,
+            br#"{"a":tru}"#,
+            b"\xef\xbb\xbf{}",
+        ] {
+            assert_eq!(
+                inspect_json(body),
+                reference(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_limit_as_serde_json() {
+        for depth in 120..135 {
+            let body = format!(
+                "{{\"input\":{}\"x\"{}}}",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            assert_eq!(
+                inspect_json(body.as_bytes()),
+                reference(body.as_bytes()),
+                "{depth}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! than [`SKEW_TOLERANCE`], says the clocks disagree: such a reset is dropped (the reading keeps
 //! its limit and remaining) rather than trusted.
 
+use std::cell::Cell;
 use std::time::{Duration, SystemTime};
 
 use super::headers::{Raw, bucket};
@@ -24,26 +25,48 @@ const MINUTE: Duration = Duration::from_secs(60);
 pub(crate) const SKEW_TOLERANCE: Duration = Duration::from_secs(2);
 
 /// Reads a reset; `dated` says whether `reference` is the server's `date` header.
+/// A reset value (up to 32 bytes, and its length) and what it read as.
+type LastReset = ([u8; 32], usize, Option<Option<Duration>>);
+
 fn reset(reference: SystemTime, dated: bool) -> impl Fn(&str) -> Option<Option<Duration>> {
+    // The same timestamp usually comes on several lines: against the `date` header (no clock
+    // involved, nothing logged) the last one read is remembered.
+    let last: Cell<Option<LastReset>> = Cell::new(None);
     move |s| {
-        if !dated && let Some(early) = reference.checked_sub(SKEW_TOLERANCE) {
-            // Measured from `SKEW_TOLERANCE` before now: zero means "past by more than that".
-            if let Some(from_early) = parse::rfc3339_from(s, early) {
-                if from_early.is_zero() || from_early > MINUTE + 2 * SKEW_TOLERANCE {
-                    tracing::debug!(
-                        reset = s,
-                        "anthropic reset outside the minute ahead of the local clock and no date \
-                         header: clock skew, ignored"
-                    );
-                    return Some(None);
-                }
-                return Some(Some(from_early.saturating_sub(SKEW_TOLERANCE)));
-            }
+        if dated
+            && let Some((bytes, len, value)) = last.get()
+            && bytes.get(..len) == Some(s.as_bytes())
+        {
+            return value;
         }
-        parse::rfc3339_from(s, reference)
-            .or_else(|| parse::relative_or_epoch(s, reference))
-            .map(Some)
+        let value = reset_uncached(s, reference, dated);
+        if dated && s.len() <= 32 {
+            let mut bytes = [0; 32];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            last.set(Some((bytes, s.len(), value)));
+        }
+        value
     }
+}
+
+fn reset_uncached(s: &str, reference: SystemTime, dated: bool) -> Option<Option<Duration>> {
+    if !dated && let Some(early) = reference.checked_sub(SKEW_TOLERANCE) {
+        // Measured from `SKEW_TOLERANCE` before now: zero means "past by more than that".
+        if let Some(from_early) = parse::rfc3339_from(s, early) {
+            if from_early.is_zero() || from_early > MINUTE + 2 * SKEW_TOLERANCE {
+                tracing::debug!(
+                    reset = s,
+                    "anthropic reset outside the minute ahead of the local clock and no date \
+                     header: clock skew, ignored"
+                );
+                return Some(None);
+            }
+            return Some(Some(from_early.saturating_sub(SKEW_TOLERANCE)));
+        }
+    }
+    parse::rfc3339_from(s, reference)
+        .or_else(|| parse::relative_or_epoch(s, reference))
+        .map(Some)
 }
 
 pub(super) fn read(
@@ -52,12 +75,13 @@ pub(super) fn read(
     dated: bool,
     snapshot: &mut RateLimitSnapshot,
 ) {
+    let reset = reset(reference, dated);
     for dimension in Dimension::ALL {
-        if let Some(reading) = bucket(&raw.anthropic[dimension.index()], reset(reference, dated)) {
+        if let Some(reading) = bucket(&raw.anthropic[dimension.index()], &reset) {
             snapshot.offer(Dialect::Anthropic, dimension, reading.with_window(MINUTE));
         }
     }
     let [input, output] = &raw.priority;
-    let priority = |slots| bucket(slots, reset(reference, dated)).map(|r| r.with_window(MINUTE));
+    let priority = |slots| bucket(slots, &reset).map(|r| r.with_window(MINUTE));
     snapshot.offer_priority(priority(input), priority(output));
 }
