@@ -516,11 +516,10 @@ async fn the_budget_bounds_the_load_on_an_overloaded_sim() {
     assert!(received > REQUESTS, "{received}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_sim_429_is_retried_after_its_retry_after() {
-    // 6 requests per minute, one available at the start: the second call is refused and told
-    // to come back when the bucket has refilled.
-    let api = SimApi::builder()
+/// A sim allowing 6 requests a minute with one left in its bucket: a second request is refused
+/// with a `retry-after` of about 10 s.
+fn one_request_left() -> SimApi {
+    SimApi::builder()
         .model(
             "claude-sonnet-4-5",
             Limits::per_minute(6, 1_000_000, 1_000_000),
@@ -528,7 +527,14 @@ async fn a_sim_429_is_retried_after_its_retry_after() {
         .starting_fill(1.0 / 6.0)
         .latency(Duration::from_millis(300), Duration::ZERO)
         .seed(9)
-        .build();
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sim_429_is_retried_after_its_retry_after() {
+    // 6 requests per minute, one available at the start: the second call is refused and told
+    // to come back when the bucket has refilled.
+    let api = one_request_left();
     let service = RetryLayer::new(plain(2)).layer(api.clone());
     let requests = Workload::new(2, 1)
         .models(["claude-sonnet-4-5"])
@@ -565,15 +571,7 @@ async fn a_wait_the_rate_limiter_absorbed_is_waited_once() {
     use tower_llm_limits::rate_limit::{self, RateLimitLayer};
     // The server allows 6 requests a minute and has one in its bucket; the limiter was told 60,
     // so it lets two calls go at once and the second is refused with `retry-after`.
-    let api = SimApi::builder()
-        .model(
-            "claude-sonnet-4-5",
-            Limits::per_minute(6, 1_000_000, 1_000_000),
-        )
-        .starting_fill(1.0 / 6.0)
-        .latency(Duration::from_millis(300), Duration::ZERO)
-        .seed(9)
-        .build();
+    let api = one_request_left();
     let limiter =
         RateLimitLayer::with_limits(rate_limit::Limits::per_minute(60, 1_000_000, 1_000_000));
     let service = RetryLayer::new(plain(2)).layer(limiter.layer(api.clone()));

@@ -127,15 +127,48 @@ pub fn respond_with(
 
 /// The fields of every `tracing` event emitted while the guard it returns is held (on this
 /// thread), as `name=value` strings.
-pub fn capture_events() -> (Events, tracing::subscriber::DefaultGuard) {
+pub fn capture_events() -> (Events, CaptureGuard) {
     use tracing_subscriber::layer::SubscriberExt;
-    let events = Events::default();
-    let subscriber = tracing_subscriber::registry().with(events.clone());
-    let guard = tracing::subscriber::set_default(subscriber);
-    // Another test thread may have registered a callsite while no subscriber wanted it, caching
-    // "never" for it: recompute every callsite's interest now that this one is in place.
+    // One global subscriber for the whole test binary that is interested in every callsite and
+    // hands each event to the capture of the thread it happens on. A scoped (`set_default`)
+    // subscriber is not enough: a callsite first hit by another test thread while no subscriber
+    // wanted it can cache "never" between our subscriber's installation and our event.
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::registry().with(ThreadCapture);
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+    });
     tracing::callsite::rebuild_interest_cache();
-    (events, guard)
+    let events = Events::default();
+    CAPTURE.with(|c| *c.borrow_mut() = Some(events.clone()));
+    (events, CaptureGuard(()))
+}
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Events>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops the capture of this thread's events when dropped.
+pub struct CaptureGuard(());
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| *c.borrow_mut() = None);
+    }
+}
+
+/// The global layer: forwards each event to the capture of its thread, if any.
+struct ThreadCapture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ThreadCapture {
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        CAPTURE.with(|c| {
+            if let Some(events) = &*c.borrow() {
+                tracing_subscriber::Layer::<S>::on_event(events, event, ctx);
+            }
+        });
+    }
 }
 
 /// One event's fields, `(name, value)`.
