@@ -559,3 +559,58 @@ async fn snapshot_of_separate_layers() {
     assert_eq!(json["concurrency"]["adaptive"], false);
     assert_eq!(json["breakers"][0]["key"], serde_json::Value::Null);
 }
+
+/// A fallback to the secondary and a request too big for any budget are counted and traced.
+#[test]
+fn fallbacks_and_impossible_costs_are_counted() {
+    use tower_llm_limits::fallback::{Fallback, Served};
+    use tower_llm_limits::rate_limit::error::CostExceedsLimit;
+
+    let ((served, too_big), events, snapshotter) = captured(|| async {
+        let overloaded = SimApi::builder()
+            .model(MODEL, limits())
+            .faults(Faults::new().always(Fault::Overloaded { probability: 1.0 }))
+            .build();
+        let healthy = SimApi::builder().model(MODEL, limits()).build();
+        let response = Fallback::new(overloaded, healthy)
+            .oneshot(message(MODEL, 100, 50, 10))
+            .await
+            .unwrap();
+        let served = *response.extensions().get::<Served>().unwrap();
+        // 40,000 input tokens per minute learned: 50,000 can never fit.
+        let client = ServiceBuilder::new()
+            .layer(preset::anthropic())
+            .service(SimApi::builder().model(MODEL, limits()).build());
+        assert!(call(&client).await);
+        let error = client
+            .oneshot(message(MODEL, 50_000, 10, 10))
+            .await
+            .unwrap_err();
+        (served, error.downcast_ref::<CostExceedsLimit>().is_some())
+    });
+    let m = Recorded::of(&snapshotter);
+    assert_eq!(served, Served::Secondary);
+    assert_eq!(m.counter(names::FALLBACKS, &[("reason", "overloaded")]), 1);
+    assert!(too_big);
+    assert_eq!(
+        m.counter(
+            names::RATE_LIMIT_REFUSED,
+            &[("key", MODEL), ("reason", "cost_exceeds_limit")]
+        ),
+        1
+    );
+    let refused = events.with_message("rate limit: refused, cost exceeds the limit");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(field(&refused[0], "dimension"), "input_tokens");
+    assert_eq!(field(&refused[0], "limit"), "40000");
+    assert_eq!(field(&refused[0], "span.llm_call.key"), MODEL);
+    // The limiter's refusal ends the call at once: not retried, one attempt.
+    assert_eq!(m.counter(names::CALL_OUTCOMES, &[("kind", "rejected")]), 1);
+    assert_eq!(
+        m.counter(
+            names::RETRIES,
+            &[("reason", "rejected"), ("source", "backoff")]
+        ),
+        0
+    );
+}

@@ -1,19 +1,29 @@
 //! Metric emission, one function per event. Without the `metrics` feature every function is an
 //! empty `#[inline]` body: the calls compile to nothing.
 //!
-//! Label values that are `&'static str` are borrowed; a key becomes one small allocation per
-//! labelled emission, only with the feature on.
+//! Label values that are `&'static str` are borrowed and a rate-limit key's name is shared (a
+//! reference count), so an emission allocates only the label list of its key. Emissions
+//! happen outside the locks of the layers.
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
 use std::time::Duration;
 
+use crate::rate_limit::RateLimitKey;
+
 #[cfg(feature = "metrics")]
 use super::names;
 
+/// A breaker key (rare events: a copy).
 #[cfg(feature = "metrics")]
 fn owned(key: &str) -> metrics::SharedString {
     metrics::SharedString::from(key.to_owned())
+}
+
+/// A rate-limit key, shared.
+#[cfg(feature = "metrics")]
+fn shared(key: &RateLimitKey) -> metrics::SharedString {
+    metrics::SharedString::from_shared(key.shared().clone())
 }
 
 /// A call entered the retry layer.
@@ -49,34 +59,47 @@ pub(crate) fn retry_gave_up(why: &'static str) {
 
 /// The rate limiter learned from a response of outcome `kind`.
 #[inline]
-pub(crate) fn rate_limit_response(key: &str, kind: &'static str) {
+pub(crate) fn rate_limit_response(key: &RateLimitKey, kind: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::RATE_LIMIT_RESPONSES, "key" => owned(key), "kind" => kind)
+    metrics::counter!(names::RATE_LIMIT_RESPONSES, "key" => shared(key), "kind" => kind)
         .increment(1);
 }
 
 /// The rate limiter refused a request itself.
 #[inline]
-pub(crate) fn rate_limit_refused(key: &str, reason: &'static str) {
+pub(crate) fn rate_limit_refused(key: &RateLimitKey, reason: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::RATE_LIMIT_REFUSED, "key" => owned(key), "reason" => reason)
+    metrics::counter!(names::RATE_LIMIT_REFUSED, "key" => shared(key), "reason" => reason)
         .increment(1);
 }
 
 /// A request waited `waited` for `dimension` before admission.
 #[inline]
-pub(crate) fn rate_limit_waited(key: &str, dimension: &'static str, waited: Duration) {
+pub(crate) fn rate_limit_waited(key: &RateLimitKey, dimension: &'static str, waited: Duration) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!(names::RATE_LIMIT_WAIT_SECONDS, "key" => owned(key), "dimension" => dimension)
+    metrics::histogram!(names::RATE_LIMIT_WAIT_SECONDS, "key" => shared(key), "dimension" => dimension)
         .record(waited.as_secs_f64());
 }
 
-/// The limiter's view of one bucket after a response.
+/// A 429's cooldown started.
 #[inline]
-pub(crate) fn rate_limit_bucket(key: &str, dimension: &'static str, remaining: u64, limit: u64) {
+pub(crate) fn rate_limit_cooldown(key: &RateLimitKey, cooldown: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!(names::RATE_LIMIT_COOLDOWN_SECONDS, "key" => shared(key))
+        .set(cooldown.as_secs_f64());
+}
+
+/// The limiter's view of one bucket.
+#[inline]
+pub(crate) fn rate_limit_bucket(
+    key: &RateLimitKey,
+    dimension: &'static str,
+    remaining: u64,
+    limit: u64,
+) {
     #[cfg(feature = "metrics")]
     {
-        let key = owned(key);
+        let key = shared(key);
         metrics::gauge!(names::RATE_LIMIT_REMAINING, "key" => key.clone(), "dimension" => dimension)
             .set(remaining as f64);
         metrics::gauge!(names::RATE_LIMIT_LIMIT, "key" => key, "dimension" => dimension)
@@ -86,10 +109,15 @@ pub(crate) fn rate_limit_bucket(key: &str, dimension: &'static str, remaining: u
 
 /// A key's cooldown, in-flight and queued counts.
 #[inline]
-pub(crate) fn rate_limit_key(key: &str, cooldown: Duration, in_flight: usize, queued: usize) {
+pub(crate) fn rate_limit_key(
+    key: &RateLimitKey,
+    cooldown: Duration,
+    in_flight: usize,
+    queued: usize,
+) {
     #[cfg(feature = "metrics")]
     {
-        let key = owned(key);
+        let key = shared(key);
         metrics::gauge!(names::RATE_LIMIT_COOLDOWN_SECONDS, "key" => key.clone())
             .set(cooldown.as_secs_f64());
         metrics::gauge!(names::RATE_LIMIT_IN_FLIGHT, "key" => key.clone()).set(in_flight as f64);

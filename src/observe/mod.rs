@@ -107,8 +107,8 @@
 //! | `llm_limits_rate_limit_responses_total` | counter | `key`, `kind` | the limiter learns from a response (`kind="rate_limited"`: the server's 429s) |
 //! | `llm_limits_rate_limit_refused_total` | counter | `key`, `reason` | the limiter refuses a request itself: `wait_too_long`, `cost_exceeds_limit` |
 //! | `llm_limits_rate_limit_wait_seconds` | histogram | `key`, `dimension` | a request that waited for budget is admitted |
-//! | `llm_limits_rate_limit_remaining` | gauge | `key`, `dimension` | a response with rate-limit headers; snapshot |
-//! | `llm_limits_rate_limit_limit` | gauge | `key`, `dimension` | same |
+//! | `llm_limits_rate_limit_remaining` | gauge | `key`, `dimension` | snapshot |
+//! | `llm_limits_rate_limit_limit` | gauge | `key`, `dimension` | snapshot |
 //! | `llm_limits_rate_limit_cooldown_seconds` | gauge | `key` | a 429; snapshot |
 //! | `llm_limits_rate_limit_in_flight` | gauge | `key` | snapshot |
 //! | `llm_limits_rate_limit_queued` | gauge | `key` | snapshot |
@@ -124,8 +124,12 @@
 //! between events, so the gauges that move continuously are set from a snapshot. Call it where
 //! the metrics are scraped (or from a task every few seconds).
 //!
-//! Cost: one counter or histogram update per event; only the rate limiter's per-response
-//! gauges and its keyed counters allocate (the key label), and only with the feature on.
+//! Cost: one counter or histogram update per event, outside the layers' locks; a keyed metric
+//! allocates its label list (the key itself is shared), and only with the feature on. Per call
+//! that is `calls`, `call_outcomes`, `call_attempts` and one `rate_limit_responses` per attempt;
+//! with the feature on and no recorder installed, the overhead benchmark shows no difference
+//! beyond its noise. The gauges that would change on every request are left to
+//! [`Snapshot::record_metrics`] instead of being set on the hot path.
 //!
 //! # Tracing
 //!

@@ -28,9 +28,11 @@ pub const RATE_LIMIT_REFUSED: &str = "llm_limits_rate_limit_refused_total";
 /// Histogram (seconds), labels `key` and `dimension` (what the request waited for: a
 /// dimension, `cooldown` or `probe`): the wait of each request that had to wait for budget.
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "llm_limits_rate_limit_wait_seconds";
-/// Gauge, labels `key` and `dimension`: the limiter's estimate of the budget left.
+/// Gauge, labels `key` and `dimension`: the limiter's estimate of the budget left (set by
+/// [`Snapshot::record_metrics`](super::Snapshot::record_metrics)).
 pub const RATE_LIMIT_REMAINING: &str = "llm_limits_rate_limit_remaining";
-/// Gauge, labels `key` and `dimension`: the limit in effect (configured or learned).
+/// Gauge, labels `key` and `dimension`: the limit in effect (configured or learned; set by
+/// [`Snapshot::record_metrics`](super::Snapshot::record_metrics)).
 pub const RATE_LIMIT_LIMIT: &str = "llm_limits_rate_limit_limit";
 /// Gauge (seconds), label `key`: how long the key's cooldown still runs (0 when none).
 pub const RATE_LIMIT_COOLDOWN_SECONDS: &str = "llm_limits_rate_limit_cooldown_seconds";

@@ -172,10 +172,10 @@ impl Snapshot {
     pub fn record_metrics(&self) {
         for k in &self.rate_limits {
             for d in &k.dimensions {
-                emit::rate_limit_bucket(k.key.as_str(), d.dimension.as_str(), d.remaining, d.limit);
+                emit::rate_limit_bucket(&k.key, d.dimension.as_str(), d.remaining, d.limit);
             }
             emit::rate_limit_key(
-                k.key.as_str(),
+                &k.key,
                 k.cooldown.unwrap_or_default(),
                 k.in_flight,
                 k.queued,

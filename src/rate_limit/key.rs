@@ -31,6 +31,12 @@ impl RateLimitKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key's name, shared (a metric label without a copy).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
 }
 
 impl fmt::Debug for RateLimitKey {

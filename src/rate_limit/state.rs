@@ -326,7 +326,7 @@ impl RateLimitState {
             tracing::info!(key = %cell.key, dimension = st.reason(dimension),
                 wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
                 "rate limit: refused, projected wait exceeds the maximum");
-            crate::observe::emit::rate_limit_refused(cell.key.as_str(), "wait_too_long");
+            crate::observe::emit::rate_limit_refused(&cell.key, "wait_too_long");
             return Err(WaitTooLong::new(dimension, wait, max).into());
         }
         let id = (class, st.next_seq);
@@ -365,7 +365,7 @@ impl RateLimitState {
 fn cost_exceeds(key: &RateLimitKey, e: CostExceedsLimit) -> BoxError {
     tracing::warn!(key = %key, dimension = e.dimension().as_str(), amount = e.cost(),
         limit = e.limit(), "rate limit: refused, cost exceeds the limit");
-    crate::observe::emit::rate_limit_refused(key.as_str(), "cost_exceeds_limit");
+    crate::observe::emit::rate_limit_refused(key, "cost_exceeds_limit");
     e.into()
 }
 
@@ -976,28 +976,6 @@ impl KeyState {
             }
         }
         self.wake_head();
-        crate::observe::emit::rate_limit_response(key.as_str(), outcome.kind().as_str());
-        #[cfg(feature = "metrics")]
-        {
-            for d in Dimension::ALL {
-                if let Some(b) = self.buckets.get(d) {
-                    crate::observe::emit::rate_limit_bucket(
-                        key.as_str(),
-                        d.as_str(),
-                        b.level(now),
-                        b.capacity(),
-                    );
-                }
-            }
-            if let Some(until) = absorbed {
-                crate::observe::emit::rate_limit_key(
-                    key.as_str(),
-                    until.saturating_duration_since(now),
-                    self.in_flight,
-                    self.queue.len(),
-                );
-            }
-        }
         absorbed
     }
 
@@ -1348,7 +1326,7 @@ impl Ticket {
                 let waited = now.saturating_duration_since(since);
                 tracing::debug!(key = %self.cell.key, dimension = reason,
                     waited_ms = waited.as_millis() as u64, "rate limit: admitted after waiting");
-                crate::observe::emit::rate_limit_waited(self.cell.key.as_str(), reason, waited);
+                crate::observe::emit::rate_limit_waited(&self.cell.key, reason, waited);
                 self.phase = Phase::Admitted(record);
                 Admission::Admitted
             }
@@ -1371,10 +1349,7 @@ impl Ticket {
                     tracing::info!(key = %self.cell.key, dimension = st.reason(dim),
                         wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
                         "rate limit: refused, projected wait exceeds the maximum");
-                    crate::observe::emit::rate_limit_refused(
-                        self.cell.key.as_str(),
-                        "wait_too_long",
-                    );
+                    crate::observe::emit::rate_limit_refused(&self.cell.key, "wait_too_long");
                     let r = fail(&mut st, WaitTooLong::new(dim, wait, max).into());
                     drop(st);
                     self.phase = Phase::Done;
@@ -1423,8 +1398,17 @@ impl Ticket {
         let Phase::Dispatched(record) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return None;
         };
-        let mut st = lock(&self.cell.state);
-        st.complete(&self.cell.key, &record, reply)
+        let kind = reply.outcome.kind();
+        let absorbed = lock(&self.cell.state).complete(&self.cell.key, &record, reply);
+        // Outside the key's lock.
+        crate::observe::emit::rate_limit_response(&self.cell.key, kind.as_str());
+        if let Some(until) = absorbed {
+            crate::observe::emit::rate_limit_cooldown(
+                &self.cell.key,
+                until.saturating_duration_since(Instant::now()),
+            );
+        }
+        absorbed
     }
 }
 
