@@ -704,3 +704,19 @@ async fn the_default_budget_is_twenty_percent_plus_ten_per_second_over_ten_secon
     tokio::time::advance(Duration::from_secs(11)).await;
     assert_eq!(budget.available(), 100);
 }
+
+/// REFERENCE.md (GitHub-style): a rate limit may come as a 403; with a `retry-after` it is
+/// retried after it, a plain 403 never is.
+#[tokio::test(start_paused = true)]
+async fn a_github_style_403_rate_limit_is_retried_after_its_retry_after() {
+    let server = Scripted::new(|i| match i {
+        0 => respond(403, &[("retry-after", "3"), ("x-ratelimit-remaining", "0")]),
+        _ => respond(200, &[]),
+    });
+    let response = send(&server, plain(2)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.gaps_ms(), [3000]);
+    let server = Scripted::new(|_| respond(403, &[("x-ratelimit-remaining", "41")]));
+    send(&server, plain(2)).await.unwrap();
+    assert_eq!(server.calls(), 1);
+}
