@@ -1009,3 +1009,29 @@ async fn the_waits_for_a_half_open_breaker_add_up_to_at_most_ten_ceilings() {
     );
     assert_eq!(api.received(), 6);
 }
+
+/// REFERENCE.md (Resilience4j): by default the breaker trips at a 50 % failure rate once the
+/// count window (the last 20 calls) holds at least 10 calls, and not below 50 %.
+#[tokio::test(start_paused = true)]
+async fn the_default_failure_rate_rule_is_half_of_at_least_ten_calls() {
+    for (fail_every, trips_at) in [(2u64, Some(10)), (3, None)] {
+        // Every `fail_every`-th call (1-based) is a 529: never 5 in a row.
+        let api = Upstream::new(Duration::ZERO, move |_, n| {
+            if (n + 1).is_multiple_of(fail_every) {
+                Reply::Status(529)
+            } else {
+                Reply::Status(200)
+            }
+        });
+        let mut svc = CircuitBreaker::new(api.clone(), exact());
+        let mut tripped = None;
+        for call in 1..=40 {
+            send(&mut svc).await.unwrap();
+            if matches!(svc.state(), State::Open { .. }) {
+                tripped = Some(call);
+                break;
+            }
+        }
+        assert_eq!(tripped, trips_at, "one failure in {fail_every}");
+    }
+}

@@ -679,6 +679,9 @@ async fn limit_changes_are_traced_with_old_new_and_reason() {
     let events = Events::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    // A test on another thread may have registered these callsites while no subscriber was
+    // interested, which caches them as disabled: recompute with this subscriber installed.
+    tracing::callsite::rebuild_interest_cache();
 
     let (layer, _limiter) = adaptive(Aimd::new().initial(1).max(2));
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);

@@ -617,3 +617,104 @@ async fn each_retry_is_traced() {
     assert_eq!(field("wait_ms"), "700");
     assert_eq!(field("source"), "backoff");
 }
+
+/// REFERENCE.md: the SDKs' defaults are 2 retries (3 attempts) and the backoff
+/// `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)`; the retry-count header is opt-in here.
+#[tokio::test(start_paused = true)]
+async fn the_default_policy_retries_twice_with_the_sdk_backoff() {
+    let server = Scripted::new(|_| respond(529, &[]));
+    let response = send(&server, Policy::new()).await.unwrap();
+    assert_eq!(response.status().as_u16(), 529);
+    assert_eq!(attempts(&response), 3);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3);
+    for (n, nominal) in [500u64, 1000].into_iter().enumerate() {
+        let gap = seen[n + 1].at - seen[n].at;
+        let nominal = Duration::from_millis(nominal);
+        assert!(
+            gap >= nominal.mul_f64(0.75) && gap <= nominal + Duration::from_millis(1),
+            "retry {n}: {gap:?}"
+        );
+    }
+    assert!(
+        seen.iter()
+            .all(|s| s.headers.get("x-stainless-retry-count").is_none())
+    );
+}
+
+/// REFERENCE.md: connection errors *and timeouts* are retried.
+#[tokio::test(start_paused = true)]
+async fn timeouts_are_retried() {
+    let server = Scripted::new(|i| match i {
+        0 => Err(Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut)) as BoxError),
+        1 => Err(Box::new(tower::timeout::error::Elapsed::new()) as BoxError),
+        _ => respond(200, &[]),
+    });
+    let policy = plain(2).backoff(Backoff::constant(Duration::from_millis(100)));
+    let response = send(&server, policy).await.unwrap();
+    assert_eq!(attempts(&response), 3);
+    assert_eq!(server.gaps_ms(), [100, 100]);
+}
+
+/// REFERENCE.md: every status >= 500 and 408/409/429 are retried, with `x-should-retry`
+/// deciding first.
+#[tokio::test(start_paused = true)]
+async fn retryable_statuses_and_the_should_retry_header() {
+    for (status, should, retried) in [
+        (408, None, true),
+        (409, None, true),
+        (429, None, true),
+        (500, None, true),
+        (502, None, true),
+        (503, None, true),
+        (504, None, true),
+        (529, None, true),
+        (400, Some("true"), true),
+        (529, Some("false"), false),
+        (429, Some("false"), false),
+    ] {
+        let server = Scripted::new(move |_| match should {
+            Some(v) => respond(status, &[("x-should-retry", v)]),
+            None => respond(status, &[]),
+        });
+        let policy = plain(1).backoff(Backoff::constant(Duration::from_millis(1)));
+        send(&server, policy).await.unwrap();
+        let want = if retried { 2 } else { 1 };
+        assert_eq!(server.calls(), want, "{status} x-should-retry={should:?}");
+    }
+}
+
+/// REFERENCE.md: the default budget lets retries add 20 % of the calls plus 10 per second
+/// over a 10 s window.
+#[tokio::test(start_paused = true)]
+async fn the_default_budget_is_twenty_percent_plus_ten_per_second_over_ten_seconds() {
+    let budget = Budget::default();
+    assert_eq!(budget.window(), Duration::from_secs(10));
+    assert_eq!(budget.available(), 100);
+    for _ in 0..50 {
+        budget.deposit();
+    }
+    assert_eq!(budget.available(), 110);
+    for _ in 0..110 {
+        assert!(budget.withdraw());
+    }
+    assert!(!budget.withdraw());
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(budget.available(), 100);
+}
+
+/// REFERENCE.md (GitHub-style): a rate limit may come as a 403; with a `retry-after` it is
+/// retried after it, a plain 403 never is.
+#[tokio::test(start_paused = true)]
+async fn a_github_style_403_rate_limit_is_retried_after_its_retry_after() {
+    let server = Scripted::new(|i| match i {
+        0 => respond(403, &[("retry-after", "3"), ("x-ratelimit-remaining", "0")]),
+        _ => respond(200, &[]),
+    });
+    let response = send(&server, plain(2)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.gaps_ms(), [3000]);
+    let server = Scripted::new(|_| respond(403, &[("x-ratelimit-remaining", "41")]));
+    send(&server, plain(2)).await.unwrap();
+    assert_eq!(server.calls(), 1);
+}

@@ -32,6 +32,18 @@ const QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota","ty
 const RATE: &str = r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#;
 const OVERLOADED: &str =
     r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+const AUTH: &str = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_2"}"#;
+const BILLING: &str = r#"{"type":"error","error":{"type":"billing_error","message":"billing"}}"#;
+const PERMISSION: &str = r#"{"type":"error","error":{"type":"permission_error","message":"no"}}"#;
+const NOT_FOUND: &str =
+    r#"{"type":"error","error":{"type":"not_found_error","message":"model: x"}}"#;
+const CONFLICT: &str = r#"{"type":"error","error":{"type":"conflict_error","message":"conflict"}}"#;
+const TOO_LARGE: &str = r#"{"type":"error","error":{"type":"request_too_large","message":"Request exceeds the maximum allowed number of bytes."}}"#;
+const API: &str =
+    r#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#;
+const TIMEOUT: &str =
+    r#"{"type":"error","error":{"type":"timeout_error","message":"Request timed out"}}"#;
+const SELF_SPEND: &str = r#"{"type":"error","error":{"type":"invalid_request_error","message":"You have reached your specified workspace API usage limits."}}"#;
 const CONTEXT: &str = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 250000 tokens > 200000 maximum"}}"#;
 
 /// Status, headers, error body, expected kind, expected retryability.
@@ -74,6 +86,25 @@ fn status_table() {
         (529, &[], Some(OVERLOADED), Overloaded, true),
         (500, &[], Some(OVERLOADED), Overloaded, true),
         (599, &[], None, ServerError, true),
+        // REFERENCE.md, Anthropic status table, with the documented error bodies.
+        (400, &[], Some(SELF_SPEND), ClientError, false),
+        (401, &[], Some(AUTH), ClientError, false),
+        (402, &[], Some(BILLING), ClientError, false),
+        (403, &[], Some(PERMISSION), ClientError, false),
+        (404, &[], Some(NOT_FOUND), ClientError, false),
+        (409, &[], Some(CONFLICT), ServerError, true),
+        (413, &[], Some(TOO_LARGE), ClientError, false),
+        (413, &[("retry-after", "1")], None, ClientError, false),
+        (500, &[], Some(API), ServerError, true),
+        (504, &[], Some(TIMEOUT), ServerError, true),
+        (529, &[("retry-after", "5")], Some(OVERLOADED), Overloaded, true),
+        (429, &[("retry-after-ms", "2000")], Some(SPEND), SpendLimit, false),
+        (429, &[("anthropic-ratelimit-requests-remaining", "0")], Some(SPEND), SpendLimit, false),
+        // GitHub-style: a rate-limit response may be a 403.
+        (403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1795425300")], None, RateLimited, true),
+        (403, &[("x-ratelimit-remaining", "12")], None, ClientError, false),
+        (403, &[("retry-after", "60")], None, RateLimited, true),
+        (403, &[("x-ratelimit-remaining", "0"), ("x-should-retry", "false")], None, RateLimited, false),
         // x-should-retry overrides.
         (400, &[("x-should-retry", "true")], None, ClientError, true),
         (500, &[("x-should-retry", "false")], None, ServerError, false),
@@ -180,6 +211,7 @@ async fn error_table() {
     assert_eq!(kind(&refused), Connection);
     let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "t");
     assert_eq!(kind(&timed_out), Timeout);
+    assert!(c.classify_error(&timed_out).is_retryable());
     assert_eq!(kind(&Wrapper(Box::new(timed_out))), Timeout);
     let tower_elapsed = tower::timeout::error::Elapsed::new();
     assert_eq!(kind(&tower_elapsed), Timeout);

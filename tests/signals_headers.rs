@@ -219,6 +219,10 @@ static CASES: &[Case] = cases! {
     "openai minutes and seconds": [
         ("x-ratelimit-reset-requests", b"6m0s"),
     ] => O, [(Req, None, None, S(360), MIN)];
+    "openai reference 1s and 12ms": [
+        ("x-ratelimit-reset-requests", b"1s"),
+        ("x-ratelimit-reset-tokens", b"12ms"),
+    ] => O, [(Req, None, None, S(1), MIN), (Tok, None, None, MS(12), MIN)];
     "openai hours": [
         ("x-ratelimit-reset-tokens", b"1h30m"),
     ] => O, [(Tok, None, None, S(5400), MIN)];
@@ -339,6 +343,11 @@ static CASES: &[Case] = cases! {
         ("ratelimit-policy", b"=q"),
     ] => None, [];
 
+    "ietf structured reference policy: q, w, qu, pk": [
+        ("ratelimit-policy", b"\"burst\";q=100;w=60;pk=:cHsdsRa894==:"),
+        ("ratelimit", b"\"burst\";r=50;t=30;pk=:cHsdsRa894==:"),
+    ] => IS, [(Req, Some(100), Some(50), S(30), MIN)];
+
     // ---- IETF legacy (<= draft -06) ----
     "ietf legacy triple": [
         ("ratelimit-limit", b"10"),
@@ -398,6 +407,11 @@ static CASES: &[Case] = cases! {
     "github-style names with a float": [
         ("x-ratelimit-reset", b"1.5"),
     ] => GH, [(Req, None, None, MS(1500), None)];
+    "github used and resource do not disturb": [
+        ("x-ratelimit-remaining", b"0"),
+        ("x-ratelimit-used", b"60"),
+        ("x-ratelimit-resource", b"search"),
+    ] => GH, [(Req, None, Some(0), None, None)];
     "github malformed": [
         ("x-ratelimit-limit", b"many"),
         ("x-ratelimit-reset", b"tomorrow"),
@@ -522,6 +536,16 @@ static HINTS: &[HintCase] = hints! {
     "should retry false": [("x-should-retry", b"FALSE")] => None, Some(false);
     "should retry garbage": [("x-should-retry", b"maybe")] => None, None;
     "all": [("x-should-retry", b"true"), ("retry-after", b"3")] => secs(3, SEC), Some(true);
+    "retry-after-ms fractional": [("retry-after-ms", b"1.5")] => Some((Duration::from_micros(1500), MSS)), None;
+    "retry-after-ms alone": [("retry-after-ms", b"250")] => millis(250, MSS), None;
+    "retry-after-ms beats an http-date": [("retry-after", b"Mon, 23 Nov 2026 09:15:00 GMT"), ("retry-after-ms", b"100")]
+        => millis(100, MSS), None;
+    "whitespace around delay-seconds": [("retry-after", b" 7 ")] => secs(7, SEC), None;
+    "imf-fixdate without a date header: local clock": [("retry-after", b"Mon, 23 Nov 2026 09:14:45 GMT")]
+        => secs(45, DAT), None;
+    "retry-after beats the ietf t parameter": [("ratelimit", b"\"a\";r=0;t=30"), ("retry-after", b"5")]
+        => secs(5, SEC), None;
+    "should retry true alone carries no wait": [("x-should-retry", b"true"), ("retry-after", b"soon")] => None, Some(true);
     "none": [] => None, None;
 };
 

@@ -8,8 +8,8 @@
 //!   [`DefaultClassifier`](crate::signals::DefaultClassifier) unless you set one):
 //!   `x-should-retry` first (folded into [`Outcome::is_retryable`](crate::signals::Outcome)),
 //!   then 429, 529, 503, 408, 409, other 5xx, connection errors and timeouts are retried. 400,
-//!   401, 402, 403, 404, 413, the spend-cap 429 and this crate's own decisions
-//!   ([`OutcomeKind::Rejected`](crate::signals::OutcomeKind)) never are. The retry hints a
+//!   401, 402, 403 (unless a GitHub-style rate limit), 404, 413, the spend-cap 429 and this
+//!   crate's own decisions ([`OutcomeKind::Rejected`](crate::signals::OutcomeKind)) never are. The retry hints a
 //!   [`Signals`](crate::signals::Signals) layer stored are reused (the headers are not parsed
 //!   twice); the classifier of the policy makes the decision.
 //! - **Wait**: the server's `retry-after-ms`, else `retry-after` (seconds or HTTP-date, measured

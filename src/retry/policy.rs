@@ -128,7 +128,7 @@ impl<C> Policy<C> {
     /// call's waits for the breaker past ten times this in all (10 minutes by default, the
     /// SDKs' default request timeout), or one past the [`deadline`](Self::deadline) is not
     /// started: the refusal is returned as it is, at once. Since the breaker's open duration
-    /// grows with each failed probe (10, 20, 40, 80 s by default), a sustained outage ends the
+    /// grows with each failed probe (10, 20, 30, 40 s by default), a sustained outage ends the
     /// wait after a few probes. A request carrying
     /// [`breaker::FailFast`](crate::breaker::FailFast) is never held.
     pub fn max_breaker_wait(mut self, ceiling: Duration) -> Self {

@@ -177,16 +177,18 @@ pub trait Classify {
 ///    `ModelTimeoutException` → [`ServerError`](OutcomeKind::ServerError); `ValidationException`,
 ///    `AccessDeniedException`, `ResourceNotFoundException`, `ServiceQuotaExceededException`, … →
 ///    [`ClientError`](OutcomeKind::ClientError); other codes leave the decision to the status;
-/// 3. 429 is [`RateLimited`](OutcomeKind::RateLimited), unless the error body
+/// 3. a 403 with `x-ratelimit-remaining: 0` or a `retry-after` (GitHub-style primary and
+///    secondary rate limits) is [`RateLimited`](OutcomeKind::RateLimited);
+/// 4. 429 is [`RateLimited`](OutcomeKind::RateLimited), unless the error body
 ///    ([`ApiError`], see [`ErrorBodyLayer`](super::ErrorBodyLayer)) says
 ///    `enforced_spend_limit_reached`, or names a spend or quota cap (`insufficient_quota`,
 ///    `billing_hard_limit_reached`) and no `retry-after` came with it: then
 ///    [`SpendLimit`](OutcomeKind::SpendLimit);
-/// 4. 529 and 503 (and any error whose body type is `overloaded_error`) are
+/// 5. 529 and 503 (and any error whose body type is `overloaded_error`) are
 ///    [`Overloaded`](OutcomeKind::Overloaded);
-/// 5. 408, 409, 500, 502, 504, other 5xx (and non-standard codes above 599) are
+/// 6. 408, 409, 500, 502, 504, other 5xx (and non-standard codes above 599) are
 ///    [`ServerError`](OutcomeKind::ServerError);
-/// 6. other 4xx (400 including context-window overflow, 401, 402, 403, 404, 413) are
+/// 7. other 4xx (400 including context-window overflow, 401, 402, 403, 404, 413) are
 ///    [`ClientError`](OutcomeKind::ClientError).
 ///
 /// Then `x-should-retry: true`/`false` overrides whether the outcome is retryable, except for a
@@ -262,7 +264,13 @@ impl Classify for DefaultClassifier {
         if status.as_u16() < 400 {
             return Outcome::success().with_status(status);
         }
-        let kind = bedrock_kind(headers).unwrap_or_else(|| status_kind(status, hints, api_error));
+        let kind = bedrock_kind(headers).unwrap_or_else(|| {
+            if status == StatusCode::FORBIDDEN && is_github_rate_limit(headers, hints) {
+                OutcomeKind::RateLimited
+            } else {
+                status_kind(status, hints, api_error)
+            }
+        });
         let mut outcome = Outcome::new(kind)
             .with_status(status)
             .with_retry_after(hints.retry_after());
@@ -307,6 +315,15 @@ fn status_kind(
         // 5xx and anything above: the SDKs retry every status >= 500.
         _ => OutcomeKind::ServerError,
     }
+}
+
+/// GitHub-style APIs answer a rate limit with 403 (or 429): `x-ratelimit-remaining: 0` for the
+/// primary limit, a `retry-after` for the secondary one.
+fn is_github_rate_limit(headers: &HeaderMap, hints: &RetryHints) -> bool {
+    hints.retry_after().is_some()
+        || headers
+            .get("x-ratelimit-remaining")
+            .is_some_and(|v| v.as_bytes().trim_ascii() == b"0")
 }
 
 /// Anthropic's monthly spend cap (`error.details.error_code = "enforced_spend_limit_reached"`),

@@ -27,9 +27,14 @@ pub(crate) fn read<'a, T>(
     value: &'a HeaderValue,
     parse: impl FnOnce(&'a str) -> Option<T>,
 ) -> Option<T> {
-    let parsed = std::str::from_utf8(value.as_bytes())
-        .ok()
-        .and_then(|s| parse(s.trim()));
+    // Header values are nearly always visible ASCII: `to_str` checks that without a UTF-8
+    // validation, and trimming ASCII whitespace is then the same as `trim`. Anything else goes
+    // through the general path.
+    let text = match value.to_str() {
+        Ok(s) => Some(s.trim_ascii()),
+        Err(_) => std::str::from_utf8(value.as_bytes()).ok().map(str::trim),
+    };
+    let parsed = text.and_then(parse);
     if parsed.is_none() {
         unreadable(name);
     }
