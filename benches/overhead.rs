@@ -15,6 +15,11 @@
 //!
 //! Run: `cargo bench --all-features --bench overhead -- --warm-up-time 1 --measurement-time 2`.
 //! After criterion's output a summary table prints ns/call and the ratios (see BENCHMARKS.md).
+//!
+//! Profiling: `OVERHEAD_PROFILE=<stack> [OVERHEAD_PROFILE_CALLS=n]` skips criterion and makes `n`
+//! calls (default 5,000) through one stack on the current-thread runtime, for
+//! `valgrind --tool=callgrind target/release/deps/overhead-<hash>` (instruction counts are
+//! repeatable on a shared machine, where times are not).
 
 use std::collections::BTreeMap;
 use std::future::{Ready, ready};
@@ -481,7 +486,83 @@ fn print_summary(since: SystemTime) {
     }
 }
 
+/// Makes `calls` calls through the stack named `name` (see [`profile`]).
+struct Profile<'a> {
+    name: &'a str,
+    calls: u64,
+    rt: &'a Runtime,
+    template: &'a RequestTemplate,
+    found: bool,
+}
+
+impl Profile<'_> {
+    fn run<S, B>(&mut self, name: &str, mut svc: S)
+    where
+        S: Service<Req, Response = Response<B>, Error = BoxError>,
+    {
+        if name != self.name {
+            return;
+        }
+        self.found = true;
+        let (calls, template) = (self.calls, self.template);
+        self.rt.block_on(async move {
+            for _ in 0..calls {
+                let ready = svc.ready().await.expect("ready");
+                black_box(ready.call(template.request()).await.expect("response"));
+            }
+        });
+    }
+}
+
+impl ours::Visit for Profile<'_> {
+    fn visit<S, B>(&mut self, name: &'static str, svc: S)
+    where
+        S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        self.run(name, svc);
+    }
+}
+
+/// `OVERHEAD_PROFILE=<stack>`: `OVERHEAD_PROFILE_CALLS` calls through that stack, no criterion.
+fn profile(name: &str) {
+    let calls = std::env::var("OVERHEAD_PROFILE_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let rt = current_thread();
+    let _guard = rt.enter();
+    let template = RequestTemplate::new();
+    let mut p = Profile {
+        name,
+        calls,
+        rt: &rt,
+        template: &template,
+        found: false,
+    };
+    p.run("bare", Instant200::new());
+    ours::single_layers(Instant200::new, HIGH_CONCURRENCY, &mut p);
+    ours::full(Instant200::new(), &mut p);
+    p.run(
+        "tower_buffered",
+        peers::tower_stack(Instant200::new(), HIGH_RPM, HIGH_CONCURRENCY),
+    );
+    p.run(
+        "tower_resilience",
+        peers::resilience_stack(Instant200::new(), resilience_config()),
+    );
+    if !p.found {
+        eprintln!("OVERHEAD_PROFILE: no stack named {name}");
+        std::process::exit(2);
+    }
+}
+
 fn main() {
+    if let Ok(name) = std::env::var("OVERHEAD_PROFILE") {
+        profile(&name);
+        return;
+    }
     let since = SystemTime::now();
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
