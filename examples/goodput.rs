@@ -5,6 +5,7 @@
 //! cargo run --release --example goodput                          # every scenario and strategy
 //! cargo run --release --example goodput -- --scenario overload   # one scenario
 //! cargo run --release --example goodput -- --strategy ours       # one strategy
+//! cargo run --release --example goodput -- --check                # exit 1 if `ours` misses a target
 //! ```
 //!
 //! Scenarios: `steady` (32 callers against limits they exceed about 14 times over), `overload`
@@ -12,6 +13,12 @@
 //! (every limit doubles at t = 60 s, a tier upgrade) and `skew` (the server's clock 90 s ahead).
 //! Strategies: `bare`, `sdk-retry`, `tower`, `tower-resilience`, `ours` (see BENCHMARKS.md for
 //! how each is configured and why).
+//!
+//! `--check` compares `ours` with the goodput targets of BENCHMARKS.md in every scenario run: no
+//! failed call, 429s under 1% of attempts, within 3% of T*, and ahead of every other strategy
+//! run (a higher `T*/T` than each peer that completed everything, more completed calls than each
+//! peer that did not). It prints each miss and exits with status 1; CI runs it. The runs are on
+//! virtual time and seeded, so the check does not depend on the machine's speed or load.
 //!
 //! Give-up rules, the same for all: a call ends when its strategy returns (a response, 429s and
 //! 529s included, or an error); a call is `ok` only when it ends with a 2xx. Every strategy runs
@@ -424,7 +431,52 @@ fn arg(name: &str) -> Option<String> {
     None
 }
 
+/// The goodput targets, for `--check`: what `ours` misses in each scenario, one line per miss.
+fn misses(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    for ours in rows.iter().filter(|r| r.strategy == "ours") {
+        let name = ours.scenario;
+        if ours.failed > 0 {
+            out.push(format!("{name}: {} failed calls", ours.failed));
+        }
+        if ours.r429 * 100 >= ours.attempts.max(1) {
+            out.push(format!(
+                "{name}: {} 429s in {} attempts (target: under 1%)",
+                ours.r429, ours.attempts
+            ));
+        }
+        if ours.ratio() < 0.97 {
+            out.push(format!(
+                "{name}: T*/T = {:.3} (target: within 3% of T*)",
+                ours.ratio()
+            ));
+        }
+        for peer in rows
+            .iter()
+            .filter(|r| r.scenario == name && r.strategy != "ours")
+        {
+            let behind = if peer.failed == 0 {
+                ours.failed > 0 || ours.ratio() <= peer.ratio()
+            } else {
+                ours.ok <= peer.ok
+            };
+            if behind {
+                out.push(format!(
+                    "{name}: not ahead of `{}` (ok {} vs {}, T*/T {:.3} vs {:.3})",
+                    peer.strategy,
+                    ours.ok,
+                    peer.ok,
+                    ours.ratio(),
+                    peer.ratio()
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn main() {
+    let check = std::env::args().any(|a| a == "--check");
     let only_scenario = arg("--scenario");
     let only_strategy = arg("--strategy");
     let started = std::time::Instant::now();
@@ -520,4 +572,19 @@ fn main() {
         rows.len(),
         started.elapsed().as_secs_f64()
     );
+    if check {
+        let misses = misses(&rows);
+        if !rows.iter().any(|r| r.strategy == "ours") {
+            eprintln!("goodput check: no `ours` run to check");
+            std::process::exit(1);
+        }
+        if misses.is_empty() {
+            println!("goodput check: `ours` meets every target in every scenario run");
+        } else {
+            for m in &misses {
+                println!("goodput check: missed: {m}");
+            }
+            std::process::exit(1);
+        }
+    }
 }
