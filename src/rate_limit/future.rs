@@ -23,20 +23,20 @@ pin_project_lite::pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future>,
-        #[pin]
-        sleep: Option<Sleep>,
-        service: Option<S>,
-        request: Option<Req>,
+        state: State<S, Req, S::Future>,
+        // The admission timer, boxed: only a request that has to wait needs one, and inline it
+        // would grow every call's future.
+        sleep: Option<Pin<Box<Sleep>>>,
         ticket: Option<Ticket>,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = StateProj]
-    enum State<F> {
-        Waiting,
-        Ready,
+    enum State<S, Req, F> {
+        // Before the call: waiting for admission (`admitted: false`), then for the inner
+        // service's readiness. The service and the request leave together, into the call.
+        Pending { admitted: bool, call: Option<(S, Req)> },
         Calling { #[pin] fut: F },
         Failed { error: Option<BoxError> },
     }
@@ -48,8 +48,10 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
-            State::Waiting => "waiting",
-            State::Ready => "ready",
+            State::Pending {
+                admitted: false, ..
+            } => "waiting",
+            State::Pending { admitted: true, .. } => "ready",
             State::Calling { .. } => "calling",
             State::Failed { .. } => "failed",
         };
@@ -65,16 +67,12 @@ where
     S: Service<Req>,
 {
     pub(crate) fn new(ticket: Ticket, service: S, request: Req) -> Self {
-        let state = if ticket.is_admitted() {
-            State::Ready
-        } else {
-            State::Waiting
-        };
         ResponseFuture {
-            state,
+            state: State::Pending {
+                admitted: ticket.is_admitted(),
+                call: Some((service, request)),
+            },
             sleep: None,
-            service: Some(service),
-            request: Some(request),
             ticket: Some(ticket),
         }
     }
@@ -83,8 +81,6 @@ where
         ResponseFuture {
             state: State::Failed { error: Some(error) },
             sleep: None,
-            service: None,
-            request: None,
             ticket: None,
         }
     }
@@ -106,14 +102,17 @@ where
                         .take()
                         .unwrap_or_else(|| "rate limit: future polled after completion".into())));
                 }
-                StateProj::Waiting => {
+                StateProj::Pending {
+                    admitted: admitted @ false,
+                    ..
+                } => {
                     let Some(ticket) = this.ticket.as_mut() else {
                         return Poll::Ready(Err(
                             "rate limit: future polled after completion".into()
                         ));
                     };
                     match ticket.poll_admit(cx.waker()) {
-                        Admission::Admitted => this.state.set(State::Ready),
+                        Admission::Admitted => *admitted = true,
                         Admission::Failed(e) => {
                             *this.ticket = None;
                             this.state.set(State::Failed { error: None });
@@ -121,25 +120,19 @@ where
                         }
                         Admission::Wait(None) => return Poll::Pending,
                         Admission::Wait(Some(at)) => {
-                            match this.sleep.as_mut().as_pin_mut() {
-                                Some(s) => {
-                                    if s.deadline() != at {
-                                        s.reset(at);
-                                    }
-                                }
-                                None => this.sleep.set(Some(sleep_until(at))),
+                            let s = this.sleep.get_or_insert_with(|| Box::pin(sleep_until(at)));
+                            if s.deadline() != at {
+                                s.as_mut().reset(at);
                             }
-                            if let Some(s) = this.sleep.as_mut().as_pin_mut() {
-                                ready!(s.poll(cx));
-                            }
+                            ready!(s.as_mut().poll(cx));
                             if Instant::now() < at {
                                 return Poll::Pending;
                             }
                         }
                     }
                 }
-                StateProj::Ready => {
-                    let Some(service) = this.service.as_mut() else {
+                StateProj::Pending { call, .. } => {
+                    let Some((service, _)) = call.as_mut() else {
                         return Poll::Ready(Err(
                             "rate limit: future polled after completion".into()
                         ));
@@ -150,7 +143,7 @@ where
                         this.state.set(State::Failed { error: None });
                         return Poll::Ready(Err(e.into()));
                     }
-                    let Some(request) = this.request.take() else {
+                    let Some((mut service, request)) = call.take() else {
                         return Poll::Ready(Err(
                             "rate limit: future polled after completion".into()
                         ));
@@ -159,8 +152,7 @@ where
                         t.dispatched();
                     }
                     let fut = service.call(request);
-                    *this.service = None;
-                    this.sleep.set(None);
+                    *this.sleep = None;
                     this.state.set(State::Calling { fut });
                 }
                 StateProj::Calling { fut } => {

@@ -21,8 +21,9 @@ pin_project_lite::pin_project! {
     enum State<F> {
         // An attempt is in flight.
         Calling { #[pin] future: F },
-        // Waiting before the next attempt.
-        Sleeping { #[pin] sleep: Sleep },
+        // Waiting before the next attempt (boxed: a retry is rare, and the timer would double
+        // the size of every call's future).
+        Sleeping { sleep: Pin<Box<Sleep>> },
         // Waiting for the inner service to be ready for the next attempt.
         Readying,
     }
@@ -43,8 +44,8 @@ pin_project_lite::pin_project! {
         service: S,
         // The request as it was made, kept to build the retries (`None`: not replayable).
         template: Option<(Parts, B)>,
-        // The next attempt's request, built when the retry was decided.
-        next: Option<Request<B>>,
+        // The next attempt's request, built when the retry was decided (boxed: rare, and large).
+        next: Option<Box<Request<B>>>,
         shared: Arc<Shared<C>>,
         rng: fastrand::Rng,
         call: CallState,
@@ -141,7 +142,8 @@ where
                     let policy = &this.shared.policy;
                     let (template, next) = (&*this.template, &mut *this.next);
                     let prepare = |retry| {
-                        *next = rebuild(template, policy.attempt_header.as_ref(), retry);
+                        *next =
+                            rebuild(template, policy.attempt_header.as_ref(), retry).map(Box::new);
                         next.is_some()
                     };
                     match policy.after_attempt(result, this.call, this.rng, prepare) {
@@ -155,14 +157,14 @@ where
                                 this.state.set(State::Readying);
                             } else {
                                 this.state.set(State::Sleeping {
-                                    sleep: tokio::time::sleep(sleep),
+                                    sleep: Box::pin(tokio::time::sleep(sleep)),
                                 });
                             }
                         }
                     }
                 }
                 StateProj::Sleeping { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
@@ -170,7 +172,7 @@ where
                     let Some(request) = this.next.take() else {
                         return Poll::Ready(Err("retry: polled after completion".into()));
                     };
-                    let future = this.service.call(request);
+                    let future = this.service.call(*request);
                     this.state.set(State::Calling { future });
                 }
             }
