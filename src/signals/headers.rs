@@ -437,15 +437,21 @@ pub(super) fn bucket(
     slots: &[Slot<'_>; 3],
     reset: impl Fn(&str) -> Option<Option<Duration>>,
 ) -> Option<BucketReading> {
+    bucket_with(slots, |(n, v)| read(n.as_str(), v, &reset).flatten())
+}
+
+/// [`bucket`] with a reader of the `reset` line that takes the line itself.
+pub(super) fn bucket_with<'a>(
+    slots: &[Slot<'a>; 3],
+    reset: impl FnOnce((&'a HeaderName, &'a HeaderValue)) -> Option<Duration>,
+) -> Option<BucketReading> {
     if slots.iter().all(Option::is_none) {
         return None;
     }
-    let number = |slot: Slot<'_>| slot.and_then(|(n, v)| read(n.as_str(), v, parse::uint));
+    let number = |slot: Slot<'_>| slot.and_then(|(n, v)| parse::read_uint(n.as_str(), v));
     let limit = number(slots[LIMIT]);
     let remaining = number(slots[REMAINING]);
-    let reset = slots[RESET]
-        .and_then(|(n, v)| read(n.as_str(), v, &reset))
-        .flatten();
+    let reset = slots[RESET].and_then(reset);
     if limit.is_none() && remaining.is_none() && reset.is_none() {
         return None;
     }
