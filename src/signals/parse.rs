@@ -50,12 +50,20 @@ pub(crate) fn uint(s: &str) -> Option<u64> {
 /// `*-remaining` value has, 1 to 19 ASCII digits and nothing else, is read straight from the
 /// bytes (no UTF-8 or visible-ASCII check, no overflow check: 19 digits fit in a `u64`);
 /// anything else takes the general path, with the same result.
+#[inline]
 pub(crate) fn read_uint(name: &str, value: &HeaderValue) -> Option<u64> {
-    digits(value.as_bytes()).or_else(|| read(name, value, uint))
+    digits(value.as_bytes()).or_else(|| read_uint_general(name, value))
+}
+
+#[cold]
+#[inline(never)]
+fn read_uint_general(name: &str, value: &HeaderValue) -> Option<u64> {
+    read(name, value, uint)
 }
 
 /// 1 to 19 ASCII digits and nothing else, as a number (it cannot overflow); eight digits at a
 /// time.
+#[inline]
 fn digits(b: &[u8]) -> Option<u64> {
     if !(1..=19).contains(&b.len()) {
         return None;
@@ -209,27 +217,42 @@ fn rfc3339_utc_seconds(s: &str) -> Option<i64> {
             c.is_ascii_digit().then(|| n * 10 + u16::from(c - b'0'))
         })
     };
-    let year = num(0..4)?;
-    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
-    let day = u8::try_from(num(8..10)?).ok()?;
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if second > 59 {
+    if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    let date = time::Date::from_calendar_date(i32::from(year), month, day).ok()?;
-    let time = time::Time::from_hms(
-        u8::try_from(hour).ok()?,
-        u8::try_from(minute).ok()?,
-        u8::try_from(second).ok()?,
-    )
-    .ok()?;
-    Some(date.with_time(time).assume_utc().unix_timestamp())
+    let days = civil_days(year, month, day)?;
+    Some(days * 86_400 + i64::from(hour) * 3_600 + i64::from(minute) * 60 + i64::from(second))
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year 0 to 9999), or
+/// `None` when the month or the day does not exist. Howard Hinnant's `days_from_civil`.
+fn civil_days(year: u16, month: u16, day: u16) -> Option<i64> {
+    let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
+    let month_days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if day == 0 || day > month_days {
+        return None;
+    }
+    // Years start in March, so that the leap day is the last day of a year.
+    let y = i64::from(year) - i64::from(month <= 2);
+    let (era, year_of_era) = (y.div_euclid(400), y.rem_euclid(400));
+    let m = i64::from(month);
+    let day_of_year = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    Some(era * 146_097 + day_of_era - 719_468)
 }
 
 /// An HTTP-date (IMF-fixdate, RFC 850, asctime — through `httpdate`) or, as a lenient fallback,
 /// an RFC 2822 date with a numeric zone (`Sun, 06 Nov 1994 08:49:37 +0000`) or a wrong weekday.
 pub(crate) fn http_date(s: &str) -> Option<SystemTime> {
-    imf_fixdate(s).or_else(|| http_date_general(s))
+    imf_fixdate(s.as_bytes()).or_else(|| http_date_general(s))
 }
 
 /// The shape nearly every `date` header has, IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`),
@@ -237,9 +260,8 @@ pub(crate) fn http_date(s: &str) -> Option<SystemTime> {
 /// anything else (other formats, a wrong weekday, an invalid date, a year outside
 /// 1970..=9999), which the general parser then reads or rejects. Same result as the general
 /// parser for every string it accepts.
-fn imf_fixdate(s: &str) -> Option<SystemTime> {
-    use time::{Month, Weekday};
-    let b: &[u8; 29] = s.as_bytes().try_into().ok()?;
+pub(crate) fn imf_fixdate(s: &[u8]) -> Option<SystemTime> {
+    let b: &[u8; 29] = s.try_into().ok()?;
     if &b[25..] != b" GMT"
         || b[3..5] != *b", "
         || b[7] != b' '
@@ -250,29 +272,30 @@ fn imf_fixdate(s: &str) -> Option<SystemTime> {
     {
         return None;
     }
+    // Days from Monday.
     let weekday = match &b[..3] {
-        b"Mon" => Weekday::Monday,
-        b"Tue" => Weekday::Tuesday,
-        b"Wed" => Weekday::Wednesday,
-        b"Thu" => Weekday::Thursday,
-        b"Fri" => Weekday::Friday,
-        b"Sat" => Weekday::Saturday,
-        b"Sun" => Weekday::Sunday,
+        b"Mon" => 0,
+        b"Tue" => 1,
+        b"Wed" => 2,
+        b"Thu" => 3,
+        b"Fri" => 4,
+        b"Sat" => 5,
+        b"Sun" => 6,
         _ => return None,
     };
     let month = match &b[8..11] {
-        b"Jan" => Month::January,
-        b"Feb" => Month::February,
-        b"Mar" => Month::March,
-        b"Apr" => Month::April,
-        b"May" => Month::May,
-        b"Jun" => Month::June,
-        b"Jul" => Month::July,
-        b"Aug" => Month::August,
-        b"Sep" => Month::September,
-        b"Oct" => Month::October,
-        b"Nov" => Month::November,
-        b"Dec" => Month::December,
+        b"Jan" => 1,
+        b"Feb" => 2,
+        b"Mar" => 3,
+        b"Apr" => 4,
+        b"May" => 5,
+        b"Jun" => 6,
+        b"Jul" => 7,
+        b"Aug" => 8,
+        b"Sep" => 9,
+        b"Oct" => 10,
+        b"Nov" => 11,
+        b"Dec" => 12,
         _ => return None,
     };
     let num = |range: std::ops::Range<usize>| -> Option<u16> {
@@ -285,18 +308,17 @@ fn imf_fixdate(s: &str) -> Option<SystemTime> {
     if year < 1970 || hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    let date =
-        time::Date::from_calendar_date(i32::from(year), month, u8::try_from(day).ok()?).ok()?;
-    if date.weekday() != weekday {
+    let days = civil_days(year, month, day)?;
+    // 1970-01-01 was a Thursday.
+    if (days + 3).rem_euclid(7) != weekday {
         return None;
     }
-    let days = u64::try_from(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY).ok()?;
-    let secs = days * 86_400 + u64::from(hour) * 3_600 + u64::from(minute) * 60 + u64::from(second);
+    let secs = u64::try_from(days).ok()? * 86_400
+        + u64::from(hour) * 3_600
+        + u64::from(minute) * 60
+        + u64::from(second);
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
-
-/// The Julian day number of 1970-01-01.
-const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
 
 /// [`http_date`] without the IMF-fixdate fast path.
 fn http_date_general(s: &str) -> Option<SystemTime> {
@@ -414,7 +436,11 @@ mod tests {
             let s = if i % 2 == 0 {
                 format!(
                     "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-                    rng.u16(1990..2100),
+                    if rng.bool() {
+                        rng.u16(1990..2100)
+                    } else {
+                        rng.u16(0..10_000)
+                    },
                     rng.u8(0..14),
                     rng.u8(0..33),
                     rng.u8(0..26),
@@ -436,6 +462,18 @@ mod tests {
             "2024-02-29T00:00:00Z",
             "2023-02-29T00:00:00Z",
             "2023-12-31T23:59:60Z",
+            "2000-02-29T12:00:00Z",
+            "2100-02-29T12:00:00Z",
+            "1900-02-29T12:00:00Z",
+            "1900-03-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "0000-02-29T00:00:00Z",
+            "0000-03-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "2023-04-31T00:00:00Z",
+            "2023-00-10T00:00:00Z",
+            "2023-01-00T00:00:00Z",
         ] {
             assert_eq!(rfc3339_from(s, reference), general(s), "{s}");
         }
@@ -478,7 +516,7 @@ mod tests {
                 }
                 String::from_utf8(b).unwrap()
             };
-            fast += usize::from(imf_fixdate(&s).is_some());
+            fast += usize::from(imf_fixdate(s.as_bytes()).is_some());
             assert_eq!(http_date(&s), http_date_general(&s), "{s}");
         }
         assert!(fast > 2_000, "{fast}");
@@ -488,12 +526,16 @@ mod tests {
             "Thu, 01 Jan 1970 00:00:00 GMT",
             "Wed, 31 Dec 1969 23:59:59 GMT",
             "Fri, 31 Dec 9999 23:59:59 GMT",
+            "Tue, 29 Feb 2000 12:00:00 GMT",
+            "Mon, 01 Mar 2100 00:00:00 GMT",
+            "Mon, 29 Feb 2100 00:00:00 GMT",
+            "Sun, 31 Apr 2023 00:00:00 GMT",
             "Sun, 06 Nov 1994 08:49:60 GMT",
         ] {
             assert_eq!(http_date(s), http_date_general(s), "{s}");
         }
         assert_eq!(
-            imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            imf_fixdate(b"Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
         );
     }
