@@ -63,9 +63,17 @@ pub(super) fn read<'a>(
         {
             return reading;
         }
-        let reading = parse::read(name.as_str(), value, |s| {
-            reset_uncached(s, reference, dated)
-        });
+        let reading = match parse::rfc3339_utc_seconds(bytes) {
+            // The usual shape against the `date` header, straight from the bytes (it has no
+            // whitespace to trim and is plain ASCII): what `reset_uncached` reads it as.
+            Some(secs) if dated => Some(Some(parse::until_unix_nanos(
+                i128::from(secs) * 1_000_000_000,
+                reference,
+            ))),
+            _ => parse::read(name.as_str(), value, |s| {
+                reset_uncached(s, reference, dated)
+            }),
+        };
         if dated && let Some(reading) = reading {
             last.set(Some((bytes, reading)));
         }

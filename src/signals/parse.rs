@@ -191,7 +191,7 @@ pub(crate) fn relative_or_epoch(s: &str, reference: SystemTime) -> Option<Durati
 
 /// An RFC 3339 timestamp measured from `reference` (zero when it is in the past).
 pub(crate) fn rfc3339_from(s: &str, reference: SystemTime) -> Option<Duration> {
-    let nanos = match rfc3339_utc_seconds(s) {
+    let nanos = match rfc3339_utc_seconds(s.as_bytes()) {
         Some(secs) => i128::from(secs) * 1_000_000_000,
         None => OffsetDateTime::parse(s, &Rfc3339)
             .ok()?
@@ -204,8 +204,8 @@ pub(crate) fn rfc3339_from(s: &str, reference: SystemTime) -> Option<Duration> {
 /// parser: Unix seconds, or `None` for anything else (fractions, offsets, a leap second, an
 /// invalid date), which the general parser then reads or rejects. Same result as the general
 /// parser for every string it accepts.
-fn rfc3339_utc_seconds(s: &str) -> Option<i64> {
-    let b: &[u8; 20] = s.as_bytes().try_into().ok()?;
+pub(crate) fn rfc3339_utc_seconds(s: &[u8]) -> Option<i64> {
+    let b: &[u8; 20] = s.try_into().ok()?;
     if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
@@ -454,7 +454,7 @@ mod tests {
                 b[at] = b"0123456789-T:Ztz+. "[rng.usize(..19)];
                 String::from_utf8(b).unwrap()
             };
-            fast += usize::from(rfc3339_utc_seconds(&s).is_some());
+            fast += usize::from(rfc3339_utc_seconds(s.as_bytes()).is_some());
             assert_eq!(rfc3339_from(&s, reference), general(&s), "{s}");
         }
         assert!(fast > 5_000, "{fast}");
