@@ -65,10 +65,20 @@ fn read_uint_general(name: &str, value: &HeaderValue) -> Option<u64> {
 /// time.
 #[inline]
 fn digits(b: &[u8]) -> Option<u64> {
-    if !(1..=19).contains(&b.len()) {
+    let len = b.len();
+    if (9..16).contains(&len) {
+        // Two words: the last eight digits, and the first eight bytes moved up past the
+        // digits they share with them, with '0's in front.
+        let k = len - 8;
+        let first = u64::from_le_bytes(b[..8].try_into().ok()?);
+        let head = (first << (8 * (8 - k))) | (0x3030_3030_3030_3030 >> (8 * k));
+        let last = u64::from_le_bytes(b[k..].try_into().ok()?);
+        return Some(eight_digits(head)? * 100_000_000 + eight_digits(last)?);
+    }
+    if !(1..=19).contains(&len) {
         return None;
     }
-    let (head, rest) = b.split_at(b.len() % 8);
+    let (head, rest) = b.split_at(len % 8);
     let mut n = head.iter().try_fold(0u64, |n, &c| {
         let d = c.wrapping_sub(b'0');
         (d < 10).then(|| n * 10 + u64::from(d))
