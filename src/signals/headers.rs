@@ -353,6 +353,13 @@ fn put<'a>(slot: &mut Slot<'a>, name: &'a HeaderName, value: &'a HeaderValue) {
 impl<'a> Raw<'a> {
     pub(super) fn collect(headers: &'a HeaderMap) -> Self {
         let mut raw = Raw::default();
+        raw.fill(headers);
+        raw
+    }
+
+    /// [`collect`](Self::collect) into an empty `Raw` the caller holds (no copy of the result).
+    pub(super) fn fill(&mut self, headers: &'a HeaderMap) {
+        let raw = self;
         for (name, value) in headers {
             let n = name.as_str();
             let slot = if n == "date" {
@@ -431,7 +438,6 @@ impl<'a> Raw<'a> {
                 raw.any = true;
             }
         }
-        raw
     }
 
     /// The server's clock: the `date` header, when readable. Absolute resets are measured from

@@ -33,7 +33,8 @@ impl ResponseSignals {
     ) -> Self {
         // One pass over the headers, and at most one reading of the clock for both: only
         // when an absolute time has no `date` header to be measured against.
-        let raw = super::headers::Raw::collect(headers);
+        let mut raw = super::headers::Raw::default();
+        raw.fill(headers);
         let clock = std::cell::OnceCell::new();
         let now = || *clock.get_or_init(std::time::SystemTime::now);
         let rate_limits = RateLimitSnapshot::from_raw(headers, &raw, now);
