@@ -366,6 +366,7 @@ impl<'a> Parser<'a> {
         Some(())
     }
 
+    #[inline]
     fn string(&mut self) -> Option<Str<'a>> {
         if self.peek() != Some(b'"') {
             return None;
@@ -387,7 +388,14 @@ impl<'a> Parser<'a> {
             Some(n) => n,
             None => head.len(),
         };
-        let mut i = start + plain_head;
+        self.long_string(start, start + plain_head)
+    }
+
+    /// The rest of a string that opened at `start` (after its quote), from `i`: every byte
+    /// before `i` is plain printable ASCII.
+    #[inline(never)]
+    fn long_string(&mut self, start: usize, mut i: usize) -> Option<Str<'a>> {
+        let b = self.b;
         let mut saved = 0usize;
         let mut plain = true;
         let mut ascii = true;
