@@ -10,6 +10,7 @@
 use std::fmt;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use http::Request;
 
@@ -100,7 +101,7 @@ pub(crate) struct Inspected(Option<Scan<RateLimitKey>>);
 
 impl Inspected {
     fn of_bytes(body: &[u8]) -> Self {
-        Inspected(scan(body).map(|s| s.map_model(|m| RateLimitKey::new(&*m))))
+        Inspected(scan(body).map(|s| s.map_model(|m| model_key(&m))))
     }
 
     /// The scan of `request`'s body: the cached one, else read now (from the body's bytes when
@@ -133,6 +134,22 @@ impl Inspected {
     pub(crate) fn model(self) -> Option<RateLimitKey> {
         self.0?.model
     }
+}
+
+/// The key named after a model. The last one made on this thread is kept: a client sends the
+/// same model again and again, and a clone of its key is not an allocation.
+fn model_key(model: &str) -> RateLimitKey {
+    thread_local! {
+        static LAST: RefCell<Option<RateLimitKey>> = const { RefCell::new(None) };
+    }
+    LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some(key) if key.as_str() == model => key.clone(),
+            _ => last.insert(RateLimitKey::new(model)).clone(),
+        }
+    })
+    .unwrap_or_else(|_| RateLimitKey::new(model))
 }
 
 impl fmt::Debug for Inspected {
