@@ -1138,6 +1138,14 @@ mod tests {
     }
 
     #[test]
+    fn model_keys_are_named_after_the_model() {
+        for model in ["m1", "m1", "m2", "m1", "", "m2"] {
+            assert_eq!(model_key(model), RateLimitKey::new(model));
+            assert_eq!(model_key(model).as_str(), model);
+        }
+    }
+
+    #[test]
     fn nesting_limit_as_serde_json() {
         for depth in 120..135 {
             let body = format!(
