@@ -91,8 +91,15 @@ pub(super) fn read<'a>(
 
 /// `a == b`; the usual 20-byte RFC 3339 reset is compared without a call to `memcmp`.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn words(s: &[u8; 20]) -> (u64, u64, u32) {
+        let (head, tail) = s.split_at(16);
+        let (first, second) = head.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let last = u32::from_le_bytes(tail.try_into().unwrap_or_default());
+        (word(first), word(second), last)
+    }
     match (<&[u8; 20]>::try_from(a), <&[u8; 20]>::try_from(b)) {
-        (Ok(a), Ok(b)) => a == b,
+        (Ok(a), Ok(b)) => words(a) == words(b),
         _ => a == b,
     }
 }
