@@ -10,6 +10,7 @@
 use std::fmt;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use http::Request;
 
@@ -100,7 +101,7 @@ pub(crate) struct Inspected(Option<Scan<RateLimitKey>>);
 
 impl Inspected {
     fn of_bytes(body: &[u8]) -> Self {
-        Inspected(scan(body).map(|s| s.map_model(|m| RateLimitKey::new(&*m))))
+        Inspected(scan(body).map(|s| s.map_model(|m| model_key(&m))))
     }
 
     /// The scan of `request`'s body: the cached one, else read now (from the body's bytes when
@@ -133,6 +134,22 @@ impl Inspected {
     pub(crate) fn model(self) -> Option<RateLimitKey> {
         self.0?.model
     }
+}
+
+/// The key named after a model. The last one made on this thread is kept: a client sends the
+/// same model again and again, and a clone of its key is not an allocation.
+fn model_key(model: &str) -> RateLimitKey {
+    thread_local! {
+        static LAST: RefCell<Option<RateLimitKey>> = const { RefCell::new(None) };
+    }
+    LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some(key) if key.as_str() == model => key.clone(),
+            _ => last.insert(RateLimitKey::new(model)).clone(),
+        }
+    })
+    .unwrap_or_else(|_| RateLimitKey::new(model))
 }
 
 impl fmt::Debug for Inspected {
@@ -187,6 +204,16 @@ struct Str<'a> {
 }
 
 impl<'a> Str<'a> {
+    /// The decoded bytes (copied only when the string has escapes): what keys are matched
+    /// against, without a second UTF-8 check of bytes the scan has already checked.
+    fn bytes(&self) -> Cow<'a, [u8]> {
+        if self.plain {
+            Cow::Borrowed(self.raw)
+        } else {
+            Cow::Owned(decode(self.raw).into_bytes())
+        }
+    }
+
     /// The decoded text (copied only when the string has escapes).
     fn text(&self) -> Cow<'a, str> {
         if self.plain {
@@ -221,8 +248,38 @@ impl Num {
     }
 }
 
-/// The smallest and the largest byte of `s` (`(255, 0)` when empty). Two plain reductions: the
-/// compiler turns each into a vector loop (one fused loop over both it does not).
+/// Whether every byte of `s` is plain printable ASCII or DEL (`0x20..=0x7F`): neither a control
+/// character (refused in a string) nor part of a multi-byte character (to be checked as UTF-8).
+/// One reduction, the largest `c - 0x20` (wrapping, so that control characters come out high),
+/// kept in 64 lanes the compiler holds in vector registers.
+fn printable_ascii(s: &[u8]) -> bool {
+    const LANES: usize = 64;
+    let (chunks, tail) = s.as_chunks::<LANES>();
+    let mut lanes = [0u8; LANES];
+    for chunk in chunks {
+        lanes = std::array::from_fn(|j| lanes[j].max(chunk[j].wrapping_sub(0x20)));
+    }
+    let tail = tail.iter().fold(0, |m, &c| m.max(c.wrapping_sub(0x20)));
+    lanes.iter().fold(tail, |m, &l| m.max(l)) < 0x60
+}
+
+/// How far the first look at a string goes before it searches for its end.
+const SHORT_STRING: usize = 32;
+
+/// The bytes that end a run of plain text inside a string: the quote, the backslash, control
+/// characters and non-ASCII bytes.
+const ENDS_PLAIN_RUN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = c < 0x20 || c >= 0x80 || c == b'"' as usize || c == b'\\' as usize;
+        c += 1;
+    }
+    table
+};
+
+/// The smallest and the largest byte of `s` (`(255, 0)` when empty): the exact classification
+/// of a run [`printable_ascii`] did not clear.
 fn min_max(s: &[u8]) -> (u8, u8) {
     (
         s.iter().copied().min().unwrap_or(u8::MAX),
@@ -231,13 +288,13 @@ fn min_max(s: &[u8]) -> (u8, u8) {
 }
 
 /// Tokens of an image or document block, or the text of any other value.
-const IMAGE_TYPES: [&str; 6] = [
-    "image",
-    "image_url",
-    "input_image",
-    "document",
-    "input_file",
-    "file",
+const IMAGE_TYPES: [&[u8]; 6] = [
+    b"image",
+    b"image_url",
+    b"input_image",
+    b"document",
+    b"input_file",
+    b"file",
 ];
 
 impl<'a> Parser<'a> {
@@ -326,26 +383,52 @@ impl<'a> Parser<'a> {
         Some(())
     }
 
+    #[inline]
     fn string(&mut self) -> Option<Str<'a>> {
         if self.peek() != Some(b'"') {
             return None;
         }
         let b = self.b;
         let start = self.i + 1;
-        let mut i = start;
+        // A short plain string (a key, a role, a model name): one look at each byte, no search.
+        // Otherwise the search goes on after the plain bytes already seen.
+        let head = &b[start..b.len().min(start + SHORT_STRING)];
+        let plain_head = match head.iter().position(|&c| ENDS_PLAIN_RUN[usize::from(c)]) {
+            Some(n) if head[n] == b'"' => {
+                self.i = start + n + 1;
+                return Some(Str {
+                    raw: &head[..n],
+                    plain: true,
+                    len: n,
+                });
+            }
+            Some(n) => n,
+            None => head.len(),
+        };
+        self.long_string(start, start + plain_head)
+    }
+
+    /// The rest of a string that opened at `start` (after its quote), from `i`: every byte
+    /// before `i` is plain printable ASCII.
+    #[inline(never)]
+    fn long_string(&mut self, start: usize, mut i: usize) -> Option<Str<'a>> {
+        let b = self.b;
         let mut saved = 0usize;
         let mut plain = true;
         let mut ascii = true;
         loop {
             // The next quote or backslash (a vector search), then one look at the run before
-            // it: its smallest byte says whether it holds a control character, its largest
-            // whether it holds non-ASCII bytes.
+            // it: plain printable ASCII (the usual case), else its smallest byte says whether
+            // it holds a control character, its largest whether it holds non-ASCII bytes.
             let run = memchr::memchr2(b'"', b'\\', &b[i..])?;
-            let (lo, hi) = min_max(&b[i..i + run]);
-            if lo < 0x20 {
-                return None;
+            let text = &b[i..i + run];
+            if !printable_ascii(text) {
+                let (lo, hi) = min_max(text);
+                if lo < 0x20 {
+                    return None;
+                }
+                ascii &= hi < 0x80;
             }
-            ascii &= hi < 0x80;
             i += run;
             if b[i] == b'"' {
                 break;
@@ -442,9 +525,11 @@ impl<'a> Parser<'a> {
                 // The last `type` decides, as in a map.
                 let mut image = false;
                 self.object(|p, key| {
-                    match &*key.text() {
-                        "type" => image = p.image_type()?,
-                        "role" | "id" | "tool_use_id" | "call_id" | "cache_control" => p.skip()?,
+                    match &*key.bytes() {
+                        b"type" => image = p.image_type()?,
+                        b"role" | b"id" | b"tool_use_id" | b"call_id" | b"cache_control" => {
+                            p.skip()?
+                        }
                         _ => count.add(p.walk()?),
                     }
                     Some(())
@@ -491,7 +576,7 @@ impl<'a> Parser<'a> {
     fn image_type(&mut self) -> Option<bool> {
         if self.peek()? == b'"' {
             let s = self.string()?;
-            return Some(IMAGE_TYPES.contains(&&*s.text()));
+            return Some(IMAGE_TYPES.contains(&&*s.bytes()));
         }
         self.skip().map(|()| false)
     }
@@ -520,7 +605,7 @@ impl<'a> Parser<'a> {
                 let (mut len, mut entries) = (2u64, 0u64);
                 self.object(|p, key| {
                     // `"key":value`
-                    len += escaped_len(&key.text()) + 1 + p.json_len()?;
+                    len += escaped_len(&key.bytes()) + 1 + p.json_len()?;
                     entries += 1;
                     Some(())
                 })?;
@@ -535,7 +620,7 @@ impl<'a> Parser<'a> {
                 })?;
                 Some(len + items.saturating_sub(1))
             }
-            b'"' => Some(escaped_len(&self.string()?.text())),
+            b'"' => Some(escaped_len(&self.string()?.bytes())),
             b'-' | b'0'..=b'9' => Some(self.number()?.printed_len() as u64),
             b't' | b'n' => self.literal().map(|()| 4),
             _ => self.literal().map(|()| 5),
@@ -551,17 +636,17 @@ impl<'a> Parser<'a> {
         let mut messages = None;
         let mut tools = 0;
         self.object(|p, key| {
-            match &*key.text() {
-                "model" => model = p.model()?,
-                "max_tokens" => max_tokens[0] = p.max_tokens()?,
-                "max_completion_tokens" => max_tokens[1] = p.max_tokens()?,
-                "max_output_tokens" => max_tokens[2] = p.max_tokens()?,
-                "system" => text[0] = p.walk()?,
-                "messages" => (text[MESSAGES], messages) = p.messages()?,
-                "input" => text[2] = p.walk()?,
-                "instructions" => text[3] = p.walk()?,
-                "prompt" => text[4] = p.walk()?,
-                "tools" => tools = p.json_len()?,
+            match &*key.bytes() {
+                b"model" => model = p.model()?,
+                b"max_tokens" => max_tokens[0] = p.max_tokens()?,
+                b"max_completion_tokens" => max_tokens[1] = p.max_tokens()?,
+                b"max_output_tokens" => max_tokens[2] = p.max_tokens()?,
+                b"system" => text[0] = p.walk()?,
+                b"messages" => (text[MESSAGES], messages) = p.messages()?,
+                b"input" => text[2] = p.walk()?,
+                b"instructions" => text[3] = p.walk()?,
+                b"prompt" => text[4] = p.walk()?,
+                b"tools" => tools = p.json_len()?,
                 _ => p.skip()?,
             }
             Some(())
@@ -674,10 +759,10 @@ impl Count {
     }
 }
 
-/// The length of `s` as a JSON string literal written by `serde_json`, quotes included.
-fn escaped_len(s: &str) -> u64 {
+/// The length of the text `s` as a JSON string literal written by `serde_json`, quotes included.
+fn escaped_len(s: &[u8]) -> u64 {
     let extra: usize = s
-        .bytes()
+        .iter()
         .map(|b| match b {
             b'"' | b'\\' | 0x08 | b'\t' | b'\n' | 0x0c | b'\r' => 1,
             0..=0x1f => 5,
@@ -994,6 +1079,69 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    #[test]
+    fn strings_of_every_length_agree_with_serde_json() {
+        // Plain text of 0 to 200 bytes (across the short-string look and the 64-byte lanes)
+        // with one awkward byte or escape at a random place: a control character, DEL,
+        // non-ASCII (valid or not), a quote or a backslash (escaped or raw).
+        const AWKWARD: &[&[u8]] = &[
+            b"\x01",
+            b"\x1f",
+            b"\x7f",
+            b" ",
+            b"~",
+            b"\xc3\xa9",
+            b"\xf0\x9f\xa6\x80",
+            b"\xc3",
+            b"\x80",
+            b"\xc2\x80",
+            b"\xff",
+            b"\\\"",
+            b"\\\\",
+            b"\\n",
+            b"\\u00e9",
+            b"\\ud83e\\udd80",
+            b"\\ud83e",
+            b"\\",
+            b"\"",
+        ];
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let len = rng.usize(..200);
+            let mut text: Vec<u8> = (0..len).map(|_| rng.u8(0x20..0x7f)).collect();
+            text.retain(|&c| c != b'"' && c != b'\\');
+            if rng.u8(..4) != 0 {
+                let at = rng.usize(..=text.len());
+                let awkward = AWKWARD[rng.usize(..AWKWARD.len())];
+                text.splice(at..at, awkward.iter().copied());
+            }
+            let field = TOP_KEYS[rng.usize(..TOP_KEYS.len())];
+            let mut body = format!("{{\"{field}\":[\"").into_bytes();
+            body.extend_from_slice(&text);
+            body.extend_from_slice(b"\",\"");
+            body.extend_from_slice(&text);
+            body.extend_from_slice(b"\"]}");
+            let want = reference(&body);
+            accepted += usize::from(want.is_some());
+            assert_eq!(
+                inspect_json(&body),
+                want,
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        assert!(accepted > 5_000, "{accepted}");
+    }
+
+    #[test]
+    fn model_keys_are_named_after_the_model() {
+        for model in ["m1", "m1", "m2", "m1", "", "m2"] {
+            assert_eq!(model_key(model), RateLimitKey::new(model));
+            assert_eq!(model_key(model).as_str(), model);
         }
     }
 

@@ -14,7 +14,9 @@
 use std::cell::Cell;
 use std::time::{Duration, SystemTime};
 
-use super::headers::{Raw, bucket};
+use http::{HeaderName, HeaderValue};
+
+use super::headers::{Raw, bucket_with};
 use super::parse;
 use super::{Dialect, Dimension, RateLimitSnapshot};
 
@@ -23,31 +25,6 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// How far outside `[now, now + 60 s]` an RFC 3339 reset measured against the local clock (no
 /// `date` header) may fall before it is taken as clock skew and dropped.
 pub(crate) const SKEW_TOLERANCE: Duration = Duration::from_secs(2);
-
-/// Reads a reset; `dated` says whether `reference` is the server's `date` header.
-/// A reset value (up to 32 bytes, and its length) and what it read as.
-type LastReset = ([u8; 32], usize, Option<Option<Duration>>);
-
-fn reset(reference: SystemTime, dated: bool) -> impl Fn(&str) -> Option<Option<Duration>> {
-    // The same timestamp usually comes on several lines: against the `date` header (no clock
-    // involved, nothing logged) the last one read is remembered.
-    let last: Cell<Option<LastReset>> = Cell::new(None);
-    move |s| {
-        if dated
-            && let Some((bytes, len, value)) = last.get()
-            && bytes.get(..len) == Some(s.as_bytes())
-        {
-            return value;
-        }
-        let value = reset_uncached(s, reference, dated);
-        if dated && s.len() <= 32 {
-            let mut bytes = [0; 32];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            last.set(Some((bytes, s.len(), value)));
-        }
-        value
-    }
-}
 
 fn reset_uncached(s: &str, reference: SystemTime, dated: bool) -> Option<Option<Duration>> {
     if !dated && let Some(early) = reference.checked_sub(SKEW_TOLERANCE) {
@@ -69,19 +46,60 @@ fn reset_uncached(s: &str, reference: SystemTime, dated: bool) -> Option<Option<
         .map(Some)
 }
 
-pub(super) fn read(
-    raw: &Raw<'_>,
+pub(super) fn read<'a>(
+    raw: &Raw<'a>,
     reference: SystemTime,
     dated: bool,
     snapshot: &mut RateLimitSnapshot,
 ) {
-    let reset = reset(reference, dated);
+    // The same timestamp usually comes on several lines: against the `date` header (no clock
+    // involved, nothing logged) the reading of the last readable one is reused for a line with
+    // the same bytes.
+    let last: Cell<Option<(&'a [u8], Option<Duration>)>> = Cell::new(None);
+    let reset = |(name, value): (&'a HeaderName, &'a HeaderValue)| {
+        let bytes = value.as_bytes();
+        if let Some((seen, reading)) = last.get()
+            && same_bytes(seen, bytes)
+        {
+            return reading;
+        }
+        let reading = match parse::rfc3339_utc_seconds(bytes) {
+            // The usual shape against the `date` header, straight from the bytes (it has no
+            // whitespace to trim and is plain ASCII): what `reset_uncached` reads it as.
+            Some(secs) if dated => Some(Some(parse::until_unix_nanos(
+                i128::from(secs) * 1_000_000_000,
+                reference,
+            ))),
+            _ => parse::read(name.as_str(), value, |s| {
+                reset_uncached(s, reference, dated)
+            }),
+        };
+        if dated && let Some(reading) = reading {
+            last.set(Some((bytes, reading)));
+        }
+        reading.flatten()
+    };
     for dimension in Dimension::ALL {
-        if let Some(reading) = bucket(&raw.anthropic[dimension.index()], &reset) {
+        if let Some(reading) = bucket_with(&raw.anthropic[dimension.index()], reset) {
             snapshot.offer(Dialect::Anthropic, dimension, reading.with_window(MINUTE));
         }
     }
     let [input, output] = &raw.priority;
-    let priority = |slots| bucket(slots, &reset).map(|r| r.with_window(MINUTE));
+    let priority = |slots| bucket_with(slots, reset).map(|r| r.with_window(MINUTE));
     snapshot.offer_priority(priority(input), priority(output));
+}
+
+/// `a == b`; the usual 20-byte RFC 3339 reset is compared without a call to `memcmp`.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn words(s: &[u8; 20]) -> (u64, u64, u32) {
+        let (head, tail) = s.split_at(16);
+        let (first, second) = head.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let last = u32::from_le_bytes(tail.try_into().unwrap_or_default());
+        (word(first), word(second), last)
+    }
+    match (<&[u8; 20]>::try_from(a), <&[u8; 20]>::try_from(b)) {
+        (Ok(a), Ok(b)) => words(a) == words(b),
+        _ => a == b,
+    }
 }

@@ -185,17 +185,22 @@ impl RateLimitSnapshot {
     /// Like [`from_headers`](Self::from_headers), with `now` as the local wall-clock time used
     /// when the response has no usable `date` header.
     pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Self {
-        Self::from_raw(headers, &Raw::collect(headers), now)
+        Self::from_raw(headers, &Raw::collect(headers), || now)
     }
 
-    /// [`from_headers_at`](Self::from_headers_at) with the headers already sorted.
-    pub(super) fn from_raw(headers: &HeaderMap, raw: &Raw<'_>, now: SystemTime) -> Self {
+    /// [`from_headers_at`](Self::from_headers_at) with the headers already sorted; `now` is
+    /// called only when the response has rate-limit headers and no usable `date` header.
+    pub(super) fn from_raw(
+        headers: &HeaderMap,
+        raw: &Raw<'_>,
+        now: impl FnOnce() -> SystemTime,
+    ) -> Self {
         let mut snapshot = RateLimitSnapshot::default();
         if !raw.any {
             return snapshot;
         }
         let date = raw.server_date();
-        let reference = date.unwrap_or(now);
+        let reference = date.unwrap_or_else(now);
         anthropic::read(raw, reference, date.is_some(), &mut snapshot);
         openai::read(raw, &mut snapshot);
         ietf::read_structured(headers, raw, &mut snapshot);
@@ -328,6 +333,17 @@ fn field(s: &str) -> Option<usize> {
     }
 }
 
+/// `{dimension}-{limit,remaining,reset}` → the dimension and the field.
+fn split_field(s: &str) -> Option<(&str, usize)> {
+    if let Some(dim) = s.strip_suffix("-limit") {
+        Some((dim, LIMIT))
+    } else if let Some(dim) = s.strip_suffix("-remaining") {
+        Some((dim, REMAINING))
+    } else {
+        s.strip_suffix("-reset").map(|dim| (dim, RESET))
+    }
+}
+
 fn put<'a>(slot: &mut Slot<'a>, name: &'a HeaderName, value: &'a HeaderValue) {
     if slot.is_none() {
         *slot = Some((name, value));
@@ -337,38 +353,40 @@ fn put<'a>(slot: &mut Slot<'a>, name: &'a HeaderName, value: &'a HeaderValue) {
 impl<'a> Raw<'a> {
     pub(super) fn collect(headers: &'a HeaderMap) -> Self {
         let mut raw = Raw::default();
+        raw.fill(headers);
+        raw
+    }
+
+    /// [`collect`](Self::collect) into an empty `Raw` the caller holds (no copy of the result).
+    pub(super) fn fill(&mut self, headers: &'a HeaderMap) {
+        let raw = self;
         for (name, value) in headers {
             let n = name.as_str();
             let slot = if n == "date" {
                 put(&mut raw.date, name, value);
                 continue;
             } else if let Some(rest) = n.strip_prefix("anthropic-ratelimit-") {
-                // One match on the whole rest (no search for the last `-`): these names are
-                // read on every response.
-                let (dim, f) = match rest {
-                    "requests-limit" => (Dimension::Requests, LIMIT),
-                    "requests-remaining" => (Dimension::Requests, REMAINING),
-                    "requests-reset" => (Dimension::Requests, RESET),
-                    "input-tokens-limit" => (Dimension::InputTokens, LIMIT),
-                    "input-tokens-remaining" => (Dimension::InputTokens, REMAINING),
-                    "input-tokens-reset" => (Dimension::InputTokens, RESET),
-                    "output-tokens-limit" => (Dimension::OutputTokens, LIMIT),
-                    "output-tokens-remaining" => (Dimension::OutputTokens, REMAINING),
-                    "output-tokens-reset" => (Dimension::OutputTokens, RESET),
-                    "tokens-limit" => (Dimension::Tokens, LIMIT),
-                    "tokens-remaining" => (Dimension::Tokens, REMAINING),
-                    "tokens-reset" => (Dimension::Tokens, RESET),
+                // These names are read on every response: the field is cut off the end and
+                // the dimensions left all differ in length, so each name costs a few word
+                // compares and no call to `memcmp`.
+                let Some((dim, f)) = split_field(rest) else {
+                    continue;
+                };
+                let dim = match dim {
+                    "requests" => Dimension::Requests,
+                    "input-tokens" => Dimension::InputTokens,
+                    "output-tokens" => Dimension::OutputTokens,
+                    "tokens" => Dimension::Tokens,
                     _ => continue,
                 };
                 Some(&mut raw.anthropic[dim.index()][f])
             } else if let Some(rest) = n.strip_prefix("anthropic-priority-") {
-                let (i, f) = match rest {
-                    "input-tokens-limit" => (0, LIMIT),
-                    "input-tokens-remaining" => (0, REMAINING),
-                    "input-tokens-reset" => (0, RESET),
-                    "output-tokens-limit" => (1, LIMIT),
-                    "output-tokens-remaining" => (1, REMAINING),
-                    "output-tokens-reset" => (1, RESET),
+                let Some((dim, f)) = split_field(rest) else {
+                    continue;
+                };
+                let i = match dim {
+                    "input-tokens" => 0,
+                    "output-tokens" => 1,
                     _ => continue,
                 };
                 Some(&mut raw.priority[i][f])
@@ -420,14 +438,16 @@ impl<'a> Raw<'a> {
                 raw.any = true;
             }
         }
-        raw
     }
 
     /// The server's clock: the `date` header, when readable. Absolute resets are measured from
     /// it (else from the local clock), which cancels clock skew between server and client.
     pub(super) fn server_date(&self) -> Option<SystemTime> {
-        self.date
-            .and_then(|(n, v)| read(n.as_str(), v, parse::http_date))
+        // The usual IMF-fixdate straight from the bytes (it has no whitespace to trim and is
+        // plain ASCII), else the general path.
+        self.date.and_then(|(n, v)| {
+            parse::imf_fixdate(v.as_bytes()).or_else(|| read(n.as_str(), v, parse::http_date))
+        })
     }
 }
 
@@ -437,15 +457,21 @@ pub(super) fn bucket(
     slots: &[Slot<'_>; 3],
     reset: impl Fn(&str) -> Option<Option<Duration>>,
 ) -> Option<BucketReading> {
+    bucket_with(slots, |(n, v)| read(n.as_str(), v, &reset).flatten())
+}
+
+/// [`bucket`] with a reader of the `reset` line that takes the line itself.
+pub(super) fn bucket_with<'a>(
+    slots: &[Slot<'a>; 3],
+    reset: impl FnOnce((&'a HeaderName, &'a HeaderValue)) -> Option<Duration>,
+) -> Option<BucketReading> {
     if slots.iter().all(Option::is_none) {
         return None;
     }
-    let number = |slot: Slot<'_>| slot.and_then(|(n, v)| read(n.as_str(), v, parse::uint));
+    let number = |slot: Slot<'_>| slot.and_then(|(n, v)| parse::read_uint(n.as_str(), v));
     let limit = number(slots[LIMIT]);
     let remaining = number(slots[REMAINING]);
-    let reset = slots[RESET]
-        .and_then(|(n, v)| read(n.as_str(), v, &reset))
-        .flatten();
+    let reset = slots[RESET].and_then(reset);
     if limit.is_none() && remaining.is_none() && reset.is_none() {
         return None;
     }

@@ -46,11 +46,12 @@ impl RetryHints {
 
     /// Like [`from_headers`](Self::from_headers) with an explicit local wall-clock time.
     pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Self {
-        Self::from_raw(&Raw::collect(headers), now)
+        Self::from_raw(&Raw::collect(headers), || now)
     }
 
-    /// [`from_headers_at`](Self::from_headers_at) with the headers already sorted.
-    pub(super) fn from_raw<'a>(raw: &Raw<'a>, now: SystemTime) -> Self {
+    /// [`from_headers_at`](Self::from_headers_at) with the headers already sorted; `now` is
+    /// called only for an HTTP-date `retry-after` on a response without a usable `date`.
+    pub(super) fn from_raw<'a>(raw: &Raw<'a>, now: impl FnOnce() -> SystemTime) -> Self {
         fn header<'a>(slot: Slot<'a>) -> Option<(&'a str, &'a http::HeaderValue)> {
             slot.map(|(n, v)| (n.as_str(), v))
         }
@@ -65,7 +66,7 @@ impl RetryHints {
                                 .map(|d| (d, WaitSource::RetryAfterSeconds));
                         }
                         let at = parse::http_date(s)?;
-                        let reference = raw.server_date().unwrap_or(now);
+                        let reference = raw.server_date().unwrap_or_else(now);
                         Some((parse::until_time(at, reference), WaitSource::RetryAfterDate))
                     })
                 })

@@ -344,7 +344,7 @@ pub(super) fn read_legacy(
             parse::uint(s.split([',', ';']).next().unwrap_or(s).trim())
         })
     });
-    let remaining = slots[REMAINING].and_then(|(n, v)| read(n.as_str(), v, parse::uint));
+    let remaining = slots[REMAINING].and_then(|(n, v)| parse::read_uint(n.as_str(), v));
     let reset = slots[RESET]
         .and_then(|(n, v)| read(n.as_str(), v, |s| parse::relative_or_epoch(s, reference)));
     if limit.is_none() && remaining.is_none() && reset.is_none() {

@@ -31,9 +31,12 @@ impl ResponseSignals {
         api_error: Option<&ApiError>,
         classifier: &C,
     ) -> Self {
-        // One pass over the headers and one reading of the clock for both.
-        let raw = super::headers::Raw::collect(headers);
-        let now = std::time::SystemTime::now();
+        // One pass over the headers, and at most one reading of the clock for both: only
+        // when an absolute time has no `date` header to be measured against.
+        let mut raw = super::headers::Raw::default();
+        raw.fill(headers);
+        let clock = std::cell::OnceCell::new();
+        let now = || *clock.get_or_init(std::time::SystemTime::now);
         let rate_limits = RateLimitSnapshot::from_raw(headers, &raw, now);
         let hints = RetryHints::from_raw(&raw, now);
         let outcome = classifier.classify_response(status, headers, &hints, api_error);
