@@ -11,7 +11,6 @@
 //! than [`SKEW_TOLERANCE`], says the clocks disagree: such a reset is dropped (the reading keeps
 //! its limit and remaining) rather than trusted.
 
-use std::cell::Cell;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
@@ -52,32 +51,20 @@ pub(super) fn read<'a>(
     dated: bool,
     snapshot: &mut RateLimitSnapshot,
 ) {
-    // The same timestamp usually comes on several lines: against the `date` header (no clock
-    // involved, nothing logged) the reading of the last readable one is reused for a line with
-    // the same bytes.
-    let last: Cell<Option<(&'a [u8], Option<Duration>)>> = Cell::new(None);
     let reset = |(name, value): (&'a HeaderName, &'a HeaderValue)| {
-        let bytes = value.as_bytes();
-        if let Some((seen, reading)) = last.get()
-            && same_bytes(seen, bytes)
-        {
-            return reading;
-        }
-        let reading = match parse::rfc3339_utc_seconds(bytes) {
+        match parse::rfc3339_utc_seconds(value.as_bytes()) {
             // The usual shape against the `date` header, straight from the bytes (it has no
-            // whitespace to trim and is plain ASCII): what `reset_uncached` reads it as.
-            Some(secs) if dated => Some(Some(parse::until_unix_nanos(
+            // whitespace to trim and is plain ASCII): what `reset_uncached` reads it as. The
+            // same timestamp comes on several lines, and is remembered.
+            Some(secs) if dated => Some(parse::until_unix_nanos(
                 i128::from(secs) * 1_000_000_000,
                 reference,
-            ))),
+            )),
             _ => parse::read(name.as_str(), value, |s| {
                 reset_uncached(s, reference, dated)
-            }),
-        };
-        if dated && let Some(reading) = reading {
-            last.set(Some((bytes, reading)));
+            })
+            .flatten(),
         }
-        reading.flatten()
     };
     for dimension in Dimension::ALL {
         if let Some(reading) = bucket_with(&raw.anthropic[dimension.index()], reset) {
@@ -87,19 +74,4 @@ pub(super) fn read<'a>(
     let [input, output] = &raw.priority;
     let priority = |slots| bucket_with(slots, reset).map(|r| r.with_window(MINUTE));
     snapshot.offer_priority(priority(input), priority(output));
-}
-
-/// `a == b`; the usual 20-byte RFC 3339 reset is compared without a call to `memcmp`.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    fn words(s: &[u8; 20]) -> (u64, u64, u32) {
-        let (head, tail) = s.split_at(16);
-        let (first, second) = head.split_at(8);
-        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-        let last = u32::from_le_bytes(tail.try_into().unwrap_or_default());
-        (word(first), word(second), last)
-    }
-    match (<&[u8; 20]>::try_from(a), <&[u8; 20]>::try_from(b)) {
-        (Ok(a), Ok(b)) => words(a) == words(b),
-        _ => a == b,
-    }
 }

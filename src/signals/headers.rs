@@ -443,10 +443,8 @@ impl<'a> Raw<'a> {
     /// The server's clock: the `date` header, when readable. Absolute resets are measured from
     /// it (else from the local clock), which cancels clock skew between server and client.
     pub(super) fn server_date(&self) -> Option<SystemTime> {
-        // The usual IMF-fixdate straight from the bytes (it has no whitespace to trim and is
-        // plain ASCII), else the general path.
         self.date.and_then(|(n, v)| {
-            parse::imf_fixdate(v.as_bytes()).or_else(|| read(n.as_str(), v, parse::http_date))
+            parse::server_date(v.as_bytes(), || read(n.as_str(), v, parse::http_date))
         })
     }
 }

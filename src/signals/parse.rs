@@ -3,6 +3,8 @@
 //! Every function here is total: it returns `None` for input it cannot read and never panics,
 //! whatever the bytes. Durations are never negative and never above [`MAX_HINT`].
 
+use std::cell::Cell;
+use std::thread::LocalKey;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -61,50 +63,16 @@ fn read_uint_general(name: &str, value: &HeaderValue) -> Option<u64> {
     read(name, value, uint)
 }
 
-/// 1 to 19 ASCII digits and nothing else, as a number (it cannot overflow); eight digits at a
-/// time.
+/// 1 to 19 ASCII digits and nothing else, as a number (19 digits cannot overflow a `u64`).
 #[inline]
 fn digits(b: &[u8]) -> Option<u64> {
-    let len = b.len();
-    if (9..16).contains(&len) {
-        // Two words: the last eight digits, and the first eight bytes moved up past the
-        // digits they share with them, with '0's in front.
-        let k = len - 8;
-        let first = u64::from_le_bytes(b[..8].try_into().ok()?);
-        let head = (first << (8 * (8 - k))) | (0x3030_3030_3030_3030 >> (8 * k));
-        let last = u64::from_le_bytes(b[k..].try_into().ok()?);
-        return Some(eight_digits(head)? * 100_000_000 + eight_digits(last)?);
-    }
-    if !(1..=19).contains(&len) {
+    if b.is_empty() || b.len() > 19 {
         return None;
     }
-    let (head, rest) = b.split_at(len % 8);
-    let mut n = head.iter().try_fold(0u64, |n, &c| {
+    b.iter().try_fold(0u64, |n, &c| {
         let d = c.wrapping_sub(b'0');
         (d < 10).then(|| n * 10 + u64::from(d))
-    })?;
-    for chunk in rest.as_chunks::<8>().0 {
-        n = n * 100_000_000 + eight_digits(u64::from_le_bytes(*chunk))?;
-    }
-    Some(n)
-}
-
-/// Eight ASCII digits read as one little-endian word (the first digit in the low byte): their
-/// value, or `None` when any byte is not a digit. simdjson's `parse_eight_digits_unrolled`.
-fn eight_digits(x: u64) -> Option<u64> {
-    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
-    // Every byte has the high nibble 3 and stays below 0x40 when 6 is added: '0'..='9'.
-    if (x & HIGH) | ((x.wrapping_add(0x0606_0606_0606_0606) & HIGH) >> 4) != 0x3333_3333_3333_3333 {
-        return None;
-    }
-    let x = x - 0x3030_3030_3030_3030;
-    // Pairs of digits, then fours, then all eight (the products wrap on purpose).
-    let x = x.wrapping_mul(10).wrapping_add(x >> 8);
-    const PAIRS: u64 = 0x0000_00FF_0000_00FF;
-    let x = (x & PAIRS)
-        .wrapping_mul(100 + (1_000_000 << 32))
-        .wrapping_add(((x >> 16) & PAIRS).wrapping_mul(1 + (10_000 << 32)));
-    Some(x >> 32)
+    })
 }
 
 /// A finite, non-negative number of seconds as a duration, clamped to [`MAX_HINT`].
@@ -213,8 +181,16 @@ pub(crate) fn rfc3339_from(s: &str, reference: SystemTime) -> Option<Duration> {
 /// The shape every Anthropic reset has, `YYYY-MM-DDTHH:MM:SSZ`, read without the general RFC 3339
 /// parser: Unix seconds, or `None` for anything else (fractions, offsets, a leap second, an
 /// invalid date), which the general parser then reads or rejects. Same result as the general
-/// parser for every string it accepts.
+/// parser for every string it accepts. The last value read on this thread is remembered: every
+/// response within a second carries the same resets.
 pub(crate) fn rfc3339_utc_seconds(s: &[u8]) -> Option<i64> {
+    thread_local! {
+        static LAST: Last<i64> = const { Cell::new(None) };
+    }
+    memo(&LAST, s, || rfc3339_utc_seconds_uncached(s))
+}
+
+fn rfc3339_utc_seconds_uncached(s: &[u8]) -> Option<i64> {
     let b: &[u8; 20] = s.try_into().ok()?;
     if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
@@ -227,111 +203,71 @@ pub(crate) fn rfc3339_utc_seconds(s: &[u8]) -> Option<i64> {
             c.is_ascii_digit().then(|| n * 10 + u16::from(c - b'0'))
         })
     };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let year = num(0..4)?;
+    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+    let day = u8::try_from(num(8..10)?).ok()?;
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if hour > 23 || minute > 59 || second > 59 {
+    if second > 59 {
         return None;
     }
-    let days = civil_days(year, month, day)?;
-    Some(days * 86_400 + i64::from(hour) * 3_600 + i64::from(minute) * 60 + i64::from(second))
+    let date = time::Date::from_calendar_date(i32::from(year), month, day).ok()?;
+    let time = time::Time::from_hms(
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second).ok()?,
+    )
+    .ok()?;
+    Some(date.with_time(time).assume_utc().unix_timestamp())
 }
 
-/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year 0 to 9999), or
-/// `None` when the month or the day does not exist. Howard Hinnant's `days_from_civil`.
-fn civil_days(year: u16, month: u16, day: u16) -> Option<i64> {
-    let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
-    let month_days = match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        1..=12 => 31,
-        _ => return None,
-    };
-    if day == 0 || day > month_days {
-        return None;
+/// A parse result remembered with the bytes it was read from (at most 32).
+type Last<T> = Cell<Option<([u8; 32], usize, T)>>;
+
+/// `parse()`, or what it gave for the same `bytes` last time on this thread: a one-entry memo
+/// for the values that repeat from response to response (the `date` header and the resets
+/// change once a second). Only successful reads are remembered, so a value that cannot be read
+/// is still reported each time.
+fn memo<T: Copy + 'static>(
+    last: &'static LocalKey<Last<T>>,
+    bytes: &[u8],
+    parse: impl FnOnce() -> Option<T>,
+) -> Option<T> {
+    if bytes.len() > 32 {
+        return parse();
     }
-    // Years start in March, so that the leap day is the last day of a year.
-    let y = i64::from(year) - i64::from(month <= 2);
-    let (era, year_of_era) = (y.div_euclid(400), y.rem_euclid(400));
-    let m = i64::from(month);
-    let day_of_year = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    Some(era * 146_097 + day_of_era - 719_468)
+    let hit = last
+        .try_with(|last| match last.get() {
+            Some((seen, len, value)) if seen[..len] == *bytes => Some(value),
+            _ => None,
+        })
+        .ok()
+        .flatten();
+    if hit.is_some() {
+        return hit;
+    }
+    let value = parse()?;
+    let mut seen = [0; 32];
+    seen[..bytes.len()].copy_from_slice(bytes);
+    // A thread being torn down has no memo: nothing is remembered then.
+    let _ = last.try_with(|last| last.set(Some((seen, bytes.len(), value))));
+    Some(value)
+}
+
+/// The server's `date` header (`bytes`) as read by `parse` (an HTTP-date), remembered as
+/// [`rfc3339_utc_seconds`] remembers resets.
+pub(crate) fn server_date(
+    bytes: &[u8],
+    parse: impl FnOnce() -> Option<SystemTime>,
+) -> Option<SystemTime> {
+    thread_local! {
+        static LAST: Last<SystemTime> = const { Cell::new(None) };
+    }
+    memo(&LAST, bytes, parse)
 }
 
 /// An HTTP-date (IMF-fixdate, RFC 850, asctime — through `httpdate`) or, as a lenient fallback,
 /// an RFC 2822 date with a numeric zone (`Sun, 06 Nov 1994 08:49:37 +0000`) or a wrong weekday.
 pub(crate) fn http_date(s: &str) -> Option<SystemTime> {
-    imf_fixdate(s.as_bytes()).or_else(|| http_date_general(s))
-}
-
-/// The shape nearly every `date` header has, IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`),
-/// read without `httpdate`'s check by a round trip through `SystemTime`: the time, or `None` for
-/// anything else (other formats, a wrong weekday, an invalid date, a year outside
-/// 1970..=9999), which the general parser then reads or rejects. Same result as the general
-/// parser for every string it accepts.
-pub(crate) fn imf_fixdate(s: &[u8]) -> Option<SystemTime> {
-    let b: &[u8; 29] = s.try_into().ok()?;
-    if &b[25..] != b" GMT"
-        || b[3..5] != *b", "
-        || b[7] != b' '
-        || b[11] != b' '
-        || b[16] != b' '
-        || b[19] != b':'
-        || b[22] != b':'
-    {
-        return None;
-    }
-    // Days from Monday.
-    let weekday = match &b[..3] {
-        b"Mon" => 0,
-        b"Tue" => 1,
-        b"Wed" => 2,
-        b"Thu" => 3,
-        b"Fri" => 4,
-        b"Sat" => 5,
-        b"Sun" => 6,
-        _ => return None,
-    };
-    let month = match &b[8..11] {
-        b"Jan" => 1,
-        b"Feb" => 2,
-        b"Mar" => 3,
-        b"Apr" => 4,
-        b"May" => 5,
-        b"Jun" => 6,
-        b"Jul" => 7,
-        b"Aug" => 8,
-        b"Sep" => 9,
-        b"Oct" => 10,
-        b"Nov" => 11,
-        b"Dec" => 12,
-        _ => return None,
-    };
-    let num = |range: std::ops::Range<usize>| -> Option<u16> {
-        b[range].iter().try_fold(0u16, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + u16::from(c - b'0'))
-        })
-    };
-    let (day, year) = (num(5..7)?, num(12..16)?);
-    let (hour, minute, second) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    if year < 1970 || hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    let days = civil_days(year, month, day)?;
-    // 1970-01-01 was a Thursday.
-    if (days + 3).rem_euclid(7) != weekday {
-        return None;
-    }
-    let secs = u64::try_from(days).ok()? * 86_400
-        + u64::from(hour) * 3_600
-        + u64::from(minute) * 60
-        + u64::from(second);
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// [`http_date`] without the IMF-fixdate fast path.
-fn http_date_general(s: &str) -> Option<SystemTime> {
     if let Ok(t) = httpdate::parse_http_date(s) {
         return Some(t);
     }
@@ -490,63 +426,65 @@ mod tests {
     }
 
     #[test]
-    fn imf_fixdate_fast_path_agrees_with_the_parser() {
-        const DAYS: [&str; 8] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Xyz"];
-        const MONTHS: [&str; 13] = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-            "jan",
-        ];
-        let mut rng = fastrand::Rng::with_seed(9);
-        let mut fast = 0;
-        for i in 0..40_000 {
-            let s = if i % 2 == 0 {
-                // Any weekday (right one a seventh of the time), days up to 32, years around
-                // the ends of the accepted range, times up to 24:60:60.
-                let year = match rng.u8(..4) {
-                    0 => rng.u16(1965..1975),
-                    1 => rng.u16(9995..=9999),
-                    _ => rng.u16(1990..2100),
-                };
-                format!(
-                    "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-                    DAYS[rng.usize(..DAYS.len())],
-                    rng.u8(0..33),
-                    MONTHS[rng.usize(..MONTHS.len())],
-                    year,
-                    rng.u8(0..25),
-                    rng.u8(0..61),
-                    rng.u8(0..61)
-                )
-            } else {
-                // Mutations of a valid date: other separators, digits, zones.
-                let mut b = b"Tue, 15 Nov 1994 08:12:31 GMT".to_vec();
-                for _ in 0..rng.usize(1..3) {
-                    let at = rng.usize(..b.len());
-                    b[at] = b"0123456789 ,:-+GMTUe"[rng.usize(..20)];
-                }
-                String::from_utf8(b).unwrap()
-            };
-            fast += usize::from(imf_fixdate(s.as_bytes()).is_some());
-            assert_eq!(http_date(&s), http_date_general(&s), "{s}");
+    fn the_memo_remembers_only_what_was_read() {
+        thread_local! {
+            static LAST: Last<u32> = const { Cell::new(None) };
         }
-        assert!(fast > 2_000, "{fast}");
-        for s in [
-            "Thu, 29 Feb 2024 00:00:00 GMT",
-            "Wed, 29 Feb 2023 00:00:00 GMT",
-            "Thu, 01 Jan 1970 00:00:00 GMT",
-            "Wed, 31 Dec 1969 23:59:59 GMT",
-            "Fri, 31 Dec 9999 23:59:59 GMT",
-            "Tue, 29 Feb 2000 12:00:00 GMT",
-            "Mon, 01 Mar 2100 00:00:00 GMT",
-            "Mon, 29 Feb 2100 00:00:00 GMT",
-            "Sun, 31 Apr 2023 00:00:00 GMT",
-            "Sun, 06 Nov 1994 08:49:60 GMT",
-        ] {
-            assert_eq!(http_date(s), http_date_general(s), "{s}");
-        }
+        let calls = Cell::new(0);
+        let read = |bytes: &[u8], value: Option<u32>| {
+            memo(&LAST, bytes, || {
+                calls.set(calls.get() + 1);
+                value
+            })
+        };
+        assert_eq!(read(b"a", Some(1)), Some(1));
+        assert_eq!(read(b"a", Some(9)), Some(1), "the same bytes: remembered");
+        assert_eq!(calls.get(), 1);
+        assert_eq!(read(b"ab", Some(2)), Some(2), "other bytes: read");
+        assert_eq!(read(b"a", Some(3)), Some(3), "one entry only");
+        assert_eq!(read(b"x", None), None);
+        assert_eq!(read(b"x", None), None);
+        assert_eq!(calls.get(), 5, "a failed read is not remembered");
         assert_eq!(
-            imf_fixdate(b"Sun, 06 Nov 1994 08:49:37 GMT"),
+            read(b"a", Some(4)),
+            Some(3),
+            "nor does it evict the last good one"
+        );
+        let long = [b'7'; 33];
+        assert_eq!(read(&long, Some(5)), Some(5));
+        assert_eq!(
+            read(&long, Some(6)),
+            Some(6),
+            "over 32 bytes: never remembered"
+        );
+        assert_eq!(read(b"a", Some(7)), Some(3));
+        // The server's clock, read twice and changed: each value as the parser reads it.
+        let date = |s: &str| server_date(s.as_bytes(), || http_date(s));
+        let one = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let two = "Sun, 06 Nov 1994 08:49:38 GMT";
+        assert_eq!(
+            date(one),
             Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(
+            date(one),
+            Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(
+            date(two),
+            Some(UNIX_EPOCH + Duration::from_secs(784_111_778))
+        );
+        assert_eq!(
+            rfc3339_utc_seconds(b"1994-11-06T08:49:37Z"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            rfc3339_utc_seconds(b"1994-11-06T08:49:39Z"),
+            Some(784_111_779)
+        );
+        assert_eq!(
+            rfc3339_utc_seconds(b"1994-11-06T08:49:37Z"),
+            Some(784_111_777)
         );
     }
 
