@@ -1442,6 +1442,21 @@ mod tests {
         t
     }
 
+    /// Sends `cost` when it is admitted at once; else gives the place back and lets 100 ms
+    /// pass.
+    async fn send_or_wait(state: &RateLimitState, cost: Cost, exact: bool) -> Option<Ticket> {
+        let mut t = state
+            .enter(&key(), cost, exact, Priority::Interactive, None)
+            .unwrap();
+        if !t.is_admitted() {
+            drop(t);
+            tokio::time::advance(Duration::from_millis(100)).await;
+            return None;
+        }
+        t.dispatched();
+        Some(t)
+    }
+
     fn reply(t: &mut Ticket, snapshot: &RateLimitSnapshot, outcome: Outcome) -> Option<Instant> {
         t.complete_with(Reply {
             snapshot,
@@ -1719,22 +1734,9 @@ mod tests {
         let state = RateLimitState::with_limits(Limits::new().input_tokens(6_000));
         let mut server = Bucket::new(6_000, window, Instant::now());
         for _ in 0..6_000 {
-            let t = state
-                .enter(
-                    &key(),
-                    Cost::new(1, 500, 0),
-                    false,
-                    Priority::Interactive,
-                    None,
-                )
-                .unwrap();
-            if !t.is_admitted() {
-                drop(t);
-                tokio::time::advance(Duration::from_millis(100)).await;
+            let Some(mut t) = send_or_wait(&state, Cost::new(1, 500, 0), false).await else {
                 continue;
-            }
-            let mut t = t;
-            t.dispatched();
+            };
             let now = Instant::now();
             server.charge(400, now);
             let snapshot = RateLimitSnapshot::new().with(
@@ -1757,22 +1759,9 @@ mod tests {
             let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
             let mut server = Bucket::new(8_000, window, Instant::now());
             for _ in 0..3_000 {
-                let t = state
-                    .enter(
-                        &key(),
-                        Cost::new(1, 0, 1_000),
-                        true,
-                        Priority::Interactive,
-                        None,
-                    )
-                    .unwrap();
-                if !t.is_admitted() {
-                    drop(t);
-                    tokio::time::advance(Duration::from_millis(100)).await;
+                let Some(mut t) = send_or_wait(&state, Cost::new(1, 0, 1_000), true).await else {
                     continue;
-                }
-                let mut t = t;
-                t.dispatched();
+                };
                 // Read at admission; the output is charged when the answer ends.
                 let remaining = server.level(Instant::now());
                 tokio::time::advance(Duration::from_millis(100)).await;
