@@ -264,13 +264,8 @@ impl Classify for DefaultClassifier {
         if status.as_u16() < 400 {
             return Outcome::success().with_status(status);
         }
-        let kind = bedrock_kind(headers).unwrap_or_else(|| {
-            if status == StatusCode::FORBIDDEN && is_github_rate_limit(headers, hints) {
-                OutcomeKind::RateLimited
-            } else {
-                status_kind(status, hints, api_error)
-            }
-        });
+        let kind =
+            bedrock_kind(headers).unwrap_or_else(|| status_kind(status, headers, hints, api_error));
         let mut outcome = Outcome::new(kind)
             .with_status(status)
             .with_retry_after(hints.retry_after());
@@ -300,10 +295,12 @@ impl Classify for DefaultClassifier {
 /// The kind for an error status without a recognised Bedrock error code.
 fn status_kind(
     status: StatusCode,
+    headers: &HeaderMap,
     hints: &RetryHints,
     api_error: Option<&ApiError>,
 ) -> OutcomeKind {
     match status.as_u16() {
+        403 if is_github_rate_limit(headers, hints) => OutcomeKind::RateLimited,
         429 if is_spend_limit(api_error, hints) => OutcomeKind::SpendLimit,
         429 => OutcomeKind::RateLimited,
         503 | 529 => OutcomeKind::Overloaded,
