@@ -1,0 +1,412 @@
+//! One key's state: buckets, the queue, admission and in-flight accounting.
+
+use super::*;
+
+pub(crate) struct KeyCell {
+    pub(super) key: RateLimitKey,
+    pub(super) last_used: AtomicU64,
+    pub(super) state: Mutex<KeyState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Probe {
+    /// Nothing known, no probe out: the next request probes.
+    Idle,
+    /// Requests are out to learn the limits (at most [`STARTUP_PROBES`]); the others wait for
+    /// the first answer.
+    InFlight,
+    /// Responses carry no rate-limit headers and nothing is configured: not limited.
+    Unlimited,
+}
+
+pub(super) struct Waiter {
+    pub(super) charge: Charge,
+    pub(super) waker: Option<Waker>,
+}
+
+/// An output reading, for [`KeyState::learn_output_share`]: the server's `full_at` and the
+/// finished output (known, and reserved but unknown) before the request was sent.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct OutputAnchor {
+    pub(super) full_at: Instant,
+    pub(super) known: u64,
+    pub(super) unknown: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Anchor {
+    pub(super) full_at: Instant,
+    pub(super) raw_after: u64,
+}
+
+pub(super) struct KeyState {
+    pub(super) buckets: Box<dyn Buckets>,
+    pub(super) configured: [Option<u64>; 4],
+    pub(super) window: Duration,
+    pub(super) learned: [Option<(u64, Duration)>; 4],
+    /// The server's own bucket, per dimension, while a configured ceiling is below the limit it
+    /// reports: the ceiling (in `buckets`) counts this key's own usage at the configured rate,
+    /// this one the server's level at the server's rate, corrected from its readings. A request
+    /// must fit both.
+    pub(super) server: [Option<Bucket>; 4],
+    pub(super) probe: Probe,
+    /// Probes in flight.
+    pub(super) probes: usize,
+    pub(super) cooldown_until: Option<Instant>,
+    /// Cumulative charge at dispatch, per dimension (monotone).
+    pub(super) dispatched: Charge,
+    /// Dispatches so far: the position of each request in dispatch order.
+    pub(super) dispatch_seq: u64,
+    /// Requests charged in `dispatched` and then given back (refused with a 429, or admitted
+    /// but never sent), with their dispatch position: a reading must not count them as charged
+    /// after it. The most recent [`MAX_REFUNDS`] are kept.
+    pub(super) refunds: VecDeque<(u64, Charge)>,
+    /// Cumulative raw (uncorrected) input estimate at dispatch.
+    pub(super) raw_input: u64,
+    /// Output reserved by requests in flight.
+    pub(super) outstanding_output: u64,
+    /// Cumulative output of finished requests (their true output when known, else their
+    /// reservation): what a server counting output as produced may have charged since.
+    pub(super) completed_output: u64,
+    /// Cumulative true output of finished requests whose output is known (a [`Usage`], or
+    /// refused: none).
+    pub(super) known_output: u64,
+    /// Cumulative reservation of finished requests whose output is unknown.
+    pub(super) unknown_reserved: u64,
+    /// The learned share of its reservation a request produces, when its output is unknown
+    /// (1.0 until learned): what such a request is taken to have charged.
+    pub(super) output_share: f64,
+    pub(super) output_anchor: Option<OutputAnchor>,
+    pub(super) in_flight: usize,
+    pub(super) queue: BTreeMap<(usize, u64), Waiter>,
+    /// Queued charge per priority class.
+    pub(super) queued: [Charge; 2],
+    pub(super) next_seq: u64,
+    pub(super) input_factor: f64,
+    pub(super) anchor: Option<Anchor>,
+    pub(super) ramp: Option<RampUp>,
+    pub(super) ramp_from: Option<Instant>,
+    pub(super) last_admit: Option<Instant>,
+    pub(super) cooldown_without_hint: Duration,
+}
+
+pub(crate) enum Check {
+    Fits,
+    Until(Instant),
+    Probe,
+    Never(CostExceedsLimit),
+}
+
+/// What a response says, as the limiter reads it.
+pub(super) struct Reply<'a> {
+    pub(super) snapshot: &'a RateLimitSnapshot,
+    pub(super) outcome: &'a Outcome,
+    pub(super) received: Instant,
+    pub(super) usage: Option<Usage>,
+}
+
+/// How many given-back requests a key remembers for [`KeyState::refunded_after`].
+pub(super) const MAX_REFUNDS: usize = 256;
+
+/// What a dispatched request charged, and the counters right after its dispatch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Record {
+    pub(super) seq: u64,
+    pub(super) charge: Charge,
+    pub(super) after: Charge,
+    pub(super) raw_after: u64,
+    pub(super) completed_before: u64,
+    pub(super) known_before: u64,
+    pub(super) unknown_before: u64,
+    pub(super) at: Instant,
+    pub(super) probe: bool,
+}
+
+impl KeyState {
+    pub(super) fn charge_of(&self, cost: Cost, exact: bool) -> (Charge, u64) {
+        let raw = cost.input_tokens();
+        let input = if exact {
+            raw
+        } else {
+            let x = (raw as f64 * self.input_factor).ceil();
+            if x >= u64::MAX as f64 {
+                u64::MAX
+            } else {
+                x as u64
+            }
+        };
+        let out = cost.output_tokens();
+        (
+            [cost.requests(), input, out, input.saturating_add(out)],
+            raw,
+        )
+    }
+
+    pub(super) fn capacity(&self, d: Dimension) -> Option<(u64, Duration)> {
+        let i = d.index();
+        match (self.configured[i], self.learned[i]) {
+            (Some(c), Some((l, w))) => Some((c.min(l), if l <= c { w } else { self.window })),
+            (Some(c), None) => Some((c, self.window)),
+            (None, Some(l)) => Some(l),
+            (None, None) => None,
+        }
+    }
+
+    /// What a wait is for, for the traces: a dimension, the cooldown or the start-up probe.
+    pub(super) fn reason(&self, dimension: Option<Dimension>) -> &'static str {
+        match dimension {
+            Some(d) => d.as_str(),
+            None if self.probing() => "probe",
+            None => "cooldown",
+        }
+    }
+
+    /// Nothing known and every start-up probe out: wait for the first answer.
+    pub(super) fn probing(&self) -> bool {
+        self.probe == Probe::InFlight && self.probes >= STARTUP_PROBES && !self.any_bucket()
+    }
+
+    /// A probe ended (answered, failed or dropped).
+    pub(super) fn probe_done(&mut self) {
+        self.probes = self.probes.saturating_sub(1);
+        if self.probes == 0 && self.probe == Probe::InFlight {
+            self.probe = Probe::Idle;
+        }
+    }
+
+    pub(super) fn any_bucket(&self) -> bool {
+        Dimension::ALL
+            .iter()
+            .any(|d| self.buckets.get(*d).is_some())
+    }
+
+    pub(super) fn usable(&self, capacity: u64, now: Instant) -> u64 {
+        match (self.ramp, self.ramp_from) {
+            (Some(r), Some(from)) => {
+                let share = r.share(now.saturating_duration_since(from));
+                ((capacity as f64 * share).ceil() as u64).clamp(1, capacity.max(1))
+            }
+            _ => capacity,
+        }
+    }
+
+    pub(super) fn ramp_end(&self) -> Option<Instant> {
+        Some(add(self.ramp_from?, self.ramp?.period()))
+    }
+
+    pub(super) fn check(&self, charge: &Charge, now: Instant) -> Check {
+        for d in Dimension::ALL {
+            if let Some(b) = self.buckets.get(d)
+                && charge[d.index()] > b.capacity()
+            {
+                return Check::Never(CostExceedsLimit::new(d, charge[d.index()], b.capacity()));
+            }
+        }
+        if self.probing() {
+            return Check::Probe;
+        }
+        let (at, _) = self.ready_at(charge, None, now);
+        if at > now {
+            Check::Until(at)
+        } else {
+            Check::Fits
+        }
+    }
+
+    /// The instant `charge` fits after `ahead` (queued charge before it) is admitted.
+    pub(super) fn ready_at(
+        &self,
+        charge: &Charge,
+        ahead: Option<&Charge>,
+        now: Instant,
+    ) -> (Instant, Option<Dimension>) {
+        let mut at = now;
+        let mut dim = None;
+        if let Some(c) = self.cooldown_until
+            && c > at
+        {
+            at = c;
+        }
+        for d in Dimension::ALL {
+            let Some(mut b) = self.buckets.get(d) else {
+                continue;
+            };
+            let i = d.index();
+            if let Some(ahead) = ahead {
+                b.charge(ahead[i], now);
+            }
+            let t = match b.ready_at(charge[i], self.usable(b.capacity(), now)) {
+                Some(t) => t,
+                // Only a ramp makes a cost that fits the capacity not fit the usable share:
+                // wait for its end at the latest.
+                None => self.ramp_end().map_or(now, |e| {
+                    e.max(b.ready_at(charge[i], b.capacity()).unwrap_or(e))
+                }),
+            };
+            // Under a ceiling the server's own bucket must hold the cost too (it is larger
+            // than the ceiling, so the cost always fits it eventually).
+            let t = match self.server[i] {
+                Some(mut s) => {
+                    if let Some(ahead) = ahead {
+                        s.charge(ahead[i], now);
+                    }
+                    s.ready_at(charge[i], s.capacity()).map_or(t, |u| t.max(u))
+                }
+                None => t,
+            };
+            if t > at {
+                at = t;
+                dim = Some(d);
+            }
+        }
+        (at, dim)
+    }
+
+    /// The projected admission instant of a new waiter of `class` (exact under FIFO: every
+    /// waiter of the same or a higher class goes first).
+    pub(super) fn project(
+        &self,
+        charge: &Charge,
+        class: usize,
+        now: Instant,
+    ) -> (Instant, Option<Dimension>) {
+        let mut ahead = [0u64; 4];
+        for q in &self.queued[..=class] {
+            for (a, c) in ahead.iter_mut().zip(q) {
+                *a = a.saturating_add(*c);
+            }
+        }
+        self.ready_at(charge, Some(&ahead), now)
+    }
+
+    pub(super) fn admit(&mut self, charge: Charge, raw: u64, now: Instant) -> Record {
+        if let Some(r) = self.ramp
+            && self
+                .last_admit
+                .is_none_or(|l| now.saturating_duration_since(l) >= r.idle_after())
+        {
+            self.ramp_from = Some(now);
+        }
+        self.last_admit = Some(now);
+        for d in Dimension::ALL {
+            if let Some(mut b) = self.buckets.get(d) {
+                if d == Dimension::InputTokens && b.full_at() <= now {
+                    // The bucket was full: refill was lost, successive readings would
+                    // understate what the server charged in between.
+                    self.anchor = None;
+                }
+                if d == Dimension::OutputTokens && b.full_at() <= now {
+                    self.output_anchor = None;
+                }
+                b.charge(charge[d.index()], now);
+                self.buckets.set(d, Some(b));
+            }
+            if let Some(s) = &mut self.server[d.index()] {
+                s.charge(charge[d.index()], now);
+            }
+        }
+        for (c, x) in self.dispatched.iter_mut().zip(charge) {
+            *c = c.saturating_add(x);
+        }
+        self.raw_input = self.raw_input.saturating_add(raw);
+        self.dispatch_seq += 1;
+        self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
+        self.in_flight += 1;
+        let probe = !self.any_bucket() && self.probe != Probe::Unlimited;
+        if probe {
+            self.probe = Probe::InFlight;
+            self.probes += 1;
+        }
+        Record {
+            seq: self.dispatch_seq,
+            charge,
+            after: self.dispatched,
+            raw_after: self.raw_input,
+            completed_before: self.completed_output,
+            known_before: self.known_output,
+            unknown_before: self.unknown_reserved,
+            at: now,
+            probe,
+        }
+    }
+
+    /// Notes that `record`'s whole charge was given back, for the readings of requests
+    /// dispatched before it.
+    pub(super) fn note_refund(&mut self, record: &Record) {
+        if self.refunds.len() == MAX_REFUNDS {
+            self.refunds.pop_front();
+        }
+        self.refunds.push_back((record.seq, record.charge));
+    }
+
+    /// What requests dispatched after `record` charged and then got back.
+    pub(super) fn refunded_after(&self, record: &Record) -> Charge {
+        let mut sum: Charge = [0; 4];
+        for (_, charge) in self.refunds.iter().filter(|(seq, _)| *seq > record.seq) {
+            for (s, c) in sum.iter_mut().zip(charge) {
+                *s = s.saturating_add(*c);
+            }
+        }
+        sum
+    }
+
+    pub(super) fn refund(&mut self, dims: &[usize], amounts: &Charge, now: Instant) {
+        for &i in dims {
+            let d = Dimension::ALL[i];
+            if let Some(mut b) = self.buckets.get(d) {
+                b.refund(amounts[i], now);
+                self.buckets.set(d, Some(b));
+            }
+            if let Some(s) = &mut self.server[i] {
+                s.refund(amounts[i], now);
+            }
+        }
+    }
+
+    /// The request is no longer in flight; the server may have charged `output` for it.
+    pub(super) fn finish(&mut self, record: &Record, output: u64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.outstanding_output = self.outstanding_output.saturating_sub(record.charge[OUT]);
+        self.completed_output = self.completed_output.saturating_add(output);
+    }
+
+    /// Gives back the output reserved by a request that will never report (an error, or a
+    /// future dropped while the call was in flight).
+    pub(super) fn release_output(&mut self, record: &Record, now: Instant) {
+        self.finish(record, 0);
+        let out = record.charge[OUT];
+        self.refund(&[OUT, TOK], &[0, 0, out, out], now);
+        if record.probe {
+            self.probe_done();
+        }
+        self.wake_head();
+    }
+
+    /// Gives back everything a request charged (admitted but never sent).
+    pub(super) fn unadmit(&mut self, record: &Record, now: Instant) {
+        self.finish(record, 0);
+        self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
+        self.note_refund(record);
+        if record.probe {
+            self.probe_done();
+        }
+        self.wake_head();
+    }
+
+    pub(super) fn wake_head(&mut self) {
+        if let Some((_, w)) = self.queue.iter_mut().next()
+            && let Some(waker) = w.waker.take()
+        {
+            waker.wake();
+        }
+    }
+
+    pub(super) fn dequeue(&mut self, id: (usize, u64)) {
+        if let Some(w) = self.queue.remove(&id) {
+            for (q, c) in self.queued[id.0].iter_mut().zip(w.charge) {
+                *q = q.saturating_sub(c);
+            }
+        }
+        self.wake_head();
+    }
+}

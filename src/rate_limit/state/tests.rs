@@ -1,0 +1,347 @@
+use super::*;
+
+fn key() -> RateLimitKey {
+    RateLimitKey::global()
+}
+
+fn send(state: &RateLimitState, cost: Cost, exact: bool) -> Ticket {
+    let mut t = state
+        .enter(&key(), cost, exact, Priority::Interactive, None)
+        .unwrap();
+    assert!(t.is_admitted(), "not admitted: {t:?}");
+    t.dispatched();
+    t
+}
+
+/// Sends `cost` when it is admitted at once; else gives the place back and lets 100 ms
+/// pass.
+async fn send_or_wait(state: &RateLimitState, cost: Cost, exact: bool) -> Option<Ticket> {
+    let mut t = state
+        .enter(&key(), cost, exact, Priority::Interactive, None)
+        .unwrap();
+    if !t.is_admitted() {
+        drop(t);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        return None;
+    }
+    t.dispatched();
+    Some(t)
+}
+
+fn reply(t: &mut Ticket, snapshot: &RateLimitSnapshot, outcome: Outcome) -> Option<Instant> {
+    t.complete_with(Reply {
+        snapshot,
+        outcome: &outcome,
+        received: Instant::now(),
+        usage: None,
+    })
+}
+
+fn level(state: &RateLimitState, d: Dimension) -> u64 {
+    state
+        .key_snapshot(&key())
+        .unwrap()
+        .bucket(d)
+        .unwrap()
+        .level()
+}
+
+fn reading(limit: u64, remaining: u64, reset_ms: u64) -> BucketReading {
+    BucketReading::new(
+        Some(limit),
+        Some(remaining),
+        Some(Duration::from_millis(reset_ms)),
+    )
+}
+
+fn remaining_only(limit: u64, remaining: u64) -> BucketReading {
+    BucketReading::new(Some(limit), Some(remaining), None)
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_then_limits_learned_from_anthropic_headers() {
+    let state = RateLimitState::new();
+    let mut probe = send(&state, Cost::new(1, 1_000, 500), true);
+    // Nothing known: up to STARTUP_PROBES requests go, the next waits for the first answer.
+    let others: Vec<Ticket> = (1..STARTUP_PROBES)
+        .map(|_| send(&state, Cost::new(1, 0, 0), true))
+        .collect();
+    let waiting = state
+        .enter(
+            &key(),
+            Cost::new(1, 10, 10),
+            true,
+            Priority::Interactive,
+            None,
+        )
+        .unwrap();
+    assert!(!waiting.is_admitted());
+    let snapshot = RateLimitSnapshot::new()
+        .with_dialect(Dialect::Anthropic)
+        .with(Dimension::Requests, reading(50, 49, 2_000))
+        .with(Dimension::InputTokens, reading(30_000, 29_000, 2_000))
+        .with(Dimension::OutputTokens, reading(8_000, 8_000, 0))
+        .with(Dimension::Tokens, reading(30_000, 29_000, 2_000));
+    reply(&mut probe, &snapshot, Outcome::success());
+    let snap = state.key_snapshot(&key()).unwrap();
+    for (d, cap) in [
+        (Dimension::Requests, 50),
+        (Dimension::InputTokens, 30_000),
+        (Dimension::OutputTokens, 8_000),
+    ] {
+        assert_eq!(snap.bucket(d).unwrap().capacity(), cap);
+        assert_eq!(snap.bucket(d).unwrap().learned(), Some(cap));
+    }
+    // The `tokens` reading duplicates the input bucket: no combined bucket.
+    assert!(snap.bucket(Dimension::Tokens).is_none());
+    // Requests: exact (1 used, and the other probes sent after it). Input: 29,000 ± 500 and a 2 s reset (−2 s, +1 s):
+    // conservative edge 1,500 used. Output: the reading holds no output of the probe, whose
+    // 500 reserved stay, and the reset's +1 s (134 tokens at 8,000/min).
+    assert_eq!(level(&state, Dimension::Requests), 49 - others.len() as u64);
+    assert_eq!(level(&state, Dimension::InputTokens), 28_500);
+    assert_eq!(level(&state, Dimension::OutputTokens), 8_000 - 134 - 500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_in_flight_are_counted_once() {
+    let state = RateLimitState::with_limits(Limits::new().input_tokens(30_000));
+    let mut a = send(&state, Cost::new(1, 1_000, 0), true);
+    let _b = send(&state, Cost::new(1, 2_000, 0), true);
+    assert_eq!(level(&state, Dimension::InputTokens), 27_000);
+    // a's reading agrees with the local state once b (sent after a) is added: unchanged.
+    let agree =
+        RateLimitSnapshot::new().with(Dimension::InputTokens, remaining_only(30_000, 29_000));
+    reply(&mut a, &agree, Outcome::success());
+    assert_eq!(level(&state, Dimension::InputTokens), 27_000);
+    // Someone else spent 1,000: the server says less, the local state follows at once.
+    let mut c = send(&state, Cost::new(1, 1_000, 0), true);
+    let less =
+        RateLimitSnapshot::new().with(Dimension::InputTokens, remaining_only(30_000, 25_000));
+    reply(&mut c, &less, Outcome::success());
+    assert_eq!(level(&state, Dimension::InputTokens), 25_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn output_over_reservation_is_given_back_by_later_readings() {
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    let mut a = send(&state, Cost::new(1, 0, 1_000), true);
+    // Read at admission: no output counted yet. a's reservation stays.
+    let first =
+        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+    reply(&mut a, &first, Outcome::success());
+    assert_eq!(level(&state, Dimension::OutputTokens), 7_000);
+    // b's reading shows a's true output (300): 700 come back.
+    let mut b = send(&state, Cost::new(1, 0, 1_000), true);
+    assert_eq!(level(&state, Dimension::OutputTokens), 6_000);
+    let second =
+        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 7_700));
+    reply(&mut b, &second, Outcome::success());
+    assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+    // A response without headers but with a known usage gives back the rest.
+    let mut c = send(&state, Cost::new(1, 0, 1_000), true);
+    c.complete_with(Reply {
+        snapshot: &RateLimitSnapshot::new(),
+        outcome: &Outcome::success(),
+        received: Instant::now(),
+        usage: Some(Usage::new(0, 100)),
+    });
+    assert_eq!(level(&state, Dimension::OutputTokens), 6_600);
+}
+
+/// A known usage settles the reservation at the response, headers or not.
+#[tokio::test(start_paused = true)]
+async fn usage_settles_the_output_reservation_at_the_response() {
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    let mut a = send(&state, Cost::new(1, 0, 1_000), true);
+    let mut b = send(&state, Cost::new(1, 0, 1_000), true);
+    assert_eq!(level(&state, Dimension::OutputTokens), 6_000);
+    // Read at a's admission: nothing produced yet; a produced 300. The reading (± 500)
+    // agrees with 6,700 left, so only the usage can give the 700 back.
+    let reading = RateLimitSnapshot::new()
+        .with_dialect(Dialect::Anthropic)
+        .with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+    a.complete_with(Reply {
+        snapshot: &reading,
+        outcome: &Outcome::success(),
+        received: Instant::now(),
+        usage: Some(Usage::new(0, 300)),
+    });
+    assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+    b.complete_with(Reply {
+        snapshot: &reading,
+        outcome: &Outcome::success(),
+        received: Instant::now(),
+        usage: Some(Usage::new(0, 1_000)),
+    });
+    assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_response_refunds_and_cools_down() {
+    let state = RateLimitState::with_limits(Limits::new().requests(10));
+    let mut a = send(&state, Cost::new(1, 0, 0), true);
+    let outcome =
+        Outcome::new(OutcomeKind::RateLimited).with_retry_after(Some(Duration::from_secs(7)));
+    let until = reply(&mut a, &RateLimitSnapshot::new(), outcome);
+    assert_eq!(until, Some(Instant::now() + Duration::from_secs(7)));
+    assert_eq!(level(&state, Dimension::Requests), 10);
+    let snap = state.key_snapshot(&key()).unwrap();
+    assert_eq!(snap.cooldown_until(), until);
+    let t = state
+        .enter(
+            &key(),
+            Cost::new(1, 0, 0),
+            true,
+            Priority::Interactive,
+            None,
+        )
+        .unwrap();
+    assert!(!t.is_admitted());
+}
+
+#[tokio::test(start_paused = true)]
+async fn openai_combined_tokens_and_configured_ceiling() {
+    let state = RateLimitState::with_limits(Limits::new().requests(100));
+    let mut a = send(&state, Cost::new(1, 1_000, 1_000), true);
+    let snapshot = RateLimitSnapshot::new()
+        .with_dialect(Dialect::OpenAi)
+        .with(Dimension::Requests, reading(500, 499, 120))
+        .with(Dimension::Tokens, reading(60_000, 58_000, 2_000));
+    reply(&mut a, &snapshot, Outcome::success());
+    let snap = state.key_snapshot(&key()).unwrap();
+    // The configured 100 is a ceiling over the server's 500.
+    assert_eq!(snap.bucket(Dimension::Requests).unwrap().capacity(), 100);
+    assert_eq!(
+        snap.bucket(Dimension::Requests).unwrap().learned(),
+        Some(500)
+    );
+    assert_eq!(snap.bucket(Dimension::Tokens).unwrap().capacity(), 60_000);
+    // A combined bucket is charged input + output.
+    let _b = send(&state, Cost::new(1, 1_000, 1_000), true);
+    assert_eq!(
+        level(&state, Dimension::Tokens),
+        snap.bucket(Dimension::Tokens).unwrap().level() - 2_000
+    );
+    // A lower limit from the server wins over the configured one.
+    let mut c = send(&state, Cost::new(1, 0, 0), true);
+    let lower = RateLimitSnapshot::new()
+        .with_dialect(Dialect::OpenAi)
+        .with(Dimension::Requests, reading(20, 10, 30_000));
+    reply(&mut c, &lower, Outcome::success());
+    let snap = state.key_snapshot(&key()).unwrap();
+    assert_eq!(snap.bucket(Dimension::Requests).unwrap().capacity(), 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fixed_window_dialect_with_nothing_left_holds_until_reset() {
+    let state = RateLimitState::with_limits(Limits::new().requests(100));
+    let mut a = send(&state, Cost::new(1, 0, 0), true);
+    let snapshot = RateLimitSnapshot::new()
+        .with_dialect(Dialect::GitHub)
+        .with(Dimension::Requests, reading(100, 0, 30_000));
+    reply(&mut a, &snapshot, Outcome::success());
+    let snap = state.key_snapshot(&key()).unwrap();
+    assert_eq!(
+        snap.cooldown_until(),
+        Some(Instant::now() + Duration::from_secs(30))
+    );
+}
+
+/// A configured ceiling below the server's limit, and a server bucket nearly emptied by
+/// someone else: the wait is the server's refill time for the missing tokens (at the
+/// server's rate), not the configured bucket's, and the ceiling still counts only this key's
+/// own usage.
+#[tokio::test(start_paused = true)]
+async fn ceiling_below_server_limit_waits_for_the_server_refill() {
+    let state = RateLimitState::with_limits(Limits::new().input_tokens(10_000));
+    let mut a = send(&state, Cost::new(1, 1_000, 0), true);
+    // Server: 150,000 ITPM (2,500 per second), 1,000 left after `a`: full again in 59.6 s.
+    let snapshot = RateLimitSnapshot::new()
+        .with_dialect(Dialect::Anthropic)
+        .with(Dimension::InputTokens, reading(150_000, 1_000, 60_000));
+    reply(&mut a, &snapshot, Outcome::success());
+    assert_eq!(
+        state
+            .key_snapshot(&key())
+            .unwrap()
+            .bucket(Dimension::InputTokens)
+            .unwrap()
+            .capacity(),
+        10_000
+    );
+    // 2,000 more: the server has 500..=1,500 (rounded to the thousand), so 0.2..=0.6 s of
+    // its refill; our own ceiling has 9,000 left.
+    let max = Duration::from_secs(2);
+    let mut b = state
+        .enter(
+            &key(),
+            Cost::new(1, 2_000, 0),
+            true,
+            Priority::Interactive,
+            Some(max),
+        )
+        .expect("a 0.2-0.6 s wait is within a 2 s maximum");
+    assert!(!b.is_admitted(), "the server bucket is nearly empty");
+    let waker = std::task::Waker::noop();
+    let Admission::Wait(Some(at)) = b.poll_admit(waker) else {
+        panic!("expected a timed wait");
+    };
+    let wait = at.saturating_duration_since(Instant::now());
+    assert!(
+        wait >= Duration::from_millis(200) && wait <= Duration::from_millis(1_000),
+        "wait {wait:?}"
+    );
+    tokio::time::advance(wait).await;
+    assert!(matches!(b.poll_admit(waker), Admission::Admitted));
+    // The ceiling counts this key's own usage: 1,000 + 2,000 of 10,000.
+    let level = level(&state, Dimension::InputTokens);
+    assert!((6_900..=7_100).contains(&level), "ceiling level {level}");
+}
+
+/// A server that charges 80% of the raw estimates: the correction factor converges there.
+#[tokio::test(start_paused = true)]
+async fn input_estimation_error_is_learned() {
+    let window = Duration::from_secs(60);
+    let state = RateLimitState::with_limits(Limits::new().input_tokens(6_000));
+    let mut server = Bucket::new(6_000, window, Instant::now());
+    for _ in 0..6_000 {
+        let Some(mut t) = send_or_wait(&state, Cost::new(1, 500, 0), false).await else {
+            continue;
+        };
+        let now = Instant::now();
+        server.charge(400, now);
+        let snapshot = RateLimitSnapshot::new().with(
+            Dimension::InputTokens,
+            remaining_only(6_000, server.level(now)),
+        );
+        reply(&mut t, &snapshot, Outcome::success());
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    let factor = state.key_snapshot(&key()).unwrap().input_correction();
+    assert!((0.75..=0.85).contains(&factor), "factor {factor}");
+}
+
+/// A server counting output as produced: the share of `max_tokens` requests really produce
+/// is learned from its readings (and stays at 1.0 when they produce all of it).
+#[tokio::test(start_paused = true)]
+async fn output_share_is_learned() {
+    for (produced, range) in [(500, 0.4..=0.6), (1_000, 0.9..=1.0)] {
+        let window = Duration::from_secs(60);
+        let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+        let mut server = Bucket::new(8_000, window, Instant::now());
+        for _ in 0..3_000 {
+            let Some(mut t) = send_or_wait(&state, Cost::new(1, 0, 1_000), true).await else {
+                continue;
+            };
+            // Read at admission; the output is charged when the answer ends.
+            let remaining = server.level(Instant::now());
+            tokio::time::advance(Duration::from_millis(100)).await;
+            server.charge(produced, Instant::now());
+            let snapshot = RateLimitSnapshot::new()
+                .with(Dimension::OutputTokens, remaining_only(8_000, remaining));
+            reply(&mut t, &snapshot, Outcome::success());
+        }
+        let share = state.key_snapshot(&key()).unwrap().output_share();
+        assert!(range.contains(&share), "produced {produced}: share {share}");
+    }
+}

@@ -1,0 +1,188 @@
+//! A request's place in the limiter, from queueing to its response.
+
+use super::*;
+
+/// A request's place in the limiter: queued, admitted, in flight. Dropping it gives back what it
+/// holds (see the module docs on cancellation).
+pub(crate) struct Ticket {
+    pub(super) cell: Arc<KeyCell>,
+    pub(super) phase: Phase,
+}
+
+pub(super) enum Phase {
+    Queued {
+        id: (usize, u64),
+        charge: Charge,
+        raw: u64,
+        since: Instant,
+        deadline: Option<Instant>,
+        max_wait: Option<Duration>,
+        /// What it waits for (a dimension, `cooldown`, `probe`), for traces and metrics.
+        reason: &'static str,
+    },
+    Admitted(Record),
+    Dispatched(Record),
+    Done,
+}
+
+pub(crate) enum Admission {
+    /// Admitted: call the service.
+    Admitted,
+    /// Wait: sleep until the instant (if any) or until woken.
+    Wait(Option<Instant>),
+    /// Failed (cost never fits, or the deadline passed).
+    Failed(BoxError),
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Queued { .. } => "queued",
+            Phase::Admitted(_) => "admitted",
+            Phase::Dispatched(_) => "dispatched",
+            Phase::Done => "done",
+        };
+        f.debug_struct("Ticket")
+            .field("key", &self.cell.key)
+            .field("phase", &phase)
+            .finish()
+    }
+}
+
+impl Ticket {
+    pub(crate) fn is_admitted(&self) -> bool {
+        matches!(self.phase, Phase::Admitted(_))
+    }
+
+    /// Tries to admit a queued request; registers `waker` otherwise.
+    pub(crate) fn poll_admit(&mut self, waker: &Waker) -> Admission {
+        let Phase::Queued {
+            id,
+            charge,
+            raw,
+            since,
+            deadline,
+            max_wait,
+            reason,
+        } = self.phase
+        else {
+            return Admission::Admitted;
+        };
+        let now = Instant::now();
+        let mut st = lock(&self.cell.state);
+        let head = st.queue.keys().next() == Some(&id);
+        let check = if head {
+            st.check(&charge, now)
+        } else {
+            Check::Probe
+        };
+        let fail = |st: &mut KeyState, e: BoxError| {
+            st.dequeue(id);
+            Admission::Failed(e)
+        };
+        match check {
+            Check::Fits => {
+                st.dequeue(id);
+                let record = st.admit(charge, raw, now);
+                drop(st);
+                let waited = now.saturating_duration_since(since);
+                tracing::debug!(key = %self.cell.key, dimension = reason,
+                    waited_ms = waited.as_millis() as u64, "rate limit: admitted after waiting");
+                crate::observe::emit::rate_limit_waited(&self.cell.key, reason, waited);
+                self.phase = Phase::Admitted(record);
+                Admission::Admitted
+            }
+            Check::Never(e) => {
+                let r = fail(&mut st, cost_exceeds(&self.cell.key, e));
+                drop(st);
+                self.phase = Phase::Done;
+                r
+            }
+            Check::Until(..) | Check::Probe => {
+                if let (Some(deadline), Some(max)) = (deadline, max_wait)
+                    && now >= deadline
+                {
+                    let (at, dim) = if head {
+                        st.ready_at(&charge, None, now)
+                    } else {
+                        st.project(&charge, id.0, now)
+                    };
+                    let wait = at.saturating_duration_since(since).max(max);
+                    tracing::info!(key = %self.cell.key, dimension = st.reason(dim),
+                        wait_ms = wait.as_millis() as u64, max_wait_ms = max.as_millis() as u64,
+                        "rate limit: refused, projected wait exceeds the maximum");
+                    crate::observe::emit::rate_limit_refused(&self.cell.key, "wait_too_long");
+                    let r = fail(&mut st, WaitTooLong::new(dim, wait, max).into());
+                    drop(st);
+                    self.phase = Phase::Done;
+                    return r;
+                }
+                if let Some(w) = st.queue.get_mut(&id) {
+                    match &mut w.waker {
+                        Some(old) => old.clone_from(waker),
+                        slot => *slot = Some(waker.clone()),
+                    }
+                }
+                let until = match check {
+                    Check::Until(at) => Some(at),
+                    _ => None,
+                };
+                Admission::Wait(match (until, deadline) {
+                    (Some(a), Some(d)) => Some(a.min(d)),
+                    (a, d) => a.or(d),
+                })
+            }
+        }
+    }
+
+    /// The inner call started: from now on the server may have seen the request.
+    pub(crate) fn dispatched(&mut self) {
+        if let Phase::Admitted(r) = self.phase {
+            self.phase = Phase::Dispatched(r);
+        }
+    }
+
+    /// The inner call answered: learn from the response. Returns the cooldown to announce.
+    pub(crate) fn complete(
+        &mut self,
+        signals: &ResponseSignals,
+        usage: Option<Usage>,
+    ) -> Option<Instant> {
+        self.complete_with(Reply {
+            snapshot: signals.rate_limits(),
+            outcome: signals.outcome(),
+            received: signals.received_at(),
+            usage,
+        })
+    }
+
+    pub(super) fn complete_with(&mut self, reply: Reply<'_>) -> Option<Instant> {
+        let Phase::Dispatched(record) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return None;
+        };
+        let kind = reply.outcome.kind();
+        let absorbed = lock(&self.cell.state).complete(&self.cell.key, &record, reply);
+        // Outside the key's lock.
+        crate::observe::emit::rate_limit_response(&self.cell.key, kind.as_str());
+        if let Some(until) = absorbed {
+            crate::observe::emit::rate_limit_cooldown(
+                &self.cell.key,
+                until.saturating_duration_since(Instant::now()),
+            );
+        }
+        absorbed
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Done);
+        let now = Instant::now();
+        match phase {
+            Phase::Queued { id, .. } => lock(&self.cell.state).dequeue(id),
+            Phase::Admitted(r) => lock(&self.cell.state).unadmit(&r, now),
+            Phase::Dispatched(r) => lock(&self.cell.state).release_output(&r, now),
+            Phase::Done => {}
+        }
+    }
+}
