@@ -235,7 +235,9 @@ fn bench_pair<S, B>(
 ) where
     S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
@@ -293,7 +295,9 @@ impl ours::Visit for Single<'_, '_> {
     where
         S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        B: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
     {
         bench_single(self.group, name, self.rt, self.template, svc);
     }
@@ -310,7 +314,9 @@ impl ours::Visit for Pair<'_, '_> {
     where
         S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        B: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
     {
         bench_pair(self.group, name, self.rt, self.template, svc);
     }
@@ -519,7 +525,9 @@ impl ours::Visit for Profile<'_> {
     where
         S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        B: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
     {
         self.run(name, svc);
     }

@@ -222,7 +222,9 @@ impl<S, B> Service<Req> for PerModel<S>
 where
     S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + Sync + 'static,
     S::Future: Send,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
     type Response = Response<B>;
     type Error = BoxError;
@@ -262,7 +264,9 @@ impl<'a> ours::Visit for RunOurs<'a> {
     where
         S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        B: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
     {
         let workload = self.workload;
         self.run = Some(Box::pin(async move {

@@ -22,7 +22,9 @@ pub trait Visit {
     where
         S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        B: Send + 'static;
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>;
 }
 
 /// The adaptive concurrency cap with the preset's configuration.

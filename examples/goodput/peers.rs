@@ -114,7 +114,9 @@ impl<S, B> Service<Req> for SdkRetry<S>
 where
     S: Service<Req, Response = Response<B>, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
     type Response = Response<B>;
     type Error = BoxError;
@@ -223,7 +225,9 @@ pub fn tower_stack<S, B>(
 where
     S: Service<Req, Response = Response<B>, Error = BoxError> + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
     ServiceBuilder::new()
         .retry(TowerPolicy::default())

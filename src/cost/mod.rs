@@ -125,10 +125,13 @@ impl Cost {
     }
 }
 
-/// The true token usage of a response, when the caller (or a body-reading layer) knows it.
+/// The true token usage of a response: what the server counted against its limits.
 ///
-/// Put it in a **response's** extensions: the rate limiter then gives back the output tokens it
-/// reserved beyond `output_tokens` even when the response carries no rate-limit headers.
+/// The rate limiter settles each request's reservation to it and learns from it how the server
+/// counts (see the [`rate_limit`](crate::rate_limit) docs). It comes from the answer's body —
+/// [`ErrorBody`](crate::signals::ErrorBody) (in every preset) reads the `usage` of JSON answers
+/// as they pass to the caller ([`Usage::from_json`]) — or from a `Usage` the caller puts in the
+/// **response's** extensions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Usage {
     input_tokens: u64,
@@ -136,7 +139,7 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// A usage of `input_tokens` and `output_tokens`.
+    /// A usage of `input_tokens` (as counted towards the input limit) and `output_tokens`.
     pub const fn new(input_tokens: u64, output_tokens: u64) -> Self {
         Usage {
             input_tokens,
@@ -144,7 +147,7 @@ impl Usage {
         }
     }
 
-    /// Input tokens the server counted.
+    /// Input tokens the server counted towards its input limit.
     pub const fn input_tokens(&self) -> u64 {
         self.input_tokens
     }
@@ -152,6 +155,72 @@ impl Usage {
     /// Output tokens the server produced.
     pub const fn output_tokens(&self) -> u64 {
         self.output_tokens
+    }
+
+    /// The `usage` of a JSON answer: Anthropic's (`input_tokens` + `cache_creation_input_tokens`
+    /// count towards the input limit; `cache_read_input_tokens` do not on current models) or
+    /// OpenAI's (`prompt_tokens` / `input_tokens`, `completion_tokens` / `output_tokens`).
+    /// `None` when the body is not such JSON or has no usage.
+    ///
+    /// ```
+    /// use tower_llm_limits::cost::Usage;
+    ///
+    /// let body = br#"{"type":"message","content":[],
+    ///     "usage":{"input_tokens":12,"cache_creation_input_tokens":100,
+    ///              "cache_read_input_tokens":5000,"output_tokens":30}}"#;
+    /// assert_eq!(Usage::from_json(body), Some(Usage::new(112, 30)));
+    /// let openai = br#"{"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
+    /// assert_eq!(Usage::from_json(openai), Some(Usage::new(9, 12)));
+    /// assert_eq!(Usage::from_json(b"not json"), None);
+    /// ```
+    pub fn from_json(body: &[u8]) -> Option<Usage> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            usage: Option<Counts>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Counts {
+            input_tokens: Option<u64>,
+            cache_creation_input_tokens: Option<u64>,
+            prompt_tokens: Option<u64>,
+            output_tokens: Option<u64>,
+            completion_tokens: Option<u64>,
+        }
+        let counts = serde_json::from_slice::<Answer>(body).ok()?.usage?;
+        let input = counts
+            .input_tokens
+            .or(counts.prompt_tokens)?
+            .saturating_add(counts.cache_creation_input_tokens.unwrap_or(0));
+        let output = counts.output_tokens.or(counts.completion_tokens)?;
+        Some(Usage::new(input, output))
+    }
+}
+
+/// Where a layer that reads an answer's body reports its [`Usage`] once the body has passed.
+///
+/// The rate limiter puts one in each request's extensions before calling the inner service;
+/// [`ErrorBody`](crate::signals::ErrorBody) takes it and reports the `usage` of a successful
+/// JSON answer when the caller has read the body to its end. A layer of your own that reads
+/// bodies (a streaming decoder, say) can take it instead and call [`report`](Self::report).
+/// Reporting twice, or for a request the limiter no longer tracks, does nothing.
+#[derive(Clone)]
+pub struct UsageReport(std::sync::Arc<dyn Fn(Usage) + Send + Sync>);
+
+impl UsageReport {
+    /// A report that calls `f`.
+    pub fn new(f: impl Fn(Usage) + Send + Sync + 'static) -> Self {
+        UsageReport(std::sync::Arc::new(f))
+    }
+
+    /// Reports the answer's usage.
+    pub fn report(&self, usage: Usage) {
+        (self.0)(usage)
+    }
+}
+
+impl fmt::Debug for UsageReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageReport").finish_non_exhaustive()
     }
 }
 

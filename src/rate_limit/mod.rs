@@ -267,7 +267,7 @@ pub use key::{DefaultKey, HostKey, KeyFn, KeyFnClosure, RateLimitKey, key_fn};
 pub use layer::RateLimitLayer;
 pub use service::RateLimit;
 pub use state::{
-    BucketSnapshot, DEFAULT_COOLDOWN, DEFAULT_MAX_KEYS, KeySnapshot, RateLimitState,
-    RateLimitStateBuilder, STARTUP_PROBES,
+    BucketSnapshot, DEFAULT_COOLDOWN, DEFAULT_MAX_KEYS, KeySnapshot, RECHECK_INTERVAL,
+    RateLimitState, RateLimitStateBuilder, STARTUP_PROBES,
 };
 pub use store::{Buckets, MemoryStore, Store};

@@ -161,7 +161,8 @@ where
             .map(MaxWait::get)
             .or(self.max_wait);
         match self.state.enter(&key, cost, exact, priority, max_wait) {
-            Ok(ticket) => {
+            Ok(mut ticket) => {
+                req.extensions_mut().insert(ticket.usage_report());
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::new(ticket, inner, req)

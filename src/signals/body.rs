@@ -9,6 +9,9 @@ use http_body::{Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::usage::UsageWatch;
+use crate::cost::UsageReport;
+
 /// The default limit on the size of an error body the [`ErrorBodyLayer`] reads: 64 KiB.
 pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -232,6 +235,8 @@ pin_project_lite::pin_project! {
         B: http_body::Body,
     {
         Passthrough { #[pin] body: B },
+        // A successful answer passing through, copied for its `usage`.
+        Watched { #[pin] body: B, watch: Option<UsageWatch> },
         Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
         // Outgrew the limit: the bytes read, then the rest of the original body.
         Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
@@ -243,7 +248,7 @@ pin_project_lite::pin_project! {
 impl<B: http_body::Body> std::fmt::Debug for MaybeBuffered<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.inner {
-            Inner::Passthrough { .. } => "passthrough",
+            Inner::Passthrough { .. } | Inner::Watched { .. } => "passthrough",
             Inner::Buffered { .. } => "buffered",
             Inner::Prefixed { .. } => "prefixed",
             Inner::Failed { .. } => "failed",
@@ -263,6 +268,19 @@ impl<B: http_body::Body> MaybeBuffered<B> {
     pub fn passthrough(body: B) -> Self {
         MaybeBuffered {
             inner: Inner::Passthrough { body },
+        }
+    }
+
+    /// The original body, copied for its `usage` as it passes when `watch` is set.
+    pub(crate) fn watched(body: B, watch: Option<UsageWatch>) -> Self {
+        match watch {
+            Some(watch) => MaybeBuffered {
+                inner: Inner::Watched {
+                    body,
+                    watch: Some(watch),
+                },
+            },
+            None => Self::passthrough(body),
         }
     }
 
@@ -303,7 +321,10 @@ impl<B: http_body::Body> MaybeBuffered<B> {
 
     /// `true` when the body was read into memory (completely or up to the limit).
     pub fn is_buffered(&self) -> bool {
-        !matches!(self.inner, Inner::Passthrough { .. })
+        !matches!(
+            self.inner,
+            Inner::Passthrough { .. } | Inner::Watched { .. }
+        )
     }
 }
 
@@ -324,6 +345,26 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
             InnerProj::Passthrough { body } => body.poll_frame(cx),
+            InnerProj::Watched { body, watch } => {
+                let frame = body.poll_frame(cx);
+                match &frame {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let (Some(w), Some(data)) = (watch.as_mut(), f.data_ref()) {
+                            w.feed(data);
+                        }
+                    }
+                    // The end: the whole answer passed.
+                    Poll::Ready(None) => {
+                        if let Some(w) = watch.take() {
+                            w.finish();
+                        }
+                    }
+                    // A body that fails tells nothing; what its head settled stays.
+                    Poll::Ready(Some(Err(_))) => *watch = None,
+                    Poll::Pending => {}
+                }
+                frame
+            }
             InnerProj::Buffered { data, trailers } => match data.take() {
                 Some(data) => data_frame(data),
                 None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
@@ -341,7 +382,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Passthrough { body } => body.is_end_stream(),
+            Inner::Passthrough { body } | Inner::Watched { body, .. } => body.is_end_stream(),
             Inner::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
             Inner::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
             Inner::Failed { prefix, error } => prefix.is_none() && error.is_none(),
@@ -351,7 +392,7 @@ where
     fn size_hint(&self) -> SizeHint {
         let len = |d: &Option<Bytes>| d.as_ref().map_or(0, |d| d.len() as u64);
         match &self.inner {
-            Inner::Passthrough { body } => body.size_hint(),
+            Inner::Passthrough { body } | Inner::Watched { body, .. } => body.size_hint(),
             Inner::Buffered { data, .. } => SizeHint::with_exact(len(data)),
             Inner::Prefixed { prefix, body } => {
                 let rest = body.size_hint();
@@ -380,7 +421,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        super::future::ErrorBodyFuture::new(self.inner.call(req), self.max)
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let usage = req.extensions_mut().remove::<UsageReport>();
+        super::future::ErrorBodyFuture::new(self.inner.call(req), self.max, usage)
     }
 }

@@ -8,7 +8,9 @@ use bytes::{Bytes, BytesMut};
 use http::response::Parts;
 use http::{HeaderMap, Response};
 
+use super::usage::{MAX_WATCHED_BODY, UsageWatch};
 use super::{ApiError, Classify, MaybeBuffered, ResponseSignals};
+use crate::cost::UsageReport;
 
 pin_project_lite::pin_project! {
     /// Response future of [`Signals`](super::Signals).
@@ -49,6 +51,7 @@ pin_project_lite::pin_project! {
         #[pin]
         state: State<F, B>,
         max: usize,
+        usage: Option<UsageReport>,
     }
 }
 
@@ -101,10 +104,11 @@ impl Read {
 }
 
 impl<F, B> ErrorBodyFuture<F, B> {
-    pub(crate) fn new(inner: F, max: usize) -> Self {
+    pub(crate) fn new(inner: F, max: usize, usage: Option<UsageReport>) -> Self {
         ErrorBodyFuture {
             state: State::Calling { inner },
             max,
+            usage,
         }
     }
 }
@@ -115,14 +119,7 @@ fn should_read<B: http_body::Body>(response: &Response<B>, max: usize) -> bool {
     if response.status().is_success() || max == 0 {
         return false;
     }
-    let event_stream = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| {
-            let v = v.as_bytes();
-            v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream")
-        });
-    if event_stream {
+    if is_event_stream(response) {
         return false;
     }
     response
@@ -130,6 +127,28 @@ fn should_read<B: http_body::Body>(response: &Response<B>, max: usize) -> bool {
         .size_hint()
         .upper()
         .is_none_or(|upper| upper <= max as u64)
+}
+
+/// Whether a successful answer's body is watched for its `usage`: a 2xx that is not an event
+/// stream (streams report usage in their events) and not announced larger than the watch keeps.
+fn should_watch<B: http_body::Body>(response: &Response<B>) -> bool {
+    response.status().is_success()
+        && !is_event_stream(response)
+        && response
+            .body()
+            .size_hint()
+            .upper()
+            .is_none_or(|upper| upper <= MAX_WATCHED_BODY as u64)
+}
+
+fn is_event_stream<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            let v = v.as_bytes();
+            v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream")
+        })
 }
 
 impl<F, B, E> Future for ErrorBodyFuture<F, B>
@@ -147,7 +166,14 @@ where
                     let response = ready!(inner.poll(cx))?;
                     if !should_read(&response, *this.max) {
                         this.state.set(State::Done);
-                        return Poll::Ready(Ok(response.map(MaybeBuffered::passthrough)));
+                        let watch = this
+                            .usage
+                            .take()
+                            .filter(|_| should_watch(&response))
+                            .map(UsageWatch::new);
+                        return Poll::Ready(Ok(
+                            response.map(|body| MaybeBuffered::watched(body, watch))
+                        ));
                     }
                     let (parts, body) = response.into_parts();
                     this.state.set(State::Reading {

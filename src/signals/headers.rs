@@ -173,6 +173,8 @@ pub struct RateLimitSnapshot {
     priority_input_tokens: Option<BucketReading>,
     priority_output_tokens: Option<BucketReading>,
     dialect: Option<Dialect>,
+    /// Absolute resets were measured against the local clock (no `date` header).
+    undated: bool,
 }
 
 impl RateLimitSnapshot {
@@ -200,6 +202,7 @@ impl RateLimitSnapshot {
             return snapshot;
         }
         let date = raw.server_date();
+        snapshot.undated = date.is_none();
         let reference = date.unwrap_or_else(now);
         anthropic::read(raw, reference, date.is_some(), &mut snapshot);
         openai::read(raw, &mut snapshot);
@@ -230,6 +233,12 @@ impl RateLimitSnapshot {
         }
         self.priority_input_tokens = input;
         self.priority_output_tokens = output;
+    }
+
+    /// Whether absolute resets (Anthropic's, GitHub's) were measured against the local clock
+    /// because the response had no `date` header: they then carry the clocks' skew.
+    pub(crate) fn undated(&self) -> bool {
+        self.undated
     }
 
     /// An empty snapshot (no rate-limit headers).

@@ -61,6 +61,7 @@ mod openai;
 mod parse;
 #[cfg(feature = "tower-http")]
 mod tower_http_classify;
+mod usage;
 
 pub mod future;
 

@@ -349,6 +349,9 @@ impl Workload {
         S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send,
+        B: http_body::Body + Send,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
     {
         let specs: Arc<[RequestSpec]> = self.specs().into();
         let next = Arc::new(AtomicUsize::new(0));
@@ -397,13 +400,22 @@ impl Workload {
     }
 }
 
+/// One call, its body read to the end like a caller that uses the answer (a body that fails
+/// after the head counts as an error).
 async fn call<S, B>(service: S, request: Request<Full<Bytes>>) -> Result<StatusCode, String>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: Into<BoxError>,
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
 {
-    match service.oneshot(request).await {
-        Ok(response) => Ok(response.status()),
+    let response = match service.oneshot(request).await {
+        Ok(response) => response,
+        Err(e) => return Err(error_chain(&*e.into())),
+    };
+    let status = response.status();
+    match http_body_util::BodyExt::collect(response.into_body()).await {
+        Ok(_) => Ok(status),
         Err(e) => Err(error_chain(&*e.into())),
     }
 }

@@ -8,6 +8,18 @@ pub(crate) struct KeyCell {
     pub(super) state: Mutex<KeyState>,
 }
 
+impl KeyCell {
+    /// The usage of the answer to the request dispatched at `seq` arrived with its body.
+    pub(super) fn usage(&self, seq: u64, usage: Usage) {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        if let Some(a) = st.awaiting_usage.remove(&seq) {
+            st.settle_usage(&self.key, a, usage, now);
+            st.wake_head();
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Probe {
     /// Nothing known, no probe out: the next request probes.
@@ -73,16 +85,46 @@ pub(super) struct KeyState {
     pub(super) known_output: u64,
     /// Cumulative reservation of finished requests whose output is unknown.
     pub(super) unknown_reserved: u64,
-    /// The learned share of its reservation a request produces, when its output is unknown
-    /// (1.0 until learned): what such a request is taken to have charged.
-    pub(super) output_share: f64,
+    /// The share of its reservation a request produces (1.0 until learned), from `usage` or,
+    /// while no answer carried one, from successive output readings: a finished request whose
+    /// output is unknown is taken to have charged its high quantile.
+    pub(super) output: Ratio,
     pub(super) output_anchor: Option<OutputAnchor>,
     pub(super) in_flight: usize,
     pub(super) queue: BTreeMap<(usize, u64), Waiter>,
     /// Queued charge per priority class.
     pub(super) queued: [Charge; 2],
     pub(super) next_seq: u64,
-    pub(super) input_factor: f64,
+    /// What the server charges for input ÷ the raw estimate (1.0 until learned), from `usage`
+    /// or, while no answer carried one, from successive input readings. Reservations take its
+    /// high quantile.
+    pub(super) input: Ratio,
+    /// Whether an answer of this key ever carried a `usage` (then the readings no longer feed
+    /// the ratios: usage is exact, readings are coarse).
+    pub(super) usage_seen: bool,
+    /// The last dispatch whose input charge a reading replaced with the server's count: the
+    /// usage of it and of every earlier one no longer adjusts the input bucket.
+    pub(super) input_read_through: u64,
+    /// Answered requests whose `usage` may still come with the body (by dispatch position).
+    pub(super) awaiting_usage: BTreeMap<u64, Awaiting>,
+    /// Units kept free per dimension since the server refused what the model said would fit.
+    pub(super) margin: [Margin; 4],
+    /// Dispatches before the last raise of a margin: a refusal of one of them is the same
+    /// episode and raises nothing again.
+    pub(super) tightened_seq: u64,
+    /// The request rate learned from throttles, for a key without rate-limit headers.
+    pub(super) throttle: Option<Throttle>,
+    /// Recent sends, to measure the sending rate when a throttle comes.
+    pub(super) sends: Sends,
+    /// Dispatches before the current cooldown was set: an answer to a later one (the
+    /// re-check) ends the cooldown.
+    pub(super) cooldown_seq: u64,
+    /// When the current cooldown was set.
+    pub(super) cooldown_set: Option<Instant>,
+    /// When the last re-check request went (see [`RECHECK_INTERVAL`]).
+    pub(super) last_recheck: Option<Instant>,
+    /// When each dimension's limit was last read from the server.
+    pub(super) learned_at: [Option<Instant>; 4],
     pub(super) anchor: Option<Anchor>,
     pub(super) ramp: Option<RampUp>,
     pub(super) ramp_from: Option<Instant>,
@@ -120,6 +162,21 @@ pub(crate) struct Record {
     pub(super) unknown_before: u64,
     pub(super) at: Instant,
     pub(super) probe: bool,
+    /// The raw input estimate of this request (before the learned ratio).
+    pub(super) raw: u64,
+    /// Whether the caller gave the cost (then it is not an estimate to learn from).
+    pub(super) exact: bool,
+}
+
+/// An answered request whose body may still bring its `usage`: what its head settled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Awaiting {
+    pub(super) seq: u64,
+    pub(super) input_charged: u64,
+    pub(super) raw: u64,
+    pub(super) exact: bool,
+    pub(super) output_settled: u64,
+    pub(super) output_reserved: u64,
 }
 
 impl KeyState {
@@ -128,7 +185,7 @@ impl KeyState {
         let input = if exact {
             raw
         } else {
-            let x = (raw as f64 * self.input_factor).ceil();
+            let x = (raw as f64 * self.input.high()).ceil();
             if x >= u64::MAX as f64 {
                 u64::MAX
             } else {
@@ -198,6 +255,7 @@ impl KeyState {
         for d in Dimension::ALL {
             if let Some(b) = self.buckets.get(d)
                 && charge[d.index()] > b.capacity()
+                && !self.recheck_limit(d, now)
             {
                 return Check::Never(CostExceedsLimit::new(d, charge[d.index()], b.capacity()));
             }
@@ -213,6 +271,36 @@ impl KeyState {
         }
     }
 
+    /// Whether a request larger than `d`'s capacity may go to ask the server again: the
+    /// capacity is the server's (no configured limit below it), it was last read at least
+    /// [`RECHECK_INTERVAL`] ago, and no re-check went within that interval. A tier upgrade the
+    /// limiter never saw, or a reading of an absurdly low limit, then cannot stop the key for
+    /// more than an interval.
+    pub(super) fn recheck_limit(&self, d: Dimension, now: Instant) -> bool {
+        let i = d.index();
+        let from_server = match (self.configured[i], self.learned[i]) {
+            (Some(c), Some((l, _))) => l < c,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        from_server && self.recheck_due(self.learned_at[i], now)
+    }
+
+    /// Whether a re-check may go at `now` for a condition that started at `since`.
+    pub(super) fn recheck_due(&self, since: Option<Instant>, now: Instant) -> bool {
+        let since = since.map_or(now, |s| s.max(self.last_recheck.unwrap_or(s)));
+        now.saturating_duration_since(since) >= RECHECK_INTERVAL
+    }
+
+    /// When the current cooldown lets requests go again: its end, or one re-check request
+    /// after [`RECHECK_INTERVAL`] when it is longer than that.
+    pub(super) fn cooldown_end(&self, now: Instant) -> Option<Instant> {
+        let until = self.cooldown_until.filter(|c| *c > now)?;
+        let since = self.cooldown_set.unwrap_or(now);
+        let since = since.max(self.last_recheck.unwrap_or(since));
+        Some(until.min(add(since, RECHECK_INTERVAL)))
+    }
+
     /// The instant `charge` fits after `ahead` (queued charge before it) is admitted.
     pub(super) fn ready_at(
         &self,
@@ -222,10 +310,17 @@ impl KeyState {
     ) -> (Instant, Option<Dimension>) {
         let mut at = now;
         let mut dim = None;
-        if let Some(c) = self.cooldown_until
+        if let Some(c) = self.cooldown_end(now)
             && c > at
         {
             at = c;
+        }
+        if let Some(t) = &self.throttle
+            && !self.any_bucket()
+            && t.ready_at() > at
+        {
+            at = t.ready_at();
+            dim = Some(Dimension::Requests);
         }
         for d in Dimension::ALL {
             let Some(mut b) = self.buckets.get(d) else {
@@ -235,13 +330,18 @@ impl KeyState {
             if let Some(ahead) = ahead {
                 b.charge(ahead[i], now);
             }
-            let t = match b.ready_at(charge[i], self.usable(b.capacity(), now)) {
+            // The cost with the margin refusals set aside, never more than the whole bucket (a
+            // re-check of a limit below the cost waits for a full bucket).
+            let need = charge[i]
+                .saturating_add(self.margin[i].get(b.capacity(), now))
+                .min(b.capacity());
+            let t = match b.ready_at(need, self.usable(b.capacity(), now)) {
                 Some(t) => t,
                 // Only a ramp makes a cost that fits the capacity not fit the usable share:
                 // wait for its end at the latest.
-                None => self.ramp_end().map_or(now, |e| {
-                    e.max(b.ready_at(charge[i], b.capacity()).unwrap_or(e))
-                }),
+                None => self
+                    .ramp_end()
+                    .map_or(now, |e| e.max(b.ready_at(need, b.capacity()).unwrap_or(e))),
             };
             // Under a ceiling the server's own bucket must hold the cost too (it is larger
             // than the ceiling, so the cost always fits it eventually).
@@ -250,7 +350,8 @@ impl KeyState {
                     if let Some(ahead) = ahead {
                         s.charge(ahead[i], now);
                     }
-                    s.ready_at(charge[i], s.capacity()).map_or(t, |u| t.max(u))
+                    let need = need.min(s.capacity());
+                    s.ready_at(need, s.capacity()).map_or(t, |u| t.max(u))
                 }
                 None => t,
             };
@@ -279,7 +380,27 @@ impl KeyState {
         self.ready_at(charge, Some(&ahead), now)
     }
 
-    pub(super) fn admit(&mut self, charge: Charge, raw: u64, now: Instant) -> Record {
+    pub(super) fn admit(&mut self, charge: Charge, raw: u64, exact: bool, now: Instant) -> Record {
+        // A request that goes while a cooldown holds the key, or whose cost exceeds a limit, is
+        // the re-check: the next one waits another interval.
+        let cooling = self.cooldown_until.is_some_and(|c| c > now);
+        let oversize = Dimension::ALL.iter().any(|d| {
+            self.buckets
+                .get(*d)
+                .is_some_and(|b| charge[d.index()] > b.capacity())
+        });
+        if cooling || oversize {
+            self.last_recheck = Some(now);
+            tracing::info!(
+                cooling,
+                oversize,
+                "rate limit: one request goes to ask the server again"
+            );
+        }
+        self.sends.push(now);
+        if let Some(t) = &mut self.throttle {
+            t.sent(now);
+        }
         if let Some(r) = self.ramp
             && self
                 .last_admit
@@ -298,11 +419,11 @@ impl KeyState {
                 if d == Dimension::OutputTokens && b.full_at() <= now {
                     self.output_anchor = None;
                 }
-                b.charge(charge[d.index()], now);
+                b.charge(charge[d.index()].min(b.capacity()), now);
                 self.buckets.set(d, Some(b));
             }
             if let Some(s) = &mut self.server[d.index()] {
-                s.charge(charge[d.index()], now);
+                s.charge(charge[d.index()].min(s.capacity()), now);
             }
         }
         for (c, x) in self.dispatched.iter_mut().zip(charge) {
@@ -327,6 +448,8 @@ impl KeyState {
             unknown_before: self.unknown_reserved,
             at: now,
             probe,
+            raw,
+            exact,
         }
     }
 

@@ -3,8 +3,9 @@
 use super::*;
 
 impl KeyState {
-    /// Learns from a response to a request dispatched with `record`; returns the cooldown to
-    /// announce when the response was a 429.
+    /// Learns from a response to a request dispatched with `record`; returns the instant a
+    /// retry of it may re-enter (the cooldown it set, or its next paced slot) when the response
+    /// was a 429.
     pub(super) fn complete(
         &mut self,
         key: &RateLimitKey,
@@ -24,25 +25,47 @@ impl KeyState {
             // The server refused the request: it charged nothing for it.
             self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
             self.note_refund(record);
-            let wait = outcome.retry_after().unwrap_or(self.cooldown_without_hint);
-            let until = add(received, wait);
-            let until = self.cooldown_until.map_or(until, |c| c.max(until));
-            self.cooldown_until = Some(until);
-            absorbed = Some(until);
-            tracing::info!(key = %key, wait_ms = wait.as_millis() as u64,
-                cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
-                "rate limit: 429, cooling down every request of this key");
+            let paced = !self.any_bucket() && snapshot.is_empty();
+            if paced {
+                self.throttled(key, record, now);
+            }
+            // A key paced by its throttle rate needs no pause on top: the rate cut is the
+            // answer, and its next slot is when a retry may go.
+            let hint = if paced {
+                None
+            } else {
+                Some(self.cooldown_without_hint)
+            };
+            match outcome.retry_after().or(hint) {
+                Some(wait) if !wait.is_zero() => {
+                    let until = add(received, wait);
+                    let until = self.cooldown_until.map_or(until, |c| c.max(until));
+                    self.cooldown_until = Some(until);
+                    self.cooldown_seq = self.dispatch_seq;
+                    self.cooldown_set = Some(now);
+                    tracing::info!(key = %key, wait_ms = wait.as_millis() as u64,
+                        cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
+                        "rate limit: 429, cooling down every request of this key");
+                }
+                _ => {}
+            }
+            absorbed = Some(self.ready_at(&record.charge, None, now).0);
+        } else if record.seq > self.cooldown_seq && self.cooldown_until.is_some_and(|c| c > now) {
+            // The re-check was answered: the server takes requests again.
+            tracing::info!(key = %key, "rate limit: the re-check was answered, cooldown ended");
+            self.cooldown_until = None;
         }
         // What the server charged (or will charge) for this request's output: nothing when it
-        // refused it, the true figure when a `Usage` says, else the learned share of the
-        // reservation.
+        // refused it or failed (no answer was produced), the true figure when a `Usage` says,
+        // else the high quantile of the learned share of the reservation.
+        let success = outcome.is_success();
         let reserved = record.charge[OUT];
-        let own_output = match (limited, usage) {
-            (true, _) => 0,
-            (false, Some(u)) => u.output_tokens().min(reserved),
-            (false, None) => ((reserved as f64 * self.output_share).ceil() as u64).min(reserved),
+        let own_output = match (success, usage) {
+            (false, _) => 0,
+            (true, Some(u)) => u.output_tokens().min(reserved),
+            (true, None) => ((reserved as f64 * self.output.high()).ceil() as u64).min(reserved),
         };
-        if limited || usage.is_some() {
+        if !success || usage.is_some() {
             self.known_output = self.known_output.saturating_add(own_output);
         } else {
             self.unknown_reserved = self.unknown_reserved.saturating_add(reserved);
@@ -50,10 +73,29 @@ impl KeyState {
         self.finish(record, own_output);
         if !limited {
             // Settle the reservation at once, before the reading is compared (neither
-            // accounting charges the unused part of `max_tokens` for long); an estimate that
-            // was too low shows in the next readings, which correct the level.
+            // accounting charges the unused part of `max_tokens` for long); the body's `usage`
+            // or the next readings correct what this leaves.
             let back = reserved - own_output;
             self.refund(&[OUT, TOK], &[0, 0, back, back], now);
+        }
+        if success {
+            let awaiting = Awaiting {
+                seq: record.seq,
+                input_charged: record.charge[IN],
+                raw: record.raw,
+                exact: record.exact,
+                output_settled: own_output,
+                output_reserved: reserved,
+            };
+            match usage {
+                Some(u) => self.settle_usage(key, awaiting, u, now),
+                None => {
+                    if self.awaiting_usage.len() >= MAX_AWAITING {
+                        self.awaiting_usage.pop_first();
+                    }
+                    self.awaiting_usage.insert(record.seq, awaiting);
+                }
+            }
         }
         if snapshot.is_empty() {
             if record.probe {
@@ -80,8 +122,24 @@ impl KeyState {
                 if d == Dimension::Tokens && duplicates_a_token_bucket(snapshot, reading) {
                     continue;
                 }
-                self.learn(key, d, reading, dialect, record, received, now);
+                self.learn(
+                    key,
+                    d,
+                    reading,
+                    snapshot.undated(),
+                    dialect,
+                    record,
+                    own_output,
+                    received,
+                    now,
+                );
             }
+        }
+        if limited {
+            // Evidence: the model said it would fit (judged with what the refusal's readings
+            // just taught, a lower limit say).
+            self.tighten(key, record, snapshot, now);
+            absorbed = absorbed.map(|_| self.ready_at(&record.charge, None, now).0);
         }
         self.wake_head();
         absorbed
@@ -93,14 +151,25 @@ impl KeyState {
         key: &RateLimitKey,
         d: Dimension,
         reading: &BucketReading,
+        snapshot_undated: bool,
         dialect: Option<Dialect>,
         record: &Record,
+        own_output: u64,
         received: Instant,
         now: Instant,
     ) {
         let i = d.index();
-        if let Some(limit) = reading.limit() {
+        // Implausible readings are dropped, each field on its own: a limit of 0 (it would stop
+        // the key until a re-check; a server that really allows nothing refuses, and its 429s
+        // pause the key), a remaining above the limit, a reset beyond the bucket's window (a
+        // per-minute bucket is full within a minute; years ahead means a broken `date`).
+        let limit = reading.limit().filter(|l| *l > 0);
+        if reading.limit() == Some(0) {
+            tracing::debug!(key = %key, dimension = d.as_str(), "rate limit: ignored a limit of 0");
+        }
+        if let Some(limit) = limit {
             let window = reading.window().unwrap_or(self.window);
+            self.learned_at[i] = Some(now);
             if self.learned[i] != Some((limit, window)) {
                 tracing::info!(key = %key, dimension = d.as_str(), old = ?self.learned[i].map(|l| l.0),
                     new = limit, window_s = window.as_secs_f64(), "rate limit: limit learned");
@@ -110,6 +179,9 @@ impl KeyState {
         let Some((cap, window)) = self.capacity(d) else {
             return;
         };
+        // A bucket created by this reading holds none of what was sent before: the reading is
+        // all there is.
+        let created = self.buckets.get(d).is_none();
         let b = match self.buckets.get(d) {
             Some(mut b) => {
                 if (b.capacity(), b.window()) != (cap, window) {
@@ -144,65 +216,104 @@ impl KeyState {
             b
         };
         self.buckets.set(d, Some(b));
+        let remaining = reading.remaining().filter(|r| *r <= server_cap);
+        let full_at_reset = matches!(dialect, Some(Dialect::Anthropic) | Some(Dialect::OpenAi));
+        let reset = reading
+            .reset()
+            .filter(|_| full_at_reset)
+            .filter(|r| *r <= server_window.saturating_add(RESET_SLACK));
+        if reading.remaining().is_some() != remaining.is_some()
+            || (full_at_reset && reading.reset().is_some() != reset.is_some())
+        {
+            tracing::debug!(key = %key, dimension = d.as_str(), remaining = ?reading.remaining(),
+                reset = ?reading.reset(), "rate limit: ignored an implausible reading");
+        }
         let dispatched = record.at.min(received);
-        // `remaining` is the level right after the server admitted this request: at dispatch,
-        // plus the time the request takes to reach the server (at most `READING_DELAY` is
-        // assumed; the rounding tolerance covers more). Anthropic rounds token counts to the
-        // nearest thousand.
-        let read_at = received.min(add(dispatched, READING_DELAY));
+        // Anthropic rounds token counts to the nearest thousand.
         let tol = if dialect == Some(Dialect::Anthropic) && d != Dimension::Requests {
             TOKENS_REMAINING_TOLERANCE
         } else {
             0
         };
-        let from_remaining = reading.remaining().map(|r| {
-            let used = server_cap.saturating_sub(r);
-            (
-                add(dispatched, server.span(used.saturating_sub(tol))),
-                add(
-                    read_at,
-                    server.span(used.saturating_add(tol).min(server_cap)),
-                ),
-            )
-        });
-        // A reset is measured against the response's `date` (so from the receipt): a reset
-        // rounded up and a date rounded down put the true instant up to 2 s before it.
-        let full_at_reset = matches!(dialect, Some(Dialect::Anthropic) | Some(Dialect::OpenAi));
-        let from_reset = reading.reset().filter(|_| full_at_reset).map(|r| {
+        // `remaining` is the level right after the server charged this request, at an instant
+        // the providers do not document: when it admitted the request (about our dispatch) or
+        // when it sent the answer (our receipt, which for a long generation is seconds and
+        // thousands of tokens of refill later). Both are considered.
+        let from_remaining = |t: Instant| {
+            remaining.map(|r| {
+                let used = server_cap.saturating_sub(r);
+                (
+                    add(t, server.span(used.saturating_sub(tol))),
+                    add(t, server.span(used.saturating_add(tol).min(server_cap))),
+                )
+            })
+        };
+        // A reset is measured against the response's `date`, so it gives `full_at` at the
+        // reading's instant whichever it was: a reset rounded up and a date rounded down put
+        // the true instant up to 2 s before it.
+        let from_reset = reset.map(|r| {
             (
                 sub(add(received, r), RESET_BELOW),
-                add(received, r + RESET_ABOVE),
+                add(received, r.saturating_add(RESET_ABOVE)),
             )
         });
-        let (lo, hi) = match (from_remaining, from_reset) {
-            (Some(a), Some(b)) => {
-                let (lo, hi) = (a.0.max(b.0), a.1.min(b.1));
-                if lo <= hi { (lo, hi) } else { (hi, lo) }
-            }
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => {
-                if ceiling {
-                    self.server[i] = Some(target);
-                } else {
-                    self.buckets.set(d, Some(target));
+        // Each timing is plausible when its two readings agree; a reset tells a reading taken
+        // at admission from one taken at the answer once the answer took longer than the
+        // readings' resolution.
+        let agree =
+            |rem: Option<(Instant, Instant)>, reset: Option<(Instant, Instant)>| match (rem, reset)
+            {
+                (Some(a), Some(b)) => {
+                    let (lo, hi) = (a.0.max(b.0), a.1.min(b.1));
+                    (lo <= hi).then_some((lo, hi))
                 }
-                return;
+                (Some(a), None) | (None, Some(a)) => Some(a),
+                (None, None) => None,
+            };
+        let (mut at_dispatch, mut at_receipt) = (
+            agree(from_remaining(dispatched), from_reset),
+            agree(from_remaining(received), from_reset),
+        );
+        // A reset measured against our own clock (no `date`) carries the clocks' skew: it may
+        // not rule a timing out.
+        let clock_bound = snapshot_undated && dialect != Some(Dialect::OpenAi);
+        if clock_bound || (at_dispatch.is_none() && at_receipt.is_none()) {
+            // The reset contradicts `remaining` whatever the timing: clocks disagree (a
+            // server without a `date`, a skewed one). `remaining` is the level itself.
+            if !clock_bound {
+                tracing::debug!(key = %key, dimension = d.as_str(),
+                    "rate limit: reset and remaining disagree; remaining kept");
             }
-        };
-        if d == Dimension::InputTokens {
+            (at_dispatch, at_receipt) = (
+                agree(from_remaining(dispatched), None),
+                agree(from_remaining(received), None),
+            );
+        }
+        if remaining.is_none() && from_reset.is_none() {
+            if ceiling {
+                self.server[i] = Some(target);
+            } else {
+                self.buckets.set(d, Some(target));
+            }
+            return;
+        }
+        if !self.usage_seen
+            && let Some((lo, hi)) = at_dispatch
+        {
             let level_hi = server_cap
                 .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
-            self.learn_input_factor(key, &server, lo, hi, level_hi, record);
+            if d == Dimension::InputTokens {
+                self.learn_input_factor(key, &server, lo, hi, level_hi, record);
+            }
+            if d == Dimension::OutputTokens {
+                self.learn_output_share(key, &server, lo, hi, level_hi, record);
+            }
         }
-        if d == Dimension::OutputTokens {
-            let level_hi = server_cap
-                .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
-            self.learn_output_share(key, &server, lo, hi, level_hi, record);
-        }
-        // What this key charged that the reading cannot contain. Input and requests:
-        // everything dispatched after this request. Output: everything in flight, and everything
-        // that finished since this request left (this one included), which a server counting
-        // output as produced charged after taking this reading.
+        // What this key charged that the reading cannot contain, read at admission: requests and
+        // input dispatched after this request; output in flight, and everything that finished
+        // since this request left (this one included), which a server counting output as
+        // produced charged after the reading. Read at the answer: the output in flight, and this
+        // request's own (a server may charge it once the answer is sent).
         // Requests refused or never sent since then were given back: they are not charged.
         let refunded = self.refunded_after(record);
         let after_input = self.dispatched[IN]
@@ -212,21 +323,54 @@ impl KeyState {
             self.completed_output
                 .saturating_sub(record.completed_before),
         );
-        let not_in_reading = match d {
-            Dimension::Requests => self.dispatched[REQ]
-                .saturating_sub(record.after[REQ])
-                .saturating_sub(refunded[REQ]),
-            Dimension::InputTokens => after_input,
-            Dimension::OutputTokens => output,
-            _ => after_input.saturating_add(output),
+        let (missing_dispatch, missing_receipt) = match d {
+            Dimension::Requests => (
+                self.dispatched[REQ]
+                    .saturating_sub(record.after[REQ])
+                    .saturating_sub(refunded[REQ]),
+                0,
+            ),
+            Dimension::InputTokens => (after_input, 0),
+            Dimension::OutputTokens => (output, self.outstanding_output.saturating_add(own_output)),
+            _ => (
+                after_input.saturating_add(output),
+                self.outstanding_output.saturating_add(own_output),
+            ),
         };
         // The target has the server's capacity and window (the server's own bucket, or a local
         // bucket without a ceiling below the server's limit): add what the reading misses.
-        let shift = |t: Instant| add(t.max(now), target.span(not_in_reading));
-        let (lo_at, hi_at) = (shift(lo), shift(hi));
+        let shift = |(lo, hi): (Instant, Instant), missing: u64| {
+            (
+                add(lo.max(now), target.span(missing)),
+                add(hi.max(now), target.span(missing)),
+            )
+        };
+        let cases = [
+            at_dispatch.map(|c| shift(c, missing_dispatch)),
+            at_receipt.map(|c| shift(c, missing_receipt)),
+        ];
+        let (lo_at, hi_at) = match cases {
+            [Some(a), Some(b)] => (a.0.min(b.0), a.1.max(b.1)),
+            [Some(a), None] | [None, Some(a)] => a,
+            // The readings contradict each other under both timings: take the widest
+            // interval any of them allows.
+            [None, None] => {
+                let all = [
+                    from_remaining(dispatched),
+                    from_remaining(received),
+                    from_reset,
+                ];
+                let lo = all.iter().flatten().map(|c| c.0).min().unwrap_or(now);
+                let hi = all.iter().flatten().map(|c| c.1).max().unwrap_or(now);
+                shift((lo, hi), missing_dispatch)
+            }
+        };
         let old = target.full_at();
-        if old < lo_at || old > hi_at {
+        if old < lo_at || old > hi_at || created {
             target.set_full_at(hi_at);
+            if matches!(d, Dimension::InputTokens | Dimension::Tokens) {
+                self.input_read_through = self.input_read_through.max(record.seq);
+            }
             tracing::debug!(key = %key, dimension = d.as_str(), ceiling,
                 old_level = Bucket::new(server_cap, server_window, old).level(now),
                 new_level = target.level(now), server_remaining = ?reading.remaining(),
@@ -238,12 +382,15 @@ impl KeyState {
             self.buckets.set(d, Some(target));
         }
         if !full_at_reset
-            && reading.remaining() == Some(0)
+            && remaining == Some(0)
             && let Some(reset) = reading.reset()
         {
-            // Fixed windows: nothing left until the window resets.
+            // Fixed windows: nothing left until the window resets (a re-check goes after
+            // `RECHECK_INTERVAL` when that is longer).
             let until = add(received, reset);
             self.cooldown_until = Some(self.cooldown_until.map_or(until, |c| c.max(until)));
+            self.cooldown_seq = self.dispatch_seq;
+            self.cooldown_set = Some(now);
         }
     }
 
@@ -258,7 +405,7 @@ impl KeyState {
         level_hi: u64,
         record: &Record,
     ) {
-        if level_hi + server.capacity() / 20 >= server.capacity() {
+        if level_hi.saturating_add(server.capacity() / 20) >= server.capacity() {
             // The server's bucket may have been full: refill lost, no comparison possible.
             self.anchor = None;
             return;
@@ -279,13 +426,11 @@ impl KeyState {
             return;
         }
         let charged = server.span_units(here.full_at.saturating_duration_since(a.full_at)) as f64;
-        let sample = (charged / estimated).clamp(FACTOR_MIN, FACTOR_MAX);
-        let old = self.input_factor;
-        let new =
-            (old * (1.0 - FACTOR_ALPHA) + sample * FACTOR_ALPHA).clamp(FACTOR_MIN, FACTOR_MAX);
-        if sample.is_finite() {
-            self.input_factor = new;
-            tracing::debug!(key = %key, old, new, sample, "rate limit: input estimate correction learned");
+        let sample = charged / estimated;
+        let old = self.input.mean();
+        if self.input.observe(sample) {
+            tracing::debug!(key = %key, old, new = self.input.mean(), sample,
+                "rate limit: input estimate correction learned from readings");
         }
         self.anchor = Some(here);
     }
@@ -302,7 +447,7 @@ impl KeyState {
         level_hi: u64,
         record: &Record,
     ) {
-        if level_hi + server.capacity() / 20 >= server.capacity() {
+        if level_hi.saturating_add(server.capacity() / 20) >= server.capacity() {
             // The server's bucket may have been full: refill lost, no comparison possible.
             self.output_anchor = None;
             return;
@@ -328,14 +473,138 @@ impl KeyState {
         let known = here.known.saturating_sub(a.known) as f64;
         let charged = server.span_units(here.full_at.saturating_duration_since(a.full_at)) as f64;
         let sample = ((charged - known) / unknown).clamp(OUTPUT_SHARE_MIN, 1.0);
-        let old = self.output_share;
-        let new = (old * (1.0 - OUTPUT_SHARE_ALPHA) + sample * OUTPUT_SHARE_ALPHA)
-            .clamp(OUTPUT_SHARE_MIN, 1.0);
-        if sample.is_finite() {
-            self.output_share = new;
-            tracing::debug!(key = %key, old, new, sample, "rate limit: output share learned");
+        let old = self.output.mean();
+        if self.output.observe(sample) {
+            tracing::debug!(key = %key, old, new = self.output.mean(), sample,
+                "rate limit: output share learned from readings");
         }
         self.output_anchor = Some(here);
+    }
+
+    /// A request's `usage` arrived (with its answer's head, or at the end of its body): settle
+    /// what its head left, and learn how the server counts.
+    pub(super) fn settle_usage(
+        &mut self,
+        key: &RateLimitKey,
+        a: Awaiting,
+        usage: Usage,
+        now: Instant,
+    ) {
+        self.usage_seen = true;
+        // Input: the server's count replaces our estimate, unless a reading already did.
+        let input = usage.input_tokens();
+        if a.seq > self.input_read_through {
+            self.adjust(IN, a.input_charged, input, now);
+        }
+        if !a.exact && a.raw > 0 && input > 0 {
+            let sample = input as f64 / a.raw as f64;
+            let old = self.input.mean();
+            if self.input.observe(sample) && self.input.samples() <= 8 {
+                tracing::debug!(key = %key, old, new = self.input.mean(), sample,
+                    reservation = self.input.high(), "rate limit: input ratio learned from usage");
+            }
+        }
+        // Output: the true figure replaces what the head settled.
+        let output = usage.output_tokens().min(a.output_reserved);
+        self.adjust(OUT, a.output_settled, output, now);
+        if a.output_reserved > 0 {
+            self.output
+                .observe(output.max(1) as f64 / a.output_reserved as f64);
+        }
+    }
+
+    /// Moves dimension `i` (and the combined tokens) from a charge of `was` to `is`.
+    fn adjust(&mut self, i: usize, was: u64, is: u64, now: Instant) {
+        let dims = [i, TOK];
+        if is > was {
+            let more = is - was;
+            for &j in &dims {
+                let d = Dimension::ALL[j];
+                if let Some(mut b) = self.buckets.get(d) {
+                    b.charge(more, now);
+                    self.buckets.set(d, Some(b));
+                }
+                if let Some(s) = &mut self.server[j] {
+                    s.charge(more, now);
+                }
+            }
+        } else {
+            let back = was - is;
+            let mut amounts = [0; 4];
+            amounts[i] = back;
+            amounts[TOK] = back;
+            self.refund(&dims, &amounts, now);
+        }
+        if i == OUT {
+            self.completed_output = self.completed_output.saturating_add(is.saturating_sub(was));
+        }
+    }
+
+    /// The server refused a request the model admitted: the model was too optimistic. Raises
+    /// the margin of each dimension the refusal names (the readings of a 429 show which bucket
+    /// lacked the cost), or of every known one when it names none. Refusals of requests sent
+    /// before the last raise are the same episode and raise nothing again.
+    pub(super) fn tighten(
+        &mut self,
+        key: &RateLimitKey,
+        record: &Record,
+        snapshot: &RateLimitSnapshot,
+        now: Instant,
+    ) {
+        if record.seq <= self.tightened_seq {
+            return;
+        }
+        let tol = if snapshot.dialect() == Some(Dialect::Anthropic) {
+            TOKENS_REMAINING_TOLERANCE
+        } else {
+            0
+        };
+        let named: Vec<usize> = snapshot
+            .iter()
+            .filter(|(d, r)| {
+                let t = if *d == Dimension::Requests { 0 } else { tol };
+                r.remaining()
+                    .is_some_and(|rem| rem < record.charge[d.index()].saturating_add(t))
+            })
+            .map(|(d, _)| d.index())
+            .collect();
+        let dims: Vec<usize> = if named.is_empty() {
+            (0..4).collect()
+        } else {
+            named
+        };
+        let mut raised = false;
+        for i in dims {
+            let Some(b) = self.buckets.get(Dimension::ALL[i]) else {
+                continue;
+            };
+            let share = self.margin[i].raise(now);
+            raised = true;
+            tracing::info!(key = %key, dimension = Dimension::ALL[i].as_str(), margin = share,
+                capacity = b.capacity(), "rate limit: refused where the model said it fits; margin raised");
+        }
+        if raised {
+            self.tightened_seq = self.dispatch_seq;
+        }
+    }
+
+    /// A throttle from a server that sends no rate-limit headers: pace the key on a rate
+    /// learned from throttles alone.
+    pub(super) fn throttled(&mut self, key: &RateLimitKey, record: &Record, now: Instant) {
+        let measured = self.sends.rate(now);
+        match &mut self.throttle {
+            Some(t) if record.seq <= t.cut_seq => {}
+            Some(t) => {
+                let rate = t.cut(measured, self.dispatch_seq, now);
+                tracing::info!(key = %key, rate_per_s = rate, "rate limit: throttled; pace lowered");
+            }
+            None => {
+                let t = Throttle::new(measured, self.dispatch_seq, now);
+                tracing::info!(key = %key, rate_per_s = t.rate(now),
+                    "rate limit: throttled without rate-limit headers; pacing on a learned rate");
+                self.throttle = Some(t);
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! - `ticket`: a request's place, from queued to answered;
 //! - `snapshot`: what the limiter shows of a key.
 
+mod feedback;
 mod key;
 mod learn;
 mod snapshot;
@@ -13,7 +14,8 @@ mod snapshot;
 mod tests;
 mod ticket;
 
-use key::{Anchor, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
+use feedback::{Margin, Ratio, Sends, Throttle};
+use key::{Anchor, Awaiting, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
 pub use snapshot::{BucketSnapshot, KeySnapshot};
 use ticket::Phase;
 pub(crate) use ticket::{Admission, Ticket};
@@ -28,7 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::BoxError;
-use crate::cost::{Cost, Usage};
+use crate::cost::{Cost, Usage, UsageReport};
 use crate::signals::{
     BucketReading, Dialect, Dimension, Outcome, OutcomeKind, RateLimitSnapshot, ResponseSignals,
 };
@@ -46,8 +48,18 @@ pub const DEFAULT_MAX_KEYS: usize = 1024;
 /// for the first answer, which comes after the shortest of their round trips.
 pub const STARTUP_PROBES: usize = 4;
 
-/// The cooldown after a 429 that carries no `retry-after`.
-pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
+/// The cooldown after a 429 that carries no `retry-after`, when the key has rate-limit headers
+/// to pace on (the official SDKs' first backoff is 0.375–0.5 s).
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_millis(500);
+
+/// The longest any single answer can stop a key: a cooldown, a reset or a limit below a
+/// request's cost that would hold the key longer lets one request through after this long to
+/// ask the server again (and another one each interval while the server keeps refusing).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How far beyond its window a reset may lie and still be believed (a per-minute bucket cannot
+/// be full later than a minute from now, give or take the reading's resolution).
+const RESET_SLACK: Duration = Duration::from_secs(5);
 
 /// Resolution of Anthropic's `*-tokens-remaining` (rounded to the nearest thousand).
 const TOKENS_REMAINING_TOLERANCE: u64 = 500;
@@ -57,18 +69,18 @@ const TOKENS_REMAINING_TOLERANCE: u64 = 500;
 const RESET_BELOW: Duration = Duration::from_secs(2);
 /// ...or this much after it (a server that truncates instead of rounding up).
 const RESET_ABOVE: Duration = Duration::from_secs(1);
-/// The longest a request is assumed to take from dispatch to the server's admission, where
-/// `remaining` is read (a network round trip at most; generation comes after).
-const READING_DELAY: Duration = Duration::from_millis(50);
+/// Bounds of the learned input ratio, and the spread assumed before any evidence (estimates from
+/// text are within about ±20 % for English; other content differs more and is learned).
+const INPUT_RATIO_MIN: f64 = 0.2;
+const INPUT_RATIO_MAX: f64 = 5.0;
+const INPUT_PRIOR_SD: f64 = 0.1;
 
-/// Bounds and smoothing of the learned input-estimate correction.
-const FACTOR_MIN: f64 = 0.5;
-const FACTOR_MAX: f64 = 4.0;
-const FACTOR_ALPHA: f64 = 0.25;
+/// The least share of `max_tokens` a request is taken to produce.
+const OUTPUT_SHARE_MIN: f64 = 0.01;
 
-/// Bounds and smoothing of the learned share of `max_tokens` a request produces.
-const OUTPUT_SHARE_MIN: f64 = 0.25;
-const OUTPUT_SHARE_ALPHA: f64 = 0.5;
+/// Answers whose `usage` a key waits for at most (bodies never read are forgotten oldest
+/// first).
+const MAX_AWAITING: usize = 1024;
 
 /// Cost per dimension, in [`Dimension::ALL`] order.
 pub(crate) type Charge = [u64; 4];
@@ -286,13 +298,24 @@ impl RateLimitState {
                 completed_output: 0,
                 known_output: 0,
                 unknown_reserved: 0,
-                output_share: 1.0,
+                output: Ratio::new(1.0, 0.0, OUTPUT_SHARE_MIN, 1.0),
                 output_anchor: None,
                 in_flight: 0,
                 queue: BTreeMap::new(),
                 queued: [[0; 4]; 2],
                 next_seq: 0,
-                input_factor: 1.0,
+                input: Ratio::new(1.0, INPUT_PRIOR_SD, INPUT_RATIO_MIN, INPUT_RATIO_MAX),
+                usage_seen: false,
+                awaiting_usage: BTreeMap::new(),
+                input_read_through: 0,
+                margin: [Margin::default(); 4],
+                tightened_seq: 0,
+                throttle: None,
+                sends: Sends::default(),
+                cooldown_seq: 0,
+                cooldown_set: None,
+                last_recheck: None,
+                learned_at: [None; 4],
                 anchor: None,
                 ramp: self.shared.ramp,
                 ramp_from: None,
@@ -323,11 +346,12 @@ impl RateLimitState {
         if st.queue.keys().next().is_none_or(|k| k.0 > class) {
             match st.check(&charge, now) {
                 Check::Fits => {
-                    let record = st.admit(charge, raw, now);
+                    let record = st.admit(charge, raw, exact, now);
                     drop(st);
                     return Ok(Ticket {
                         cell,
                         phase: Phase::Admitted(record),
+                        seq: None,
                     });
                 }
                 Check::Never(e) => return Err(cost_exceeds(&cell.key, e)),
@@ -370,11 +394,13 @@ impl RateLimitState {
                 id,
                 charge,
                 raw,
+                exact,
                 since: now,
                 deadline: max_wait.map(|m| add(now, m)),
                 max_wait,
                 reason,
             },
+            seq: None,
         })
     }
 }

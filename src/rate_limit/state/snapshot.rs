@@ -20,8 +20,8 @@ impl KeyCell {
             cooldown_until: st.cooldown_until.filter(|c| *c > now),
             in_flight: st.in_flight,
             queued: st.queue.len(),
-            input_correction: st.input_factor,
-            output_share: st.output_share,
+            input_correction: st.input.mean(),
+            output_share: st.output.mean(),
         }
     }
 }

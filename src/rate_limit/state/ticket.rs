@@ -7,6 +7,9 @@ use super::*;
 pub(crate) struct Ticket {
     pub(super) cell: Arc<KeyCell>,
     pub(super) phase: Phase,
+    /// The request's dispatch position, for a [`UsageReport`] handed out before dispatch (0
+    /// until then).
+    pub(super) seq: Option<Arc<AtomicU64>>,
 }
 
 pub(super) enum Phase {
@@ -14,6 +17,7 @@ pub(super) enum Phase {
         id: (usize, u64),
         charge: Charge,
         raw: u64,
+        exact: bool,
         since: Instant,
         deadline: Option<Instant>,
         max_wait: Option<Duration>,
@@ -60,6 +64,7 @@ impl Ticket {
             id,
             charge,
             raw,
+            exact,
             since,
             deadline,
             max_wait,
@@ -83,7 +88,7 @@ impl Ticket {
         match check {
             Check::Fits => {
                 st.dequeue(id);
-                let record = st.admit(charge, raw, now);
+                let record = st.admit(charge, raw, exact, now);
                 drop(st);
                 let waited = now.saturating_duration_since(since);
                 tracing::debug!(key = %self.cell.key, dimension = reason,
@@ -138,8 +143,27 @@ impl Ticket {
     /// The inner call started: from now on the server may have seen the request.
     pub(crate) fn dispatched(&mut self) {
         if let Phase::Admitted(r) = self.phase {
+            if let Some(seq) = &self.seq {
+                seq.store(r.seq, Ordering::Relaxed);
+            }
             self.phase = Phase::Dispatched(r);
         }
+    }
+
+    /// Where a body-reading layer below reports this request's usage once its answer's body
+    /// has passed: it settles what the head left and teaches the key how the server counts.
+    pub(crate) fn usage_report(&mut self) -> UsageReport {
+        let seq = self
+            .seq
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
+            .clone();
+        let cell = self.cell.clone();
+        UsageReport::new(move |usage| {
+            let seq = seq.load(Ordering::Relaxed);
+            if seq != 0 {
+                cell.usage(seq, usage);
+            }
+        })
     }
 
     /// The inner call answered: learn from the response. Returns the cooldown to announce.

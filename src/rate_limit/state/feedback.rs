@@ -1,0 +1,283 @@
+//! The three learners every key keeps, written once: a ratio with its spread ([`Ratio`]), a
+//! margin raised by refusals ([`Margin`]), and a request rate learned from throttles alone
+//! ([`Throttle`]).
+//!
+//! Each one turns evidence into a more careful or a less careful decision, and none can freeze a
+//! key: ratios are bounded, margins decay, the throttle rate grows back.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How many standard deviations above the mean a reservation covers (about the 98th percentile
+/// of a log-normal error).
+const QUANTILE_Z: f64 = 2.0;
+/// The weight of a new sample once the prior is forgotten.
+const RATIO_ALPHA: f64 = 0.1;
+
+/// A learned ratio (what the server charged ÷ what we estimated) with its spread, in log space so
+/// that "twice too high" and "half too low" weigh the same.
+///
+/// The first samples are averaged (the prior counts as one sample), later ones weighted
+/// [`RATIO_ALPHA`]: a few answers correct an estimate that is 40 % off, and one odd answer later
+/// moves it only a little.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ratio {
+    mean: f64,
+    var: f64,
+    samples: u32,
+    min: f64,
+    max: f64,
+}
+
+impl Ratio {
+    /// A ratio of `prior` with a log-space spread of `prior_sd`, bounded to `min..=max`.
+    pub(super) fn new(prior: f64, prior_sd: f64, min: f64, max: f64) -> Self {
+        Ratio {
+            mean: prior.clamp(min, max).ln(),
+            var: prior_sd * prior_sd,
+            samples: 0,
+            min,
+            max,
+        }
+    }
+
+    /// Folds in one observed ratio; ignores what is not a positive finite number.
+    pub(super) fn observe(&mut self, sample: f64) -> bool {
+        if !sample.is_finite() || sample <= 0.0 {
+            return false;
+        }
+        let x = sample.clamp(self.min, self.max).ln();
+        let a = (1.0 / (f64::from(self.samples) + 2.0)).max(RATIO_ALPHA);
+        let d = x - self.mean;
+        self.mean += a * d;
+        self.var = (1.0 - a) * (self.var + a * d * d);
+        self.samples = self.samples.saturating_add(1);
+        true
+    }
+
+    /// The mean ratio.
+    pub(super) fn mean(&self) -> f64 {
+        self.mean.exp().clamp(self.min, self.max)
+    }
+
+    /// A high quantile of the ratio: what a reservation multiplies its estimate by.
+    pub(super) fn high(&self) -> f64 {
+        (self.mean + QUANTILE_Z * self.var.max(0.0).sqrt())
+            .exp()
+            .clamp(self.min, self.max)
+    }
+
+    /// Samples folded in so far.
+    pub(super) fn samples(&self) -> u32 {
+        self.samples
+    }
+}
+
+/// The share of a bucket's capacity the first refusal sets aside.
+const MARGIN_FIRST: f64 = 0.05;
+/// The most of a bucket's capacity a margin sets aside.
+const MARGIN_MAX: f64 = 0.5;
+/// The margin's time constant: without refusals it falls to 1/e in this time.
+pub(super) const MARGIN_DECAY: Duration = Duration::from_secs(300);
+
+/// A share of a bucket's capacity kept free because the server refused a request the model
+/// said would fit.
+///
+/// A refusal the model did not predict proves the model optimistic: the margin doubles (at
+/// least [`MARGIN_FIRST`] of the capacity, at most [`MARGIN_MAX`]) and decays exponentially
+/// while no refusal comes, like a congestion window after a loss. It is an offset of the
+/// bucket's level, not a rate: while the bucket is the binding one requests still leave at its
+/// refill rate, so a margin costs one delay of `margin / rate`, not throughput. Kept as a share,
+/// it follows the capacity when a limit changes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Margin {
+    share: f64,
+    at: Option<Instant>,
+}
+
+impl Margin {
+    /// The share set aside at `now`.
+    fn share(&self, now: Instant) -> f64 {
+        let Some(at) = self.at else { return 0.0 };
+        let age = now.saturating_duration_since(at).as_secs_f64();
+        let share = self.share * (-age / MARGIN_DECAY.as_secs_f64()).exp();
+        if share.is_finite() { share } else { 0.0 }
+    }
+
+    /// The units of a bucket of `capacity` set aside at `now`.
+    pub(super) fn get(&self, capacity: u64, now: Instant) -> u64 {
+        (self.share(now) * capacity as f64) as u64
+    }
+
+    /// A refusal: doubles the margin within its bounds. Returns the new share.
+    pub(super) fn raise(&mut self, now: Instant) -> f64 {
+        self.share = (self.share(now) * 2.0).clamp(MARGIN_FIRST, MARGIN_MAX);
+        self.at = Some(now);
+        self.share
+    }
+}
+
+/// The share of the rate kept after a throttle (AWS SDK adaptive mode, CUBIC).
+const THROTTLE_BETA: f64 = 0.7;
+/// The time the rate takes to grow back to where it was throttled. AWS's adaptive mode uses a
+/// fixed cubic constant, which at the rates of LLM APIs (about a request per second) grows back
+/// within a second and is throttled again at once; scaling the curve to this time makes one
+/// throttle per cycle of a few dozen requests.
+const THROTTLE_RECOVERY: Duration = Duration::from_secs(20);
+/// The slowest pace: one request every 20 s.
+const THROTTLE_MIN_RATE: f64 = 0.05;
+/// Sends remembered to measure the rate at which the key sends.
+const SENDS_KEPT: usize = 16;
+
+/// A request rate learned from throttles alone, for servers that send no rate-limit headers
+/// (Bedrock, Vertex, gateways): CUBIC as in the AWS SDKs' adaptive retry mode. After a throttle
+/// the rate drops to [`THROTTLE_BETA`] of what was sent, grows back along a cubic curve to that
+/// rate within [`THROTTLE_RECOVERY`], then probes beyond it, faster the longer no throttle comes.
+/// Requests are spaced at the current rate, never sent in bursts.
+#[derive(Clone, Debug)]
+pub(super) struct Throttle {
+    w_max: f64,
+    cut_at: Instant,
+    /// Dispatches before the last cut: a throttle of one of them is the same episode.
+    pub(super) cut_seq: u64,
+    next_at: Instant,
+}
+
+impl Throttle {
+    /// The first throttle, when the key was sending at `measured` requests per second.
+    pub(super) fn new(measured: f64, seq: u64, now: Instant) -> Self {
+        let w_max = measured.max(THROTTLE_MIN_RATE);
+        Throttle {
+            w_max,
+            cut_at: now,
+            cut_seq: seq,
+            next_at: now,
+        }
+    }
+
+    /// The rate at `now`, in requests per second.
+    pub(super) fn rate(&self, now: Instant) -> f64 {
+        let k = THROTTLE_RECOVERY.as_secs_f64();
+        let x = (now.saturating_duration_since(self.cut_at).as_secs_f64() - k) / k;
+        // Past 100 recovery times the cube is astronomical: stop there (the rate is then far
+        // above any server's anyway).
+        let x = x.min(100.0);
+        let w = self.w_max * (1.0 + (1.0 - THROTTLE_BETA) * x * x * x);
+        if w.is_finite() {
+            w.max(THROTTLE_MIN_RATE)
+        } else {
+            THROTTLE_MIN_RATE
+        }
+    }
+
+    /// When the next request may go.
+    pub(super) fn ready_at(&self) -> Instant {
+        self.next_at
+    }
+
+    /// A request was sent at `now`.
+    pub(super) fn sent(&mut self, now: Instant) {
+        let gap = Duration::from_secs_f64((1.0 / self.rate(now)).min(1.0 / THROTTLE_MIN_RATE));
+        self.next_at = self.next_at.max(now) + gap;
+    }
+
+    /// Another throttle: the rate drops to [`THROTTLE_BETA`] of the lower of the current rate
+    /// and the `measured` sending rate.
+    pub(super) fn cut(&mut self, measured: f64, seq: u64, now: Instant) -> f64 {
+        self.w_max = self.rate(now).min(measured).max(THROTTLE_MIN_RATE);
+        self.cut_at = now;
+        self.cut_seq = seq;
+        // The pace slows from now: the next slot is one new gap away at the latest.
+        let gap = Duration::from_secs_f64(1.0 / self.rate(now));
+        self.next_at = self.next_at.min(now + gap).max(now);
+        self.rate(now)
+    }
+}
+
+/// The recent sends of a key, to measure its sending rate.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Sends(VecDeque<Instant>);
+
+impl Sends {
+    pub(super) fn push(&mut self, now: Instant) {
+        if self.0.len() == SENDS_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(now);
+    }
+
+    /// Requests per second over the remembered sends and up to `now` (one per second when
+    /// fewer than two are remembered).
+    pub(super) fn rate(&self, now: Instant) -> f64 {
+        match (self.0.front(), self.0.len()) {
+            (Some(first), n) if n >= 2 => {
+                let span = now
+                    .saturating_duration_since(*first)
+                    .as_secs_f64()
+                    .max(0.001);
+                (n - 1) as f64 / span
+            }
+            _ => 1.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_learns_a_40_percent_low_estimate_within_a_few_samples() {
+        let mut r = Ratio::new(1.0, 0.2, 0.1, 10.0);
+        for _ in 0..4 {
+            r.observe(1.4);
+        }
+        assert!((1.3..=1.45).contains(&r.mean()), "mean {}", r.mean());
+        assert!(r.high() >= r.mean());
+    }
+
+    #[test]
+    fn ratio_high_quantile_covers_the_spread() {
+        let mut r = Ratio::new(1.0, 0.2, 0.1, 10.0);
+        for i in 0..200 {
+            r.observe(if i % 2 == 0 { 0.8 } else { 1.2 });
+        }
+        assert!(r.high() >= 1.2, "high {}", r.high());
+        assert!(!r.observe(f64::NAN) && !r.observe(0.0) && !r.observe(-1.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn margin_doubles_and_decays() {
+        let mut m = Margin::default();
+        let now = Instant::now();
+        assert_eq!(m.get(10_000, now), 0);
+        m.raise(now);
+        assert_eq!(m.get(10_000, now), 500);
+        m.raise(now);
+        assert_eq!(m.get(10_000, now), 1_000);
+        for _ in 0..5 {
+            m.raise(now);
+        }
+        assert_eq!(m.get(100, now), 50, "at most half the capacity");
+        let later = now + MARGIN_DECAY;
+        assert!(
+            (18..=19).contains(&m.get(100, later)),
+            "{}",
+            m.get(100, later)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_cuts_then_grows_back_and_beyond() {
+        let now = Instant::now();
+        let mut t = Throttle::new(2.0, 1, now);
+        assert!((t.rate(now) - 1.4).abs() < 1e-9);
+        assert!((t.rate(now + THROTTLE_RECOVERY) - 2.0).abs() < 1e-9);
+        assert!(t.rate(now + THROTTLE_RECOVERY * 2) > 2.5);
+        let r = t.cut(1.0, 5, now + THROTTLE_RECOVERY);
+        assert!((r - 0.7).abs() < 1e-9);
+        assert!(t.rate(now + THROTTLE_RECOVERY * 1000) > 0.0);
+    }
+}
