@@ -15,13 +15,20 @@ impl KeyCell {
                     full_at: b.full_at(),
                     learned: st.learned[d.index()].map(|l| l.0),
                     configured: st.configured[d.index()],
+                    margin: st.margin[d.index()].get(b.capacity(), now),
                 })
             }),
             cooldown_until: st.cooldown_until.filter(|c| *c > now),
             in_flight: st.in_flight,
             queued: st.queue.len(),
             input_correction: st.input.mean(),
+            input_reservation: st.input.high(),
             output_share: st.output.mean(),
+            throttle_rate: st
+                .throttle
+                .as_ref()
+                .filter(|_| !st.any_bucket())
+                .map(|t| t.rate(now)),
         }
     }
 }
@@ -35,7 +42,9 @@ pub struct KeySnapshot {
     pub(super) in_flight: usize,
     pub(super) queued: usize,
     pub(super) input_correction: f64,
+    pub(super) input_reservation: f64,
     pub(super) output_share: f64,
+    pub(super) throttle_rate: Option<f64>,
 }
 
 impl KeySnapshot {
@@ -64,9 +73,23 @@ impl KeySnapshot {
         self.queued
     }
 
-    /// The learned factor applied to input-token estimates (1.0 until learned).
+    /// The learned ratio of what the server charges for input to the raw estimate, its mean
+    /// (1.0 until learned).
     pub fn input_correction(&self) -> f64 {
         self.input_correction
+    }
+
+    /// The factor a reservation applies to a raw input estimate: a high quantile of the learned
+    /// ratio (its mean plus two standard deviations), so a reservation is rarely below what the
+    /// server charges.
+    pub fn input_reservation(&self) -> f64 {
+        self.input_reservation
+    }
+
+    /// The request rate (per second) learned from throttles, for a key whose server sends no
+    /// rate-limit headers; `None` before the first throttle or once limits are known.
+    pub fn throttle_rate(&self) -> Option<f64> {
+        self.throttle_rate
     }
 
     /// The learned share of `max_tokens` a request is taken to produce when its response
@@ -85,6 +108,7 @@ pub struct BucketSnapshot {
     pub(super) full_at: Instant,
     pub(super) learned: Option<u64>,
     pub(super) configured: Option<u64>,
+    pub(super) margin: u64,
 }
 
 impl BucketSnapshot {
@@ -116,5 +140,11 @@ impl BucketSnapshot {
     /// The configured limit, if any.
     pub fn configured(&self) -> Option<u64> {
         self.configured
+    }
+
+    /// The units kept free because the server refused requests the limiter said would fit
+    /// (0 until it does; decays while no refusal comes).
+    pub fn margin(&self) -> u64 {
+        self.margin
     }
 }

@@ -1,0 +1,270 @@
+//! The rate limiter's model is a hypothesis every answer tests (issue: closed-loop pacing).
+//!
+//! One test per evidence source showing it moves the model the right way, and one per odd
+//! reading showing that no single answer stops a key for longer than the re-check interval.
+//! Everything runs on tokio's paused clock against a scripted server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_llm_limits::BoxError;
+use tower_llm_limits::cost::{Cost, cost_fn};
+use tower_llm_limits::rate_limit::error::CostExceedsLimit;
+use tower_llm_limits::rate_limit::{
+    MaxWait, RECHECK_INTERVAL, RateLimitKey, RateLimitLayer, RateLimitState,
+};
+use tower_llm_limits::signals::{Dimension, ErrorBodyLayer};
+
+const KEY: &str = "claude-sonnet-4-5";
+const DATE: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
+
+type Answer = Response<Full<Bytes>>;
+
+/// A server answering the `n`-th request (0-based) with `script(n)`: status and headers.
+fn server(
+    script: impl Fn(u64) -> (u16, Vec<(&'static str, String)>) + Send + Sync + 'static,
+) -> (
+    impl Service<Request<String>, Response = Answer, Error = BoxError, Future: Send> + Clone + Send,
+    Arc<AtomicU64>,
+) {
+    let received = Arc::new(AtomicU64::new(0));
+    let count = received.clone();
+    let script = Arc::new(script);
+    let svc = service_fn(move |_req: Request<String>| {
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        let (status, headers) = script(n);
+        async move {
+            let mut response = Response::builder().status(status).header("date", DATE);
+            for (name, value) in headers {
+                response = response.header(name, value);
+            }
+            Ok::<_, BoxError>(response.body(Full::new(Bytes::from_static(b"{}")))?)
+        }
+    });
+    (svc, received)
+}
+
+fn request(input_tokens: u64) -> Request<String> {
+    let mut req = Request::new(String::new());
+    req.extensions_mut().insert(RateLimitKey::new(KEY));
+    req.extensions_mut().insert(Cost::new(1, input_tokens, 100));
+    req.extensions_mut()
+        .insert(MaxWait::new(Duration::from_secs(600)));
+    req
+}
+
+fn anthropic(limit: u64, remaining: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("anthropic-ratelimit-input-tokens-limit", limit.to_string()),
+        (
+            "anthropic-ratelimit-input-tokens-remaining",
+            remaining.to_string(),
+        ),
+    ]
+}
+
+/// A tier upgrade never seen because every request is larger than the old limit: the old limit
+/// fails requests fast, and after the re-check interval one goes and learns the new limit.
+#[tokio::test(start_paused = true)]
+async fn a_limit_below_the_cost_is_rechecked_after_the_interval() {
+    let (svc, received) = server(|n| {
+        if n == 0 {
+            (200, anthropic(500, 400))
+        } else {
+            (200, anthropic(30_000, 29_000))
+        }
+    });
+    let state = RateLimitState::new();
+    let limited = RateLimitLayer::with_state(state.clone()).layer(svc);
+    let start = Instant::now();
+    limited.clone().oneshot(request(100)).await.unwrap();
+    // Larger than the limit read: refused at once, without reaching the server.
+    let e = limited.clone().oneshot(request(1_000)).await.unwrap_err();
+    assert!(e.downcast_ref::<CostExceedsLimit>().is_some(), "{e}");
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+    tokio::time::advance(RECHECK_INTERVAL - Duration::from_secs(1)).await;
+    assert!(limited.clone().oneshot(request(1_000)).await.is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The re-check: one request goes (once the old bucket is full) and learns the new limit.
+    limited.clone().oneshot(request(1_000)).await.unwrap();
+    assert!(start.elapsed() <= RECHECK_INTERVAL + Duration::from_secs(1));
+    let snapshot = state.key_snapshot(&RateLimitKey::new(KEY)).unwrap();
+    assert_eq!(
+        snapshot.bucket(Dimension::InputTokens).unwrap().capacity(),
+        30_000
+    );
+    // And the key serves again at once.
+    for _ in 0..5 {
+        limited.clone().oneshot(request(1_000)).await.unwrap();
+    }
+    assert!(start.elapsed() <= RECHECK_INTERVAL + Duration::from_secs(1));
+}
+
+/// A limit of 0 is implausible and ignored: the key keeps serving.
+#[tokio::test(start_paused = true)]
+async fn a_limit_of_zero_does_not_stop_the_key() {
+    let (svc, received) = server(|n| {
+        if n == 0 {
+            (
+                200,
+                vec![
+                    ("anthropic-ratelimit-requests-limit", "0".into()),
+                    ("anthropic-ratelimit-requests-remaining", "0".into()),
+                ],
+            )
+        } else {
+            (200, vec![])
+        }
+    });
+    let limited = RateLimitLayer::new().layer(svc);
+    let start = Instant::now();
+    for _ in 0..5 {
+        limited.clone().oneshot(request(100)).await.unwrap();
+    }
+    assert_eq!(received.load(Ordering::SeqCst), 5);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+/// A `retry-after` of an hour, or one clamped to a day (10^30 s), on a 429: the key is held,
+/// then one request re-checks after the interval, and once the server answers normally every
+/// request goes again.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_retry_after_holds_the_key_one_interval_at_most() {
+    for retry_after in ["3600", "1000000000000000000000000000000"] {
+        let (svc, received) = server(move |n| {
+            if n == 0 {
+                (429, vec![("retry-after", retry_after.to_string())])
+            } else {
+                (200, anthropic(30_000, 29_000))
+            }
+        });
+        let limited = RateLimitLayer::new().layer(svc);
+        let start = Instant::now();
+        let refused = limited.clone().oneshot(request(100)).await.unwrap();
+        assert_eq!(refused.status(), 429);
+        // A caller who allows 10 s fails fast (the projected wait is the re-check instant).
+        let mut short = request(100);
+        short
+            .extensions_mut()
+            .insert(MaxWait::new(Duration::from_secs(10)));
+        assert!(limited.clone().oneshot(short).await.is_err());
+        let ok = limited.clone().oneshot(request(100)).await.unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(
+            start.elapsed(),
+            RECHECK_INTERVAL,
+            "retry-after {retry_after}"
+        );
+        for _ in 0..5 {
+            limited.clone().oneshot(request(100)).await.unwrap();
+        }
+        assert_eq!(
+            start.elapsed(),
+            RECHECK_INTERVAL,
+            "retry-after {retry_after}"
+        );
+        assert_eq!(received.load(Ordering::SeqCst), 7);
+    }
+}
+
+/// A reset 9999 years ahead, or a `date` from 1970 (which puts every reset 56 years ahead), on
+/// an otherwise normal answer: implausible for a per-minute bucket, ignored.
+#[tokio::test(start_paused = true)]
+async fn resets_years_ahead_are_ignored() {
+    for (date, reset) in [
+        (DATE, "9999-01-01T00:00:00Z"),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", "2026-01-01T00:00:30Z"),
+    ] {
+        let svc = service_fn(move |_req: Request<String>| async move {
+            let response = Response::builder()
+                .header("date", date)
+                .header("anthropic-ratelimit-requests-limit", "50")
+                .header("anthropic-ratelimit-requests-remaining", "49")
+                .header("anthropic-ratelimit-requests-reset", reset)
+                .body(Full::new(Bytes::new()))?;
+            Ok::<_, BoxError>(response)
+        });
+        let limited = RateLimitLayer::new().layer(svc);
+        let start = Instant::now();
+        for _ in 0..20 {
+            limited.clone().oneshot(request(100)).await.unwrap();
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "date {date}, reset {reset}"
+        );
+    }
+}
+
+/// The server counts 40 % more input than the estimate: the answers' `usage` (read by
+/// `ErrorBody` as the body passes) corrects the ratio within a few answers, and reservations
+/// cover it.
+#[tokio::test(start_paused = true)]
+async fn usage_corrects_an_estimate_40_percent_low() {
+    let svc = service_fn(|_req: Request<String>| async {
+        let body = r#"{"type":"message","usage":{"input_tokens":1400,"output_tokens":10}}"#;
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from(body))))
+    });
+    let state = RateLimitState::new();
+    let stack = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::with_state(state.clone())
+                .cost_fn(cost_fn(|_: &Request<String>| Cost::new(1, 1_000, 100))),
+        )
+        .layer(ErrorBodyLayer::new())
+        .service(svc);
+    for _ in 0..4 {
+        let mut req = Request::new(String::new());
+        req.extensions_mut().insert(RateLimitKey::new(KEY));
+        let response = stack.clone().oneshot(req).await.unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    let snapshot = state.key_snapshot(&RateLimitKey::new(KEY)).unwrap();
+    let ratio = snapshot.input_correction();
+    assert!((1.3..=1.45).contains(&ratio), "ratio {ratio}");
+    assert!(snapshot.input_reservation() >= ratio);
+}
+
+/// An unpredicted 429 raises the margin of the dimension it names at once; a quiet period
+/// lets it fall again.
+#[tokio::test(start_paused = true)]
+async fn an_unpredicted_refusal_tightens_and_a_quiet_period_relaxes() {
+    let (svc, _) = server(|n| {
+        if n == 3 {
+            (429, anthropic(30_000, 0))
+        } else {
+            (200, anthropic(30_000, 29_000 - 1_000 * n))
+        }
+    });
+    let state = RateLimitState::new();
+    let limited = RateLimitLayer::with_state(state.clone()).layer(svc);
+    let margin = || {
+        state
+            .key_snapshot(&RateLimitKey::new(KEY))
+            .unwrap()
+            .bucket(Dimension::InputTokens)
+            .unwrap()
+            .margin()
+    };
+    for _ in 0..3 {
+        limited.clone().oneshot(request(1_000)).await.unwrap();
+    }
+    assert_eq!(margin(), 0);
+    let refused = limited.clone().oneshot(request(1_000)).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let raised = margin();
+    assert!(raised >= 1_500, "margin {raised}");
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let relaxed = margin();
+    assert!(
+        relaxed < raised / 5,
+        "margin {relaxed} after a quiet period"
+    );
+}
