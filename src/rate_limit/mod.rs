@@ -117,85 +117,101 @@
 //! trip, the shortest of the probes' (a model's answer takes longer the more it writes, so a few
 //! probes answer sooner than one; a handful of requests fits any real tier). If every probe fails
 //! without headers, the next request probes. If a successful response carries no rate-limit header and
-//! nothing is configured, the key is not limited (except by cooldowns).
+//! nothing is configured, the key is not limited until a throttle comes (see below).
 //!
 //! **Ramp-up** ([`RampUp`], off by default, [`RateLimitStateBuilder::ramp_up`]): after a cold
 //! start or a long idle only a share of each bucket may be used, growing linearly to all of it,
 //! against providers' acceleration limits. It is off by default because it only limits the
 //! burst, and the burst is what makes the start of a run fast.
 //!
-//! # Learning from every response
+//! # Learning from every response: a closed loop
 //!
-//! A reading describes the server right after it charged *this* request (or, for a 429, without
-//! it: the limiter gives back the refused request's charge). Whatever this key dispatched after
-//! it is not in the reading. The limiter keeps per key a monotone counter of the cost dispatched
-//! per dimension and stores in each request the counter value at its dispatch: the cost "after"
-//! is one subtraction, `O(1)`, and a response that arrives out of order is read correctly.
+//! The limiter's picture of the server is a hypothesis that every answer tests. Each kind of
+//! evidence moves it the way it is worth, and none can freeze a key.
 //!
-//! Output tokens are different: a server may count them as they are produced (current Anthropic
-//! docs) or reserve `max_tokens` up front (older docs). The limiter assumes the reading holds no
-//! output of any request still in flight, nor of any request that finished after this one was
-//! dispatched (this one included) — a second monotone counter, of finished output, makes that
-//! `O(1)` too. A finished request counts its [`Usage`](crate::cost::Usage) when the response
-//! carries one, else the learned share of its reservation (below), and its reservation is
-//! settled to that figure at once. This is exact for a server that counts output as produced
-//! and conservative for one that reserves; an estimate that was too low shows in the next
-//! readings, which correct the level.
+//! **Usage is the truth.** [`ErrorBody`](crate::signals::ErrorBody) (in every preset) copies a
+//! successful JSON answer as it passes to the caller — nothing is held back — and when the body
+//! ends reports its `usage` ([`Usage::from_json`](crate::cost::Usage::from_json): Anthropic's
+//! `input_tokens` + `cache_creation_input_tokens`, cache reads excluded; OpenAI's
+//! `prompt_tokens`/`completion_tokens`) through a [`UsageReport`](crate::cost::UsageReport) the
+//! limiter put in the request. The request's reservation is then settled to what the server
+//! charged, and two ratios are learned per key, in log space with their spread: what the server
+//! charges for input ÷ the raw estimate, and the share of `max_tokens` an answer produces. The
+//! first answers are averaged (an estimate 40 % off is corrected within a few), later ones
+//! weighted 0.1. A reservation takes the ratio's **high quantile** (mean + 2 standard
+//! deviations), not its mean, so it is rarely below what the server will charge; the gap is
+//! given back at settlement. A [`Usage`](crate::cost::Usage) in the response's extensions works
+//! the same. Without usage (a body never read, a stack without `ErrorBody`), the ratios are
+//! learned from successive readings (below).
 //!
-//! Both readings are coarse: Anthropic rounds `*-tokens-remaining` to the nearest thousand;
-//! resets have one-second resolution and are measured against the response's `date` (so skew
-//! between the server's clock and ours cancels); `remaining` is the level right after the
-//! server admitted the request, so it is read at the request's dispatch plus the trip to the
-//! server (at most 50 ms assumed; the rounding tolerance absorbs more), not at the response's
-//! receipt, which for a model's answer comes seconds later. The limiter turns `remaining` and
-//! `reset` into two intervals of local instants for the server's `full_at`, intersects them,
-//! adds the cost not in the reading, and compares the local bucket with the result:
+//! **Readings are coarse, and their instant is unknown.** A reading describes the server right
+//! after it charged *this* request (or, for a 429, without it: the limiter gives back the
+//! refused request's charge), but whether the server computed it when it admitted the request
+//! or when it sent the answer — seconds of refill and other requests apart for a long
+//! generation — is not documented. The limiter turns `remaining` (± 500 for Anthropic's rounded
+//! tokens) and `reset` (to the second, measured against the response's `date`) into an
+//! interval of local instants for the server's `full_at` under **each** timing, adds what that
+//! timing cannot contain (read at admission: everything this key dispatched since, and the
+//! output it finished since; read at the answer: the output still in flight and this
+//! request's own), drops a timing whose two readings contradict each other (a reset tells the
+//! two apart once a generation is longer than the readings' resolution; a reset measured
+//! against our own clock, without `date`, may not), and takes the union. The local bucket is
+//! kept when it lies inside; otherwise it moves to the interval's conservative edge — down at
+//! once when the server shows less budget, up only that far when it shows more, so a rounding
+//! error never becomes a burst. Monotone per-key counters of the cost dispatched and finished
+//! make "what came after this request" one subtraction; an answer that arrives out of order is
+//! read correctly.
 //!
-//! - local state **inside** the interval: kept (the local model is finer than the reading);
-//! - the server says there is **less** budget: the local bucket moves to the interval's
-//!   conservative edge at once;
-//! - the server says there is **more** (an output reservation larger than the real output, an
-//!   over-estimated input): the local bucket moves up, but only to the conservative edge, so a
-//!   rounding error never turns into a burst.
+//! The errors these corrections leave are offsets of the bucket's level, not rates: while the
+//! binding bucket never fills, requests still go out at the server's refill rate. Anthropic's
+//! `tokens` reading is "the most restrictive token limit in effect": when its limit is the input
+//! or output limit it is the same bucket read twice and is skipped; otherwise (a workspace
+//! limit, OpenAI's `tokens`, a gateway that reports only `tokens`) it is a combined bucket
+//! charged input + output.
 //!
-//! The errors these corrections leave are constant offsets of the bucket's level, not rates: as
-//! long as the binding bucket never fills, the requests still go out at the server's refill rate.
-//! Against the simulated API (`cargo test --test rate_limit acceptance -- --nocapture`), 500
-//! requests from 32 callers finish within 1–2% of the theoretical best with no 429.
+//! **Implausible readings are dropped**, each field on its own: a limit of 0, a `remaining`
+//! above the limit, a reset further ahead than the bucket's window (plus 5 s) — which is also
+//! what a `date` years off produces. Fixed-window dialects (IETF, GitHub): the reset is the end of
+//! a window, so only `remaining` corrects the level, and `remaining: 0` holds the key until the
+//! reset.
 //!
-//! Anthropic's `tokens` reading is "the most restrictive token limit in effect": when its limit
-//! is the input or output limit it is the same bucket read twice and is skipped; otherwise (a
-//! workspace limit, OpenAI's `tokens`) it is a combined bucket charged input + output.
+//! **A 429 is proof the model was too optimistic.** Every refusal of a request the limiter
+//! admitted raises a **margin** on the dimension the refusal's readings name (the bucket whose
+//! `remaining` is below the request's cost), or on every known one when they name none: a
+//! share of the bucket kept free, doubled on each refusal (from 5 % of the capacity, at most
+//! 50 %), decaying with a 300 s time constant while no refusal comes. Refusals of requests sent
+//! before the last raise are the same episode and raise nothing again. A margin is an offset of
+//! the level, not a rate: it costs one delay of `margin / rate`, not throughput, which is why it
+//! may be generous and relax slowly. Each bucket's margin is in
+//! [`BucketSnapshot::margin`].
 //!
-//! **Estimation error.** Successive readings of the input bucket (at least a whole capacity of
-//! estimated tokens apart, and never across an instant the bucket may have been full) tell what
-//! the server really charged for the requests in between: the distance between the two
-//! `full_at`s times the refill rate. The ratio to the limiter's raw
-//! estimates feeds an EWMA (weight 0.25) clamped to `0.5..=4`, applied to later input estimates
-//! (not to a caller's explicit [`Cost`](crate::cost::Cost), which is taken as exact). The factor
-//! is visible in [`KeySnapshot::input_correction`].
+//! **No headers at all** (Bedrock's `ThrottlingException`, Vertex, gateways that strip them):
+//! after the first throttle the key is paced on a request rate learned from throttles alone, as
+//! the AWS SDKs' adaptive mode does: the rate drops to 0.7 of what was being sent and grows back
+//! along a cubic curve to it within 20 s, then probes beyond it; requests are spaced at the
+//! rate, never sent in bursts ([`KeySnapshot::throttle_rate`]). Such a throttle sets no cooldown
+//! of its own unless it carries `retry-after`.
 //!
-//! **Output share.** Without a [`Usage`](crate::cost::Usage) a finished request's output is
-//! unknown, and counting its whole `max_tokens` keeps the output bucket's level below the
-//! server's by the unused part of every reservation since the last reading. Successive output
-//! readings (at least a quarter of the capacity of finished reservations apart, never across an
-//! instant the bucket may have been full) tell what the server charged for the requests that
-//! finished in between; its ratio to their reservations feeds an EWMA (weight 0.5) clamped to
-//! `0.25..=1`, the share a finished request is taken to have produced. Other users of the same
-//! limit only raise it. It is visible in [`KeySnapshot::output_share`].
+//! # Nothing blocks for ever
 //!
-//! Fixed-window dialects (IETF, GitHub): the reset is the end of a window, not `full_at`, so only
-//! `remaining` corrects the level, and `remaining: 0` holds the key until the reset.
+//! A cooldown, a fixed-window reset or a limit below a request's cost that would hold a key
+//! longer than [`RECHECK_INTERVAL`] (60 s) lets **one** request through after that long to ask
+//! the server again, and another one each interval while the server keeps refusing; a normal
+//! answer to it ends the cooldown (a tier upgrade is learned from it). Until then a request
+//! whose cost exceeds a limit the server reported fails at once with
+//! [`error::CostExceedsLimit`] (a configured limit below the cost always does: it is yours),
+//! and one whose projected wait exceeds its maximum with [`error::WaitTooLong`].
 //!
 //! # Cooldown
 //!
 //! A 429 ([`OutcomeKind::RateLimited`](crate::signals::OutcomeKind::RateLimited)) holds **every**
 //! request of the key — every clone, every layer sharing the state — until its `retry-after`
-//! ([`DEFAULT_COOLDOWN`] when absent). The response gets a
-//! [`WaitAbsorbed`](crate::signals::WaitAbsorbed) in its extensions so a retry layer above
-//! re-enters at once instead of sleeping the same wait again. After the cooldown the waiters are
-//! released one by one as their cost fits the (corrected) buckets: at the refill rate, never as a
-//! herd. A spend-limit 429 does not cool down: waiting cannot help.
+//! ([`DEFAULT_COOLDOWN`], 0.5 s like the SDKs' first backoff, when absent), at most until the
+//! re-check above. The response gets a [`WaitAbsorbed`](crate::signals::WaitAbsorbed) in its
+//! extensions so a retry layer above re-enters at once instead of sleeping the same wait again.
+//! After the cooldown the waiters are released one by one as their cost fits the (corrected)
+//! buckets: at the refill rate, never as a herd. A spend-limit 429 does not cool down: waiting
+//! cannot help.
 //!
 //! # Waiting
 //!
