@@ -3,6 +3,8 @@
 //! ```sh
 //! cargo run --example demo                 # virtual time: finishes in seconds
 //! cargo run --example demo -- --real-time  # the same on the wall clock (about 15 minutes)
+//! cargo run --example demo -- --check      # exit 1 unless the preset completes every request
+//!                                          # with under 1 % of attempts answered 429
 //! ```
 //!
 //! 1. `bare`      — the client alone: every 429 and 529 reaches the caller;
@@ -27,6 +29,7 @@ const BIN: Duration = Duration::from_secs(10);
 
 struct Options {
     real_time: bool,
+    check: bool,
     requests: usize,
     concurrency: usize,
     chart: std::path::PathBuf,
@@ -35,6 +38,7 @@ struct Options {
 fn options() -> Result<Options, BoxError> {
     let mut options = Options {
         real_time: false,
+        check: false,
         requests: 400,
         concurrency: 32,
         chart: std::path::PathBuf::from("target/demo.svg"),
@@ -43,6 +47,7 @@ fn options() -> Result<Options, BoxError> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--real-time" => options.real_time = true,
+            "--check" => options.check = true,
             "--requests" => options.requests = args.next().ok_or("--requests N")?.parse()?,
             "--concurrency" => {
                 options.concurrency = args.next().ok_or("--concurrency N")?.parse()?
@@ -50,7 +55,8 @@ fn options() -> Result<Options, BoxError> {
             "--chart" => options.chart = args.next().ok_or("--chart PATH")?.into(),
             "-h" | "--help" => {
                 println!(
-                    "usage: demo [--real-time] [--requests N] [--concurrency N] [--chart PATH]"
+                    "usage: demo [--real-time] [--check] [--requests N] [--concurrency N] \
+                     [--chart PATH]"
                 );
                 std::process::exit(0);
             }
@@ -197,6 +203,31 @@ fn table(runs: &[Run]) {
     }
 }
 
+/// The demo's promise, for `--check`: the preset completes every request, and under 1 % of its
+/// attempts are answered 429. One line per miss.
+fn check(runs: &[Run], requests: usize) -> Vec<String> {
+    let Some(preset) = runs.iter().find(|r| r.name == "preset") else {
+        return vec!["no preset run".into()];
+    };
+    let mut misses = Vec::new();
+    if preset.report.ok() != requests {
+        misses.push(format!(
+            "preset completed {} of {requests} requests ({} failed)",
+            preset.report.ok(),
+            preset.report.failed()
+        ));
+    }
+    if preset.r429 * 100 >= preset.received.max(1) {
+        misses.push(format!(
+            "preset: {} of {} attempts answered 429, {:.2} % (target: under 1 %)",
+            preset.r429,
+            preset.received,
+            100.0 * preset.r429 as f64 / preset.received.max(1) as f64
+        ));
+    }
+    misses
+}
+
 /// Points of a line: (seconds, answers in the bin).
 type Points = Vec<(f64, f64)>;
 
@@ -305,5 +336,15 @@ fn main() -> Result<(), BoxError> {
     table(&runs);
     chart(&runs, &options.chart)?;
     println!("\nchart: {}", options.chart.display());
+    if options.check {
+        let misses = check(&runs, options.requests);
+        if !misses.is_empty() {
+            for m in &misses {
+                println!("demo check: missed: {m}");
+            }
+            std::process::exit(1);
+        }
+        println!("demo check: the preset completed every request with under 1 % of attempts 429");
+    }
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! cargo run --release --example goodput -- --scenario overload   # one scenario
 //! cargo run --release --example goodput -- --strategy ours       # one strategy
 //! cargo run --release --example goodput -- --check                # exit 1 if `ours` misses a target
+//! cargo run --release --example goodput -- --sweep --check        # the robustness sweep only
+//! cargo run --release --example goodput -- --all --check          # the scenarios, then the sweep
 //! ```
 //!
 //! Scenarios: `steady` (32 callers against limits they exceed about 14 times over), `overload`
@@ -20,6 +22,19 @@
 //! peer that did not). It prints each miss and exits with status 1; CI runs it. The runs are on
 //! virtual time and seeded, so the check does not depend on the machine's speed or load.
 //!
+//! The sweep (`--sweep`, or `--all` after the scenarios; `--jobs N` runs N points at a time, the
+//! figures do not depend on it): 64 seeded server behaviours with rate-limit headers and 8
+//! header-less (Bedrock-style) ones, drawn across every option of the simulated API (headers
+//! computed at admission or at answer, separate or combined token buckets, input counted like
+//! the estimator, by whole-body bytes or at varying density, outputs 10–100 % of `max_tokens`,
+//! other clients using 0–30 % of every bucket, limits of several tiers, latency, 0–3 % of 529s,
+//! 8–64 callers, 200–600 requests), each run with `ours` only. One `goodput scenario=sweep-NN`
+//! line per point (its parameters after `params=`), then per group the misses, the worst cases
+//! and the median. `--check` holds every point with headers to 0 failed calls, under 1 % of
+//! attempts answered 429 and T*/T ≥ 0.95, their median to ≥ 0.97, and every header-less point
+//! to 0 failed calls, under 5 % throttled and T*/T ≥ 0.85. T* counts what the server charges
+//! (its input counting, its combined bucket, the budget other clients leave).
+//!
 //! Give-up rules, the same for all: a call ends when its strategy returns (a response, 429s and
 //! 529s included, or an error); a call is `ok` only when it ends with a 2xx. Every strategy runs
 //! behind a 10-minute deadline per call (the official SDKs' default timeout); none of the
@@ -31,6 +46,8 @@ mod ours;
 #[allow(dead_code)] // shared with benches/overhead.rs
 #[path = "goodput/peers.rs"]
 mod peers;
+#[path = "goodput/sweep.rs"]
+mod sweep;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,7 +61,9 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::timeout::Timeout;
 use tower::{Service, ServiceExt};
-use tower_llm_limits::sim::{Fault, Faults, Limits, Report, SimApi, Workload};
+use tower_llm_limits::sim::{
+    Fault, Faults, HeaderDialect, HeaderTiming, InputCounting, Limits, Report, SimApi, Workload,
+};
 
 use peers::{BoxError, BoxFut, Req};
 
@@ -112,28 +131,66 @@ const OPUS: Model = Model {
 
 #[derive(Clone, Debug)]
 struct Scenario {
-    name: &'static str,
+    name: String,
     models: Vec<Model>,
     requests: usize,
     callers: usize,
     faults: Faults,
     /// At this time every model's limits are multiplied by this factor (`api.set_limits`).
     upgrade: Option<(Duration, u64)>,
+    /// How the simulated server behaves beyond its limits and faults.
+    server: Server,
+    /// The sizes of the workload's requests.
+    sizes: Sizes,
+}
+
+/// The simulated server's behaviour (the defaults: the sim's, as the named scenarios use it).
+#[derive(Clone, Debug, Default)]
+struct Server {
+    timing: HeaderTiming,
+    dialect: HeaderDialect,
+    counting: InputCounting,
+    /// Share of every bucket other clients of the organisation use.
+    other_clients: f64,
+    /// `(base, per output token)`; `None`: the sim's default.
+    latency: Option<(Duration, Duration)>,
+    /// Share of requests answered 529, all along.
+    overloaded: f64,
+}
+
+/// Request sizes of a workload.
+#[derive(Clone, Debug)]
+struct Sizes {
+    input_tokens: std::ops::RangeInclusive<u64>,
+    max_tokens: std::ops::RangeInclusive<u64>,
+    output_fraction: std::ops::RangeInclusive<f64>,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            input_tokens: INPUT_TOKENS,
+            max_tokens: MAX_TOKENS,
+            output_fraction: OUTPUT_FRACTION,
+        }
+    }
 }
 
 fn scenarios() -> Vec<Scenario> {
     let base = Scenario {
-        name: "steady",
+        name: "steady".into(),
         models: vec![SONNET],
         requests: 400,
         callers: 32,
         faults: Faults::new(),
         upgrade: None,
+        server: Server::default(),
+        sizes: Sizes::default(),
     };
     vec![
         base.clone(),
         Scenario {
-            name: "overload",
+            name: "overload".into(),
             faults: Faults::new().window(
                 Duration::from_secs(45)..Duration::from_secs(75),
                 Fault::Overloaded { probability: 1.0 },
@@ -141,20 +198,20 @@ fn scenarios() -> Vec<Scenario> {
             ..base.clone()
         },
         Scenario {
-            name: "multi-model",
+            name: "multi-model".into(),
             models: vec![SONNET, HAIKU, OPUS],
             requests: 900,
             callers: 48,
             ..base.clone()
         },
         Scenario {
-            name: "limit-change",
+            name: "limit-change".into(),
             requests: 500,
             upgrade: Some((Duration::from_secs(60), 2)),
             ..base.clone()
         },
         Scenario {
-            name: "skew",
+            name: "skew".into(),
             faults: Faults::new().always(Fault::ClockSkew { offset_secs: 90 }),
             ..base
         },
@@ -163,7 +220,23 @@ fn scenarios() -> Vec<Scenario> {
 
 impl Scenario {
     fn api(&self) -> SimApi {
-        let mut builder = SimApi::builder().faults(self.faults.clone()).seed(SEED);
+        let server = &self.server;
+        let mut faults = self.faults.clone();
+        if server.overloaded > 0.0 {
+            faults = faults.always(Fault::Overloaded {
+                probability: server.overloaded,
+            });
+        }
+        let mut builder = SimApi::builder()
+            .faults(faults)
+            .seed(SEED)
+            .header_timing(server.timing)
+            .header_dialect(server.dialect)
+            .input_counting(server.counting)
+            .other_clients(server.other_clients);
+        if let Some((base, per_token)) = server.latency {
+            builder = builder.latency(base, per_token);
+        }
         for m in &self.models {
             builder = builder.model(m.name, m.limits(1));
         }
@@ -174,9 +247,9 @@ impl Scenario {
         Workload::new(self.requests, self.callers)
             .seed(SEED)
             .models(self.models.iter().map(|m| m.name))
-            .input_tokens(INPUT_TOKENS)
-            .max_tokens(MAX_TOKENS)
-            .output_fraction(OUTPUT_FRACTION)
+            .input_tokens(self.sizes.input_tokens.clone())
+            .max_tokens(self.sizes.max_tokens.clone())
+            .output_fraction(self.sizes.output_fraction.clone())
     }
 
     /// T*, the best possible completion time. The sim computes it for fixed limits (the refill
@@ -279,7 +352,7 @@ impl<'a> ours::Visit for RunOurs<'a> {
 // One run
 
 struct Row {
-    scenario: &'static str,
+    scenario: String,
     strategy: &'static str,
     ok: usize,
     failed: usize,
@@ -402,7 +475,7 @@ fn run(scenario: &Scenario, strategy: &'static str) -> Option<Row> {
         let mut latencies: Vec<Duration> = report.records().iter().map(|r| r.latency()).collect();
         latencies.sort();
         Some(Row {
-            scenario: scenario.name,
+            scenario: scenario.name.clone(),
             strategy,
             ok: report.ok(),
             failed: report.failed(),
@@ -439,7 +512,7 @@ fn arg(name: &str) -> Option<String> {
 fn misses(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
     for ours in rows.iter().filter(|r| r.strategy == "ours") {
-        let name = ours.scenario;
+        let name = &ours.scenario;
         if ours.failed > 0 {
             out.push(format!("{name}: {} failed calls", ours.failed));
         }
@@ -457,7 +530,7 @@ fn misses(rows: &[Row]) -> Vec<String> {
         }
         for peer in rows
             .iter()
-            .filter(|r| r.scenario == name && r.strategy != "ours")
+            .filter(|r| &r.scenario == name && r.strategy != "ours")
         {
             let behind = if peer.failed == 0 {
                 ours.failed > 0 || ours.ratio() <= peer.ratio()
@@ -479,8 +552,9 @@ fn misses(rows: &[Row]) -> Vec<String> {
     out
 }
 
-fn main() {
-    let check = std::env::args().any(|a| a == "--check");
+/// Runs the named scenarios and prints their table; with `check`, `false` when `ours` misses a
+/// target.
+fn named(check: bool) -> bool {
     let only_scenario = arg("--scenario");
     let only_strategy = arg("--strategy");
     let started = std::time::Instant::now();
@@ -580,7 +654,7 @@ fn main() {
         let misses = misses(&rows);
         if !rows.iter().any(|r| r.strategy == "ours") {
             eprintln!("goodput check: no `ours` run to check");
-            std::process::exit(1);
+            return false;
         }
         if misses.is_empty() {
             println!("goodput check: `ours` meets every target in every scenario run");
@@ -588,7 +662,105 @@ fn main() {
             for m in &misses {
                 println!("goodput check: missed: {m}");
             }
-            std::process::exit(1);
+            return false;
         }
+    }
+    true
+}
+
+/// Runs the sweep with `ours` on `jobs` threads (each run on its own paused runtime, so the
+/// figures do not depend on `jobs`), prints one line per point and the summary; with `check`,
+/// `false` when a point or the median misses its target.
+fn run_sweep(check: bool, jobs: usize) -> bool {
+    let started = std::time::Instant::now();
+    let points = sweep::points();
+    let next = AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Row>>> =
+        std::sync::Mutex::new((0..points.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(point) = points.get(i) else { break };
+                    let row = run(&point.scenario, "ours");
+                    if let Some(r) = &row {
+                        eprintln!(
+                            "goodput: {} ok={} failed={} r429={} ratio={:.3}",
+                            r.scenario,
+                            r.ok,
+                            r.failed,
+                            r.r429,
+                            r.ratio()
+                        );
+                    }
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = row;
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut rows = Vec::new();
+    for (point, row) in points.into_iter().zip(results) {
+        let Some(r) = row else {
+            eprintln!("goodput: `ours` skipped in the sweep: {}", ours::MISSING);
+            return false;
+        };
+        println!(
+            "goodput scenario={} strategy=ours ok={} failed={} attempts={} r429={} r529={} \
+             ratio={:.3} params={}",
+            r.scenario,
+            r.ok,
+            r.failed,
+            r.attempts,
+            r.r429,
+            r.r529,
+            r.ratio(),
+            point.params
+        );
+        rows.push((r, point.headerless, point.params));
+    }
+    println!();
+    for (r, _, _) in rows.iter().filter(|(r, _, _)| r.failed > 0) {
+        let reasons: Vec<String> = r
+            .failures
+            .iter()
+            .map(|(why, n)| format!("{n}× {why}"))
+            .collect();
+        println!("failures {} / ours: {}", r.scenario, reasons.join("; "));
+    }
+    println!();
+    let misses = sweep::summarise(&rows);
+    eprintln!(
+        "goodput: sweep of {} points in {:.1} s of wall-clock time",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !check {
+        return true;
+    }
+    if misses.is_empty() {
+        println!("goodput check: `ours` meets every target in every sweep point");
+        return true;
+    }
+    for m in &misses {
+        println!("goodput check: missed: {m}");
+    }
+    false
+}
+
+fn main() {
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let check = flag("--check");
+    let jobs = arg("--jobs").and_then(|j| j.parse().ok()).unwrap_or(1);
+    let mut ok = true;
+    if !flag("--sweep") {
+        ok &= named(check);
+    }
+    if flag("--sweep") || flag("--all") {
+        ok &= run_sweep(check, jobs);
+    }
+    if !ok {
+        std::process::exit(1);
     }
 }

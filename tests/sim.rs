@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tokio::time::advance;
+use tower_llm_limits::signals::Dimension;
 use tower_llm_limits::sim::{
-    EventKind, Fault, Faults, Limits, OutputAccounting, SimApi, Workload, count_input_tokens,
+    EventKind, Fault, Faults, HeaderDialect, HeaderTiming, InputCounting, Limits, OutputAccounting,
+    SimApi, Workload, count_input_tokens, message_body,
 };
 
 use support::sim::{header, json, message, post, send};
@@ -865,4 +867,289 @@ mod server {
         let c = api.counters();
         assert_eq!((c.hung(), c.dropped(), c.in_flight()), (1, 1, 0));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_at_answer_include_refill_and_other_charges() {
+    let build = |timing| {
+        SimApi::builder()
+            .model(MODEL, Limits::per_minute(50, 30_000, 8_000))
+            .latency(Duration::from_secs(1), Duration::from_millis(10))
+            .round_remaining(false)
+            .header_timing(timing)
+            .build()
+    };
+    for timing in [HeaderTiming::AtAdmission, HeaderTiming::AtAnswer] {
+        let api = build(timing);
+        assert_eq!(api.header_timing(), timing);
+        // A: admitted at 0, 300 output tokens, answered at 1 s + 3 s = 4 s.
+        let a = tokio::spawn({
+            let api = api.clone();
+            async move { send(&api, message(MODEL, 1_200, 1_024, 300)).await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(api.counters().admitted(), 1, "A admitted at 0");
+        advance(Duration::from_secs(1)).await;
+        // B: admitted at 1 s, answered at 2.01 s, while A is generating.
+        let b = send(&api, message(MODEL, 6_000, 100, 1)).await.unwrap();
+        assert_eq!(b.status(), StatusCode::OK);
+        let a = a.await.unwrap();
+        assert_eq!(a.status(), StatusCode::OK);
+        assert_eq!(api.elapsed(), Duration::from_secs(4));
+        assert_eq!(header(&a, "date"), "Thu, 01 Jan 2026 00:00:04 GMT");
+        let h = |name: &str| header(&a, &format!("anthropic-ratelimit-{name}")).to_owned();
+        match timing {
+            HeaderTiming::AtAdmission => {
+                assert_eq!(h("requests-remaining"), "49");
+                assert_eq!(h("input-tokens-remaining"), "28800");
+                assert_eq!(h("output-tokens-remaining"), "8000");
+                // 1,200 tokens at 500/s from t = 0.
+                assert_eq!(h("input-tokens-reset"), "2026-01-01T00:00:03Z");
+            }
+            _ => {
+                // Requests: 49 at 0, + 0.83 − 1 (B) at 1 s, + 2.5 by 4 s: full again.
+                assert_eq!(h("requests-remaining"), "50");
+                // Input: 30,000 − 1,200 + 500 − 6,000 (B) + 1,500 = 24,800.
+                assert_eq!(h("input-tokens-remaining"), "24800");
+                // Output: B's 1 token long refilled, A's 300 charged when it is sent.
+                assert_eq!(h("output-tokens-remaining"), "7700");
+                // 5,200 tokens at 500/s from t = 4 s: 14.4 s, rounded up.
+                assert_eq!(h("input-tokens-reset"), "2026-01-01T00:00:15Z");
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn combined_dialect_charges_one_token_bucket() {
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(50, 20_000, 10_000))
+        .latency(Duration::ZERO, Duration::ZERO)
+        .round_remaining(false)
+        .header_dialect(HeaderDialect::Combined)
+        .build();
+    assert_eq!(api.header_dialect(), HeaderDialect::Combined);
+    let ok = send(&api, message(MODEL, 1_200, 1_024, 300)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let h = |name: &str| header(&ok, &format!("anthropic-ratelimit-{name}")).to_owned();
+    assert_eq!(h("requests-limit"), "50");
+    assert_eq!(h("requests-remaining"), "49");
+    // One bucket of 20,000 + 10,000, charged the input at admission.
+    assert_eq!(h("tokens-limit"), "30000");
+    assert_eq!(h("tokens-remaining"), "28800");
+    let names: Vec<&str> = ok
+        .headers()
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with("anthropic-ratelimit-"))
+        .collect();
+    assert_eq!(names.len(), 6, "only requests-* and tokens-*: {names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.contains("-requests-") || n.contains("-tokens-"))
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("input") || n.contains("output"))
+    );
+    // The output went to the same bucket.
+    let levels = api.levels(MODEL).unwrap();
+    assert_eq!(levels.input_tokens(), 30_000.0 - 1_500.0);
+    // 28,000 input tokens: above the input limit of a separate bucket, within the combined one.
+    let big = send(&api, message(MODEL, 28_000, 100, 10)).await.unwrap();
+    assert_eq!(big.status(), StatusCode::OK);
+    // 490 left; 1,000 input + 1 output need 511 more at 500/s: 1.022 s → 2 s.
+    let refused = send(&api, message(MODEL, 1_000, 100, 10)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), "2");
+    assert_eq!(
+        header(&refused, "anthropic-ratelimit-tokens-remaining"),
+        "490"
+    );
+    let message = json(&refused)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("30000 tokens per minute"), "{message}");
+
+    // T*: one Tokens bound, input + output against the combined limit.
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(50, 20_000, 10_000))
+        .latency(Duration::ZERO, Duration::ZERO)
+        .starting_fill(0.0)
+        .header_dialect(HeaderDialect::Combined)
+        .build();
+    let workload = Workload::new(100, 4)
+        .input_tokens(1_000..=1_000)
+        .max_tokens(200..=200)
+        .output_fraction(0.5..=0.5);
+    let bounds = workload.bounds(&api);
+    let dims: Vec<Dimension> = bounds.iter().map(|b| b.dimension()).collect();
+    assert_eq!(dims, [Dimension::Requests, Dimension::Tokens]);
+    assert_eq!(bounds[1].cost(), 110_000);
+    // 110,000 tokens at 500/s (separate buckets would say 100,000 input at 333/s = 300 s).
+    assert_eq!(workload.theoretical_best(&api), Duration::from_secs(220));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bedrock_dialect_sends_no_rate_limit_headers() {
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(2, 1_000_000, 1_000_000))
+        .latency(Duration::ZERO, Duration::ZERO)
+        .header_dialect(HeaderDialect::Bedrock)
+        .build();
+    let no_budget_headers = |r: &http::Response<bytes::Bytes>| {
+        !r.headers()
+            .keys()
+            .any(|k| k.as_str().starts_with("anthropic-ratelimit-"))
+    };
+    for _ in 0..2 {
+        let ok = send(&api, message(MODEL, 100, 100, 10)).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert!(no_budget_headers(&ok));
+        assert_eq!(json(&ok)["usage"]["input_tokens"], 100);
+    }
+    let refused = send(&api, message(MODEL, 100, 100, 10)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(no_budget_headers(&refused));
+    assert_eq!(header(&refused, "x-amzn-errortype"), "ThrottlingException");
+    assert!(refused.headers().get("retry-after").is_none());
+    assert_eq!(
+        json(&refused),
+        serde_json::json!({"message": "Too many requests, please wait before trying again."})
+    );
+    assert_eq!(api.counters().rate_limited(), 1);
+    // Still a token bucket underneath: one request back every 30 s.
+    advance(Duration::from_secs(29)).await;
+    assert_eq!(status(&api, 100).await, StatusCode::TOO_MANY_REQUESTS);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(status(&api, 100).await, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn input_counted_by_body_bytes_or_varying_density() {
+    let by_bytes = SimApi::builder()
+        .model(MODEL, Limits::per_minute(50, 100_000, 8_000))
+        .latency(Duration::ZERO, Duration::ZERO)
+        .input_counting(InputCounting::BodyBytes {
+            bytes_per_token: 2.0,
+        })
+        .build();
+    let body = message_body(MODEL, 1_000, 100, 10);
+    let expected = (body.len() as u64).div_ceil(2);
+    assert!(expected > 2_000, "the JSON around the text counts too");
+    assert_eq!(by_bytes.input_tokens_of(&body), Some(expected));
+    let ok = send(&by_bytes, post(body.clone())).await.unwrap();
+    assert_eq!(json(&ok)["usage"]["input_tokens"], expected);
+    let levels = by_bytes.levels(MODEL).unwrap();
+    assert_eq!(levels.input_tokens(), (100_000 - expected) as f64);
+    let count = http::Request::post("http://sim.local/v1/messages/count_tokens")
+        .body(http_body_util::Full::new(body.clone()))
+        .unwrap();
+    let counted = send(&by_bytes, count).await.unwrap();
+    assert_eq!(json(&counted)["input_tokens"], expected);
+
+    let density = InputCounting::VaryingDensity {
+        min_bytes_per_token: 2.0,
+        max_bytes_per_token: 5.0,
+    };
+    let varying = SimApi::builder()
+        .model(MODEL, Limits::per_minute(1_000, 10_000_000, 1_000_000))
+        .latency(Duration::ZERO, Duration::ZERO)
+        .input_counting(density)
+        .seed(5)
+        .build();
+    assert_eq!(varying.input_counting(), density);
+    let mut ratios = Vec::new();
+    for n in (1..=40).map(|i| i * 250 + 1) {
+        let body = message_body(MODEL, n, 100, 10);
+        let text = 4 * (n - 1);
+        let charged = varying.input_tokens_of(&body).unwrap();
+        assert!(
+            (text.div_ceil(5) + 1..=text.div_ceil(2) + 1).contains(&charged),
+            "{n}: {charged}"
+        );
+        // The same request is counted the same, and the answer reports it.
+        let ok = send(&varying, post(body.clone())).await.unwrap();
+        assert_eq!(json(&ok)["usage"]["input_tokens"], charged);
+        assert_eq!(varying.input_tokens_of(&body), Some(charged));
+        ratios.push(text as f64 / (charged - 1) as f64);
+    }
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    assert!(
+        lo < 2.6 && hi > 4.4,
+        "bytes per token vary: {lo:.2}..{hi:.2}"
+    );
+
+    // T* counts what the server charges.
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(10_000, 30_000, 1_000_000))
+        .latency(Duration::ZERO, Duration::ZERO)
+        .starting_fill(0.0)
+        .input_counting(density)
+        .build();
+    let workload = Workload::new(50, 4).seed(3);
+    let charged: u64 = workload
+        .specs()
+        .iter()
+        .map(|s| {
+            let body = message_body(MODEL, s.input_tokens(), s.max_tokens(), s.output_tokens());
+            api.input_tokens_of(&body).unwrap()
+        })
+        .sum();
+    let estimated: u64 = workload.specs().iter().map(|s| s.input_tokens()).sum();
+    assert_ne!(charged, estimated);
+    let bounds = workload.bounds(&api);
+    assert_eq!(bounds[1].dimension(), Dimension::InputTokens);
+    assert_eq!(bounds[1].cost(), charged);
+    assert_eq!(
+        workload.theoretical_best(&api),
+        Duration::from_nanos(charged * 2_000_000)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_clients_drain_every_bucket() {
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(60, 1_000_000, 1_000_000))
+        .latency(Duration::ZERO, Duration::ZERO)
+        .round_remaining(false)
+        .starting_fill(0.0)
+        .other_clients(0.25)
+        .build();
+    assert_eq!(api.other_clients(), 0.25);
+    advance(Duration::from_secs(60)).await;
+    let levels = api.levels(MODEL).unwrap();
+    assert_eq!(levels.requests(), 45.0);
+    assert_eq!(levels.input_tokens(), 750_000.0);
+    // 45 requests in the first minute, not 60; the 46th waits 4/3 s.
+    for _ in 0..45 {
+        assert_eq!(status(&api, 10).await, StatusCode::OK);
+    }
+    let refused = send(&api, message(MODEL, 10, 100, 10)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), "2");
+    // Headers report the full limit; the reset is at the net refill (60 at 45/min).
+    assert_eq!(header(&refused, "anthropic-ratelimit-requests-limit"), "60");
+    assert_eq!(
+        header(&refused, "anthropic-ratelimit-requests-reset"),
+        "2026-01-01T00:02:20Z"
+    );
+    // A full bucket stays full: the refill outpaces the drain.
+    advance(Duration::from_secs(600)).await;
+    assert_eq!(api.levels(MODEL).unwrap().requests(), 60.0);
+
+    // T*: 90 requests at 45 per minute from empty.
+    let api = SimApi::builder()
+        .model(MODEL, Limits::per_minute(60, 1_000_000, 1_000_000))
+        .latency(Duration::ZERO, Duration::ZERO)
+        .starting_fill(0.0)
+        .other_clients(0.25)
+        .build();
+    let workload = Workload::new(90, 4);
+    assert_eq!(workload.theoretical_best(&api), Duration::from_secs(120));
 }

@@ -19,7 +19,9 @@ use tower_service::Service;
 
 use super::body::{self, Parsed};
 use super::bucket::Bucket;
-use super::config::{Config, Limits, OutputAccounting, SimApiBuilder};
+use super::config::{
+    Config, HeaderDialect, HeaderTiming, InputCounting, Limits, OutputAccounting, SimApiBuilder,
+};
 use super::counters::{Cells, Counters};
 use super::faults::{Decisions, Refusal};
 use super::future::ResponseFuture;
@@ -67,6 +69,11 @@ struct State {
 #[derive(Debug)]
 struct ModelState {
     base: Limits,
+    /// The limits in force.
+    limits: Limits,
+    /// Under [`HeaderDialect::Combined`] the `INPUT` bucket is the combined token bucket
+    /// (input + output) and the `OUTPUT` bucket is not used.
+    combined: bool,
     buckets: [Bucket; 3],
     updated: Instant,
 }
@@ -85,17 +92,20 @@ impl ModelState {
     }
 
     fn apply(&mut self, limits: Limits) {
-        self.buckets[REQUESTS].set_limit(limits.requests());
-        self.buckets[INPUT].set_limit(limits.input_tokens());
-        self.buckets[OUTPUT].set_limit(limits.output_tokens());
+        self.limits = limits;
+        let [requests, input, output] = bucket_limits(limits, self.combined);
+        self.buckets[REQUESTS].set_limit(requests);
+        self.buckets[INPUT].set_limit(input);
+        self.buckets[OUTPUT].set_limit(output);
     }
 
     fn limits(&self) -> Limits {
-        Limits::per_minute(
-            self.buckets[REQUESTS].limit(),
-            self.buckets[INPUT].limit(),
-            self.buckets[OUTPUT].limit(),
-        )
+        self.limits
+    }
+
+    /// The bucket output tokens are charged to.
+    fn output(&self) -> usize {
+        if self.combined { INPUT } else { OUTPUT }
     }
 
     fn snapshot(&self) -> [Reading; 3] {
@@ -104,6 +114,20 @@ impl ModelState {
             remaining: b.remaining(),
             until_full: b.until_full(),
         })
+    }
+}
+
+/// The capacities of the requests, input and output buckets.
+fn bucket_limits(limits: Limits, combined: bool) -> [u64; 3] {
+    if combined {
+        let tokens = limits.input_tokens().saturating_add(limits.output_tokens());
+        [limits.requests(), tokens, limits.output_tokens()]
+    } else {
+        [
+            limits.requests(),
+            limits.input_tokens(),
+            limits.output_tokens(),
+        ]
     }
 }
 
@@ -144,13 +168,14 @@ impl Shared {
                 .or(self.config.default_limits)?;
             let at0 = faults.limits_at(Duration::ZERO).unwrap_or(base);
             let fill = self.config.starting_fill;
+            let share = self.config.other_clients;
+            let combined = self.config.dialect == HeaderDialect::Combined;
             let ms = ModelState {
                 base,
-                buckets: [
-                    Bucket::new(at0.requests(), fill, self.start),
-                    Bucket::new(at0.input_tokens(), fill, self.start),
-                    Bucket::new(at0.output_tokens(), fill, self.start),
-                ],
+                limits: at0,
+                combined,
+                buckets: bucket_limits(at0, combined)
+                    .map(|limit| Bucket::new(limit, fill, share, self.start)),
                 updated: self.start,
             };
             state.models.insert(name.to_owned(), ms);
@@ -319,13 +344,14 @@ impl Levels {
         self.levels[REQUESTS]
     }
 
-    /// Input tokens available (fractional).
+    /// Input tokens available (fractional); under [`HeaderDialect::Combined`], the combined
+    /// token bucket (which can go negative like the output bucket).
     pub fn input_tokens(&self) -> f64 {
         self.levels[INPUT]
     }
 
     /// Output tokens available (fractional; negative after output charged as produced
-    /// overdraws it).
+    /// overdraws it). Not used under [`HeaderDialect::Combined`].
     pub fn output_tokens(&self) -> f64 {
         self.levels[OUTPUT]
     }
@@ -441,6 +467,35 @@ impl SimApi {
     pub fn starting_fill(&self) -> f64 {
         self.shared.config.starting_fill
     }
+
+    /// When the headers of a successful answer are computed.
+    pub fn header_timing(&self) -> HeaderTiming {
+        self.shared.config.header_timing
+    }
+
+    /// Which buckets are enforced and which headers report them.
+    pub fn header_dialect(&self) -> HeaderDialect {
+        self.shared.config.dialect
+    }
+
+    /// How input tokens are counted.
+    pub fn input_counting(&self) -> InputCounting {
+        self.shared.config.input_counting
+    }
+
+    /// The share of every bucket that other clients of the organisation use.
+    pub fn other_clients(&self) -> f64 {
+        self.shared.config.other_clients
+    }
+
+    /// The input tokens this server charges for a Messages request `body` (and reports in
+    /// `usage.input_tokens`); `None` when the body is not a JSON object with a `messages`
+    /// array.
+    pub fn input_tokens_of(&self, body: &[u8]) -> Option<u64> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let config = &self.shared.config;
+        body::charged(config.input_counting, config.seed, body, &value)
+    }
 }
 
 impl<B> Service<Request<B>> for SimApi
@@ -483,7 +538,8 @@ impl Drop for InFlight {
         let now = Instant::now();
         let mut state = shared.lock();
         if let Some(ms) = shared.model(&mut state, &self.model, now) {
-            ms.buckets[OUTPUT].refund(self.reserved);
+            let out = ms.output();
+            ms.buckets[out].refund(self.reserved);
         }
         let mut event = shared.event(
             self.seq,
@@ -511,7 +567,9 @@ fn admit(shared: &Shared, parsed: &Parsed, now: Instant) -> Option<Admission> {
     let ms = shared.model(&mut state, &parsed.model, now)?;
     let reserve = shared.config.accounting == OutputAccounting::ReserveMaxTokens;
     let output_need = if reserve { parsed.max_tokens } else { 1 };
-    let needs = [1, parsed.input_tokens, output_need];
+    let mut needs = [1, parsed.input_tokens, 0];
+    let out = ms.output();
+    needs[out] = needs[out].saturating_add(output_need);
     let waits: Vec<Option<Duration>> = ms
         .buckets
         .iter()
@@ -523,7 +581,7 @@ fn admit(shared: &Shared, parsed: &Parsed, now: Instant) -> Option<Admission> {
         ms.buckets[REQUESTS].charge(1);
         ms.buckets[INPUT].charge(parsed.input_tokens);
         if reserve {
-            ms.buckets[OUTPUT].charge(parsed.max_tokens);
+            ms.buckets[out].charge(parsed.max_tokens);
         }
         return Some(Admission::Admitted(Snapshot {
             at,
@@ -576,13 +634,18 @@ where
         Err(e) => return Err(e),
     };
     if parts.method == Method::POST && parts.uri.path() == "/v1/messages/count_tokens" {
-        let answer = match body::count_input_tokens(&bytes) {
+        let config = &shared.config;
+        let counted = serde_json::from_slice(&bytes)
+            .ok()
+            .and_then(|v| body::charged(config.input_counting, config.seed, &bytes, &v));
+        let answer = match counted {
             Some(n) => Answer {
                 status: StatusCode::OK,
                 body: json!({ "input_tokens": n }),
                 retry_after: None,
                 snapshot: None,
                 spend_limit: false,
+                throttled: false,
             },
             None => Answer::error(
                 StatusCode::BAD_REQUEST,
@@ -597,7 +660,7 @@ where
         let answer = Answer::error(StatusCode::NOT_FOUND, "not_found_error", msg);
         return Ok(shared.answer(seq, None, arrived, answer, &none));
     }
-    let parsed = match body::parse(&bytes) {
+    let parsed = match body::parse(&bytes, shared.config.input_counting, shared.config.seed) {
         Ok(p) => p,
         Err(msg) => {
             let answer = Answer::error(StatusCode::BAD_REQUEST, "invalid_request_error", msg);
@@ -666,7 +729,7 @@ where
             return Ok(shared.answer(seq, None, arrived, answer, &none));
         }
     };
-    let snapshot = match admission {
+    let mut snapshot = match admission {
         Admission::Admitted(s) => s,
         Admission::Refused {
             snapshot,
@@ -674,7 +737,11 @@ where
             wait,
         } => {
             let reading = snapshot.readings[dimension];
-            let name = DIMENSION_NAMES[dimension];
+            let combined = shared.config.dialect == HeaderDialect::Combined;
+            let name = match dimension {
+                INPUT if combined => "tokens",
+                _ => DIMENSION_NAMES[dimension],
+            };
             let (retry_after, message) = match wait {
                 Some(wait) => {
                     let secs = wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64;
@@ -704,6 +771,9 @@ where
                 Answer::error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);
             answer.retry_after = Some(retry_after);
             answer.snapshot = Some(snapshot);
+            if shared.config.dialect == HeaderDialect::Bedrock {
+                answer = Answer::throttled();
+            }
             return Ok(shared.answer(seq, model, arrived, answer, &decisions));
         }
     };
@@ -745,10 +815,17 @@ where
     {
         let mut state = shared.lock();
         if let Some(ms) = shared.model(&mut state, &parsed.model, now) {
+            let out = ms.output();
             if reserve {
-                ms.buckets[OUTPUT].refund(parsed.max_tokens - produced);
+                ms.buckets[out].refund(parsed.max_tokens - produced);
             } else {
-                ms.buckets[OUTPUT].charge(produced);
+                ms.buckets[out].charge(produced);
+            }
+            if shared.config.header_timing == HeaderTiming::AtAnswer {
+                snapshot = Snapshot {
+                    at: shared.elapsed(now),
+                    readings: ms.snapshot(),
+                };
             }
         }
         let mut event = shared.event(seq, model, arrived, EventKind::Answered(StatusCode::OK));
@@ -776,6 +853,7 @@ where
         retry_after: None,
         snapshot: Some(snapshot),
         spend_limit: false,
+        throttled: false,
     };
     Ok(response::render(&shared, seq, answer, &decisions))
 }

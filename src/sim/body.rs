@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::config::InputCounting;
+
 /// Input tokens charged per message, on top of its text.
 pub const MESSAGE_OVERHEAD_TOKENS: u64 = 1;
 
@@ -53,17 +55,58 @@ pub fn count_input_tokens(body: &[u8]) -> Option<u64> {
     count_value(&value)
 }
 
-fn count_value(value: &Value) -> Option<u64> {
+/// Text bytes and the number of messages, `None` without a `messages` array.
+fn text_and_messages(value: &Value) -> Option<(u64, u64)> {
     let messages = value.get("messages")?.as_array()?;
     let mut bytes = value.get("system").map(text_bytes).unwrap_or(0);
     for m in messages {
         bytes += m.get("content").map(text_bytes).unwrap_or(0);
     }
-    Some(bytes.div_ceil(4) + MESSAGE_OVERHEAD_TOKENS * messages.len() as u64)
+    Some((bytes, messages.len() as u64))
 }
 
-/// Parses a Messages request; `Err` carries the `invalid_request_error` message.
-pub(crate) fn parse(body: &[u8]) -> Result<Parsed, String> {
+fn count_value(value: &Value) -> Option<u64> {
+    let (bytes, messages) = text_and_messages(value)?;
+    Some(bytes.div_ceil(4) + MESSAGE_OVERHEAD_TOKENS * messages)
+}
+
+/// `ceil(bytes / ratio)`, at least 0.
+fn at_ratio(bytes: u64, ratio: f64) -> u64 {
+    (bytes as f64 / ratio).ceil().max(0.0) as u64
+}
+
+/// A seeded number in `0.0..1.0` for `body` (the same body, the same number).
+fn unit(seed: u64, body: &[u8]) -> f64 {
+    (fnv1a(seed ^ 0x6465_6e73_6974_7900, body) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What a server counting by `counting` charges for `body` (parsed as `value`); `None`
+/// without a `messages` array.
+pub(crate) fn charged(
+    counting: InputCounting,
+    seed: u64,
+    body: &[u8],
+    value: &Value,
+) -> Option<u64> {
+    let (bytes, messages) = text_and_messages(value)?;
+    Some(match counting {
+        InputCounting::BodyBytes { bytes_per_token } => {
+            at_ratio(body.len() as u64, bytes_per_token)
+        }
+        InputCounting::VaryingDensity {
+            min_bytes_per_token: lo,
+            max_bytes_per_token: hi,
+        } => {
+            let ratio = lo + (hi - lo) * unit(seed, body);
+            at_ratio(bytes, ratio) + MESSAGE_OVERHEAD_TOKENS * messages
+        }
+        InputCounting::Text => bytes.div_ceil(4) + MESSAGE_OVERHEAD_TOKENS * messages,
+    })
+}
+
+/// Parses a Messages request, counting input tokens by `counting`; `Err` carries the
+/// `invalid_request_error` message.
+pub(crate) fn parse(body: &[u8], counting: InputCounting, seed: u64) -> Result<Parsed, String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
     if !value.is_object() {
@@ -86,7 +129,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, String> {
         Some(m) if m.is_empty() => return Err("messages: at least one message is required".into()),
         Some(_) => {}
     }
-    let input_tokens = count_value(&value).unwrap_or(0);
+    let input_tokens = charged(counting, seed, body, &value).unwrap_or(0);
     let output_hint = value
         .get("metadata")
         .and_then(|m| m.get(OUTPUT_HINT_FIELD))
@@ -173,7 +216,7 @@ mod tests {
         for n in [0, 1, 2, 5, 1_000, 12_345] {
             let b = message_body("m", n, 10, 3);
             assert_eq!(count_input_tokens(&b), Some(n.max(1)));
-            let p = parse(&b).unwrap();
+            let p = parse(&b, InputCounting::Text, 0).unwrap();
             assert_eq!(produced(&p, 1, &b), 3);
         }
     }
@@ -181,21 +224,65 @@ mod tests {
     #[test]
     fn output_without_hint_is_bounded_and_deterministic() {
         let body = br#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
-        let p = parse(body).unwrap();
+        let p = parse(body, InputCounting::Text, 0).unwrap();
         let a = produced(&p, 9, body);
         assert_eq!(a, produced(&p, 9, body));
         assert!((20..=100).contains(&a));
     }
 
     #[test]
-    fn invalid_bodies() {
-        assert!(parse(b"{").is_err());
-        assert!(parse(b"[]").is_err());
-        assert!(parse(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).is_err());
-        assert!(
-            parse(br#"{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"x"}]}"#)
-                .is_err()
+    fn other_countings() {
+        let b = message_body("m", 1_001, 10, 3);
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        let bytes = InputCounting::BodyBytes {
+            bytes_per_token: 2.0,
+        };
+        assert_eq!(
+            charged(bytes, 0, &b, &v),
+            Some((b.len() as u64).div_ceil(2))
         );
-        assert!(parse(br#"{"model":"m","max_tokens":1,"messages":[]}"#).is_err());
+        let density = InputCounting::VaryingDensity {
+            min_bytes_per_token: 2.0,
+            max_bytes_per_token: 5.0,
+        };
+        let n = charged(density, 3, &b, &v).unwrap();
+        assert_eq!(charged(density, 3, &b, &v), Some(n));
+        // 4,000 text bytes at 2 to 5 bytes per token, plus one message.
+        assert!((801..=2_001).contains(&n), "{n}");
+        let fixed = InputCounting::VaryingDensity {
+            min_bytes_per_token: 4.0,
+            max_bytes_per_token: 4.0,
+        };
+        assert_eq!(charged(fixed, 3, &b, &v), Some(1_001));
+    }
+
+    #[test]
+    fn invalid_bodies() {
+        assert!(parse(b"{", InputCounting::Text, 0).is_err());
+        assert!(parse(b"[]", InputCounting::Text, 0).is_err());
+        assert!(
+            parse(
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
+                InputCounting::Text,
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            parse(
+                br#"{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"x"}]}"#,
+                InputCounting::Text,
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            parse(
+                br#"{"model":"m","max_tokens":1,"messages":[]}"#,
+                InputCounting::Text,
+                0
+            )
+            .is_err()
+        );
     }
 }

@@ -15,6 +15,10 @@ pub(crate) const UNIT: i128 = 60_000_000_000;
 #[derive(Clone, Debug)]
 pub(crate) struct Bucket {
     limit: u64,
+    /// Tokens per minute other clients take continuously (`floor(share × limit)`, below
+    /// `limit` when `limit > 0`): the net refill is `limit − drain`.
+    drain: u64,
+    share: f64,
     /// Tokens × [`UNIT`]; may be negative (output charged as produced).
     level: i128,
     updated: Instant,
@@ -25,18 +29,30 @@ fn ceil_div(a: i128, b: i128) -> i128 {
     (a + b - 1) / b
 }
 
+fn drain(limit: u64, share: f64) -> u64 {
+    ((share * limit as f64).floor() as u64).min(limit.saturating_sub(1))
+}
+
 fn nanos(d: i128) -> Duration {
     Duration::from_nanos(u64::try_from(d.max(0)).unwrap_or(u64::MAX))
 }
 
 impl Bucket {
-    pub(crate) fn new(limit: u64, fill: f64, at: Instant) -> Self {
+    /// A bucket `fill` full; other clients take `share` (`0.0..1.0`) of its refill.
+    pub(crate) fn new(limit: u64, fill: f64, share: f64, at: Instant) -> Self {
         let tokens = (fill * limit as f64).floor().clamp(0.0, limit as f64) as i128;
         Bucket {
             limit,
+            drain: drain(limit, share),
+            share,
             level: tokens * UNIT,
             updated: at,
         }
+    }
+
+    /// The net refill per minute: the limit less what other clients take.
+    fn rate(&self) -> i128 {
+        i128::from(self.limit - self.drain)
     }
 
     fn capacity(&self) -> i128 {
@@ -55,7 +71,7 @@ impl Bucket {
         let dt = (to - self.updated).as_nanos() as i128;
         let cap = self.capacity();
         if self.level < cap {
-            self.level = (self.level + dt * i128::from(self.limit)).min(cap);
+            self.level = (self.level + dt * self.rate()).min(cap);
         }
         self.updated = to;
     }
@@ -63,6 +79,7 @@ impl Bucket {
     /// Changes the capacity and refill rate; the level is kept, capped at the new capacity.
     pub(crate) fn set_limit(&mut self, limit: u64) {
         self.limit = limit;
+        self.drain = drain(limit, self.share);
         self.level = self.level.min(self.capacity());
     }
 
@@ -76,7 +93,7 @@ impl Bucket {
         if tokens > self.limit || self.limit == 0 {
             return None;
         }
-        Some(nanos(ceil_div(need - self.level, i128::from(self.limit))))
+        Some(nanos(ceil_div(need - self.level, self.rate())))
     }
 
     pub(crate) fn charge(&mut self, tokens: u64) {
@@ -106,7 +123,7 @@ impl Bucket {
         if self.limit == 0 {
             return None;
         }
-        Some(nanos(ceil_div(cap - self.level, i128::from(self.limit))))
+        Some(nanos(ceil_div(cap - self.level, self.rate())))
     }
 }
 
@@ -117,7 +134,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn exact_refill_and_wait() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(60, 1.0, t0);
+        let mut b = Bucket::new(60, 1.0, 0.0, t0);
         for _ in 0..60 {
             assert_eq!(b.wait_for(1), Some(Duration::ZERO));
             b.charge(1);
@@ -142,12 +159,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fractional_rates_round_up() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(7, 0.0, t0);
+        let mut b = Bucket::new(7, 0.0, 0.0, t0);
         // 7 per minute: one token every 60/7 s = 8.571428572 s (rounded up to the nanosecond).
         assert_eq!(b.wait_for(1), Some(Duration::from_nanos(8_571_428_572)));
         b.advance(t0 + Duration::from_nanos(8_571_428_571));
         assert_eq!(b.remaining(), 0);
         b.advance(t0 + Duration::from_nanos(8_571_428_572));
         assert_eq!(b.remaining(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_clients_drain_the_refill() {
+        let t0 = Instant::now();
+        // 60 per minute, a quarter taken by others: 45 per minute net.
+        let mut b = Bucket::new(60, 0.0, 0.25, t0);
+        assert_eq!(b.wait_for(3), Some(Duration::from_secs(4)));
+        b.advance(t0 + Duration::from_secs(60));
+        assert_eq!(b.remaining(), 45);
+        assert_eq!(b.until_full(), Some(Duration::from_secs(20)));
+        b.set_limit(120);
+        assert_eq!(b.wait_for(120), Some(Duration::from_secs(50)));
     }
 }

@@ -55,6 +55,67 @@ pub enum OutputAccounting {
     ReserveMaxTokens,
 }
 
+/// When the `anthropic-ratelimit-*` headers of a successful answer are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HeaderTiming {
+    /// The buckets right after the request was admitted and charged (what a streaming answer
+    /// sends before generating). Requests admitted after it are not in them.
+    #[default]
+    AtAdmission,
+    /// The buckets when the answer is sent, after generation: they include the refill since
+    /// admission, this request's produced output and every other request charged meanwhile.
+    AtAnswer,
+}
+
+/// Which buckets the server enforces and how it reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HeaderDialect {
+    /// Anthropic's: separate requests, input-token and output-token buckets, reported as
+    /// `anthropic-ratelimit-{requests,input-tokens,output-tokens}-*` plus `tokens-*` (the
+    /// token bucket with the smaller share left).
+    #[default]
+    Separate,
+    /// One combined token bucket, as OpenAI-style gateways and third-party mocks have: input
+    /// and output are charged to the same bucket, whose per-minute limit is
+    /// `input_tokens + output_tokens` of the model's [`Limits`]. Answers carry only
+    /// `anthropic-ratelimit-requests-*` and `anthropic-ratelimit-tokens-*`.
+    Combined,
+    /// Bedrock-style: the buckets of [`Separate`](Self::Separate) are enforced, but no answer
+    /// carries a rate-limit header, and a refusal is `429` with
+    /// `x-amzn-errortype: ThrottlingException`, the body
+    /// `{"message":"Too many requests, please wait before trying again."}` and no
+    /// `retry-after`.
+    Bedrock,
+}
+
+/// How the server counts a request's input tokens (what it charges and reports in
+/// `usage.input_tokens`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub enum InputCounting {
+    /// `ceil(text bytes / 4) + messages` ([`count_input_tokens`](super::count_input_tokens)):
+    /// the same formula as the client's estimator.
+    #[default]
+    Text,
+    /// `ceil(whole body bytes / bytes_per_token)`: the JSON keys, `model`, `max_tokens` and
+    /// metadata count too.
+    BodyBytes {
+        /// Bytes per token (at least 0.1).
+        bytes_per_token: f64,
+    },
+    /// Content of varying density: each request's text is counted at its own bytes per token,
+    /// drawn uniformly from `min..=max` by a seeded hash of its body (the same body is always
+    /// counted the same), `ceil(text bytes / ratio) + messages`.
+    VaryingDensity {
+        /// The densest content's bytes per token (at least 0.1).
+        min_bytes_per_token: f64,
+        /// The sparsest content's bytes per token.
+        max_bytes_per_token: f64,
+    },
+}
+
 /// The default virtual epoch: 2026-01-01T00:00:00Z.
 pub const DEFAULT_EPOCH_UNIX_SECS: u64 = 1_767_225_600;
 /// The default body limit: 32 MB, like the Messages API.
@@ -80,6 +141,10 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: usize,
     pub(crate) context_window: u64,
     pub(crate) events_capacity: usize,
+    pub(crate) header_timing: HeaderTiming,
+    pub(crate) dialect: HeaderDialect,
+    pub(crate) input_counting: InputCounting,
+    pub(crate) other_clients: f64,
 }
 
 impl Default for Config {
@@ -98,6 +163,10 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             context_window: DEFAULT_CONTEXT_WINDOW,
             events_capacity: DEFAULT_EVENTS_CAPACITY,
+            header_timing: HeaderTiming::AtAdmission,
+            dialect: HeaderDialect::Separate,
+            input_counting: InputCounting::Text,
+            other_clients: 0.0,
         }
     }
 }
@@ -108,7 +177,9 @@ impl Default for Config {
 /// [`default_limits`](Self::default_limits)), buckets full at start, output charged as produced,
 /// latency 300 ms + 2 ms per output token, no faults, seed 0, virtual epoch
 /// 2026-01-01T00:00:00Z, token `remaining` rounded to the nearest thousand, 32 MB body limit,
-/// 200,000-token context window, the last 100,000 events kept.
+/// 200,000-token context window, the last 100,000 events kept, headers computed at admission
+/// ([`HeaderTiming::AtAdmission`]) in Anthropic's dialect ([`HeaderDialect::Separate`]), input
+/// counted like the client's estimator ([`InputCounting::Text`]), no other clients.
 #[derive(Clone, Debug, Default)]
 pub struct SimApiBuilder {
     config: Config,
@@ -209,6 +280,64 @@ impl SimApiBuilder {
     /// [`SimApi::events`] (default 100,000; `0` records nothing).
     pub fn events_capacity(mut self, capacity: usize) -> Self {
         self.config.events_capacity = capacity;
+        self
+    }
+
+    /// When the rate-limit headers of a successful answer are computed (default
+    /// [`HeaderTiming::AtAdmission`]). Refusals are answered at once, so both timings agree on
+    /// them.
+    pub fn header_timing(mut self, timing: HeaderTiming) -> Self {
+        self.config.header_timing = timing;
+        self
+    }
+
+    /// Which buckets are enforced and which headers report them (default
+    /// [`HeaderDialect::Separate`]).
+    pub fn header_dialect(mut self, dialect: HeaderDialect) -> Self {
+        self.config.dialect = dialect;
+        self
+    }
+
+    /// How input tokens are counted (default [`InputCounting::Text`]). The count is what the
+    /// input (or combined) bucket is charged, what the context window is checked against, what
+    /// `usage.input_tokens` and `/v1/messages/count_tokens` report
+    /// ([`SimApi::input_tokens_of`] computes it).
+    ///
+    /// # Panics
+    /// When a bytes-per-token ratio is below 0.1 or not finite, or `min > max`.
+    pub fn input_counting(mut self, counting: InputCounting) -> Self {
+        let ok = |r: f64| r.is_finite() && r >= 0.1;
+        match counting {
+            InputCounting::Text => {}
+            InputCounting::BodyBytes { bytes_per_token } => assert!(
+                ok(bytes_per_token),
+                "bytes_per_token must be finite and at least 0.1, got {bytes_per_token}"
+            ),
+            InputCounting::VaryingDensity {
+                min_bytes_per_token: lo,
+                max_bytes_per_token: hi,
+            } => assert!(
+                ok(lo) && ok(hi) && lo <= hi,
+                "bytes per token must be finite, at least 0.1 and min <= max, got {lo}..={hi}"
+            ),
+        }
+        self.config.input_counting = counting;
+        self
+    }
+
+    /// Other clients of the same organisation use `share` of every bucket (default `0.0`):
+    /// each bucket is drained continuously at `share × limit / 60` per second of virtual time
+    /// (rounded to a whole token per minute), so it refills at `(1 − share) × limit / 60` net.
+    /// Headers still report the full limit; `remaining` and `reset` show the drain.
+    ///
+    /// # Panics
+    /// When `share` is not within `0.0..1.0`.
+    pub fn other_clients(mut self, share: f64) -> Self {
+        assert!(
+            (0.0..1.0).contains(&share),
+            "other_clients share must be within 0.0..1.0, got {share}"
+        );
+        self.config.other_clients = share;
         self
     }
 

@@ -50,7 +50,10 @@
 //! - **Requests**: each HTTP request costs 1 from the `requests` bucket.
 //! - **Input tokens** ([`count_input_tokens`]): `ceil(B / 4) + M`, with `B` the UTF-8 bytes of
 //!   all text in `system` and `messages[].content` (strings or `text` blocks) and `M` the number
-//!   of messages. [`message_body`] builds bodies of an exact count.
+//!   of messages. [`message_body`] builds bodies of an exact count. That is also what the
+//!   client's estimator computes; [`SimApiBuilder::input_counting`] makes the server count
+//!   otherwise ([`InputCounting`]: whole-body bytes at a ratio, or content of varying density),
+//!   and `usage.input_tokens` always reports what was charged ([`SimApi::input_tokens_of`]).
 //! - **Output tokens**: `metadata.sim_output_tokens` (a sim-only hint, see
 //!   [`OUTPUT_HINT_FIELD`]) capped at `max_tokens`; without it a seeded function of the body
 //!   within `max(1, max_tokens / 5)..=max_tokens`.
@@ -62,7 +65,10 @@
 //! cost at once: 1 request, its input tokens, and for output either `max_tokens`
 //! ([`OutputAccounting::ReserveMaxTokens`]: reserved now, the unused part given back when the
 //! answer is sent) or one token ([`OutputAccounting::AsProduced`]: the produced output is charged
-//! when the answer is sent, so the bucket may go negative). Otherwise the answer is
+//! when the answer is sent, so the bucket may go negative). Under [`HeaderDialect::Combined`]
+//! input and output are charged to one token bucket of `input + output` limit instead. Other
+//! clients of the organisation ([`SimApiBuilder::other_clients`]) drain a share of every
+//! bucket's refill. Otherwise the answer is
 //! `429 rate_limit_error` with `retry-after` = the seconds until this request would be admitted,
 //! rounded **up**: retrying exactly then succeeds if nothing else used the budget meanwhile. A
 //! request larger than a bucket's capacity can never be admitted; its 429 says so and carries
@@ -75,12 +81,16 @@
 //! carries `anthropic-ratelimit-{requests,input-tokens,output-tokens,tokens}-{limit,remaining,reset}`:
 //!
 //! - they describe the buckets **when the request was admitted or refused**, right after its
-//!   charge, like Anthropic's: requests admitted after it and still in flight are not in them;
+//!   charge, like Anthropic's: requests admitted after it and still in flight are not in them
+//!   ([`HeaderTiming::AtAnswer`] takes them when a successful answer is sent instead);
 //! - `*-remaining` is the whole tokens left, rounded down; token buckets' `remaining` is then
 //!   rounded to the nearest thousand (half up) unless [`SimApiBuilder::round_remaining`] is off;
 //! - `*-reset` is when the bucket would be full, as RFC 3339 with a `Z` and no fraction,
 //!   rounded **up** to the second (at that instant the bucket is full);
-//! - `tokens-*` repeats the input or output bucket, whichever has the smaller share left;
+//! - `tokens-*` repeats the input or output bucket, whichever has the smaller share left
+//!   ([`HeaderDialect::Combined`]: only `requests-*` and `tokens-*`, the combined bucket;
+//!   [`HeaderDialect::Bedrock`]: no rate-limit header at all, and a refusal is a 429 with
+//!   `x-amzn-errortype: ThrottlingException` and no `retry-after`);
 //! - wall-clock times are a virtual epoch ([`SimApiBuilder::epoch`], default
 //!   2026-01-01T00:00:00Z) plus the tokio time elapsed since `build()`, plus any
 //!   [`Fault::ClockSkew`]. `date` is sent when the answer is sent and is rounded **down** to the
@@ -120,7 +130,8 @@ pub use api::{EventKind, Levels, SimApi, SimEvent};
 pub use body::{MESSAGE_OVERHEAD_TOKENS, OUTPUT_HINT_FIELD, count_input_tokens, message_body};
 pub use config::{
     DEFAULT_CONTEXT_WINDOW, DEFAULT_EPOCH_UNIX_SECS, DEFAULT_EVENTS_CAPACITY,
-    DEFAULT_MAX_BODY_BYTES, Limits, OutputAccounting, SimApiBuilder,
+    DEFAULT_MAX_BODY_BYTES, HeaderDialect, HeaderTiming, InputCounting, Limits, OutputAccounting,
+    SimApiBuilder,
 };
 pub use counters::Counters;
 pub use faults::{Fault, Faults};

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::api::{Shared, mix};
+use super::config::HeaderDialect;
 use super::faults::{ABSURD_RETRY_AFTER, Decisions, MALFORMED};
 
 /// One bucket as reported in headers.
@@ -36,6 +37,8 @@ pub(crate) struct Answer {
     pub(crate) retry_after: Option<u64>,
     pub(crate) snapshot: Option<Snapshot>,
     pub(crate) spend_limit: bool,
+    /// A Bedrock-style throttle: `x-amzn-errortype: ThrottlingException`, body as is.
+    pub(crate) throttled: bool,
 }
 
 impl Answer {
@@ -46,6 +49,19 @@ impl Answer {
             retry_after: None,
             snapshot: None,
             spend_limit: false,
+            throttled: false,
+        }
+    }
+
+    /// Bedrock's throttle: 429, `x-amzn-errortype: ThrottlingException`, no `retry-after`.
+    pub(crate) fn throttled() -> Self {
+        Answer {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: json!({"message": "Too many requests, please wait before trying again."}),
+            retry_after: None,
+            snapshot: None,
+            spend_limit: false,
+            throttled: true,
         }
     }
 
@@ -60,6 +76,7 @@ impl Answer {
             retry_after: None,
             snapshot: None,
             spend_limit: true,
+            throttled: false,
         }
     }
 }
@@ -90,6 +107,10 @@ pub(crate) fn round_thousand(n: u64) -> u64 {
 }
 
 fn ratelimit_headers(headers: &mut HeaderMap, shared: &Shared, snapshot: &Snapshot, skew: i64) {
+    let dialect = shared.config.dialect;
+    if dialect == HeaderDialect::Bedrock {
+        return;
+    }
     let epoch = shared.config.epoch;
     let round = shared.config.round_remaining;
     let mut put = |dim: &str, r: &Reading, tokens: bool| {
@@ -119,6 +140,11 @@ fn ratelimit_headers(headers: &mut HeaderMap, shared: &Shared, snapshot: &Snapsh
     };
     let [req, input, output] = &snapshot.readings;
     put("requests", req, false);
+    if dialect == HeaderDialect::Combined {
+        // The input bucket is the combined one.
+        put("tokens", input, true);
+        return;
+    }
     put("input-tokens", input, true);
     put("output-tokens", output, true);
     // The most restrictive token bucket: the smaller share left (input on a tie).
@@ -150,7 +176,8 @@ pub(crate) fn render(
     let seed = shared.config.seed;
     let id = request_id(seed, seq);
     let mut body = answer.body;
-    if let (true, Some(obj)) = (answer.status != StatusCode::OK, body.as_object_mut()) {
+    let error = answer.status != StatusCode::OK && !answer.throttled;
+    if let (true, Some(obj)) = (error, body.as_object_mut()) {
         obj.insert("request_id".into(), Value::String(id.clone()));
     }
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
@@ -167,6 +194,12 @@ pub(crate) fn render(
     headers.insert(DATE, value(&date));
     if let Some(snapshot) = &answer.snapshot {
         ratelimit_headers(headers, shared, snapshot, skew);
+    }
+    if answer.throttled {
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("ThrottlingException"),
+        );
     }
     if let Some(secs) = answer.retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));

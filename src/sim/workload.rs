@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::api::SimApi;
 use super::body::message_body;
-use super::config::OutputAccounting;
+use super::config::{HeaderDialect, OutputAccounting};
 use crate::BoxError;
 use crate::signals::Dimension;
 
@@ -76,7 +76,10 @@ impl RequestSpec {
     pub fn model(&self) -> &str {
         &self.model
     }
-    /// Input tokens as the sim counts them.
+    /// Input tokens the request is built to: what the sim charges under the default
+    /// [`InputCounting::Text`](super::InputCounting::Text), which is also what the client's
+    /// estimator sees. Another counting charges
+    /// [`SimApi::input_tokens_of`] its body.
     pub fn input_tokens(&self) -> u64 {
         self.input_tokens
     }
@@ -131,7 +134,8 @@ impl Bound {
         &self.model
     }
     /// The dimension ([`Dimension::Requests`], [`Dimension::InputTokens`] or
-    /// [`Dimension::OutputTokens`]).
+    /// [`Dimension::OutputTokens`]; [`Dimension::Tokens`] for the combined bucket of
+    /// [`HeaderDialect::Combined`]).
     pub fn dimension(&self) -> Dimension {
         self.dimension
     }
@@ -139,7 +143,9 @@ impl Bound {
     pub fn cost(&self) -> u64 {
         self.cost
     }
-    /// `(cost − starting fill) / refill rate`, at least zero ([`Duration::MAX`] for a zero limit).
+    /// `(cost − starting fill) / net refill rate`, at least zero ([`Duration::MAX`] for a zero
+    /// limit). The net rate is the limit less what [other clients](super::SimApiBuilder::other_clients)
+    /// take.
     pub fn time(&self) -> Duration {
         self.time
     }
@@ -258,9 +264,16 @@ impl Workload {
     }
 
     /// Per model and dimension, the time the buckets need to refill what the workload costs
-    /// beyond their starting fill: `(total cost − starting fill) / (limit / 60 s)`, rounded up to
-    /// the nanosecond. Models the API does not know are skipped. Uses the limits configured now
-    /// ([`SimApi::configured_limits`]), not scripted limit changes.
+    /// beyond their starting fill: `(total cost − starting fill) / (net refill / 60 s)`, rounded
+    /// up to the nanosecond. Models the API does not know are skipped. Uses the limits configured
+    /// now ([`SimApi::configured_limits`]), not scripted limit changes.
+    ///
+    /// Costs are what the *server* charges: input as its [`InputCounting`](super::InputCounting)
+    /// counts each request's body ([`SimApi::input_tokens_of`]); under
+    /// [`HeaderDialect::Combined`] one [`Dimension::Tokens`] bound for input + output against
+    /// the combined limit instead of the two separate ones; the refill less the share that
+    /// [other clients](super::SimApiBuilder::other_clients) take (rounded down to a whole token
+    /// per minute, as the sim does).
     ///
     /// Output cost: under [`OutputAccounting::AsProduced`] the produced output (the sim admits
     /// while the bucket holds one token and charges on completion, so many requests in flight
@@ -278,13 +291,22 @@ impl Workload {
         let mut models: Vec<&str> = specs.iter().map(RequestSpec::model).collect();
         models.sort_unstable();
         models.dedup();
+        let combined = api.header_dialect() == HeaderDialect::Combined;
+        let share = api.other_clients();
         let mut out = Vec::new();
         for model in models {
             let Some(limits) = api.configured_limits(model) else {
                 continue;
             };
             let mine: Vec<&RequestSpec> = specs.iter().filter(|s| s.model == model).collect();
-            let input: u64 = mine.iter().map(|s| s.input_tokens).sum();
+            let input: u64 = mine
+                .iter()
+                .map(|s| {
+                    let body =
+                        message_body(&s.model, s.input_tokens, s.max_tokens, s.output_tokens);
+                    api.input_tokens_of(&body).unwrap_or(s.input_tokens)
+                })
+                .sum();
             let mut output: u64 = mine.iter().map(|s| s.output_tokens).sum();
             if reserve {
                 output += mine
@@ -293,16 +315,26 @@ impl Workload {
                     .min()
                     .unwrap_or(0);
             }
-            for (dimension, cost, limit) in [
-                (Dimension::Requests, mine.len() as u64, limits.requests()),
-                (Dimension::InputTokens, input, limits.input_tokens()),
-                (Dimension::OutputTokens, output, limits.output_tokens()),
-            ] {
+            let requests = (Dimension::Requests, mine.len() as u64, limits.requests());
+            let dimensions = if combined {
+                let tokens = limits.input_tokens().saturating_add(limits.output_tokens());
+                vec![
+                    requests,
+                    (Dimension::Tokens, input.saturating_add(output), tokens),
+                ]
+            } else {
+                vec![
+                    requests,
+                    (Dimension::InputTokens, input, limits.input_tokens()),
+                    (Dimension::OutputTokens, output, limits.output_tokens()),
+                ]
+            };
+            for (dimension, cost, limit) in dimensions {
                 out.push(Bound {
                     model: model.to_owned(),
                     dimension,
                     cost,
-                    time: refill_time(cost, limit, fill),
+                    time: refill_time(cost, limit, share, fill),
                 });
             }
         }
@@ -432,7 +464,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-fn refill_time(cost: u64, limit: u64, fill: f64) -> Duration {
+fn refill_time(cost: u64, limit: u64, share: f64, fill: f64) -> Duration {
     let start = (fill * limit as f64).floor().clamp(0.0, limit as f64) as u64;
     let beyond = cost.saturating_sub(start);
     if beyond == 0 {
@@ -441,7 +473,10 @@ fn refill_time(cost: u64, limit: u64, fill: f64) -> Duration {
     if limit == 0 {
         return Duration::MAX;
     }
-    let nanos = (u128::from(beyond) * 60_000_000_000).div_ceil(u128::from(limit));
+    // The sim's drain: floor(share × limit) per minute, always below the limit.
+    let drain = ((share * limit as f64).floor() as u64).min(limit - 1);
+    let rate = limit - drain;
+    let nanos = (u128::from(beyond) * 60_000_000_000).div_ceil(u128::from(rate));
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
