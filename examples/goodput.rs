@@ -673,6 +673,7 @@ fn named(check: bool) -> bool {
 /// `false` when a point or the median misses its target.
 fn run_sweep(check: bool, jobs: usize) -> bool {
     let started = std::time::Instant::now();
+    let only_point = arg("--point");
     let points = sweep::points();
     let next = AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Row>>> =
@@ -683,6 +684,12 @@ fn run_sweep(check: bool, jobs: usize) -> bool {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(point) = points.get(i) else { break };
+                    if only_point
+                        .as_ref()
+                        .is_some_and(|p| *p != point.scenario.name)
+                    {
+                        continue;
+                    }
                     let row = run(&point.scenario, "ours");
                     if let Some(r) = &row {
                         eprintln!(
@@ -751,6 +758,12 @@ fn run_sweep(check: bool, jobs: usize) -> bool {
 
 fn main() {
     let flag = |name: &str| std::env::args().any(|a| a == name);
+    // `GOODPUT_TRACE=info` (or `debug`) prints the crate's tracing events: what the limiter
+    // learned and why it waited, for one point (`--sweep --point sweep-20`).
+    if let Ok(level) = std::env::var("GOODPUT_TRACE") {
+        let level = level.parse().unwrap_or(tracing::Level::INFO);
+        tracing_subscriber::fmt().with_max_level(level).init();
+    }
     let check = flag("--check");
     let jobs = arg("--jobs").and_then(|j| j.parse().ok()).unwrap_or(1);
     let mut ok = true;

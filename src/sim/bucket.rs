@@ -123,7 +123,9 @@ impl Bucket {
         if self.limit == 0 {
             return None;
         }
-        Some(nanos(ceil_div(cap - self.level, self.rate())))
+        // From the refill rate the server knows: what other clients will take is not known
+        // in advance (a real server's reset cannot predict it either).
+        Some(nanos(ceil_div(cap - self.level, i128::from(self.limit))))
     }
 }
 

@@ -73,7 +73,7 @@ const RESET_ABOVE: Duration = Duration::from_secs(1);
 /// text are within about ±20 % for English; other content differs more and is learned).
 const INPUT_RATIO_MIN: f64 = 0.2;
 const INPUT_RATIO_MAX: f64 = 5.0;
-const INPUT_PRIOR_SD: f64 = 0.1;
+const INPUT_PRIOR_SD: f64 = 0.2;
 
 /// The least share of `max_tokens` a request is taken to produce.
 const OUTPUT_SHARE_MIN: f64 = 0.01;

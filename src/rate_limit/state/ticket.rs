@@ -142,7 +142,9 @@ impl Ticket {
 
     /// The inner call started: from now on the server may have seen the request.
     pub(crate) fn dispatched(&mut self) {
-        if let Phase::Admitted(r) = self.phase {
+        if let Phase::Admitted(mut r) = self.phase {
+            // Sent now, not when admitted: a concurrency cap below may have held it since.
+            r.at = Instant::now();
             if let Some(seq) = &self.seq {
                 seq.store(r.seq, Ordering::Relaxed);
             }
