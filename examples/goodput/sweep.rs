@@ -33,8 +33,8 @@ const CONCURRENCY_MARGIN: u32 = 3;
 /// deadline, leaving room for a retry).
 const MAX_QUEUE: Duration = Duration::from_secs(240);
 
-/// A tier's limits and the request sizes its callers send: with these sizes the workload costs
-/// several minutes of the tier's budget.
+/// A tier's limits and the request sizes its callers send (each point draws its prompt range
+/// around the tier's): with these sizes the workload costs several minutes of the tier's budget.
 struct Tier {
     name: &'static str,
     rpm: u64,
@@ -185,8 +185,13 @@ pub fn points() -> Vec<Point> {
                 latency: Some((base, per_token)),
                 overloaded: r529,
             };
+            // The prompts: a range drawn around the tier's (the smallest from 1 to 3 times its
+            // smallest, the largest from 0.75 to 1.5 times its largest).
+            let (in_lo, in_hi) = (*tier.input_tokens.start(), *tier.input_tokens.end());
+            let in_lo = rng.u64(in_lo..=3 * in_lo);
+            let in_hi = rng.u64(in_hi * 3 / 4..=in_hi * 3 / 2);
             let sizes = Sizes {
-                input_tokens: tier.input_tokens.clone(),
+                input_tokens: in_lo..=in_hi,
                 max_tokens: tier.max_tokens.clone(),
                 output_fraction: out_lo..=out_hi,
             };
@@ -210,7 +215,7 @@ pub fn points() -> Vec<Point> {
             };
             // The largest input a request of this tier may be charged (2 bytes per token of
             // text written at 4), and the smallest bucket allowed.
-            let largest = tier.input_tokens.end() * 2 + 200;
+            let largest = in_hi * 2 + 200;
             // What the workload costs in each dimension, as the server charges it (the same
             // at every scale), and the callers' bound.
             let (costs, concurrency) = rt.block_on(async {
@@ -273,7 +278,7 @@ pub fn points() -> Vec<Point> {
             let scenario = scenario(scale);
             let m = scenario.models[0];
             let params = format!(
-                "timing:{},dialect:{},input:{counting_name},output:{out_lo:.2}-{out_hi:.2},\
+                "timing:{},dialect:{},input:{counting_name},prompt:{in_lo}-{in_hi},output:{out_lo:.2}-{out_hi:.2},\
                  others:{others:.2},tier:{}x{scale:.2}={}/{}/{},latency:{:.2}s+{:.1}ms,\
                  r529:{r529:.3},callers:{callers},requests:{requests},refill:{:.0}s,\
                  concurrency_bound:{:.0}s,queue:{:.0}s",
@@ -389,10 +394,15 @@ pub fn summarise(rows: &[(Row, bool, String)]) -> Vec<String> {
             group.len(),
             100.0 * max_429
         );
-        let worst = |key: &dyn Fn(&Row) -> f64, what: &str| {
-            if let Some((r, _, params)) =
-                group.iter().max_by(|a, b| key(&a.0).total_cmp(&key(&b.0)))
-            {
+        let worst = |key: &dyn Fn(&Row) -> f64, what: &str, all: bool| {
+            let worst = group
+                .iter()
+                .filter(|(r, _, _)| all || r.failed == 0)
+                .max_by(|a, b| key(&a.0).total_cmp(&key(&b.0)));
+            if worst.is_none() {
+                println!("sweep {label} worst {what}: none");
+            }
+            if let Some((r, _, params)) = worst {
                 println!(
                     "sweep {label} worst {what}: {} ok={} failed={} attempts={} r429={} ({:.1} %) \
                      ratio={:.3} params={params}",
@@ -406,9 +416,14 @@ pub fn summarise(rows: &[(Row, bool, String)]) -> Vec<String> {
                 );
             }
         };
-        worst(&|r| -r.ratio(), "T*/T");
-        worst(&share_429, "429 share");
-        worst(&|r| r.failed as f64, "failed calls");
+        // T*/T means something only when every call completed (failed calls end early).
+        worst(
+            &|r| -r.ratio(),
+            "T*/T (of the points that completed every call)",
+            false,
+        );
+        worst(&share_429, "429 share", true);
+        worst(&|r| r.failed as f64, "failed calls", true);
     }
     misses
 }
