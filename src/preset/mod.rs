@@ -25,7 +25,9 @@
 //!   rate-limit budget or queueing behind other requests.
 //! - **The concurrency cap innermost**, so a permit is held only while the request is really in
 //!   flight, not while it waits for budget (the rate limiter drives the inner service's readiness
-//!   only after admission).
+//!   only after admission). "In flight" ends when the response head arrives for a non-streaming
+//!   answer, and when the body ends (or is dropped) for a streaming one (`text/event-stream`):
+//!   see [When the permit goes back](#when-the-concurrency-permit-goes-back).
 //! - **[`Signals`] right above the client** (and
 //!   [`ErrorBody`] below it), so each response is parsed once and every
 //!   layer above reads the same [`ResponseSignals`](crate::signals::ResponseSignals).
@@ -50,6 +52,23 @@
 //! Every part can be replaced: [`PresetLayer::retry`], [`PresetLayer::breaker`],
 //! [`PresetLayer::rate_limit`], [`PresetLayer::concurrency`], and the shortcuts
 //! [`PresetLayer::limits`], [`PresetLayer::max_wait`], [`PresetLayer::max_concurrency`].
+//!
+//! # When the concurrency permit goes back
+//!
+//! The cap counts requests the provider is working on ([`Release::Auto`](crate::concurrency::Release::Auto)):
+//!
+//! - a **non-streaming answer** gives its permit back when its head arrives: the provider has
+//!   finished, and the caller may read the body whenever it likes. Collecting responses before
+//!   reading them (`tokio::join!` of more calls than the cap, a `JoinSet` drained before any
+//!   body is read) completes;
+//! - a **streaming answer** (`content-type: text/event-stream`) is generated while it is read,
+//!   so its body holds the permit until its last event, an error, or until it is dropped. Read
+//!   or drop streams as they arrive: a caller holding more unread streams than the cap admits
+//!   while it waits for another call waits for ever.
+//!
+//! Either way the adaptive cap takes its outcome and latency sample when the head arrives.
+//! [`AdaptiveConcurrencyLimitLayer::release`] changes the rule (pass it to
+//! [`PresetLayer::concurrency`]).
 //!
 //! # Sharing
 //!
