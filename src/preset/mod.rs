@@ -43,6 +43,7 @@
 //! | while the breaker is open | calls wait until it probes again when that is at most 60 s away (10 min in all), else get [`breaker::error::Open`] | a server's `retry-after`, applied to our own refusal |
 //! | rate limits | learned from the response headers, per model; nothing hard-coded | `anthropic-ratelimit-*`, `x-ratelimit-*`, IETF `RateLimit` |
 //! | cost | 1 request, input tokens estimated from the JSON body, output reserved at `max_tokens` | Anthropic's ITPM/OTPM accounting |
+//! | error bodies | non-2xx bodies read (and parsed) up to 64 KiB and for at most 10 s from the head, else handed on unparsed ([`ErrorBodyLayer`]) | a stalled body must not hold the call and its permit for ever |
 //! | concurrency | adaptive (AIMD): starts at 32, between 2 and 512, ×0.7 on 429/529/timeouts | AWS SDK adaptive mode, Netflix concurrency-limits |
 //!
 //! The three presets differ in what they assume about the provider: [`anthropic`] and [`openai`]

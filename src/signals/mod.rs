@@ -64,7 +64,10 @@ mod tower_http_classify;
 
 pub mod future;
 
-pub use body::{ApiError, DEFAULT_MAX_ERROR_BODY, ErrorBody, ErrorBodyLayer, MaybeBuffered};
+pub use body::{
+    ApiError, DEFAULT_ERROR_BODY_TIMEOUT, DEFAULT_MAX_ERROR_BODY, ErrorBody, ErrorBodyLayer,
+    MaybeBuffered,
+};
 pub use classify::{Classify, ClassifyFn, DefaultClassifier, Outcome, OutcomeKind, classify_fn};
 pub use headers::{BucketReading, Dialect, Dimension, RateLimitSnapshot};
 pub use hints::{MAX_HINT, RetryHints, WaitSource};
