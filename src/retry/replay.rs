@@ -13,9 +13,16 @@ use http_body_util::{Empty, Full};
 /// cannot be sent twice; the layer then sends the request once and returns whatever comes back
 /// (a retryable response included), as the Go SDK does.
 ///
-/// Implemented for [`Full`], [`Empty`], [`Bytes`], [`String`] and `Vec<u8>`. Wrap any other
-/// body: [`Replayable`] for a body that is `Clone`, [`SendOnce`] for one that is not (a stream,
-/// an upload), which opts that request out of retries while keeping one service type.
+/// Implemented for [`Full`], [`Empty`], [`Bytes`], [`String`], `Vec<u8>`, `&'static str` and
+/// `()`. Wrap any other body: [`Replayable`] for a body whose clones are independent copies,
+/// [`SendOnce`] for one that is not (a stream, an upload, a boxed body), which opts that request
+/// out of retries while keeping one service type. To go through a [preset](crate::preset) a
+/// body also needs [`BodyBytes`](crate::cost::BodyBytes) (see there for the full list); both
+/// wrappers have it when the wrapped body does.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `ReplayBody`: the retry layer cannot tell whether this request body can be sent again",
+    note = "wrap the body in `tower_llm_limits::retry::SendOnce` (never retried) or `retry::Replayable` (its clones must be independent copies)"
+)]
 pub trait ReplayBody: Sized {
     /// A copy of this body to send on the next attempt, or `None` when it cannot be replayed.
     fn replay(&self) -> Option<Self>;
@@ -48,6 +55,18 @@ impl ReplayBody for String {
 impl ReplayBody for Vec<u8> {
     fn replay(&self) -> Option<Self> {
         Some(self.clone())
+    }
+}
+
+impl ReplayBody for &'static str {
+    fn replay(&self) -> Option<Self> {
+        Some(*self)
+    }
+}
+
+impl ReplayBody for () {
+    fn replay(&self) -> Option<Self> {
+        Some(())
     }
 }
 
