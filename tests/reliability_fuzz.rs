@@ -14,7 +14,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use tower_llm_limits::signals::{
-    ApiError, Classify, DefaultClassifier, Dimension, MAX_HINT, RateLimitSnapshot, RetryHints,
+    ApiError, Classify, DefaultClassifier, Dimension, MAX_HINT, MAX_RETRY_AFTER, RateLimitSnapshot,
+    RetryHints,
 };
 
 /// Cases per property: `PROPTEST_CASES`, else 2 000.
@@ -341,7 +342,7 @@ fn check_snapshot(snapshot: &RateLimitSnapshot) -> Result<(), TestCaseError> {
 
 fn check_hints(hints: &RetryHints) -> Result<(), TestCaseError> {
     if let Some(wait) = hints.retry_after() {
-        prop_assert!(wait <= MAX_HINT, "retry-after {wait:?}");
+        prop_assert!(wait <= MAX_RETRY_AFTER, "retry-after {wait:?}");
         prop_assert!(hints.source().is_some(), "a wait has a source");
     }
     let _ = format!("{hints:?}");
@@ -358,7 +359,8 @@ proptest! {
         check_snapshot(&RateLimitSnapshot::from_headers_at(&headers, now))?;
     }
 
-    /// `RetryHints::from_headers_at` never panics and never returns a wait beyond `MAX_HINT`.
+    /// `RetryHints::from_headers_at` never panics and never returns a wait beyond
+    /// `MAX_RETRY_AFTER`.
     #[test]
     fn retry_hints_never_panic(headers in any_headers(), now in wall_clock()) {
         check_hints(&RetryHints::from_headers_at(&headers, now))?;
@@ -383,7 +385,7 @@ proptest! {
             api_error.as_ref(),
         );
         if let Some(wait) = outcome.retry_after() {
-            prop_assert!(wait <= MAX_HINT);
+            prop_assert!(wait <= MAX_RETRY_AFTER);
         }
         prop_assert_eq!(outcome.is_success(), status.as_u16() < 400 && outcome.is_success());
         let _ = format!("{outcome:?} {}", outcome.kind().as_str());
