@@ -905,3 +905,107 @@ mod sdk_parity {
         assert_eq!(gap(&server), Duration::from_secs(2));
     }
 }
+
+/// `Replayable` over a body whose clones share one stream (issue 19, item 5): the retry would
+/// send only the leftover tail as the whole request. The layer detects the consumed stream and
+/// ends the call with a typed error instead.
+mod shared_stream {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http::Request;
+    use http_body::{Body, Frame, SizeHint};
+    use tower::ServiceExt;
+    use tower_llm_limits::retry::error::BodyNotReplayable;
+    use tower_llm_limits::retry::{Replayable, Retry};
+
+    use super::plain;
+    use super::support::retry::{Scripted, respond};
+
+    /// A body whose clones share one queue of chunks: what one clone reads, the others lose.
+    #[derive(Clone, Default)]
+    struct SharedChunks(Arc<Mutex<VecDeque<Bytes>>>);
+
+    impl Body for SharedChunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(
+                self.0
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .map(|c| Ok(Frame::data(c))),
+            )
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.lock().unwrap().is_empty()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.0.lock().unwrap().iter().map(|c| c.len() as u64).sum())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replayable_body_whose_clones_share_a_stream_is_refused() {
+        let body = SharedChunks::default();
+        body.0.lock().unwrap().extend([
+            Bytes::from_static(b"{\"model\":"),
+            Bytes::from_static(b"\"m\"}"),
+        ]);
+        let server = Scripted::new(|i| match i {
+            0 => respond(529, &[]),
+            _ => respond(200, &[]),
+        });
+        let request = Request::post("http://api.test/v1/messages")
+            .body(Replayable::new(body))
+            .unwrap();
+        let error = Retry::new(server.clone(), plain(2))
+            .oneshot(request)
+            .await
+            .unwrap_err();
+        let error = error
+            .downcast_ref::<BodyNotReplayable>()
+            .expect("a typed refusal, not a retry with the tail");
+        assert_eq!(error.attempts(), 1);
+        assert_eq!(error.last_status().map(|s| s.as_u16()), Some(529));
+        assert!(
+            error.reason().reason().contains("share one stream"),
+            "{error}"
+        );
+        // Only the first, complete body reached the server.
+        let seen = server.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(&seen[0].body[..], b"{\"model\":\"m\"}");
+    }
+
+    /// An independent copy (the documented requirement) is replayed as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_replayable_body_with_independent_clones_is_replayed() {
+        let server = Scripted::new(|i| match i {
+            0 => respond(529, &[]),
+            _ => respond(200, &[]),
+        });
+        let body = http_body_util::Full::new(Bytes::from_static(b"{\"model\":\"m\"}"));
+        let request = Request::post("http://api.test/v1/messages")
+            .body(Replayable::new(body))
+            .unwrap();
+        let response = Retry::new(server.clone(), plain(2))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let seen = server.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].body, seen[1].body);
+    }
+}

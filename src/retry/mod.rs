@@ -57,7 +57,8 @@
 //! retries are used up, the body cannot be replayed) the last response is returned as it is,
 //! with [`Attempts`] in its extensions, and an error of the inner service is returned as it is.
 //! The layer returns its own typed errors only where it ends the call itself: budget, deadline,
-//! ceiling. A breaker refusal that is not waited out is returned as it is. Those errors carry the last status, the server's wait and the number of attempts;
+//! ceiling, and a body that claims to be replayable but refuses to be copied
+//! ([`error::BodyNotReplayable`]: a [`Replayable`] whose clones share one stream). A breaker refusal that is not waited out is returned as it is. Those errors carry the last status, the server's wait and the number of attempts;
 //! the last response's body is dropped (see [`error`]).
 //!
 //! # Why a service of its own rather than `tower::retry::Policy`
@@ -176,6 +177,6 @@ pub use policy::{
     ANTHROPIC_MAX_SERVER_WAIT, Attempts, DEFAULT_MAX_BREAKER_WAIT, DEFAULT_MAX_SERVER_WAIT,
     OPENAI_MAX_SERVER_WAIT, Policy, SDK_ATTEMPT_HEADER,
 };
-pub use replay::{ReplayBody, Replayable, SendOnce};
+pub use replay::{ReplayBody, ReplayRefused, Replayable, SendOnce};
 pub use service::{Retry, RetryLayer};
 pub use tower_policy::TowerPolicy;
