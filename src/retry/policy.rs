@@ -451,7 +451,7 @@ impl<C> Policy<C> {
         } else {
             let until = open.retry_after();
             let spread = (until / 10).min(Duration::from_secs(1));
-            until + spread.mul_f64(rng.f64())
+            until.saturating_add(spread.mul_f64(rng.f64()))
         };
         let total = self.max_breaker_wait.saturating_mul(BREAKER_WAITS_PER_CALL);
         if wait > self.max_breaker_wait || call.breaker_waited.saturating_add(wait) > total {
@@ -495,8 +495,8 @@ impl<C: Classify> Policy<C> {
                         waited_ms = call.breaker_waited.as_millis() as u64,
                         "waiting for the circuit breaker"
                     );
-                    call.breaker_waits += 1;
-                    call.breaker_waited += wait;
+                    call.breaker_waits = call.breaker_waits.saturating_add(1);
+                    call.breaker_waited = call.breaker_waited.saturating_add(wait);
                     return Next::Retry(wait);
                 }
                 _ => tracing::debug!(
@@ -538,7 +538,7 @@ impl<C: Classify> Policy<C> {
                 source,
             } => {
                 tracing::info!(
-                    attempt = attempts + 1,
+                    attempt = attempts.saturating_add(1),
                     reason = outcome.kind().as_str(),
                     status,
                     wait_ms = wait.as_millis() as u64,
@@ -547,7 +547,7 @@ impl<C: Classify> Policy<C> {
                     "retrying"
                 );
                 crate::observe::emit::retry(outcome.kind().as_str(), source);
-                call.attempts += 1;
+                call.attempts = call.attempts.saturating_add(1);
                 if !backoff.is_zero() {
                     call.previous_backoff = backoff;
                 }
