@@ -1035,3 +1035,21 @@ async fn the_default_failure_rate_rule_is_half_of_at_least_ten_calls() {
         assert_eq!(tripped, trips_at, "one failure in {fail_every}");
     }
 }
+
+/// An open duration too large for the clock (a configured `Duration::MAX`, which a server's
+/// huge `retry-after` is clamped to) saturates instead of overflowing `Instant` (issue 19,
+/// item 3).
+#[tokio::test(start_paused = true)]
+async fn an_open_duration_too_large_for_the_clock_does_not_overflow() {
+    let api = Upstream::always(529);
+    let policy = exact()
+        .open_duration(Duration::MAX)
+        .max_open_duration(Duration::MAX);
+    let mut svc = CircuitBreaker::new(api.clone(), policy);
+    for _ in 0..5 {
+        assert_eq!(status(&send(&mut svc).await), Some(529));
+    }
+    assert!(matches!(svc.state(), State::Open { .. }));
+    let open = open_error(send(&mut svc).await);
+    assert!(open.retry_after() > Duration::from_secs(365 * 24 * 60 * 60));
+}

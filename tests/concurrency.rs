@@ -59,6 +59,16 @@ fn ok(chunks: &[&'static str]) -> Res {
     Response::new(Chunks::new(chunks))
 }
 
+/// A streaming answer (`content-type: text/event-stream`) made of `chunks`.
+fn sse(chunks: &[&'static str]) -> Res {
+    let mut response = ok(chunks);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    response
+}
+
 fn status(code: u16) -> Res {
     let mut response = ok(&["{}"]);
     *response.status_mut() = StatusCode::from_u16(code).unwrap();
@@ -220,11 +230,11 @@ async fn layer_constructors_share_or_not_as_documented() {
 }
 
 #[tokio::test]
-async fn the_body_holds_the_permit_until_its_end() {
+async fn a_streaming_body_holds_the_permit_until_its_end() {
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
     let mut b = a.clone();
     let (mut fut, send) = start(&mut a, &mut handle);
-    send.send_response(ok(&["data: 1\n\n", "data: 2\n\n"]));
+    send.send_response(sse(&["data: 1\n\n", "data: 2\n\n"]));
     let mut body: PermitBody<Chunks> = assert_ready_ok!(fut.poll()).into_body();
     assert!(body.holds_permit());
     assert_pending!(b.poll_ready());
@@ -244,12 +254,41 @@ async fn dropping_a_half_read_body_frees_the_permit() {
     let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
     let mut b = a.clone();
     let (mut fut, send) = start(&mut a, &mut handle);
-    send.send_response(ok(&["1", "2", "3"]));
+    send.send_response(sse(&["1", "2", "3"]));
     let mut body = assert_ready_ok!(fut.poll()).into_body();
     assert!(assert_ready!(poll_frame(&mut body)).is_some());
     assert_pending!(b.poll_ready());
     drop(body);
     assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+}
+
+/// The default: a non-streaming answer gives its permit back with its head, like tower's
+/// `ConcurrencyLimit`; the unread body holds nothing.
+#[tokio::test]
+async fn a_non_streaming_body_does_not_hold_the_permit_by_default() {
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(ConcurrencyLimitLayer::new(1));
+    let mut b = a.clone();
+    let (mut fut, send) = start(&mut a, &mut handle);
+    assert_pending!(b.poll_ready());
+    send.send_response(ok(&["{\"id\":", "\"msg_1\"}"]));
+    let body = assert_ready_ok!(fut.poll()).into_body();
+    assert!(!body.holds_permit());
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+}
+
+#[tokio::test]
+async fn release_at_body_end_holds_any_body() {
+    let layer = ConcurrencyLimitLayer::new(1).release(Release::AtBodyEnd);
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    let mut b = a.clone();
+    let (mut fut, send) = start(&mut a, &mut handle);
+    send.send_response(ok(&["1", "2"]));
+    let body = assert_ready_ok!(fut.poll()).into_body();
+    assert!(body.holds_permit());
+    assert_pending!(b.poll_ready());
+    drop(body);
     assert_ready_ok!(b.poll_ready());
 }
 
@@ -260,7 +299,7 @@ async fn release_at_headers_does_not_hold_the_permit_in_the_body() {
     let mut b = a.clone();
     let (mut fut, send) = start(&mut a, &mut handle);
     assert_pending!(b.poll_ready());
-    send.send_response(ok(&["1", "2"]));
+    send.send_response(sse(&["1", "2"]));
     let body = assert_ready_ok!(fut.poll()).into_body();
     assert!(!body.holds_permit());
     assert!(b.is_woken());
@@ -350,6 +389,8 @@ async fn invalid_configurations_are_typed_errors() {
 #[tokio::test]
 async fn a_wave_of_429s_shrinks_the_limit_once_per_epoch() {
     let (layer, limiter) = adaptive(Aimd::new().initial(10).max(10));
+    // Bodies hold their permits here, to show a lowered limit admitting nobody.
+    let layer = layer.release(Release::AtBodyEnd);
     let (first, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
     let mut services: Vec<_> = (0..11).map(|_| first.clone()).collect();
     let mut wave = Vec::new();
@@ -697,4 +738,103 @@ async fn limit_changes_are_traced_with_old_new_and_reason() {
             "message=adaptive concurrency limit decreased old=2 new=1 reason=\"rate_limited\"",
         ]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collecting responses before reading them (issue 19, item 1)
+// ---------------------------------------------------------------------------------------------
+
+mod collecting_responses {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_llm_limits::preset;
+    use tower_llm_limits::sim::{Limits, SimApi};
+
+    use super::support::sim::message;
+
+    const MODEL: &str = "claude-sonnet-4-5";
+
+    fn api() -> SimApi {
+        SimApi::builder()
+            .model(MODEL, Limits::per_minute(100_000, 100_000_000, 100_000_000))
+            .latency(Duration::from_millis(300), Duration::from_millis(5))
+            .seed(19)
+            .build()
+    }
+
+    /// `tokio::join!` of three calls through a cap of two: the third call needs a permit that
+    /// one of the first two holds; both responses are only read after all three arrive. On the
+    /// paused clock a deadlock shows as the timeout firing.
+    #[tokio::test(start_paused = true)]
+    async fn join_of_three_calls_through_max_concurrency_two_completes() {
+        let layer = preset::anthropic().max_concurrency(2);
+        let client = ServiceBuilder::new().layer(layer.clone()).service(api());
+        let call = || client.clone().oneshot(message(MODEL, 100, 64, 16));
+        let (a, b, c) = tokio::time::timeout(Duration::from_secs(600), async {
+            tokio::join!(call(), call(), call())
+        })
+        .await
+        .expect("three calls through a cap of two complete without reading the bodies");
+        for response in [a, b, c] {
+            let response = response.unwrap();
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+        }
+        assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+    }
+
+    /// 40 calls through the default preset (adaptive cap starting at 32), every response
+    /// collected from a `JoinSet` before any body is read.
+    #[tokio::test(start_paused = true)]
+    async fn collecting_40_responses_from_a_join_set_with_the_default_preset_completes() {
+        let layer = preset::anthropic();
+        let client = ServiceBuilder::new().layer(layer.clone()).service(api());
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            calls.spawn(client.clone().oneshot(message(MODEL, 100, 64, 16)));
+        }
+        let responses = tokio::time::timeout(Duration::from_secs(600), async {
+            let mut responses = Vec::new();
+            while let Some(done) = calls.join_next().await {
+                responses.push(done.unwrap().unwrap());
+            }
+            responses
+        })
+        .await
+        .expect("all 40 calls complete before their bodies are read");
+        assert_eq!(responses.len(), 40);
+        for response in responses {
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+        }
+        assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+    }
+}
+
+/// A streaming answer holds its permit until its body ends, and the adaptive cap still takes
+/// its sample (outcome and latency) when the head arrives.
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_cap_samples_a_stream_at_its_head_and_holds_its_permit_to_the_end() {
+    let (layer, limiter) = adaptive(Aimd::new().initial(1).min(1).max(4));
+    let (mut a, mut handle) = mock::spawn_layer::<Req, Res, _>(layer);
+    let mut b = a.clone();
+    let (mut fut, send) = start(&mut a, &mut handle);
+    tokio::time::advance(Duration::from_millis(250)).await;
+    send.send_response(sse(&[
+        "event: message_start\n\n",
+        "event: message_stop\n\n",
+    ]));
+    let mut body = assert_ready_ok!(fut.poll()).into_body();
+    // Sampled at the head: one success with the cap full grows the limit, the latency is known.
+    assert_eq!(limiter.smoothed_rtt(), Some(Duration::from_millis(250)));
+    assert_eq!(limiter.limit(), 2);
+    assert!(body.holds_permit());
+    assert_eq!(limiter.in_flight(), 1);
+    assert!(assert_ready!(poll_frame(&mut body)).is_some());
+    assert!(assert_ready!(poll_frame(&mut body)).is_some());
+    assert!(!body.holds_permit());
+    assert_eq!(limiter.in_flight(), 0);
+    assert_ready_ok!(b.poll_ready());
 }

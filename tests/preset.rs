@@ -146,3 +146,92 @@ async fn without_a_date_header_a_frozen_local_clock_does_not_stall_pacing() {
     assert_eq!((failed, rate_limited), (0, 0));
     assert!(ratio > 0.95, "{ratio}");
 }
+
+/// Every request body type the crate documents goes through every preset (issue 19, item 4):
+/// each stack is built, called, and the body reaches the client; a body whose bytes are at hand
+/// is keyed by its `model`.
+mod body_types {
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+    use http_body_util::{BodyExt, Empty, Full};
+    use tower::{Layer, ServiceExt, service_fn};
+    use tower_llm_limits::cost::BodyBytes;
+    use tower_llm_limits::preset::{self, PresetLayer};
+    use tower_llm_limits::rate_limit::KeyFn;
+    use tower_llm_limits::retry::{ReplayBody, Replayable, SendOnce};
+    use tower_llm_limits::{BoxError, cost::DefaultCost};
+
+    const JSON: &str = r#"{"model":"claude-haiku-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+
+    /// Calls `layer` over a client that accepts any body of type `B`; returns the rate-limit
+    /// keys the layer learned.
+    async fn through<B, K>(layer: PresetLayer<K, DefaultCost>, body: B) -> Vec<String>
+    where
+        B: BodyBytes + ReplayBody + Send + 'static,
+        K: KeyFn<B> + Clone,
+    {
+        let client = service_fn(|_req: Request<B>| async {
+            Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        });
+        let request = Request::post("https://api.example.com/v1/messages")
+            .body(body)
+            .unwrap();
+        let response = layer.layer(client).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        layer
+            .get_rate_limit()
+            .state()
+            .snapshot()
+            .iter()
+            .map(|k| k.key().as_str().to_owned())
+            .collect()
+    }
+
+    async fn every_preset<B>(body: impl Fn() -> B, keyed: bool)
+    where
+        B: BodyBytes + ReplayBody + Send + 'static,
+    {
+        for layer in [preset::anthropic(), preset::openai()] {
+            let keys = through(layer, body()).await;
+            if keyed {
+                assert_eq!(keys, ["claude-haiku-4-5"]);
+            }
+        }
+        through(preset::generic(), body()).await;
+    }
+
+    fn full() -> Full<Bytes> {
+        Full::new(Bytes::from_static(JSON.as_bytes()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_documented_body_type_goes_through_every_preset() {
+        every_preset(full, true).await;
+        every_preset(Empty::<Bytes>::new, false).await;
+        every_preset(|| Bytes::from_static(JSON.as_bytes()), true).await;
+        every_preset(|| JSON.to_owned(), true).await;
+        every_preset(|| JSON.as_bytes().to_vec(), true).await;
+        every_preset(|| JSON, true).await;
+        every_preset(|| (), false).await;
+        every_preset(|| Replayable::new(full()), true).await;
+        every_preset(|| Replayable::new(JSON.to_owned()), true).await;
+        every_preset(|| SendOnce::new(full()), true).await;
+        every_preset(|| SendOnce::new(JSON.to_owned()), true).await;
+        every_preset(
+            || SendOnce::new(BoxBody::new(full().map_err(|e| -> BoxError { match e {} }))),
+            false,
+        )
+        .await;
+        every_preset(
+            || {
+                SendOnce::new(UnsyncBoxBody::new(
+                    full().map_err(|e| -> BoxError { match e {} }),
+                ))
+            },
+            false,
+        )
+        .await;
+    }
+}

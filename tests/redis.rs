@@ -206,3 +206,27 @@ async fn fail_closed_refuses_at_once_without_redis() {
     assert!(store.stats().degraded());
     assert!(store.stats().failures() >= 1);
 }
+
+/// The builder's `Debug` output (what `?builder` in a log line prints) never shows the password.
+#[test]
+fn the_builder_debug_output_redacts_the_password() {
+    for url in [
+        "redis://default:hunter2@cache.internal:6379/0",
+        "redis://:hunter2@cache.internal:6379",
+        "redis+unix:///run/redis.sock?db=0&pass=hunter2",
+    ] {
+        let builder = RedisStore::builder(url).prefix("org-1");
+        let shown = format!("{builder:?} {builder:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+        assert!(shown.contains("org-1"), "{shown}");
+    }
+    let shown = format!(
+        "{:?}",
+        RedisStore::builder("redis://default:hunter2@cache:6379/0")
+    );
+    assert!(
+        shown.contains("redis://default:***@cache:6379/0"),
+        "{shown}"
+    );
+}

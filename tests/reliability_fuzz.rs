@@ -6,7 +6,12 @@
 //! `RateLimit`, GitHub, AWS Bedrock) and mutating them with hostile values: arbitrary bytes
 //! (invalid UTF-8 included), huge and negative numbers, `NaN`/`inf`, broken dates and durations.
 //!
-//! Each property runs `PROPTEST_CASES` cases (default 2 000; 100 000 for the long run); see RELIABILITY.md.
+//! The last properties send extreme numbers (0, 1, the integer limits, negatives, NaN,
+//! infinities, in each field's shape) in every numeric header through whole stacks, with
+//! overflow checks on, so an arithmetic overflow anywhere a server's number meets ours panics.
+//!
+//! Each property runs `PROPTEST_CASES` cases (default 2 000, a quarter of that for the stack
+//! properties; 100 000 for the long run); see RELIABILITY.md.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +19,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use tower_llm_limits::signals::{
-    ApiError, Classify, DefaultClassifier, Dimension, MAX_HINT, RateLimitSnapshot, RetryHints,
+    ApiError, Classify, DefaultClassifier, Dimension, MAX_HINT, MAX_RETRY_AFTER, RateLimitSnapshot,
+    RetryHints,
 };
 
 /// Cases per property: `PROPTEST_CASES`, else 2 000.
@@ -341,7 +347,7 @@ fn check_snapshot(snapshot: &RateLimitSnapshot) -> Result<(), TestCaseError> {
 
 fn check_hints(hints: &RetryHints) -> Result<(), TestCaseError> {
     if let Some(wait) = hints.retry_after() {
-        prop_assert!(wait <= MAX_HINT, "retry-after {wait:?}");
+        prop_assert!(wait <= MAX_RETRY_AFTER, "retry-after {wait:?}");
         prop_assert!(hints.source().is_some(), "a wait has a source");
     }
     let _ = format!("{hints:?}");
@@ -358,7 +364,8 @@ proptest! {
         check_snapshot(&RateLimitSnapshot::from_headers_at(&headers, now))?;
     }
 
-    /// `RetryHints::from_headers_at` never panics and never returns a wait beyond `MAX_HINT`.
+    /// `RetryHints::from_headers_at` never panics and never returns a wait beyond
+    /// `MAX_RETRY_AFTER`.
     #[test]
     fn retry_hints_never_panic(headers in any_headers(), now in wall_clock()) {
         check_hints(&RetryHints::from_headers_at(&headers, now))?;
@@ -383,7 +390,7 @@ proptest! {
             api_error.as_ref(),
         );
         if let Some(wait) = outcome.retry_after() {
-            prop_assert!(wait <= MAX_HINT);
+            prop_assert!(wait <= MAX_RETRY_AFTER);
         }
         prop_assert_eq!(outcome.is_success(), status.as_u16() < 400 && outcome.is_success());
         let _ = format!("{outcome:?} {}", outcome.kind().as_str());
@@ -531,4 +538,282 @@ fn corpus_parses() {
         assert_eq!(got, want, "corpus set {i}");
         assert_eq!(hints.retry_after(), wait, "corpus set {i}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extreme numbers through the whole stack (issue 19, item 3)
+// ---------------------------------------------------------------------------------------------
+
+/// Extreme values for every numeric field a server sends: 0, 1, the integer limits, negatives,
+/// NaN and infinities, and the same in each field's shape (durations, timestamps, structured
+/// fields).
+const EXTREME: &[&str] = &[
+    "0",
+    "1",
+    "-1",
+    "-0",
+    "0.0",
+    "0.5",
+    "4294967295",
+    "4294967296",
+    "9223372036854775807",
+    "9223372036854775808",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "-18446744073709551615",
+    "NaN",
+    "-NaN",
+    "inf",
+    "-inf",
+    "1e308",
+    "1.7976931348623157e308",
+    "0.000000001",
+    "18446744073709551615ms",
+    "18446744073709551615s",
+    "18446744073709551615h",
+    "2562047h47m16.854775807s",
+    "9999-12-31T23:59:59Z",
+    "0000-01-01T00:00:00Z",
+    "1970-01-01T00:00:00Z",
+    "Fri, 31 Dec 9999 23:59:59 GMT",
+    "Thu, 01 Jan 1970 00:00:00 GMT",
+    "\"p\";q=18446744073709551615;w=18446744073709551615",
+    "\"p\";q=0;w=0",
+    "\"p\";q=1;w=1",
+    "\"p\";r=18446744073709551615;t=18446744073709551615",
+    "\"p\";r=0;t=0",
+    "\"p\";r=-1;t=-1",
+    "18446744073709551615;w=18446744073709551615",
+];
+
+/// The numeric headers of every dialect (and the retry hints).
+const NUMERIC_HEADERS: &[&str] = &[
+    "retry-after",
+    "retry-after-ms",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+    "anthropic-priority-input-tokens-limit",
+    "anthropic-priority-input-tokens-remaining",
+    "anthropic-priority-input-tokens-reset",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-ratelimit-used",
+    "ratelimit",
+    "ratelimit-policy",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "date",
+];
+
+/// One answer of the hostile server: a status and numeric headers with extreme values.
+fn extreme_answer() -> impl Strategy<Value = (u16, Vec<(&'static str, &'static str)>)> {
+    (
+        prop::sample::select(&[200u16, 429, 529, 503, 500, 403, 408][..]),
+        prop::collection::vec(
+            (
+                prop::sample::select(NUMERIC_HEADERS),
+                prop::sample::select(EXTREME),
+            ),
+            0..12,
+        ),
+    )
+}
+
+/// Every header of every dialect set to the same extreme value, on a 429 (the issue's
+/// `*-limit: 18446744073709551615` among them).
+fn every_field(value: &'static str) -> (u16, Vec<(&'static str, &'static str)>) {
+    (429, NUMERIC_HEADERS.iter().map(|n| (*n, value)).collect())
+}
+
+/// Which stack [`drive`] sends through.
+#[derive(Clone, Copy, Debug)]
+enum Stack {
+    /// A whole preset: 0 anthropic, 1 openai, 2 generic.
+    Preset(u8),
+    /// The preset's layers without the rate limiter: retry (0 anthropic, 1 openai, 2 generic
+    /// policy), breaker, adaptive concurrency, signals, error body.
+    WithoutRateLimiter(u8),
+}
+
+/// Sends `calls` requests through `stack` over a server that gives `answers` in turn, on a
+/// paused clock; panics (overflow included) fail the property.
+fn drive(stack: Stack, answers: Vec<(u16, Vec<(&'static str, &'static str)>)>, calls: usize) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Layer, ServiceExt};
+    use tower_llm_limits::preset;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let answers = Arc::new(answers);
+    let next = Arc::new(AtomicUsize::new(0));
+    let server = tower::service_fn(move |_req: http::Request<Full<Bytes>>| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let (status, headers) = &answers[i % answers.len()];
+        let mut response = http::Response::builder().status(*status);
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        let response = response
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .map_err(tower_llm_limits::BoxError::from);
+        async move { response }
+    });
+    runtime.block_on(async move {
+        let call = |server| async move {
+            let request = http::Request::post("https://api.example.com/v1/messages")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"model":"m","max_tokens":18446744073709551615,"messages":[]}"#,
+                )))
+                .unwrap();
+            let result = match stack {
+                Stack::Preset(0) => preset::anthropic()
+                    .layer(server)
+                    .oneshot(request)
+                    .await
+                    .map(drop),
+                Stack::Preset(1) => preset::openai()
+                    .layer(server)
+                    .oneshot(request)
+                    .await
+                    .map(drop),
+                Stack::Preset(_) => preset::generic()
+                    .layer(server)
+                    .oneshot(request)
+                    .await
+                    .map(drop),
+                Stack::WithoutRateLimiter(which) => {
+                    use tower_llm_limits::{breaker, concurrency, retry, signals};
+                    let policy = match which {
+                        0 => retry::Policy::anthropic(),
+                        1 => retry::Policy::openai(),
+                        _ => retry::Policy::new(),
+                    };
+                    let concurrency = concurrency::AdaptiveConcurrencyLimitLayer::new(
+                        concurrency::Aimd::new().initial(32).min(2).max(512),
+                    )
+                    .unwrap();
+                    tower::ServiceBuilder::new()
+                        .layer(retry::RetryLayer::new(policy))
+                        .layer(breaker::CircuitBreakerLayer::new(breaker::Policy::new()))
+                        .layer(concurrency)
+                        .layer(signals::SignalsLayer::new())
+                        .layer(signals::ErrorBodyLayer::new())
+                        .service(server)
+                        .oneshot(request)
+                        .await
+                        .map(drop)
+                }
+            };
+            // Any outcome is fine (an error included); a panic or a hang is not.
+            let _ = result;
+        };
+        let all = async {
+            for _ in 0..calls {
+                call(server.clone()).await;
+            }
+        };
+        // Virtual time: a 49-day wait costs nothing; a hang shows as the timeout.
+        tokio::time::timeout(Duration::from_secs(400 * 24 * 60 * 60), all)
+            .await
+            .expect("the stack neither hangs nor panics on extreme header values");
+    });
+}
+
+proptest! {
+    #![proptest_config(Config { cases: cases() / 4, ..config() })]
+
+    /// Extreme numbers in any numeric header, through the preset's layers except the rate
+    /// limiter (retry with each provider's policy, breaker, adaptive concurrency, signals, error
+    /// body): no panic — overflow checks are on, see `overflow_checks_are_on` — and no hang.
+    #[test]
+    fn extreme_header_values_through_the_stack_without_the_rate_limiter(
+        which in 0u8..3,
+        answers in prop::collection::vec(extreme_answer(), 1..4),
+    ) {
+        drive(Stack::WithoutRateLimiter(which), answers, 3);
+    }
+
+    /// The same through every whole preset, rate limiter included.
+    #[test]
+    fn extreme_header_values_through_every_preset(
+        which in 0u8..3,
+        answers in prop::collection::vec(extreme_answer(), 1..4),
+    ) {
+        drive(Stack::Preset(which), answers, 3);
+    }
+}
+
+/// Each extreme value in every numeric field at once, through every preset and the stack
+/// without the rate limiter: the properties above might not draw a given combination; this
+/// draws them all.
+#[test]
+fn every_extreme_value_in_every_field_through_every_stack() {
+    for value in EXTREME {
+        for which in 0..3 {
+            for stack in [Stack::Preset(which), Stack::WithoutRateLimiter(which)] {
+                drive(stack, vec![every_field(value), (200, vec![])], 3);
+            }
+        }
+    }
+}
+
+/// The issue's case, as the property above shrinks it: a 429 with
+/// `anthropic-ratelimit-input-tokens-limit: 18446744073709551615`, then a reading of that
+/// bucket, through the Anthropic preset (the rate limiter's learners once added a server's
+/// limit without saturating).
+#[test]
+fn a_u64_max_limit_then_a_reading_does_not_overflow_the_rate_limiter() {
+    drive(
+        Stack::Preset(0),
+        vec![
+            (
+                429,
+                vec![(
+                    "anthropic-ratelimit-input-tokens-limit",
+                    "18446744073709551615",
+                )],
+            ),
+            (200, vec![("anthropic-ratelimit-input-tokens-reset", "0")]),
+        ],
+        3,
+    );
+}
+
+/// This file runs with overflow checks on (the `test` profile inherits `dev`'s, and `.ci/run`
+/// also runs it in release with `-C overflow-checks=on`): arithmetic overflow panics here rather
+/// than wrapping silently.
+#[test]
+fn overflow_checks_are_on() {
+    let max = std::hint::black_box(u64::MAX);
+    let one = std::hint::black_box(1u64);
+    assert!(
+        std::panic::catch_unwind(|| max + one).is_err(),
+        "built without overflow checks: the extreme-value properties would not catch a wrap"
+    );
 }

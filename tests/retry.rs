@@ -718,3 +718,300 @@ async fn a_github_style_403_rate_limit_is_retried_after_its_retry_after() {
     send(&server, plain(2)).await.unwrap();
     assert_eq!(server.calls(), 1);
 }
+
+/// Retry defaults against the official SDKs' current behaviour (issue 19, item 7); the table in
+/// the preset docs and README states what these tests check.
+mod sdk_parity {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tower::{Layer, ServiceExt};
+    use tower_llm_limits::preset::{self, PresetLayer};
+    use tower_llm_limits::retry::error::{DeadlineExceeded, WaitTooLong};
+    use tower_llm_limits::retry::{ANTHROPIC_MAX_SERVER_WAIT, OPENAI_MAX_SERVER_WAIT, Policy};
+
+    use super::support::retry::{Scripted, respond};
+    use super::{attempts, request, send};
+
+    /// A server that answers the first call with a 429 carrying `headers`, then 200.
+    fn once(headers: &'static [(&'static str, &'static str)]) -> Scripted {
+        Scripted::new(move |i| match i {
+            0 => respond(429, headers),
+            _ => respond(200, &[]),
+        })
+    }
+
+    async fn through(
+        server: &Scripted,
+        layer: PresetLayer,
+    ) -> Result<u32, tower_llm_limits::BoxError> {
+        let response = layer.layer(server.clone()).oneshot(request()).await?;
+        assert_eq!(response.status(), 200);
+        Ok(attempts(&response))
+    }
+
+    fn gap(server: &Scripted) -> Duration {
+        let seen = server.seen();
+        seen[1].at - seen[0].at
+    }
+
+    const LONG: [(&[(&str, &str)], Duration); 4] = [
+        (&[("retry-after", "3600")], Duration::from_secs(3600)),
+        // Two days: above the one-day clamp of the rate-limit resets.
+        (&[("retry-after", "172800")], Duration::from_secs(172_800)),
+        (
+            &[("retry-after-ms", "90000000")],
+            Duration::from_secs(90_000),
+        ),
+        (&[("retry-after", "1.5")], Duration::from_millis(1500)),
+    ];
+
+    #[tokio::test(start_paused = true)]
+    async fn the_anthropic_policy_honours_any_positive_wait() {
+        assert_eq!(
+            ANTHROPIC_MAX_SERVER_WAIT,
+            Duration::from_millis(4_294_967_295)
+        );
+        for (headers, wait) in LONG {
+            let server = once(headers);
+            let response = send(&server, Policy::anthropic().without_budget())
+                .await
+                .unwrap();
+            assert_eq!(attempts(&response), 2);
+            assert_eq!(gap(&server), wait, "{headers:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_anthropic_preset_honours_any_positive_wait() {
+        for (headers, wait) in LONG {
+            let server = once(headers);
+            assert_eq!(through(&server, preset::anthropic()).await.unwrap(), 2);
+            assert_eq!(gap(&server), wait, "{headers:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_openai_policy_and_preset_honour_up_to_120_s_and_do_not_retry_above() {
+        assert_eq!(OPENAI_MAX_SERVER_WAIT, Duration::from_secs(120));
+        let server = once(&[("retry-after", "120")]);
+        send(&server, Policy::openai().without_budget())
+            .await
+            .unwrap();
+        assert_eq!(gap(&server), Duration::from_secs(120));
+        let server = once(&[("retry-after-ms", "120000")]);
+        assert_eq!(through(&server, preset::openai()).await.unwrap(), 2);
+        assert_eq!(gap(&server), Duration::from_secs(120));
+
+        for over in [
+            &[("retry-after", "121")][..],
+            &[("retry-after-ms", "120001")][..],
+        ] {
+            for preset in [false, true] {
+                let server = once(over);
+                let started = Instant::now();
+                let error = if preset {
+                    through(&server, preset::openai()).await.unwrap_err()
+                } else {
+                    send(&server, Policy::openai()).await.unwrap_err()
+                };
+                assert_eq!(Instant::now(), started, "not retried, not waited");
+                let error = error.downcast_ref::<WaitTooLong>().expect("WaitTooLong");
+                assert!(error.wait() > Duration::from_secs(120));
+                assert_eq!(error.ceiling(), Duration::from_secs(120));
+                assert_eq!(error.attempts(), 1);
+                assert_eq!(server.calls(), 1);
+            }
+        }
+    }
+
+    /// `retry-after: 0`, `retry-after-ms: 0` and an HTTP-date at or before `date`: the backoff
+    /// (0.375–0.5 s for the first retry), through the retry layer alone and through the
+    /// presets (where the rate limiter sees the same zero wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_or_past_wait_falls_back_to_the_backoff() {
+        const DATE: &str = "Sun, 06 Dec 2026 21:00:00 GMT";
+        let zero: [&'static [(&str, &str)]; 5] = [
+            &[("retry-after", "0")],
+            &[("retry-after-ms", "0")],
+            &[("retry-after", "0"), ("retry-after-ms", "0")],
+            &[("retry-after", DATE), ("date", DATE)],
+            &[
+                ("retry-after", "Sun, 06 Dec 2026 20:59:00 GMT"),
+                ("date", DATE),
+            ],
+        ];
+        for headers in zero {
+            for layer in [None, Some(preset::anthropic()), Some(preset::openai())] {
+                let server = once(headers);
+                match layer {
+                    None => {
+                        send(&server, Policy::new().without_budget()).await.unwrap();
+                    }
+                    Some(layer) => {
+                        through(&server, layer).await.unwrap();
+                    }
+                }
+                let gap = gap(&server);
+                assert!(
+                    (Duration::from_millis(375)..=Duration::from_millis(500)).contains(&gap),
+                    "{headers:?}: {gap:?}"
+                );
+            }
+        }
+    }
+
+    /// A 429 without `retry-after`: the retry layer alone waits its backoff; so does a retry
+    /// through a preset when the server sends no rate-limit headers (the rate limiter paces such
+    /// a key on a rate learned from its throttles and sets no cooldown of its own). With
+    /// rate-limit headers the key's cooldown ([`DEFAULT_COOLDOWN`], the SDKs' first backoff) is
+    /// what the retry waits (the preset table says why).
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_retry_after_waits_the_backoff_or_the_preset_cooldown() {
+        let backoff = Duration::from_millis(375)..=Duration::from_millis(500);
+        let server = once(&[]);
+        send(&server, Policy::new().without_budget()).await.unwrap();
+        let gap_alone = gap(&server);
+        assert!(backoff.contains(&gap_alone), "{gap_alone:?}");
+        let server = once(&[]);
+        through(&server, preset::anthropic()).await.unwrap();
+        assert!(backoff.contains(&gap(&server)), "{:?}", gap(&server));
+        let server = once(&[
+            ("anthropic-ratelimit-requests-limit", "1000"),
+            ("anthropic-ratelimit-requests-remaining", "999"),
+        ]);
+        through(&server, preset::anthropic()).await.unwrap();
+        assert_eq!(gap(&server), tower_llm_limits::rate_limit::DEFAULT_COOLDOWN);
+    }
+
+    /// With a deadline, no wait goes past it: a long `retry-after` ends the call at once with
+    /// the server's wait in the error.
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_goes_past_the_deadline() {
+        for layer in [
+            preset::anthropic().retry(Policy::anthropic().deadline(Duration::from_secs(30))),
+            preset::openai().retry(Policy::openai().deadline(Duration::from_secs(30))),
+        ] {
+            let server = once(&[("retry-after", "45")]);
+            let started = Instant::now();
+            let error = through(&server, layer).await.unwrap_err();
+            assert_eq!(Instant::now(), started, "failed fast");
+            let error = error
+                .downcast_ref::<DeadlineExceeded>()
+                .expect("DeadlineExceeded");
+            assert_eq!(error.server_wait(), Some(Duration::from_secs(45)));
+            assert_eq!(error.deadline(), Duration::from_secs(30));
+            assert_eq!(server.calls(), 1);
+        }
+        // A huge deadline does not overflow the clock.
+        let server = once(&[("retry-after", "2")]);
+        send(&server, Policy::anthropic().deadline(Duration::MAX))
+            .await
+            .unwrap();
+        assert_eq!(gap(&server), Duration::from_secs(2));
+    }
+}
+
+/// `Replayable` over a body whose clones share one stream (issue 19, item 5): the retry would
+/// send only the leftover tail as the whole request. The layer detects the consumed stream and
+/// ends the call with a typed error instead.
+mod shared_stream {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http::Request;
+    use http_body::{Body, Frame, SizeHint};
+    use tower::ServiceExt;
+    use tower_llm_limits::retry::error::BodyNotReplayable;
+    use tower_llm_limits::retry::{Replayable, Retry};
+
+    use super::plain;
+    use super::support::retry::{Scripted, respond};
+
+    /// A body whose clones share one queue of chunks: what one clone reads, the others lose.
+    #[derive(Clone, Default)]
+    struct SharedChunks(Arc<Mutex<VecDeque<Bytes>>>);
+
+    impl Body for SharedChunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(
+                self.0
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .map(|c| Ok(Frame::data(c))),
+            )
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.lock().unwrap().is_empty()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.0.lock().unwrap().iter().map(|c| c.len() as u64).sum())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replayable_body_whose_clones_share_a_stream_is_refused() {
+        let body = SharedChunks::default();
+        body.0.lock().unwrap().extend([
+            Bytes::from_static(b"{\"model\":"),
+            Bytes::from_static(b"\"m\"}"),
+        ]);
+        let server = Scripted::new(|i| match i {
+            0 => respond(529, &[]),
+            _ => respond(200, &[]),
+        });
+        let request = Request::post("http://api.test/v1/messages")
+            .body(Replayable::new(body))
+            .unwrap();
+        let error = Retry::new(server.clone(), plain(2))
+            .oneshot(request)
+            .await
+            .unwrap_err();
+        let error = error
+            .downcast_ref::<BodyNotReplayable>()
+            .expect("a typed refusal, not a retry with the tail");
+        assert_eq!(error.attempts(), 1);
+        assert_eq!(error.last_status().map(|s| s.as_u16()), Some(529));
+        assert!(
+            error.reason().reason().contains("share one stream"),
+            "{error}"
+        );
+        // Only the first, complete body reached the server.
+        let seen = server.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(&seen[0].body[..], b"{\"model\":\"m\"}");
+    }
+
+    /// An independent copy (the documented requirement) is replayed as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_replayable_body_with_independent_clones_is_replayed() {
+        let server = Scripted::new(|i| match i {
+            0 => respond(529, &[]),
+            _ => respond(200, &[]),
+        });
+        let body = http_body_util::Full::new(Bytes::from_static(b"{\"model\":\"m\"}"));
+        let request = Request::post("http://api.test/v1/messages")
+            .body(Replayable::new(body))
+            .unwrap();
+        let response = Retry::new(server.clone(), plain(2))
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let seen = server.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].body, seen[1].body);
+    }
+}

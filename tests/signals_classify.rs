@@ -415,6 +415,70 @@ mod error_body {
         assert!(response.body().is_end_stream());
         assert!(drain(response.into_body()).await.0.is_empty());
     }
+
+    /// A body fed through a channel: what the test sends, when it sends it; ends when the
+    /// sender is dropped.
+    struct Fed(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.0.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    /// A 500 whose chunked body sends a few bytes and stalls: the response is handed on after
+    /// the time limit (10 s by default), unparsed; its body gives the bytes read, then the rest
+    /// when it comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_error_body_is_handed_on_unparsed_after_the_time_limit() {
+        for (layer, limit) in [
+            (
+                ErrorBodyLayer::new(),
+                tower_llm_limits::signals::DEFAULT_ERROR_BODY_TIMEOUT,
+            ),
+            (
+                ErrorBodyLayer::new().read_timeout(std::time::Duration::from_secs(2)),
+                std::time::Duration::from_secs(2),
+            ),
+        ] {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let body = std::sync::Mutex::new(Some(Fed(rx)));
+            let api = service_fn(move |_: Request<()>| {
+                let body = body.lock().unwrap().take().unwrap();
+                let response = Response::builder()
+                    .status(500)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .unwrap();
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let (head, tail) = ERROR.split_at(25);
+            tx.send(Bytes::from_static(head.as_bytes())).unwrap();
+            let started = tokio::time::Instant::now();
+            let response = tokio::time::timeout(
+                std::time::Duration::from_secs(3600),
+                layer.layer(api).oneshot(Request::new(())),
+            )
+            .await
+            .expect("a stalled error body does not hang the call")
+            .unwrap();
+            assert_eq!(started.elapsed(), limit);
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(response.extensions().get::<ApiError>().is_none());
+            // The rest arrives late: the caller reads every byte, in order.
+            tx.send(Bytes::from_static(tail.as_bytes())).unwrap();
+            drop(tx);
+            let body = response.into_body();
+            let data = body.collect().await.unwrap().to_bytes();
+            assert_eq!(data, ERROR.as_bytes());
+        }
+    }
 }
 
 #[cfg(feature = "tower-http")]

@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tower_llm_limits::signals::{
-    BucketReading, Dialect, Dimension, MAX_HINT, RateLimitSnapshot, RetryHints, WaitSource,
+    BucketReading, Dialect, Dimension, MAX_HINT, MAX_RETRY_AFTER, RateLimitSnapshot, RetryHints,
+    WaitSource,
 };
 
 /// 2026-11-23T09:14:00Z, the local clock of every case.
@@ -528,9 +529,9 @@ static HINTS: &[HintCase] = hints! {
     "nan": [("retry-after", b"NaN")] => None, None;
     "inf": [("retry-after", b"inf")] => None, None;
     "negative ms": [("retry-after-ms", b"-100")] => None, None;
-    "huge seconds clamped": [("retry-after", b"99999999999999999999")] => Some((MAX_HINT, SEC)), None;
+    "huge seconds clamped": [("retry-after", b"99999999999999999999")] => Some((MAX_RETRY_AFTER, SEC)), None;
     "huge ms clamped": [("retry-after-ms", b"1e308")] => None, None;
-    "huge digits ms clamped": [("retry-after-ms", b"999999999999999999999999")] => Some((MAX_HINT, MSS)), None;
+    "huge digits ms clamped": [("retry-after-ms", b"999999999999999999999999")] => Some((MAX_RETRY_AFTER, MSS)), None;
     "garbage": [("retry-after", b"later please")] => None, None;
     "should retry true": [("x-should-retry", b"true")] => None, Some(true);
     "should retry false": [("x-should-retry", b"FALSE")] => None, Some(false);
@@ -649,7 +650,7 @@ mod properties {
                 prop_assert!(r.window().is_none_or(|d| d <= MAX_HINT));
             }
             let hints = RetryHints::from_headers_at(&map, now);
-            prop_assert!(hints.retry_after().is_none_or(|d| d <= MAX_HINT));
+            prop_assert!(hints.retry_after().is_none_or(|d| d <= MAX_RETRY_AFTER));
             prop_assert_eq!(hints.retry_after().is_some(), hints.source().is_some());
         }
     }

@@ -150,7 +150,7 @@ impl Breaker {
         }
         self.window.reset();
         self.consecutive = 0;
-        let until = ctx.now + open_for;
+        let until = later(ctx.now, open_for);
         self.transition(ctx, Phase::Open { until }, reason);
     }
 
@@ -189,7 +189,7 @@ impl Breaker {
                 },
             ) = (&mut self.phase, verdict)
             {
-                let wanted = ctx.now + ra.min(ctx.policy.open_max);
+                let wanted = later(ctx.now, ra.min(ctx.policy.open_max));
                 if wanted > *until {
                     *until = wanted;
                     tracing::debug!(
@@ -579,4 +579,12 @@ impl SlidingWindow {
                 .fold((0, 0), |(c, f), b| (c + b.calls, f + b.failures)),
         }
     }
+}
+
+/// `now + d`, saturating at a far future instead of overflowing the clock (an `open_max` of
+/// `Duration::MAX`, a server's huge `retry-after`).
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 60 * 60)))
+        .unwrap_or(now)
 }

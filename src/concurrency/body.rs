@@ -10,27 +10,63 @@ use super::limiter::Permit;
 
 /// When a call's permit goes back to the cap.
 ///
-/// An LLM provider is still working on a request while it streams the answer (SSE): the
-/// connection, the model's slot and the output-token budget are all in use until the last event.
-/// Releasing the permit when the headers arrive would let the next request start while the
-/// previous one still streams, so the cap would no longer bound the work at the provider. The
-/// default is therefore [`AtBodyEnd`](Release::AtBodyEnd).
+/// An LLM provider is still working on a request while it streams the answer (server-sent
+/// events, `content-type: text/event-stream`): the connection, the model's slot and the
+/// output-token budget are all in use until the last event. A non-streaming answer is different:
+/// when its head arrives the server has generated the whole answer, and what remains is the
+/// transfer of bytes the caller may read whenever it likes.
+///
+/// The default, [`Auto`](Release::Auto), follows that: a non-streaming answer gives its permit
+/// back when the response head arrives (as tower's `ConcurrencyLimit` does), an event stream
+/// holds it until its body ends. So ordinary code that collects responses before reading them
+/// (`tokio::join!`, a `JoinSet`, `futures::join_all`) cannot deadlock on the cap; only code that
+/// collects more *unread event streams* than the cap admits can, because each unread stream
+/// still occupies the provider (read or drop streams as they come, or use
+/// [`AtHeaders`](Release::AtHeaders)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Release {
-    /// The response body ([`PermitBody`]) holds the permit until it reports its end, fails, or is
-    /// dropped (the default). An empty body gives it back at once. A body nobody reads or drops
-    /// keeps its permit: read or drop your bodies.
+    /// The default: [`AtHeaders`](Release::AtHeaders) for a non-streaming answer,
+    /// [`AtBodyEnd`](Release::AtBodyEnd) for an answer with `content-type: text/event-stream`
+    /// (a streaming answer is in flight until its last event).
     #[default]
+    Auto,
+    /// The response body ([`PermitBody`]) holds the permit until it reports its end, fails, or is
+    /// dropped. An empty body gives it back at once. A body nobody reads or drops keeps its
+    /// permit: collecting more unread responses than the cap admits before reading any of them
+    /// waits for ever.
     AtBodyEnd,
     /// The permit is given back as soon as the response head arrives; the body does not hold it.
     AtHeaders,
 }
 
+impl Release {
+    /// Whether the body of `response` holds the permit under this rule.
+    pub(crate) fn body_holds<B>(self, response: &http::Response<B>) -> bool {
+        match self {
+            Release::AtBodyEnd => true,
+            Release::AtHeaders => false,
+            Release::Auto => is_event_stream(response.headers()),
+        }
+    }
+}
+
+/// `content-type: text/event-stream` (parameters allowed, case-insensitive).
+pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes().trim_ascii_start();
+        v.len() >= SSE.len()
+            && v[..SSE.len()].eq_ignore_ascii_case(SSE)
+            && matches!(v.get(SSE.len()), None | Some(b';' | b' ' | b'\t'))
+    })
+}
+
 pin_project_lite::pin_project! {
     /// The response body of [`ConcurrencyLimit`](super::ConcurrencyLimit) and
     /// [`AdaptiveConcurrencyLimit`](super::AdaptiveConcurrencyLimit): the inner body, plus the
-    /// call's permit when the layer releases it at the end of the body ([`Release::AtBodyEnd`]).
+    /// call's permit when the layer releases it at the end of the body ([`Release::AtBodyEnd`],
+    /// or an event stream under [`Release::Auto`]).
     ///
     /// The permit is given back when the inner body yields its last frame or an error, or when
     /// this body is dropped.

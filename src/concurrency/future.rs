@@ -48,10 +48,7 @@ where
         let permit = this.permit.take();
         Poll::Ready(match result {
             Ok(response) => {
-                let permit = match this.release {
-                    Release::AtBodyEnd => permit,
-                    Release::AtHeaders => None,
-                };
+                let permit = permit.filter(|_| this.release.body_holds(&response));
                 Ok(response.map(|body| PermitBody::new(body, permit)))
             }
             Err(error) => Err(error.into()),

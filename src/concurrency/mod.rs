@@ -14,17 +14,27 @@
 //! - `call` moves the permit into the [`ResponseFuture`](future::ResponseFuture); calling without
 //!   a ready `poll_ready` panics with a message saying so.
 //! - The permit goes back when the call fails, when its future is dropped (cancellation), when
-//!   the service holding an unused permit is dropped, and — by default — when the response body
-//!   ends.
+//!   the service holding an unused permit is dropped, when the response head arrives — and, for
+//!   a streaming answer, when its body ends.
 //!
-//! # Streaming: the body holds the permit
+//! # Streaming answers hold the permit; other answers do not
 //!
-//! The provider is busy until the last server-sent event, not until the headers. By default
-//! ([`Release::AtBodyEnd`]) the response body is a [`PermitBody`] that carries the permit and
-//! gives it back when the body yields its last frame, fails, or is dropped; an empty body gives
-//! it back at once. [`Release::AtHeaders`] gives it back when the response head arrives, for
-//! callers that hold bodies for long after the provider is done (or never drop them). Either way
-//! a body that is neither read to the end nor dropped keeps its permit.
+//! The provider is busy until the last server-sent event of a streaming answer, not until the
+//! headers; a non-streaming answer is complete at the provider when its head arrives. By default
+//! ([`Release::Auto`]) a response with `content-type: text/event-stream` gets a [`PermitBody`]
+//! that carries the permit and gives it back when the body yields its last frame, fails, or is
+//! dropped (an empty body gives it back at once); any other response gives the permit back when
+//! its head arrives, like tower's `ConcurrencyLimit`. Code that collects responses before
+//! reading them (`tokio::join!` of more calls than the cap, a `JoinSet` drained before the
+//! bodies are read) therefore completes.
+//!
+//! **Collecting unread streams can block**: a caller that holds more unread event-stream bodies
+//! than the cap admits, and waits for yet another call before reading any of them, waits for
+//! ever — each unread stream is a request still in flight. Read (or drop) streams as they
+//! arrive. [`Release::AtHeaders`] gives every permit back at the head (the cap then bounds
+//! admissions, not streams in progress); [`Release::AtBodyEnd`] holds every body's permit until
+//! it ends. The adaptive cap takes its latency and outcome sample when the head arrives, whatever
+//! the rule.
 //!
 //! # One cap, many services
 //!
@@ -78,10 +88,22 @@
 //! let response = service.clone().oneshot(Request::new(Full::default())).await?;
 //! let limiter = layer.limiter().expect("`new` builds a shared cap");
 //! assert_eq!(limiter.limit(), 2);
-//! // The body still streams: it holds the permit until it ends.
-//! assert_eq!(limiter.in_flight(), 1);
+//! // Not a stream: the permit went back with the head.
+//! assert_eq!(limiter.in_flight(), 0);
 //! let body = response.into_body().collect().await?.to_bytes();
 //! assert_eq!(&body[..], b"{}");
+//!
+//! // A streaming answer holds its permit until its body ends.
+//! let sse = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+//!     let response = Response::builder()
+//!         .header("content-type", "text/event-stream")
+//!         .body(Full::new(Bytes::from_static(b"event: message_stop\ndata: {}\n\n")))?;
+//!     Ok::<_, http::Error>(response)
+//! });
+//! let streaming = ServiceBuilder::new().layer(layer.clone()).service(sse);
+//! let response = streaming.oneshot(Request::new(Full::default())).await?;
+//! assert_eq!(limiter.in_flight(), 1);
+//! response.into_body().collect().await?;
 //! assert_eq!(limiter.in_flight(), 0);
 //! # Ok(())
 //! # }

@@ -17,8 +17,9 @@ use crate::BoxError;
 ///
 /// The permit is taken in `poll_ready` (a service that is not admitted yet is `Pending` and is
 /// woken in FIFO order), moves into the response future in `call`, and is given back when the
-/// call fails, when its future or the service is dropped, or, with the default
-/// [`Release::AtBodyEnd`], when the response body ends.
+/// call fails, when its future or the service is dropped, and otherwise when the response head
+/// arrives — or, for an event stream under the default [`Release::Auto`] (always under
+/// [`Release::AtBodyEnd`]), when the response body ends.
 ///
 /// `Clone` shares the cap: a clone draws from the same [`Limiter`] but holds no permit of its own.
 pub struct ConcurrencyLimit<S> {
@@ -52,7 +53,7 @@ impl<S> ConcurrencyLimit<S> {
         ConcurrencyLimitLayer::new(limit)
     }
 
-    /// Sets when a call's permit goes back (default [`Release::AtBodyEnd`]).
+    /// Sets when a call's permit goes back (default [`Release::Auto`]).
     pub fn release(mut self, release: Release) -> Self {
         self.release = release;
         self

@@ -226,10 +226,36 @@ impl fmt::Debug for UsageReport {
 
 /// Access to a request body's bytes without consuming it, for the estimators.
 ///
-/// Implemented for the bodies whose bytes are at hand (`Full<Bytes>`, `Bytes`, `String`,
-/// `Vec<u8>`, `&'static str`, `()`, `Empty<Bytes>`) and for the boxed bodies of
-/// `http-body-util` (which only say nothing). Implement it for your own body type (both methods
-/// have defaults that return `None`) to use the default key and cost extraction with it.
+/// # What a request body must offer to go through a preset
+///
+/// The [presets](crate::preset) (and any stack with [`DefaultKey`](crate::rate_limit::DefaultKey)
+/// or [`DefaultCost`]) need two things of a request body type `B`:
+///
+/// - **`BodyBytes`** (this trait), so the default key and cost can read the JSON body's `model`
+///   and size. A body whose bytes are not at hand implements it with the defaults (both
+///   methods return `None`): the request is then keyed [`RateLimitKey::global`](crate::rate_limit::RateLimitKey::global)
+///   and charged the conservative default cost — or put a
+///   [`RateLimitKey`](crate::rate_limit::RateLimitKey) and a [`Cost`] in its extensions.
+/// - **[`ReplayBody`](crate::retry::ReplayBody)**, so the retry layer can send it again (or
+///   know that it cannot).
+///
+/// Every body type this crate documents has both: `Full<Bytes>`, `Empty<Bytes>`, `Bytes`,
+/// `String`, `Vec<u8>`, `&'static str`, `()`, and the wrappers
+/// [`Replayable<B>`](crate::retry::Replayable) and [`SendOnce<B>`](crate::retry::SendOnce)
+/// when `B: BodyBytes` (a streaming or boxed body goes through a preset as
+/// `SendOnce<BoxBody<..>>`). The boxed bodies of `http-body-util` (`BoxBody`, `UnsyncBoxBody`)
+/// implement `BodyBytes` (they say nothing but their length) and not `ReplayBody`: wrap them in
+/// `SendOnce`. For a body type of your own, implement both traits (the orphan rule allows it
+/// for your types; wrap a foreign type in `SendOnce`/`Replayable` or a newtype of yours).
+///
+/// When a body lacks one of them, rustc reports the *call* — "the method `oneshot` exists for
+/// struct `Retry<…>`, but its trait bounds were not satisfied" (E0599), `Service<_>` not
+/// implemented — without naming either trait: that error on a preset stack means the request
+/// body type lacks `BodyBytes` or `ReplayBody`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `BodyBytes`: the default key and cost (and the presets) cannot read this request body",
+    note = "implement `tower_llm_limits::cost::BodyBytes` for it (both methods default to `None`), or wrap the body in `retry::SendOnce` / `retry::Replayable`"
+)]
 pub trait BodyBytes {
     /// The whole body, when it is available without consuming the body (a cheap clone).
     fn body_bytes(&self) -> Option<Bytes> {
@@ -299,6 +325,24 @@ impl BodyBytes for http_body_util::Full<Bytes> {
     }
     fn exact_len(&self) -> Option<u64> {
         http_body::Body::size_hint(self).exact()
+    }
+}
+
+impl<B: BodyBytes> BodyBytes for crate::retry::SendOnce<B> {
+    fn body_bytes(&self) -> Option<Bytes> {
+        self.get_ref().body_bytes()
+    }
+    fn exact_len(&self) -> Option<u64> {
+        self.get_ref().exact_len()
+    }
+}
+
+impl<B: BodyBytes> BodyBytes for crate::retry::Replayable<B> {
+    fn body_bytes(&self) -> Option<Bytes> {
+        self.get_ref().body_bytes()
+    }
+    fn exact_len(&self) -> Option<u64> {
+        self.get_ref().exact_len()
     }
 }
 

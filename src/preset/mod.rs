@@ -25,7 +25,9 @@
 //!   rate-limit budget or queueing behind other requests.
 //! - **The concurrency cap innermost**, so a permit is held only while the request is really in
 //!   flight, not while it waits for budget (the rate limiter drives the inner service's readiness
-//!   only after admission).
+//!   only after admission). "In flight" ends when the response head arrives for a non-streaming
+//!   answer, and when the body ends (or is dropped) for a streaming one (`text/event-stream`):
+//!   see [When the permit goes back](#when-the-concurrency-permit-goes-back).
 //! - **[`Signals`] right above the client** (and
 //!   [`ErrorBody`] below it), so each response is parsed once and every
 //!   layer above reads the same [`ResponseSignals`](crate::signals::ResponseSignals).
@@ -34,13 +36,17 @@
 //!
 //! | part | default | source |
 //! |---|---|---|
-//! | retries | 2 (3 attempts), backoff `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)` | the official Anthropic and OpenAI SDKs |
-//! | honoured `retry-after` | up to 60 s, else a typed error | the SDKs cap at 60 s (Anthropic Python, openai-node) |
+//! | retries | 2 (3 attempts), backoff `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)` (0.375–0.5 s before the first retry) | the official Anthropic and OpenAI SDKs |
+//! | honoured `retry-after` / `retry-after-ms` | [`anthropic`]: any positive wait (up to ≈ 49.7 days); [`openai`]: up to 120 s, above it no retry but [`retry::error::WaitTooLong`] (stating the server's wait); [`generic`]: up to 60 s, else `WaitTooLong` | anthropic-python ≥ 1.6 and Anthropic TS/Go/Java; openai-python |
+//! | zero or past wait (`retry-after: 0`, `retry-after-ms: 0`, an HTTP-date at or before `date`) | treated as no wait: the backoff (0.375–0.5 s first) | every SDK |
+//! | 429 without `retry-after` | the rate limiter pauses the model's key for its cooldown ([`DEFAULT_COOLDOWN`](crate::rate_limit::DEFAULT_COOLDOWN), 0.5 s, the SDKs' first backoff) and the retry waits that out instead of its own backoff; a server that sends no rate-limit headers at all is paced on a rate learned from its throttles instead | the pause holds back *every* request of the key, not only the retry, so the burst that caused the 429 does not repeat; the retry layer alone uses the backoff |
+//! | deadline ([`retry::Policy::deadline`], none by default) | no wait goes past it: a retry that could not start in time ends the call at once with [`retry::error::DeadlineExceeded`] (stating the server's wait) | ours |
 //! | retry budget | +20 % of the request rate over 10 s, plus 10 retries/s | Finagle, tower's `TpsBudget` |
 //! | breaker | trips on overload (529, 503) at 50 % failures of the last 20 calls (≥ 10) or 5 in a row, opens 10 s growing linearly (10, 20, 30 s…) to 300 s, 3 probes | Resilience4j, Envoy |
 //! | while the breaker is open | calls wait until it probes again when that is at most 60 s away (10 min in all), else get [`breaker::error::Open`] | a server's `retry-after`, applied to our own refusal |
 //! | rate limits | learned from the response headers, per model; nothing hard-coded | `anthropic-ratelimit-*`, `x-ratelimit-*`, IETF `RateLimit` |
 //! | cost | 1 request, input tokens estimated from the JSON body, output reserved at `max_tokens` | Anthropic's ITPM/OTPM accounting |
+//! | error bodies | non-2xx bodies read (and parsed) up to 64 KiB and for at most 10 s from the head, else handed on unparsed ([`ErrorBodyLayer`]) | a stalled body must not hold the call and its permit for ever |
 //! | concurrency | adaptive (AIMD): starts at 32, between 2 and 512, ×0.7 on 429/529/timeouts | AWS SDK adaptive mode, Netflix concurrency-limits |
 //!
 //! The three presets differ in what they assume about the provider: [`anthropic`] and [`openai`]
@@ -50,6 +56,23 @@
 //! Every part can be replaced: [`PresetLayer::retry`], [`PresetLayer::breaker`],
 //! [`PresetLayer::rate_limit`], [`PresetLayer::concurrency`], and the shortcuts
 //! [`PresetLayer::limits`], [`PresetLayer::max_wait`], [`PresetLayer::max_concurrency`].
+//!
+//! # When the concurrency permit goes back
+//!
+//! The cap counts requests the provider is working on ([`Release::Auto`](crate::concurrency::Release::Auto)):
+//!
+//! - a **non-streaming answer** gives its permit back when its head arrives: the provider has
+//!   finished, and the caller may read the body whenever it likes. Collecting responses before
+//!   reading them (`tokio::join!` of more calls than the cap, a `JoinSet` drained before any
+//!   body is read) completes;
+//! - a **streaming answer** (`content-type: text/event-stream`) is generated while it is read,
+//!   so its body holds the permit until its last event, an error, or until it is dropped. Read
+//!   or drop streams as they arrive: a caller holding more unread streams than the cap admits
+//!   while it waits for another call waits for ever.
+//!
+//! Either way the adaptive cap takes its outcome and latency sample when the head arrives.
+//! [`AdaptiveConcurrencyLimitLayer::release`] changes the rule (pass it to
+//! [`PresetLayer::concurrency`]).
 //!
 //! # Sharing
 //!
@@ -104,7 +127,7 @@
 //!     .limits(Limits::per_minute(4_000, 2_000_000, 400_000))
 //!     .max_wait(Duration::from_secs(30))
 //!     .max_concurrency(64)
-//!     .retry(retry::Policy::new().max_retries(3));
+//!     .retry(retry::Policy::anthropic().max_retries(3));
 //! # let client = tower::service_fn(|_: http::Request<String>| async {
 //! #     Ok::<_, tower_llm_limits::BoxError>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
 //! # });
@@ -141,14 +164,20 @@ pub struct PresetLayer<K = DefaultKey, E = DefaultCost> {
 
 /// The preset for the Anthropic Messages API: limits learned per model from the
 /// `anthropic-ratelimit-*` headers, SDK retry rules, a breaker on 529 overload.
+///
+/// Its retry policy is [`retry::Policy::anthropic`]: any positive `retry-after` is honoured, as
+/// the current Anthropic SDKs do.
 pub fn anthropic() -> PresetLayer {
-    PresetLayer::with_rate_limit(RateLimitLayer::new())
+    PresetLayer::with_rate_limit(RateLimitLayer::new()).retry(retry::Policy::anthropic())
 }
 
 /// The preset for the OpenAI API: limits learned per model from the `x-ratelimit-*` headers
 /// (Go-style reset durations), SDK retry rules (`retry-after-ms` honoured), a breaker on overload.
+///
+/// Its retry policy is [`retry::Policy::openai`]: a `retry-after` up to 120 s is honoured, a
+/// longer one is not retried ([`retry::error::WaitTooLong`]), as openai-python does.
 pub fn openai() -> PresetLayer {
-    PresetLayer::with_rate_limit(RateLimitLayer::new())
+    PresetLayer::with_rate_limit(RateLimitLayer::new()).retry(retry::Policy::openai())
 }
 
 /// A header-driven preset for any API that sends rate-limit headers (IETF `RateLimit`,
@@ -178,7 +207,9 @@ impl<K, E> PresetLayer<K, E> {
         }
     }
 
-    /// Replaces the retry policy.
+    /// Replaces the retry policy. Start from [`retry::Policy::anthropic`] or
+    /// [`retry::Policy::openai`] to keep the provider's ceiling on `retry-after`
+    /// ([`retry::Policy::new`] has the generic 60 s one).
     pub fn retry(mut self, policy: retry::Policy) -> Self {
         self.retry = RetryLayer::new(policy);
         self

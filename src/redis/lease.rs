@@ -70,7 +70,7 @@ impl Dim {
     fn units(&self, d: Duration) -> u64 {
         let ns = d.as_nanos().saturating_mul(self.cap as u128);
         let w = self.window.as_nanos().max(1);
-        u64::try_from((ns + w / 2) / w).unwrap_or(u64::MAX)
+        u64::try_from(ns.saturating_add(w / 2) / w).unwrap_or(u64::MAX)
     }
 
     /// The lease size for `lease` of refill.
@@ -87,9 +87,10 @@ impl Dim {
 
     /// The local bucket the limiter sees when sharing: its level is the lease.
     fn leased_bucket(&self, now: Instant) -> Bucket {
-        let held = self.lease.clamp(0, self.cap as i64) as u64;
+        // `cap` is a server's number: `u64::MAX as i64` is -1, and `clamp(0, -1)` panics.
+        let held = self.lease.clamp(0, to_i64(self.cap)) as u64;
         let mut b = Bucket::new(self.cap, self.window, now);
-        b.set_full_at(now + self.span(self.cap - held));
+        b.set_full_at(later(now, self.span(self.cap - held)));
         if self.lease < 0 {
             b.charge(self.lease.unsigned_abs(), now);
         }
@@ -229,7 +230,7 @@ impl Buckets for RedisBuckets {
                 }
                 let b = dim.leased_bucket(now);
                 dim.shown = Some(b);
-                let low = dim.lease < (dim.target.div_ceil(2).max(1)) as i64;
+                let low = dim.lease < to_i64(dim.target.div_ceil(2).max(1));
                 drop(st);
                 if low {
                     self.shared.notify.notify_one();
@@ -272,7 +273,7 @@ impl Buckets for RedisBuckets {
                 } else if b.full_at() >= shown.full_at() {
                     // Spent (a charge) or the server says there is less: both come off the lease.
                     let units = dim.units(b.full_at() - shown.full_at());
-                    dim.lease = dim.lease.saturating_sub(units as i64);
+                    dim.lease = dim.lease.saturating_sub(to_i64(units));
                     if matches!(dimension, Dimension::OutputTokens | Dimension::Tokens) {
                         dim.decay_refundable(now);
                         dim.refundable = dim.refundable.saturating_add(units).min(dim.cap);
@@ -288,7 +289,7 @@ impl Buckets for RedisBuckets {
                         dim.decay_refundable(now);
                         let back = units.min(dim.refundable);
                         dim.refundable -= back;
-                        dim.lease = dim.lease.saturating_add(back as i64);
+                        dim.lease = dim.lease.saturating_add(to_i64(back));
                     }
                 }
                 dim.shown = Some(dim.leased_bucket(now));
@@ -331,7 +332,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
         let (asks, closing) = {
             let mut st = sh.lock();
             let closing = st.closed;
-            let idle = now.saturating_duration_since(st.active_at) > inner.lease * 2;
+            let idle = now.saturating_duration_since(st.active_at) > inner.lease.saturating_mul(2);
             let stalled = st.looked && !st.spent;
             let mode = st.mode;
             let asks = st.dims.each_mut().map(|d| {
@@ -345,7 +346,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
                 };
                 let base = d.base_target(inner.lease);
                 if mode == Mode::Shared {
-                    if stalled && d.lease >= d.target as i64 {
+                    if stalled && d.lease >= to_i64(d.target) {
                         // The limiter looks but does not spend: its head waiter needs more
                         // than one lease.
                         d.target = d.target.saturating_mul(2).min(d.cap);
@@ -388,7 +389,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
         let Some(sh) = shared.upgrade() else {
             return;
         };
-        not_before = Instant::now() + min_gap;
+        not_before = later(Instant::now(), min_gap);
         let mut st = sh.lock();
         match result {
             Ok(replies) => {
@@ -418,15 +419,15 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
                     if was == Mode::Shared {
                         d.lease = d
                             .lease
-                            .saturating_add(ask.debt as i64)
-                            .saturating_sub(ask.back as i64);
+                            .saturating_add(to_i64(ask.debt))
+                            .saturating_sub(to_i64(ask.back));
                     }
-                    d.lease = d.lease.saturating_add(granted as i64);
+                    d.lease = d.lease.saturating_add(to_i64(granted));
                     if granted < ask.want && wait_us > 0 {
                         // The shared bucket is short: ask again once a lease period has refilled
                         // it, not sooner (the others compete for the same refill: asking more
                         // often would only add round trips).
-                        not_before = not_before.max(Instant::now() + inner.lease);
+                        not_before = not_before.max(later(Instant::now(), inner.lease));
                     }
                 }
                 if was != Mode::Shared {
@@ -451,7 +452,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
                     }
                 }
                 st.mode = mode;
-                not_before = Instant::now() + inner.retry_every;
+                not_before = later(Instant::now(), inner.retry_every);
             }
         }
     }
@@ -498,4 +499,53 @@ async fn settle(inner: &Inner, redis_key: &str, asks: &[Ask; 4]) -> Result<[[u64
         }
     }
     Ok(out)
+}
+
+/// `v` as an `i64`, saturating at `i64::MAX` (`as` would wrap a large server number negative).
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `now + d`, saturating at a far future instead of overflowing the clock (a window or lease
+/// read from Redis or configured can be huge).
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 60 * 60)))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's `*-limit: 18446744073709551615` reaches the lease as `cap`: the shared bucket
+    /// is still built (`u64::MAX as i64` is -1, and `clamp(0, -1)` used to panic), and huge
+    /// spans and windows saturate.
+    #[tokio::test(start_paused = true)]
+    async fn extreme_caps_and_windows_do_not_overflow() {
+        let now = Instant::now();
+        for cap in [0, 1, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
+            for window in [
+                Duration::ZERO,
+                Duration::from_nanos(1),
+                Duration::from_secs(60),
+                Duration::from_micros(u64::MAX),
+            ] {
+                for lease in [i64::MIN, -1, 0, 1, i64::MAX] {
+                    let mut dim = Dim::new(now);
+                    dim.cap = cap;
+                    dim.window = window;
+                    dim.lease = lease;
+                    if cap > 0 {
+                        let _ = dim.leased_bucket(now);
+                    }
+                    let _ = dim.units(Duration::MAX);
+                    let _ = dim.base_target(Duration::MAX);
+                }
+            }
+        }
+        assert_eq!(to_i64(u64::MAX), i64::MAX);
+        assert_eq!(to_i64(7), 7);
+        assert!(later(now, Duration::MAX) > now);
+    }
 }

@@ -165,7 +165,10 @@ impl RedisStats {
 }
 
 /// Builds a [`RedisStore`].
-#[derive(Debug)]
+///
+/// Its `Debug` output shows the Redis URL with the password replaced by `***` (in the userinfo,
+/// `redis://user:***@host`, and in a `pass`/`password` query parameter), so a builder can be
+/// logged.
 pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
@@ -173,6 +176,62 @@ pub struct RedisStoreBuilder {
     timeout: Duration,
     retry_every: Duration,
     policy: FailurePolicy,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .field("timeout", &self.timeout)
+            .field("retry_every", &self.retry_every)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// `url` with its password replaced by `***`: the password of the userinfo
+/// (`redis://user:secret@host` → `redis://user:***@host`) and the value of a `pass` or
+/// `password` query parameter. A URL without `://` is not shown at all.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return "<redacted>".to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.find(':') {
+                Some(colon) => format!("{}:***{host}", &userinfo[..colon]),
+                None => authority.to_owned(),
+            }
+        }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => {
+            let (path, query) = tail.split_at(q + 1);
+            let (query, fragment) = query.split_at(query.find('#').unwrap_or(query.len()));
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _))
+                        if name.eq_ignore_ascii_case("pass")
+                            || name.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}{}{fragment}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
 }
 
 impl RedisStoreBuilder {
@@ -309,6 +368,36 @@ impl Inner {
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(prefix = %self.prefix, reason, policy = ?self.policy,
                 "redis store: Redis unreachable, degraded");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            (
+                "redis://default:hunter2@cache.internal:6379/0",
+                "redis://default:***@cache.internal:6379/0",
+            ),
+            ("redis://:hunter2@cache:6379", "redis://:***@cache:6379"),
+            ("rediss://u:p%40ss:w@host/", "rediss://u:***@host/"),
+            ("redis://user@host/", "redis://user@host/"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=hunter2#x",
+                "redis+unix:///run/redis.sock?db=1&pass=***#x",
+            ),
+            (
+                "unix:///s.sock?password=hunter2",
+                "unix:///s.sock?password=***",
+            ),
+            ("hunter2@host", "<redacted>"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
         }
     }
 }

@@ -180,7 +180,41 @@ impl fmt::Display for WaitTooLong {
 
 last_attempt_getters!(WaitTooLong);
 
+/// A retry was wanted but the request body refused to be copied
+/// ([`ReplayBody::try_replay`](super::ReplayBody::try_replay)): for a
+/// [`Replayable`](super::Replayable), its clones share one stream, so the next attempt would have
+/// sent only what the previous one left of it. The call ends here instead; the
+/// [`source`](StdError::source) is the last attempt's error when it ended with one.
+#[derive(Debug)]
+pub struct BodyNotReplayable {
+    last: LastAttempt,
+    reason: super::ReplayRefused,
+}
+
+impl BodyNotReplayable {
+    pub(crate) fn new(last: LastAttempt, reason: super::ReplayRefused) -> Self {
+        BodyNotReplayable { last, reason }
+    }
+
+    /// Why the body could not be copied.
+    pub fn reason(&self) -> &super::ReplayRefused {
+        &self.reason
+    }
+}
+
+impl fmt::Display for BodyNotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body not replayable: {}", self.reason)?;
+        self.last.describe(f)
+    }
+}
+
+last_attempt_getters!(BodyNotReplayable);
+
 /// `true` when `error` is one of this module's errors.
 pub(crate) fn is_retry_decision(error: &(dyn StdError + 'static)) -> bool {
-    error.is::<BudgetExhausted>() || error.is::<DeadlineExceeded>() || error.is::<WaitTooLong>()
+    error.is::<BudgetExhausted>()
+        || error.is::<DeadlineExceeded>()
+        || error.is::<WaitTooLong>()
+        || error.is::<BodyNotReplayable>()
 }

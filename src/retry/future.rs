@@ -10,11 +10,12 @@ use http::{HeaderValue, Request, Response, request::Parts};
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use super::ReplayBody;
+use super::error::{BodyNotReplayable, LastAttempt};
 use super::policy::{CallState, Next};
 use super::service::Shared;
+use super::{ReplayBody, ReplayRefused};
 use crate::BoxError;
-use crate::signals::Classify;
+use crate::signals::{ApiError, Classify};
 
 pin_project_lite::pin_project! {
     #[project = StateProj]
@@ -113,14 +114,50 @@ fn rebuild<B: ReplayBody>(
     template: &Option<(Parts, B)>,
     header: Option<&http::HeaderName>,
     retry: u32,
-) -> Option<Request<B>> {
-    let (parts, body) = template.as_ref()?;
-    let body = body.replay()?;
+) -> Result<Option<Request<B>>, ReplayRefused> {
+    let Some((parts, body)) = template.as_ref() else {
+        return Ok(None);
+    };
+    let Some(body) = body.try_replay()? else {
+        return Ok(None);
+    };
     let mut parts = parts.clone();
     if let Some(name) = header {
         parts.headers.insert(name.clone(), HeaderValue::from(retry));
     }
-    Some(Request::from_parts(parts, body))
+    Ok(Some(Request::from_parts(parts, body)))
+}
+
+/// The call's end when the body refused to be copied for a retry that was wanted.
+fn refused<T>(result: Result<Response<T>, BoxError>, reason: ReplayRefused) -> BoxError {
+    let attempts = match &result {
+        Ok(response) => response
+            .extensions()
+            .get::<super::Attempts>()
+            .map_or(1, |a| a.get()),
+        Err(_) => 1,
+    };
+    let last = match result {
+        Ok(response) => LastAttempt {
+            status: Some(response.status()),
+            server_wait: crate::signals::ResponseSignals::of(&response)
+                .hints()
+                .retry_after(),
+            attempts,
+            api_error: response.extensions().get::<ApiError>().cloned(),
+            error: None,
+        },
+        Err(error) => LastAttempt {
+            attempts,
+            error: Some(error),
+            ..LastAttempt::default()
+        },
+    };
+    tracing::warn!(
+        reason = reason.reason(),
+        "retry: request body not replayable"
+    );
+    Box::new(BodyNotReplayable::new(last, reason))
 }
 
 impl<S, B, C, ResB> Future for ResponseFuture<S, B, C>
@@ -141,15 +178,21 @@ where
                     let result = ready!(future.poll(cx)).map_err(Into::into);
                     let policy = &this.shared.policy;
                     let (template, next) = (&*this.template, &mut *this.next);
+                    let mut refusal = None;
                     let prepare = |retry| {
-                        *next =
-                            rebuild(template, policy.attempt_header.as_ref(), retry).map(Box::new);
+                        match rebuild(template, policy.attempt_header.as_ref(), retry) {
+                            Ok(request) => *next = request.map(Box::new),
+                            Err(reason) => refusal = Some(reason),
+                        }
                         next.is_some()
                     };
                     match policy.after_attempt(result, this.call, this.rng, prepare) {
                         Next::Done(result) => {
                             *this.next = None;
-                            return Poll::Ready(result);
+                            return Poll::Ready(match refusal {
+                                Some(reason) => Err(refused(result, reason)),
+                                None => result,
+                            });
                         }
                         Next::Retry(sleep) => {
                             this.span.record("attempt", this.call.attempts);

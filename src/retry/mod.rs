@@ -15,15 +15,20 @@
 //! - **Wait**: the server's `retry-after-ms`, else `retry-after` (seconds or HTTP-date, measured
 //!   against the response's `date`), else [`Backoff`] — by default the SDKs'
 //!   `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)`; full, equal and decorrelated [`Jitter`] are
-//!   available.
+//!   available. As in every SDK, only a wait **> 0** counts: `retry-after: 0`,
+//!   `retry-after-ms: 0` or an HTTP-date at or before `date` is treated as no wait and the
+//!   backoff applies (0.375–0.5 s before the first retry), so repeated zero hints do not put
+//!   every attempt in the same millisecond.
 //! - **No double wait**: when a pacing layer below (the rate limiter) marked the response with
 //!   [`WaitAbsorbed`](crate::signals::WaitAbsorbed), it holds every request until the server's
 //!   time anyway, so the retry re-enters at once instead of sleeping the same wait first and
 //!   queueing behind it afterwards. The ceiling and the deadline are still checked against that
 //!   wait.
-//! - **Ceiling** on a server-dictated wait ([`Policy::max_server_wait`], 60 s by default):
-//!   above it the call ends at once with [`error::WaitTooLong`], which states the server's
-//!   wait — neither a silent 10-minute hang nor a silent give-up.
+//! - **Ceiling** on a server-dictated wait ([`Policy::max_server_wait`]): matching each
+//!   provider's current SDK — [`Policy::anthropic`] honours any positive wait (up to
+//!   [`ANTHROPIC_MAX_SERVER_WAIT`], ≈ 49.7 days), [`Policy::openai`] up to 120 s, [`Policy::new`]
+//!   up to 60 s. Above it the call ends at once with [`error::WaitTooLong`], which states the
+//!   server's wait — neither a silent hang nor a silent give-up.
 //! - **Open circuit breaker**: a refusal of a [circuit breaker](crate::breaker) below
 //!   ([`breaker::error::Open`](crate::breaker::error::Open)) is waited out like a server's
 //!   `retry-after` — until the breaker probes again, jittered — when that is at most
@@ -31,8 +36,9 @@
 //!   refused attempt never reached the server. Requests marked
 //!   [`breaker::FailFast`](crate::breaker::FailFast) (the [`Fallback`](crate::fallback::Fallback)
 //!   layer marks its primary's) get the refusal at once.
-//! - **Deadline** per call ([`Policy::deadline`]): a retry that could not start before it is not
-//!   attempted ([`error::DeadlineExceeded`]).
+//! - **Deadline** per call ([`Policy::deadline`]): no wait goes past it — a retry that could not
+//!   start before it is not waited for, the call ends at once with [`error::DeadlineExceeded`],
+//!   which states the server's wait.
 //! - **Budget** ([`Budget`]): retries may add at most 20 % to the request rate over 10 s plus 10
 //!   retries per second, shared by every clone, so an outage cannot multiply the load
 //!   ([`error::BudgetExhausted`]).
@@ -51,7 +57,8 @@
 //! retries are used up, the body cannot be replayed) the last response is returned as it is,
 //! with [`Attempts`] in its extensions, and an error of the inner service is returned as it is.
 //! The layer returns its own typed errors only where it ends the call itself: budget, deadline,
-//! ceiling. A breaker refusal that is not waited out is returned as it is. Those errors carry the last status, the server's wait and the number of attempts;
+//! ceiling, and a body that claims to be replayable but refuses to be copied
+//! ([`error::BodyNotReplayable`]: a [`Replayable`] whose clones share one stream). A breaker refusal that is not waited out is returned as it is. Those errors carry the last status, the server's wait and the number of attempts;
 //! the last response's body is dropped (see [`error`]).
 //!
 //! # Why a service of its own rather than `tower::retry::Policy`
@@ -167,8 +174,9 @@ pub mod future;
 pub use backoff::{Backoff, Jitter};
 pub use budget::Budget;
 pub use policy::{
-    Attempts, DEFAULT_MAX_BREAKER_WAIT, DEFAULT_MAX_SERVER_WAIT, Policy, SDK_ATTEMPT_HEADER,
+    ANTHROPIC_MAX_SERVER_WAIT, Attempts, DEFAULT_MAX_BREAKER_WAIT, DEFAULT_MAX_SERVER_WAIT,
+    OPENAI_MAX_SERVER_WAIT, Policy, SDK_ATTEMPT_HEADER,
 };
-pub use replay::{ReplayBody, Replayable, SendOnce};
+pub use replay::{ReplayBody, ReplayRefused, Replayable, SendOnce};
 pub use service::{Retry, RetryLayer};
 pub use tower_policy::TowerPolicy;

@@ -18,8 +18,23 @@ use crate::signals::{
 /// The header the official SDKs send on retries.
 pub const SDK_ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-stainless-retry-count");
 
-/// The default ceiling on a server-dictated wait: 60 s.
+/// The ceiling on a server-dictated wait of [`Policy::new`] (and the [generic
+/// preset](crate::preset::generic)): 60 s. No SDK to match here; the figure the Anthropic Python
+/// SDK up to 1.5 and openai-node used.
 pub const DEFAULT_MAX_SERVER_WAIT: Duration = Duration::from_secs(60);
+
+/// The ceiling on a server-dictated wait of [`Policy::anthropic`]: 2³² − 1 ms, about 49.7 days.
+///
+/// The current Anthropic SDKs (Python ≥ 1.6, TypeScript, Go, Java) honour any positive
+/// `retry-after`/`retry-after-ms`, bounded only by what their platform's `sleep` accepts; this is
+/// that bound. The parsed hint itself never exceeds [`MAX_RETRY_AFTER`](crate::signals::MAX_RETRY_AFTER),
+/// the same figure.
+pub const ANTHROPIC_MAX_SERVER_WAIT: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// The ceiling on a server-dictated wait of [`Policy::openai`]: 120 s. openai-python honours
+/// `retry-after` up to 120 s and does not retry above it; so does the policy, ending the call
+/// with [`WaitTooLong`](super::error::WaitTooLong), which states the server's wait.
+pub const OPENAI_MAX_SERVER_WAIT: Duration = Duration::from_secs(120);
 
 /// The default longest single wait for an open circuit breaker: 60 s.
 pub const DEFAULT_MAX_BREAKER_WAIT: Duration = Duration::from_secs(60);
@@ -46,8 +61,19 @@ impl Attempts {
 
 /// The configuration of the [`Retry`](super::Retry) layer.
 ///
-/// The defaults are the official SDKs' (2 retries, [`Backoff::sdk`]) plus what the SDKs lack:
-/// a 60 s ceiling on a server-dictated wait, a [`Budget`] and no deadline.
+/// The defaults are the official SDKs' (2 retries, [`Backoff::sdk`], a zero or past
+/// `retry-after` treated as absent) plus what the SDKs lack: a [`Budget`] and an optional
+/// deadline. The ceiling on a server-dictated wait depends on the constructor:
+///
+/// | constructor | honoured `retry-after` / `retry-after-ms` | above it | matches |
+/// |---|---|---|---|
+/// | [`Policy::anthropic`] | any positive wait, up to [`ANTHROPIC_MAX_SERVER_WAIT`] (≈ 49.7 days) | [`WaitTooLong`](super::error::WaitTooLong) | anthropic-python ≥ 1.6, Anthropic TS/Go/Java |
+/// | [`Policy::openai`] | up to [`OPENAI_MAX_SERVER_WAIT`] (120 s) | [`WaitTooLong`](super::error::WaitTooLong), no retry | openai-python |
+/// | [`Policy::new`] | up to [`DEFAULT_MAX_SERVER_WAIT`] (60 s) | [`WaitTooLong`](super::error::WaitTooLong) | — (the generic preset) |
+///
+/// With a [`deadline`](Self::deadline) no wait goes past it: a retry that could not start
+/// before the deadline is not waited for, the call ends at once with
+/// [`DeadlineExceeded`](super::error::DeadlineExceeded) (which carries the server's wait).
 ///
 /// A policy built with [`Policy::new`] owns a fresh [`Budget`]: every service made from it (all
 /// clones of the layer and of the services) shares that budget, and a second `Policy::new()`
@@ -73,7 +99,8 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The SDK defaults with the [`DefaultClassifier`] and a fresh [`Budget::default`].
+    /// The SDK defaults with the [`DefaultClassifier`], a fresh [`Budget::default`] and a 60 s
+    /// ceiling on a server-dictated wait ([`DEFAULT_MAX_SERVER_WAIT`]).
     pub fn new() -> Self {
         Policy {
             max_retries: 2,
@@ -86,6 +113,20 @@ impl Policy {
             classifier: DefaultClassifier::new(),
             seed: None,
         }
+    }
+
+    /// [`Policy::new`] with the Anthropic SDKs' ceiling: any positive server wait is honoured
+    /// (up to [`ANTHROPIC_MAX_SERVER_WAIT`]). The [Anthropic preset](crate::preset::anthropic)'s
+    /// policy.
+    pub fn anthropic() -> Self {
+        Policy::new().max_server_wait(ANTHROPIC_MAX_SERVER_WAIT)
+    }
+
+    /// [`Policy::new`] with openai-python's ceiling: a server wait up to 120 s is honoured, a
+    /// longer one is not retried ([`WaitTooLong`](super::error::WaitTooLong)). The
+    /// [OpenAI preset](crate::preset::openai)'s policy.
+    pub fn openai() -> Self {
+        Policy::new().max_server_wait(OPENAI_MAX_SERVER_WAIT)
     }
 }
 
@@ -102,15 +143,16 @@ impl<C> Policy<C> {
         self
     }
 
-    /// The longest server-dictated wait the layer honours (default 60 s). A longer
-    /// `retry-after` ends the call at once with [`WaitTooLong`](super::error::WaitTooLong),
-    /// which states the server's wait.
+    /// The longest server-dictated wait the layer honours (60 s for [`Policy::new`], see the
+    /// table above for the provider constructors). A longer `retry-after` ends the call at once
+    /// with [`WaitTooLong`](super::error::WaitTooLong), which states the server's wait.
     ///
-    /// The SDKs differ here: Anthropic Python and openai-node honour `retry-after` only up to
-    /// 60 s and silently fall back to their backoff above it, openai-python does not retry at
-    /// all above 120 s, Anthropic TS/Go/Java wait whatever the server says. Waiting less than the
-    /// server asked only earns another 429, and a silent 10-minute hang helps nobody: the
-    /// caller gets the figure and decides.
+    /// The SDKs differ here: the current Anthropic SDKs (Python ≥ 1.6, TS, Go, Java) wait
+    /// whatever positive time the server says, openai-python honours up to 120 s and does not
+    /// retry above it, anthropic-python ≤ 1.5 and openai-node honoured up to 60 s and fell back
+    /// to their backoff above it. This layer never falls back silently: waiting less than the
+    /// server asked only earns another 429, so above the ceiling the caller gets the figure and
+    /// decides.
     pub fn max_server_wait(mut self, ceiling: Duration) -> Self {
         self.max_server_wait = ceiling;
         self
@@ -224,16 +266,21 @@ impl<C> Policy<C> {
     pub(crate) fn schedule(&self, attempt: &Attempt, rng: &mut fastrand::Rng) -> Verdict {
         let outcome = &attempt.outcome;
         let now = Instant::now();
+        // A zero or past wait (`retry-after: 0`, `retry-after-ms: 0`, an HTTP-date at or before
+        // `date`) counts as no wait, as in every SDK: the backoff applies. So does a pacing
+        // layer's pause that is already over.
         let absorbed = attempt
             .absorbed_until
-            .map(|until| until.saturating_duration_since(now));
-        let server_wait = outcome.retry_after().or(absorbed);
+            .map(|until| until.saturating_duration_since(now))
+            .filter(|wait| !wait.is_zero());
+        let hinted = outcome.retry_after().filter(|wait| !wait.is_zero());
+        let server_wait = hinted.or(absorbed);
         if let Some(wait) = server_wait
             && wait > self.max_server_wait
         {
             return Verdict::WaitTooLong;
         }
-        let (sleep, backoff, source) = match (absorbed, outcome.retry_after()) {
+        let (sleep, backoff, source) = match (absorbed, hinted) {
             (Some(_), _) => (Duration::ZERO, Duration::ZERO, "absorbed"),
             (None, Some(wait)) => (wait, Duration::ZERO, attempt.hint_source),
             (None, None) => {
@@ -244,7 +291,7 @@ impl<C> Policy<C> {
         };
         let wait = server_wait.unwrap_or(sleep);
         if let Some(deadline) = self.deadline
-            && now + wait >= attempt.started + deadline
+            && past_deadline(now, wait, attempt.started, deadline)
         {
             return Verdict::Deadline { wait };
         }
@@ -259,6 +306,16 @@ impl<C> Policy<C> {
             backoff,
             source,
         }
+    }
+}
+
+/// Whether a wait of `wait` from `now` reaches the deadline `deadline` after `started`.
+/// Saturating: a deadline or wait too large for the clock is never reached / always reached.
+fn past_deadline(now: Instant, wait: Duration, started: Instant, deadline: Duration) -> bool {
+    match (now.checked_add(wait), started.checked_add(deadline)) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(at), Some(end)) => at >= end,
     }
 }
 
@@ -394,14 +451,14 @@ impl<C> Policy<C> {
         } else {
             let until = open.retry_after();
             let spread = (until / 10).min(Duration::from_secs(1));
-            until + spread.mul_f64(rng.f64())
+            until.saturating_add(spread.mul_f64(rng.f64()))
         };
         let total = self.max_breaker_wait.saturating_mul(BREAKER_WAITS_PER_CALL);
         if wait > self.max_breaker_wait || call.breaker_waited.saturating_add(wait) > total {
             return None;
         }
         if let Some(deadline) = self.deadline
-            && Instant::now() + wait >= call.started + deadline
+            && past_deadline(Instant::now(), wait, call.started, deadline)
         {
             return None;
         }
@@ -438,8 +495,8 @@ impl<C: Classify> Policy<C> {
                         waited_ms = call.breaker_waited.as_millis() as u64,
                         "waiting for the circuit breaker"
                     );
-                    call.breaker_waits += 1;
-                    call.breaker_waited += wait;
+                    call.breaker_waits = call.breaker_waits.saturating_add(1);
+                    call.breaker_waited = call.breaker_waited.saturating_add(wait);
                     return Next::Retry(wait);
                 }
                 _ => tracing::debug!(
@@ -481,7 +538,7 @@ impl<C: Classify> Policy<C> {
                 source,
             } => {
                 tracing::info!(
-                    attempt = attempts + 1,
+                    attempt = attempts.saturating_add(1),
                     reason = outcome.kind().as_str(),
                     status,
                     wait_ms = wait.as_millis() as u64,
@@ -490,7 +547,7 @@ impl<C: Classify> Policy<C> {
                     "retrying"
                 );
                 crate::observe::emit::retry(outcome.kind().as_str(), source);
-                call.attempts += 1;
+                call.attempts = call.attempts.saturating_add(1);
                 if !backoff.is_zero() {
                     call.previous_backoff = backoff;
                 }
@@ -519,7 +576,10 @@ impl<C: Classify> Policy<C> {
         let now = Instant::now();
         let server_wait = outcome
             .retry_after()
-            .or(absorbed_until.map(|until| until.saturating_duration_since(now)));
+            .filter(|w| !w.is_zero())
+            .or(absorbed_until
+                .map(|until| until.saturating_duration_since(now))
+                .filter(|w| !w.is_zero()));
         let (api_error, error) = match result {
             Ok(response) => (response.extensions().get::<ApiError>().cloned(), None),
             Err(error) => (None, Some(error)),

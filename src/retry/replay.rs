@@ -13,13 +13,56 @@ use http_body_util::{Empty, Full};
 /// cannot be sent twice; the layer then sends the request once and returns whatever comes back
 /// (a retryable response included), as the Go SDK does.
 ///
-/// Implemented for [`Full`], [`Empty`], [`Bytes`], [`String`] and `Vec<u8>`. Wrap any other
-/// body: [`Replayable`] for a body that is `Clone`, [`SendOnce`] for one that is not (a stream,
-/// an upload), which opts that request out of retries while keeping one service type.
+/// Implemented for [`Full`], [`Empty`], [`Bytes`], [`String`], `Vec<u8>`, `&'static str` and
+/// `()`. Wrap any other body: [`Replayable`] for a body whose clones are independent copies,
+/// [`SendOnce`] for one that is not (a stream, an upload, a boxed body), which opts that request
+/// out of retries while keeping one service type. To go through a [preset](crate::preset) a
+/// body also needs [`BodyBytes`](crate::cost::BodyBytes) (see there for the full list); both
+/// wrappers have it when the wrapped body does.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `ReplayBody`: the retry layer cannot tell whether this request body can be sent again",
+    note = "wrap the body in `tower_llm_limits::retry::SendOnce` (never retried) or `retry::Replayable` (its clones must be independent copies)"
+)]
 pub trait ReplayBody: Sized {
     /// A copy of this body to send on the next attempt, or `None` when it cannot be replayed.
     fn replay(&self) -> Option<Self>;
+
+    /// Like [`replay`](Self::replay), but a body that should be replayable and finds it cannot
+    /// be (say, a [`Replayable`] whose clones turn out to share one stream) says so with
+    /// [`ReplayRefused`]: the [`Retry`](super::Retry) layer then ends the call with that error
+    /// instead of sending a wrong body. The default is `Ok(self.replay())`.
+    fn try_replay(&self) -> Result<Option<Self>, ReplayRefused> {
+        Ok(self.replay())
+    }
 }
+
+/// Why a body that claims to be replayable cannot be sent again; see
+/// [`ReplayBody::try_replay`]. The [`Retry`](super::Retry) layer wraps it in
+/// [`error::BodyNotReplayable`](super::error::BodyNotReplayable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayRefused {
+    reason: &'static str,
+}
+
+impl ReplayRefused {
+    /// A refusal for `reason`.
+    pub fn new(reason: &'static str) -> Self {
+        ReplayRefused { reason }
+    }
+
+    /// Why the body cannot be replayed.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl std::fmt::Display for ReplayRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason)
+    }
+}
+
+impl std::error::Error for ReplayRefused {}
 
 impl<D: Buf + Clone> ReplayBody for Full<D> {
     fn replay(&self) -> Option<Self> {
@@ -51,12 +94,69 @@ impl ReplayBody for Vec<u8> {
     }
 }
 
+impl ReplayBody for &'static str {
+    fn replay(&self) -> Option<Self> {
+        Some(*self)
+    }
+}
+
+impl ReplayBody for () {
+    fn replay(&self) -> Option<Self> {
+        Some(())
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// Makes any `B: Clone` body replayable; a [`Body`] when `B` is one.
+    /// Makes a `B: Clone` body replayable; a [`Body`] when `B` is one.
+    ///
+    /// **A clone of `B` must be an independent copy of the whole body**, as it is for `Full`,
+    /// `Bytes`, `String` or a body holding its bytes behind an `Arc` and its own read position.
+    /// A body whose clones share one stream or cursor (a shared channel receiver, an
+    /// `Arc<Mutex<reader>>`) is not replayable: after the first attempt has read it, a clone
+    /// holds only the leftover tail, and sending that as the whole request corrupts it. Wrap such
+    /// bodies in [`SendOnce`] (or buffer them into `Bytes` first).
+    ///
+    /// What can be detected is refused: the first copy taken records the body's shape
+    /// (`is_end_stream` and `size_hint`); when a later copy finds the kept original changed —
+    /// the first attempt consumed the stream the clones share — the copy is refused with
+    /// [`ReplayRefused`] and the [`Retry`](super::Retry) layer ends the call with
+    /// [`error::BodyNotReplayable`](super::error::BodyNotReplayable) rather than resend a tail.
+    /// A shared stream that hides its progress (no size hint, never at its end) cannot be
+    /// detected: the rule above is yours to keep.
     #[derive(Clone, Debug, Default)]
     pub struct Replayable<B> {
         #[pin]
         inner: B,
+        shape: std::sync::OnceLock<Shape>,
+    }
+}
+
+/// What a body looks like from outside: whether it is at its end, and its size hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    end: bool,
+    lower: u64,
+    upper: Option<u64>,
+}
+
+impl Shape {
+    fn of<B: Body>(body: &B) -> Self {
+        let hint = body.size_hint();
+        Shape {
+            end: body.is_end_stream(),
+            lower: hint.lower(),
+            upper: hint.upper(),
+        }
+    }
+}
+
+impl<B> Replayable<B> {
+    /// Wraps `inner`; its clones must be independent copies (see above).
+    pub fn new(inner: B) -> Self {
+        Replayable {
+            inner,
+            shape: std::sync::OnceLock::new(),
+        }
     }
 }
 
@@ -70,14 +170,16 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<B> SendOnce<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        SendOnce { inner }
+    }
+}
+
 macro_rules! body_wrapper {
     ($name:ident) => {
         impl<B> $name<B> {
-            /// Wraps `inner`.
-            pub fn new(inner: B) -> Self {
-                $name { inner }
-            }
-
             /// The wrapped body.
             pub fn get_ref(&self) -> &B {
                 &self.inner
@@ -114,9 +216,25 @@ macro_rules! body_wrapper {
 body_wrapper!(Replayable);
 body_wrapper!(SendOnce);
 
-impl<B: Clone> ReplayBody for Replayable<B> {
+impl<B: Clone + Body> ReplayBody for Replayable<B> {
     fn replay(&self) -> Option<Self> {
-        Some(self.clone())
+        self.try_replay().ok().flatten()
+    }
+
+    fn try_replay(&self) -> Result<Option<Self>, ReplayRefused> {
+        let now = Shape::of(&self.inner);
+        let first = *self.shape.get_or_init(|| now);
+        if first != now {
+            tracing::warn!(
+                "Replayable body changed after a copy of it was sent: its clones share one \
+                 stream; not replaying it"
+            );
+            return Err(ReplayRefused::new(
+                "the body changed after a copy of it was sent: its clones share one stream \
+                 (Replayable needs independent copies)",
+            ));
+        }
+        Ok(Some(self.clone()))
     }
 }
 

@@ -123,7 +123,8 @@ where
 
 /// The request's parts and a replayed body, or `None` when the body cannot be replayed.
 fn clone_parts<B: ReplayBody>(request: &Request<B>) -> Option<(http::request::Parts, B)> {
-    let body = request.body().replay()?;
+    // tower's `Retry` has no way to return an error here: a refused copy is not retried.
+    let body = request.body().try_replay().ok().flatten()?;
     let mut parts = Request::new(()).into_parts().0;
     parts.method = request.method().clone();
     parts.uri = request.uri().clone();

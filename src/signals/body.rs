@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
@@ -14,6 +15,15 @@ use crate::cost::UsageReport;
 
 /// The default limit on the size of an error body the [`ErrorBodyLayer`] reads: 64 KiB.
 pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The default limit on the time the [`ErrorBodyLayer`] spends reading an error body: 10 s,
+/// counted from the moment the response head arrives.
+///
+/// A provider's error body is a few hundred bytes sent with the head; one that takes longer
+/// than this is stalled (a proxy or server that sent part of a chunked body and stopped), and
+/// waiting for it would hold the call — and the concurrency permit above — for ever, since a
+/// timeout around the client no longer applies once the head has arrived.
+pub const DEFAULT_ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A provider's JSON error, e.g. Anthropic's
 /// `{"type":"error","error":{"type":"rate_limit_error","message":"…"},"request_id":"…"}`,
@@ -103,9 +113,15 @@ impl ApiError {
 ///   the bytes read so far followed by the rest of the original body.
 /// - A body that fails while being read is not parsed: the caller gets the bytes read so far,
 ///   then the body's error. Nothing is lost and nothing panics.
+/// - A body that is not complete within the time limit ([`DEFAULT_ERROR_BODY_TIMEOUT`], 10 s
+///   from the head, see [`ErrorBodyLayer::read_timeout`]) is not parsed: the response is handed
+///   on without an [`ApiError`], and its body gives the bytes read so far, then the rest of the
+///   original body as (and if) it arrives. A caller that reads such a body should bound its own
+///   read.
 ///
-/// Reading an error body holds the response until the body is complete: the size limit is also
-/// a limit on how much an error response can delay the caller's first byte.
+/// Reading an error body holds the response until the body is complete: the size and time
+/// limits bound how much an error response can delay the caller. The time limit needs a tokio
+/// runtime with the time driver (as every waiting layer of this crate).
 ///
 /// # Examples
 ///
@@ -142,14 +158,17 @@ impl ApiError {
 pub struct ErrorBody<S> {
     inner: S,
     max: usize,
+    timeout: Duration,
 }
 
 impl<S> ErrorBody<S> {
-    /// Wraps `inner` with the default limit.
+    /// Wraps `inner` with the default limits ([`DEFAULT_MAX_ERROR_BODY`],
+    /// [`DEFAULT_ERROR_BODY_TIMEOUT`]).
     pub fn new(inner: S) -> Self {
         ErrorBody {
             inner,
             max: DEFAULT_MAX_ERROR_BODY,
+            timeout: DEFAULT_ERROR_BODY_TIMEOUT,
         }
     }
 
@@ -178,19 +197,31 @@ impl<S> ErrorBody<S> {
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorBodyLayer {
     max: usize,
+    timeout: Duration,
 }
 
 impl ErrorBodyLayer {
-    /// A layer reading at most [`DEFAULT_MAX_ERROR_BODY`] bytes.
+    /// A layer reading at most [`DEFAULT_MAX_ERROR_BODY`] bytes for at most
+    /// [`DEFAULT_ERROR_BODY_TIMEOUT`].
     pub fn new() -> Self {
         ErrorBodyLayer {
             max: DEFAULT_MAX_ERROR_BODY,
+            timeout: DEFAULT_ERROR_BODY_TIMEOUT,
         }
     }
 
     /// Sets the largest body read; larger bodies pass through untouched.
     pub fn max_size(mut self, max: usize) -> Self {
         self.max = max;
+        self
+    }
+
+    /// Sets the longest time spent reading an error body, from the arrival of the head (default
+    /// [`DEFAULT_ERROR_BODY_TIMEOUT`], 10 s). When it runs out the response is handed on
+    /// unparsed: its body gives the bytes read so far, then the rest of the original body.
+    /// Keep it well below a retry [`deadline`](crate::retry::Policy::deadline).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 }
@@ -208,6 +239,7 @@ impl<S> Layer<S> for ErrorBodyLayer {
         ErrorBody {
             inner,
             max: self.max,
+            timeout: self.timeout,
         }
     }
 }
@@ -217,7 +249,8 @@ pin_project_lite::pin_project! {
     /// [`ErrorBody`] read from it, followed by whatever it could not read.
     ///
     /// Every byte the server sent reaches the caller, in order: when the body outgrew the limit
-    /// while being read, the bytes read so far come first, then the rest of the original body;
+    /// (or was not complete within the time limit) while being read, the bytes read so far come
+    /// first, then the rest of the original body;
     /// when reading failed, the bytes read so far come first, then the body's error.
     pub struct MaybeBuffered<B>
     where
@@ -423,6 +456,6 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let usage = req.extensions_mut().remove::<UsageReport>();
-        super::future::ErrorBodyFuture::new(self.inner.call(req), self.max, usage)
+        super::future::ErrorBodyFuture::new(self.inner.call(req), self.max, self.timeout, usage)
     }
 }

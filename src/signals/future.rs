@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::response::Parts;
@@ -51,6 +52,7 @@ pin_project_lite::pin_project! {
         #[pin]
         state: State<F, B>,
         max: usize,
+        timeout: Duration,
         usage: Option<UsageReport>,
     }
 }
@@ -65,6 +67,8 @@ pin_project_lite::pin_project! {
             body: Option<Pin<Box<B>>>,
             read: Read,
             trailers: Option<HeaderMap>,
+            // The time bound on reading the body (boxed: only error bodies are read).
+            stall: Pin<Box<tokio::time::Sleep>>,
         },
         Done,
     }
@@ -104,10 +108,11 @@ impl Read {
 }
 
 impl<F, B> ErrorBodyFuture<F, B> {
-    pub(crate) fn new(inner: F, max: usize, usage: Option<UsageReport>) -> Self {
+    pub(crate) fn new(inner: F, max: usize, timeout: Duration, usage: Option<UsageReport>) -> Self {
         ErrorBodyFuture {
             state: State::Calling { inner },
             max,
+            timeout,
             usage,
         }
     }
@@ -181,6 +186,7 @@ where
                         body: Some(Box::pin(body)),
                         read: Read::default(),
                         trailers: None,
+                        stall: Box::pin(tokio::time::sleep(*this.timeout)),
                     });
                 }
                 StateProj::Reading {
@@ -188,11 +194,29 @@ where
                     body,
                     read,
                     trailers,
+                    stall,
                 } => {
                     let reading = body
                         .as_mut()
                         .expect("ErrorBodyFuture polled after completion");
-                    let frame = ready!(reading.as_mut().poll_frame(cx));
+                    let frame = match reading.as_mut().poll_frame(cx) {
+                        Poll::Ready(frame) => frame,
+                        Poll::Pending => {
+                            ready!(stall.as_mut().poll(cx));
+                            // The body stalled: hand the response on unparsed, the bytes read
+                            // so far first, then the rest of the body as it comes.
+                            tracing::debug!(
+                                read = read.len(),
+                                timeout_ms = this.timeout.as_millis() as u64,
+                                "error body not complete in time: handed back unparsed"
+                            );
+                            let body = body.take().expect("body present while reading");
+                            let parts = parts.take().expect("parts present while reading");
+                            let body = MaybeBuffered::prefixed(read.take(), body);
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                        }
+                    };
                     let finished = match frame {
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(data) if read.len().saturating_add(data.len()) > *this.max => {

@@ -9,13 +9,19 @@ use super::parse::{self, read};
 
 /// `retry-after-ms`: float milliseconds.
 fn millis(s: &str) -> Option<Duration> {
-    parse::decimal(s).and_then(|ms| parse::secs_f64(ms / 1000.0))
+    parse::decimal(s).and_then(|ms| parse::secs_f64_up_to(ms / 1000.0, MAX_RETRY_AFTER))
 }
 
-/// The largest wait or reset any parser in this crate returns: one day. Larger server values are
-/// clamped to it (a layer that cares, such as the retry layer, compares the hint with its own,
-/// much lower, ceiling and gives up with an error that states the server's wait).
+/// The largest reset any parser in this crate returns: one day. Larger server values are
+/// clamped to it, so a layer can still tell "a very long wait" from "no wait given".
 pub const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The largest `retry-after` / `retry-after-ms` wait [`RetryHints`] returns: 2³² − 1 ms, about
+/// 49.7 days — the bound of the Anthropic SDKs, which honour any positive wait up to what their
+/// platform's `sleep` accepts. Larger values are clamped to it. A layer that cares, such as the
+/// retry layer, compares the hint with its own ceiling (120 s for OpenAI's policy) and gives up
+/// with an error that states the server's wait.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// Which header a server-dictated wait came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,12 +68,13 @@ impl RetryHints {
                 header(raw.retry_after).and_then(|(n, v)| {
                     read(n, v, |s| {
                         if let Some(secs) = parse::decimal(s) {
-                            return parse::secs_f64(secs)
+                            return parse::secs_f64_up_to(secs, MAX_RETRY_AFTER)
                                 .map(|d| (d, WaitSource::RetryAfterSeconds));
                         }
                         let at = parse::http_date(s)?;
                         let reference = raw.server_date().unwrap_or_else(now);
-                        Some((parse::until_time(at, reference), WaitSource::RetryAfterDate))
+                        let wait = parse::until_time_up_to(at, reference, MAX_RETRY_AFTER);
+                        Some((wait, WaitSource::RetryAfterDate))
                     })
                 })
             });
@@ -85,17 +92,17 @@ impl RetryHints {
         RetryHints::new(retry_after, should_retry)
     }
 
-    /// Hints from their parts (`retry_after` is clamped to [`MAX_HINT`]).
+    /// Hints from their parts (`retry_after` is clamped to [`MAX_RETRY_AFTER`]).
     pub fn new(retry_after: Option<(Duration, WaitSource)>, should_retry: Option<bool>) -> Self {
         RetryHints {
-            retry_after: retry_after.map(|(d, _)| d.min(MAX_HINT)),
+            retry_after: retry_after.map(|(d, _)| d.min(MAX_RETRY_AFTER)),
             source: retry_after.map(|(_, s)| s),
             should_retry,
         }
     }
 
-    /// How long the server asked the client to wait, clamped to [`MAX_HINT`]. A date in the past
-    /// reads as zero.
+    /// How long the server asked the client to wait, clamped to [`MAX_RETRY_AFTER`]. A date in
+    /// the past reads as zero (and the retry layer, like the SDKs, treats a zero wait as none).
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }

@@ -43,7 +43,8 @@
 //! moment the server produced the response. Absolute times (RFC 3339, epoch seconds,
 //! HTTP-dates) are measured against the response's `date` header when it is readable, which
 //! cancels clock skew between server and client, else against the local clock. A time in the
-//! past reads as zero. Values are never negative and never above [`MAX_HINT`] (one day): larger
+//! past reads as zero. Values are never negative and never above [`MAX_HINT`] (one day;
+//! [`MAX_RETRY_AFTER`], about 49.7 days, for `retry-after`/`retry-after-ms`): larger
 //! values are clamped, not rejected, so a layer can still tell "the server asked for a very long
 //! wait" from "no wait given". Negative, NaN, infinite and unreadable values are ignored.
 //! Parsing allocates nothing on the way (the structured fields are read through `sfv`'s visitor
@@ -65,10 +66,13 @@ mod usage;
 
 pub mod future;
 
-pub use body::{ApiError, DEFAULT_MAX_ERROR_BODY, ErrorBody, ErrorBodyLayer, MaybeBuffered};
+pub use body::{
+    ApiError, DEFAULT_ERROR_BODY_TIMEOUT, DEFAULT_MAX_ERROR_BODY, ErrorBody, ErrorBodyLayer,
+    MaybeBuffered,
+};
 pub use classify::{Classify, ClassifyFn, DefaultClassifier, Outcome, OutcomeKind, classify_fn};
 pub use headers::{BucketReading, Dialect, Dimension, RateLimitSnapshot};
-pub use hints::{MAX_HINT, RetryHints, WaitSource};
+pub use hints::{MAX_HINT, MAX_RETRY_AFTER, RetryHints, WaitSource};
 pub use layer::{ResponseSignals, Signals, SignalsLayer, WaitAbsorbed};
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]

@@ -78,16 +78,17 @@ fn digits(b: &[u8]) -> Option<u64> {
 /// A finite, non-negative number of seconds as a duration, clamped to [`MAX_HINT`].
 /// Negative, NaN and infinite values are rejected.
 pub(crate) fn secs_f64(v: f64) -> Option<Duration> {
+    secs_f64_up_to(v, MAX_HINT)
+}
+
+/// [`secs_f64`] clamped to `max` instead of [`MAX_HINT`].
+pub(crate) fn secs_f64_up_to(v: f64, max: Duration) -> Option<Duration> {
     if !v.is_finite() || v < 0.0 {
         return None;
     }
     // `-0.0` passes the test above; `max` turns it into `0.0`.
     let v = v.max(0.0);
-    Some(
-        Duration::try_from_secs_f64(v)
-            .unwrap_or(MAX_HINT)
-            .min(MAX_HINT),
-    )
+    Some(Duration::try_from_secs_f64(v).unwrap_or(max).min(max))
 }
 
 /// A plain decimal number (`12`, `1.5`, `.5`, `+3`): digits and at most one dot, nothing else.
@@ -295,18 +296,22 @@ pub(crate) fn until_unix_nanos(nanos: i128, reference: SystemTime) -> Duration {
     until(nanos.saturating_sub(unix_nanos(reference)))
 }
 
-/// The time from `reference` until `t`: zero when `t` is in the past, at most [`MAX_HINT`].
-pub(crate) fn until_time(t: SystemTime, reference: SystemTime) -> Duration {
-    until(unix_nanos(t).saturating_sub(unix_nanos(reference)))
+/// The time from `reference` until `t`: zero when `t` is in the past, at most `max`.
+pub(crate) fn until_time_up_to(t: SystemTime, reference: SystemTime, max: Duration) -> Duration {
+    until_up_to(unix_nanos(t).saturating_sub(unix_nanos(reference)), max)
 }
 
 fn until(delta_nanos: i128) -> Duration {
+    until_up_to(delta_nanos, MAX_HINT)
+}
+
+fn until_up_to(delta_nanos: i128, max: Duration) -> Duration {
     if delta_nanos <= 0 {
         Duration::ZERO
-    } else if delta_nanos >= MAX_HINT.as_nanos() as i128 {
-        MAX_HINT
+    } else if delta_nanos >= max.as_nanos() as i128 {
+        max
     } else {
-        // Below one day of nanoseconds: fits in a u64.
+        // Below `max` (at most a few hundred years of nanoseconds): fits in a u64.
         Duration::from_nanos(delta_nanos as u64)
     }
 }

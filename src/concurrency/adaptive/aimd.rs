@@ -251,7 +251,7 @@ impl AdaptiveLimiter {
         Sent {
             epoch: control.epoch,
             at: Instant::now(),
-            busy: limiter.in_flight() * 2 >= limiter.limit(),
+            busy: limiter.in_flight().saturating_mul(2) >= limiter.limit(),
         }
     }
 

@@ -51,7 +51,7 @@ impl<C> AdaptiveConcurrencyLimitLayer<C> {
         }
     }
 
-    /// Sets when a call's permit goes back (default [`Release::AtBodyEnd`]).
+    /// Sets when a call's permit goes back (default [`Release::Auto`]).
     pub fn release(mut self, release: Release) -> Self {
         self.release = release;
         self

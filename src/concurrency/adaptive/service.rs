@@ -69,7 +69,7 @@ impl<S, C> AdaptiveConcurrencyLimit<S, C> {
         }
     }
 
-    /// Sets when a call's permit goes back (default [`Release::AtBodyEnd`]).
+    /// Sets when a call's permit goes back (default [`Release::Auto`]).
     pub fn release(mut self, release: Release) -> Self {
         self.inner = self.inner.release(release);
         self

@@ -49,7 +49,7 @@ impl KeyState {
                 }
                 _ => {}
             }
-            absorbed = Some(self.ready_at(&record.charge, None, now).0);
+            absorbed = Some(now);
         } else if record.seq > self.cooldown_seq && self.cooldown_until.is_some_and(|c| c > now) {
             // The re-check was answered: the server takes requests again.
             tracing::info!(key = %key, "rate limit: the re-check was answered, cooldown ended");
@@ -139,7 +139,12 @@ impl KeyState {
             // Evidence: the model said it would fit (judged with what the refusal's readings
             // just taught, a lower limit say).
             self.tighten(key, record, snapshot, now);
-            absorbed = absorbed.map(|_| self.ready_at(&record.charge, None, now).0);
+            // The limiter holds a retry of this request until the key may send again — unless
+            // the server asked for longer than the re-check: then the retry honours the
+            // server's wait itself (the SDKs' rule), while the key's other requests re-check.
+            let asked = outcome.retry_after().unwrap_or_default();
+            absorbed =
+                (asked <= RECHECK_INTERVAL).then(|| self.ready_at(&record.charge, None, now).0);
         }
         self.wake_head();
         absorbed
@@ -551,7 +556,9 @@ impl KeyState {
         snapshot: &RateLimitSnapshot,
         now: Instant,
     ) {
-        if record.seq <= self.tightened_seq {
+        // A probe went because nothing was known: its refusal disproves no prediction. Nor does
+        // the refusal of a request sent before the last raise (the same episode).
+        if record.probe || record.seq <= self.tightened_seq {
             return;
         }
         let tol = if snapshot.dialect() == Some(Dialect::Anthropic) {
