@@ -4,10 +4,11 @@
 //! table (both from [`observe::Snapshot`](tower_llm_limits::observe::Snapshot)).
 //!
 //! ```sh
-//! cargo run --example axum_service            # self-test: 50 concurrent requests while
-//!                                             # /status.txt is polled, then /status
-//! cargo run --example axum_service -- --serve # keeps serving (prints the address)
-//! ANTHROPIC_API_KEY=... cargo run --example axum_service -- --serve
+//! cargo run --features reqwest --example axum_service             # self-test: 50 concurrent
+//!                                                                 # requests while /status.txt is
+//!                                                                 # polled, then /status
+//! cargo run --features reqwest --example axum_service -- --serve  # keeps serving (prints the address)
+//! ANTHROPIC_API_KEY=... cargo run --features reqwest --example axum_service -- --serve
 //! ```
 //!
 //! Then `curl -d 'Say hello' http://ADDR/ask`, `curl http://ADDR/status.txt` and

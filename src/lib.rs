@@ -67,12 +67,12 @@
 //!
 //! # Feature flags
 //!
-//! None is on by default.
+//! None is on by default, and none is needed for what the presets promise: the JSON cost
+//! estimate and the per-model key of Anthropic / OpenAI bodies are always built in.
 //!
 //! | feature | enables |
 //! |---|---|
-//! | `json` | the built-in JSON cost estimator and model-key extraction for Anthropic / OpenAI bodies |
-//! | `sim` | the simulated Claude-like API, its loopback server and the workload generator (implies `json`) |
+//! | `sim` | the simulated Claude-like API, its loopback server and the workload generator |
 //! | `reqwest` | `reqwest::ReqwestService`, the adapter from `reqwest::Client` |
 //! | `redis` | a Redis-backed rate-limit store, so many processes share one budget |
 //! | `metrics` | counters, histograms and gauges through the `metrics` facade (names in `observe`) |

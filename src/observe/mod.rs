@@ -16,7 +16,7 @@
 //! bucket is full, the cooldown left after a 429, requests in flight and waiting; each
 //! breaker's state and how long until an open one lets probes through; the concurrency cap's
 //! limit and permits held; the retries the retry budget allows. [`Display`](std::fmt::Display)
-//! renders a compact table, [`Snapshot::to_json`] (feature `json`) a JSON value.
+//! renders a compact table, [`Snapshot::to_json`] a JSON value.
 //!
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt};

@@ -19,7 +19,7 @@ use crate::signals::Dimension;
 ///
 /// Instants are turned into durations from the moment the snapshot was taken (tokio's clock),
 /// so a snapshot can be printed ([`Display`](fmt::Display)) or served as JSON
-/// ([`to_json`](Self::to_json), feature `json`) as it is.
+/// ([`to_json`](Self::to_json)) as it is.
 ///
 /// It holds no secret: keys are what the key functions made of the requests (the model, the
 /// host, or what your own [`KeyFn`](crate::rate_limit::KeyFn) returns), and nothing else of a
@@ -194,8 +194,6 @@ impl Snapshot {
 
     /// The snapshot as JSON, for a status endpoint; the shape is in the
     /// [module docs](super#json).
-    #[cfg(feature = "json")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::{Map, Value, json};
         let secs = |d: Duration| json!(d.as_secs_f64());

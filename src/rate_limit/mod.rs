@@ -232,7 +232,7 @@
 //! # Keys and memory
 //!
 //! The key is a request's [`RateLimitKey`] extension, else the layer's [`KeyFn`]: [`DefaultKey`]
-//! (the `model` of a JSON body with feature `json`, else one global key), [`HostKey`], or a
+//! (the `model` of a JSON body, else one global key), [`HostKey`], or a
 //! closure ([`key_fn`]). The limiter stores the key and the cost estimate in the request's
 //! extensions, so a retry re-enters with the same ones. A state keeps at most
 //! [`DEFAULT_MAX_KEYS`] keys (configurable), evicting idle keys least recently used first; a key
