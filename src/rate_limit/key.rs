@@ -95,14 +95,14 @@ impl DefaultKey {
 impl<B: BodyBytes> KeyFn<B> for DefaultKey {
     fn key(&self, request: &Request<B>) -> RateLimitKey {
         if let Some(model) = crate::cost::Inspected::get(request).and_then(|i| i.model()) {
-            return model;
+            return RateLimitKey::new(model);
         }
         RateLimitKey::global()
     }
 
     fn key_mut(&self, request: &mut Request<B>) -> RateLimitKey {
         if let Some(model) = crate::cost::Inspected::get_cached(request).and_then(|i| i.model()) {
-            return model;
+            return RateLimitKey::new(model);
         }
         RateLimitKey::global()
     }
