@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::error::Open;
 use super::registry::Permit;
 use crate::BoxError;
-use crate::signals::{ApiError, Classify, Outcome, ResponseSignals, RetryHints};
+use crate::signals::{Classify, ResponseSignals};
 
 pin_project! {
     /// The future of [`CircuitBreaker`](super::CircuitBreaker): an immediately ready
@@ -81,23 +81,6 @@ where
     }
 }
 
-/// The outcome of a response: what a [`Signals`](crate::signals::Signals) layer stored, else
-/// what `classifier` reads from it.
-pub(crate) fn response_outcome<B, C: Classify + ?Sized>(
-    response: &Response<B>,
-    classifier: &C,
-) -> Outcome {
-    match response.extensions().get::<ResponseSignals>() {
-        Some(signals) => *signals.outcome(),
-        None => classifier.classify_response(
-            response.status(),
-            response.headers(),
-            &RetryHints::from_headers(response.headers()),
-            response.extensions().get::<ApiError>(),
-        ),
-    }
-}
-
 impl<S, C, ReqB, ResB> Future for ResponseFuture<S, Request<ReqB>, C>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -129,7 +112,7 @@ where
             };
             if let Some(permit) = this.permit.take() {
                 let outcome = match &result {
-                    Ok(response) => response_outcome(response, &*this.classifier),
+                    Ok(response) => ResponseSignals::outcome_or(response, &*this.classifier),
                     Err(error) => this.classifier.classify_error(&**error),
                 };
                 permit.complete(&outcome);

@@ -11,8 +11,9 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::cost::Usage;
-use crate::signals::{ResponseSignals, WaitAbsorbed};
+use crate::signals::ResponseSignals;
 
+use super::WaitAbsorbed;
 use super::state::{Admission, Ticket};
 
 pin_project_lite::pin_project! {

@@ -192,7 +192,7 @@
 //! A 429 ([`OutcomeKind::RateLimited`](crate::signals::OutcomeKind::RateLimited)) holds **every**
 //! request of the key — every clone, every layer sharing the state — until its `retry-after`
 //! ([`DEFAULT_COOLDOWN`] when absent). The response gets a
-//! [`WaitAbsorbed`](crate::signals::WaitAbsorbed) in its extensions so a retry layer above
+//! [`WaitAbsorbed`] in its extensions so a retry layer above
 //! re-enters at once instead of sleeping the same wait again. After the cooldown the waiters are
 //! released one by one as their cost fits the (corrected) buckets: at the refill rate, never as a
 //! herd. A spend-limit 429 does not cool down: waiting cannot help.
@@ -250,6 +250,7 @@
 //! waiting (waited), every correction (old and new level); `info` events for every limit learned
 //! and every cooldown.
 
+mod absorbed;
 mod bucket;
 mod config;
 mod key;
@@ -261,6 +262,7 @@ mod store;
 pub mod error;
 pub mod future;
 
+pub use absorbed::WaitAbsorbed;
 pub use bucket::Bucket;
 pub use config::{DEFAULT_WINDOW, Limits, MaxWait, Priority, RampUp};
 pub use key::{DefaultKey, HostKey, KeyFn, KeyFnClosure, RateLimitKey, key_fn};
