@@ -135,7 +135,8 @@
 //!
 //! [`Retry`](crate::retry::Retry) (outermost in the presets) opens an `INFO` span `llm_call`
 //! per call, with the fields `attempt` (updated on each retry) and `key` (recorded by the rate
-//! limiter below it). Every event of the layers below is inside it, so each carries the
+//! limiter below it, which finds the span in the request's extensions, where the retry layer
+//! put a handle to it). Every event of the layers below is inside it, so each carries the
 //! attempt and the key. Durations are milliseconds in `*_ms` fields (`wait_ms` a wait decided
 //! or projected, `waited_ms` a wait measured); reasons are
 //! [`OutcomeKind::as_str`](crate::signals::OutcomeKind::as_str) names. No event carries a
@@ -168,6 +169,7 @@
 pub(crate) mod emit;
 pub mod names;
 mod snapshot;
+pub(crate) mod span;
 
 pub use snapshot::{
     BreakerState, BreakerStatus, ConcurrencyStatus, DimensionStatus, KeyStatus, RetryBudgetStatus,
