@@ -165,7 +165,7 @@ where
                 } => {
                     let reading = body
                         .as_mut()
-                        .expect("ErrorBodyFuture polled after completion");
+                        .expect("ErrorBody response future polled after completion");
                     let frame = ready!(reading.as_mut().poll_frame(cx));
                     let finished = match frame {
                         Some(Ok(frame)) => match frame.into_data() {
@@ -218,7 +218,9 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(Response::from_parts(parts, finished)));
                 }
-                StateProj::Done => panic!("ErrorBodyFuture polled after completion"),
+                // The error type is the inner service's: there is no error to return (see
+                // `error::PolledAfterCompletion`).
+                StateProj::Done => panic!("ErrorBody response future polled after completion"),
             }
         }
     }
