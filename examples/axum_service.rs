@@ -1,7 +1,7 @@
 //! An axum app whose handler calls Claude through ONE shared preset stack: every request to the
 //! app, however many run at once, draws on the same rate-limit budget, breaker and concurrency
 //! cap. `GET /status` serves what the stack knows right now as JSON, `GET /status.txt` as a
-//! table (both from [`observe::Snapshot`](tower_llm_limits::observe::Snapshot)).
+//! table (both from [`status::Snapshot`](tower_llm_limits::status::Snapshot)).
 //!
 //! ```sh
 //! cargo run --features reqwest --example axum_service             # self-test: 50 concurrent

@@ -60,7 +60,8 @@
 //! | [`concurrency::ConcurrencyLimitLayer`], [`concurrency::adaptive`] | a fixed or adaptive (AIMD) concurrency cap |
 //! | [`breaker::CircuitBreakerLayer`] | trips on 529 overload (never on 429), fails fast, probes in half-open |
 //! | [`fallback::FallbackLayer`] | routes to a secondary service while the primary is unavailable |
-//! | [`observe`] | not a layer: a live snapshot of every shared state (limits, budgets, breakers), metrics (feature `metrics`) and the tracing fields |
+//! | [`status`] | not a layer: a live snapshot of every shared state (limits, budgets, breakers) |
+//! | [`observe`] | not a layer: metrics (feature `metrics`) and the tracing fields |
 //!
 //! Outermost first: retry, breaker, rate limit, concurrency, signals, client; the [`preset`]
 //! module explains why.
@@ -96,6 +97,7 @@ pub mod preset;
 pub mod rate_limit;
 pub mod retry;
 pub mod signals;
+pub mod status;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

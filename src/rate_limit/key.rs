@@ -31,11 +31,12 @@ impl RateLimitKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
 
-    /// The key's name, shared (a metric label without a copy).
+impl crate::observe::emit::KeyLabel for RateLimitKey {
     #[cfg(feature = "metrics")]
-    pub(crate) fn shared(&self) -> &Arc<str> {
-        &self.0
+    fn label(&self) -> metrics::SharedString {
+        metrics::SharedString::from_shared(Arc::clone(&self.0))
     }
 }
 

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::emit;
 use crate::breaker::{self, CircuitBreakerLayer};
 use crate::concurrency::{AdaptiveLimiter, Limiter};
-use crate::preset::PresetLayer;
+use crate::observe::emit;
 use crate::rate_limit::{KeySnapshot, RateLimitKey, RateLimitState};
 use crate::retry::Budget;
 use crate::signals::Dimension;
@@ -47,18 +46,6 @@ impl Snapshot {
             concurrency: None,
             retry_budget: None,
         }
-    }
-
-    /// A snapshot of every shared state of `layer` (the same as [`PresetLayer::snapshot`]).
-    pub fn of<K, E>(layer: &PresetLayer<K, E>) -> Self {
-        let mut snapshot = Snapshot::new()
-            .with_rate_limit(layer.get_rate_limit().state())
-            .with_breaker(layer.get_breaker())
-            .with_adaptive_concurrency(layer.get_concurrency().limiter());
-        if let Some(budget) = layer.get_retry().policy().get_budget() {
-            snapshot = snapshot.with_retry_budget(budget);
-        }
-        snapshot
     }
 
     /// Adds every key of a rate limiter's `state` (after those already added).
