@@ -111,7 +111,7 @@ pub mod sim;
 
 pub use error::BoxError;
 
-/// The README's snippets, compiled as doc-tests.
-#[cfg(doctest)]
+/// The README's snippets, compiled as doc-tests (two of them use the reqwest adapter).
+#[cfg(all(doctest, feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
