@@ -1,8 +1,9 @@
 //! reqwest + the Anthropic preset: a few concurrent Messages requests through one shared stack.
 //!
 //! ```sh
-//! cargo run --example anthropic_reqwest                        # against the simulated API
-//! ANTHROPIC_API_KEY=... cargo run --example anthropic_reqwest  # against api.anthropic.com
+//! cargo run --features reqwest --example anthropic_reqwest    # against the simulated API
+//! ANTHROPIC_API_KEY=... cargo run --features reqwest --example anthropic_reqwest
+//!                                                             # against api.anthropic.com
 //! ```
 //!
 //! Prints each call's status and number of attempts, then the limits the stack learned from the

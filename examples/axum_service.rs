@@ -1,13 +1,14 @@
 //! An axum app whose handler calls Claude through ONE shared preset stack: every request to the
 //! app, however many run at once, draws on the same rate-limit budget, breaker and concurrency
 //! cap. `GET /status` serves what the stack knows right now as JSON, `GET /status.txt` as a
-//! table (both from [`observe::Snapshot`](tower_llm_limits::observe::Snapshot)).
+//! table (both from [`status::Snapshot`](tower_llm_limits::status::Snapshot)).
 //!
 //! ```sh
-//! cargo run --example axum_service            # self-test: 50 concurrent requests while
-//!                                             # /status.txt is polled, then /status
-//! cargo run --example axum_service -- --serve # keeps serving (prints the address)
-//! ANTHROPIC_API_KEY=... cargo run --example axum_service -- --serve
+//! cargo run --features reqwest --example axum_service             # self-test: 50 concurrent
+//!                                                                 # requests while /status.txt is
+//!                                                                 # polled, then /status
+//! cargo run --features reqwest --example axum_service -- --serve  # keeps serving (prints the address)
+//! ANTHROPIC_API_KEY=... cargo run --features reqwest --example axum_service -- --serve
 //! ```
 //!
 //! Then `curl -d 'Say hello' http://ADDR/ask`, `curl http://ADDR/status.txt` and

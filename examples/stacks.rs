@@ -2,8 +2,8 @@
 //! front of any `tower::Service<http::Request<B>>` client. `main` runs each briefly.
 //!
 //! ```sh
-//! cargo run --example stacks                  # everything against the simulated API
-//! ANTHROPIC_API_KEY=... OPENAI_API_KEY=... cargo run --example stacks
+//! cargo run --features reqwest --example stacks                  # everything against the simulated API
+//! ANTHROPIC_API_KEY=... OPENAI_API_KEY=... cargo run --features reqwest --example stacks
 //! ```
 //!
 //! With `ANTHROPIC_API_KEY` the Anthropic stack calls api.anthropic.com, with `OPENAI_API_KEY`

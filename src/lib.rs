@@ -60,19 +60,20 @@
 //! | [`concurrency::ConcurrencyLimitLayer`], [`concurrency::adaptive`] | a fixed or adaptive (AIMD) concurrency cap |
 //! | [`breaker::CircuitBreakerLayer`] | trips on 529 overload (never on 429), fails fast, probes in half-open |
 //! | [`fallback::FallbackLayer`] | routes to a secondary service while the primary is unavailable |
-//! | [`observe`] | not a layer: a live snapshot of every shared state (limits, budgets, breakers), metrics (feature `metrics`) and the tracing fields |
+//! | [`status`] | not a layer: a live snapshot of every shared state (limits, budgets, breakers) |
+//! | [`observe`] | not a layer: metrics (feature `metrics`) and the tracing fields |
 //!
 //! Outermost first: retry, breaker, rate limit, concurrency, signals, client; the [`preset`]
 //! module explains why.
 //!
 //! # Feature flags
 //!
-//! None is on by default.
+//! None is on by default, and none is needed for what the presets promise: the JSON cost
+//! estimate and the per-model key of Anthropic / OpenAI bodies are always built in.
 //!
 //! | feature | enables |
 //! |---|---|
-//! | `json` | the built-in JSON cost estimator and model-key extraction for Anthropic / OpenAI bodies |
-//! | `sim` | the simulated Claude-like API, its loopback server and the workload generator (implies `json`) |
+//! | `sim` | the simulated Claude-like API, its loopback server and the workload generator |
 //! | `reqwest` | `reqwest::ReqwestService`, the adapter from `reqwest::Client` |
 //! | `redis` | a Redis-backed rate-limit store, so many processes share one budget |
 //! | `metrics` | counters, histograms and gauges through the `metrics` facade (names in `observe`) |
@@ -96,6 +97,7 @@ pub mod preset;
 pub mod rate_limit;
 pub mod retry;
 pub mod signals;
+pub mod status;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -109,7 +111,7 @@ pub mod sim;
 
 pub use error::BoxError;
 
-/// The README's snippets, compiled as doc-tests.
-#[cfg(doctest)]
+/// The README's snippets, compiled as doc-tests (two of them use the reqwest adapter).
+#[cfg(all(doctest, feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -152,7 +152,7 @@ impl Future for ResponseFuture {
             }
             StateProj::Failed { error } => Poll::Ready(Err(error
                 .take()
-                .unwrap_or_else(|| "ReqwestService future polled after completion".into()))),
+                .unwrap_or_else(|| crate::error::PolledAfterCompletion::boxed("ReqwestService")))),
         }
     }
 }

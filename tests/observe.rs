@@ -14,10 +14,11 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::{CompositeKey, MetricKind};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_llm_limits::observe::{BreakerState, Snapshot, names};
+use tower_llm_limits::observe::names;
 use tower_llm_limits::preset;
 use tower_llm_limits::signals::Dimension;
 use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
+use tower_llm_limits::status::{BreakerState, Snapshot};
 
 use support::sim::message;
 

@@ -10,11 +10,12 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_llm_limits::BoxError;
 use tower_llm_limits::cost::Cost;
+use tower_llm_limits::rate_limit::WaitAbsorbed;
 use tower_llm_limits::rate_limit::error::{CostExceedsLimit, WaitTooLong};
 use tower_llm_limits::rate_limit::{
     Limits, MaxWait, Priority, RateLimitKey, RateLimitLayer, RateLimitState, STARTUP_PROBES,
 };
-use tower_llm_limits::signals::{Dimension, WaitAbsorbed};
+use tower_llm_limits::signals::Dimension;
 
 type Log = Arc<Mutex<Vec<(String, Duration)>>>;
 

@@ -1,7 +1,6 @@
 //! The Redis-backed store against a real `redis-server` (skipped with a message when the binary
 //! is missing; `.ci/run` installs it). Redis's `TIME` is real time, so these tests run on the
 //! real clock: short runs (about 10 s each) at a few hundred requests per minute.
-#![cfg(feature = "redis")]
 
 mod support;
 

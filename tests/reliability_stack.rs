@@ -542,7 +542,7 @@ async fn no_credential_in_debug_display_or_tracing() {
                     "{response:?} {:?} {:?} {:?}",
                     ext.get::<tower_llm_limits::signals::ResponseSignals>(),
                     ext.get::<tower_llm_limits::signals::ApiError>(),
-                    ext.get::<tower_llm_limits::signals::WaitAbsorbed>(),
+                    ext.get::<tower_llm_limits::rate_limit::WaitAbsorbed>(),
                 ));
                 tally.result::<()>(Ok(http::Response::builder()
                     .status(response.status())

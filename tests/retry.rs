@@ -10,11 +10,15 @@ use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_limits::BoxError;
+use tower_llm_limits::rate_limit::WaitAbsorbed;
 use tower_llm_limits::retry::error::{BudgetExhausted, DeadlineExceeded, WaitTooLong};
 use tower_llm_limits::retry::{
     Attempts, Backoff, Budget, Jitter, Policy, Retry, RetryLayer, SendOnce,
 };
-use tower_llm_limits::signals::{ApiError, ErrorBodyLayer, WaitAbsorbed};
+use tower_llm_limits::signals::{
+    ApiError, Classify, DefaultClassifier, ErrorBodyLayer, Outcome, OutcomeKind, SignalsLayer,
+    classify_fn,
+};
 
 use support::retry::{Scripted, respond, respond_with};
 use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi, Workload};
@@ -1014,4 +1018,34 @@ mod shared_stream {
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].body, seen[1].body);
     }
+}
+
+/// One outcome rule for every layer: below a `Signals` layer, the outcome it stored (decided by
+/// its classifier) is the one the retry acts on, not the retry policy's own classifier's reading.
+#[tokio::test(start_paused = true)]
+async fn the_outcome_stored_by_signals_decides_over_the_policy_classifier() {
+    // A gateway that answers 418 when its upstream is overloaded.
+    let teapot_is_overload = classify_fn(|status, headers, hints, api_error| {
+        if status == StatusCode::IM_A_TEAPOT {
+            Outcome::new(OutcomeKind::Overloaded).with_status(status)
+        } else {
+            DefaultClassifier::new().classify_response(status, headers, hints, api_error)
+        }
+    });
+    let server = Scripted::new(|i| match i {
+        0 => respond(418, &[]),
+        _ => respond(200, &[]),
+    });
+    let stack = Retry::new(
+        SignalsLayer::with_classifier(teapot_is_overload).layer(server.clone()),
+        plain(2),
+    );
+    let response = stack.oneshot(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 2, "the 418 was retried as an overload");
+
+    // Without the `Signals` layer the policy's classifier (the default) decides: a 4xx is final.
+    let server = Scripted::new(|_| respond(418, &[]));
+    let response = send(&server, plain(2)).await.unwrap();
+    assert_eq!((response.status().as_u16(), attempts(&response)), (418, 1));
 }

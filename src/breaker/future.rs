@@ -11,7 +11,8 @@ use tower_service::Service;
 use super::error::Open;
 use super::registry::Permit;
 use crate::BoxError;
-use crate::signals::{ApiError, Classify, Outcome, ResponseSignals, RetryHints};
+use crate::error::PolledAfterCompletion;
+use crate::signals::{Classify, ResponseSignals};
 
 pin_project! {
     /// The future of [`CircuitBreaker`](super::CircuitBreaker): an immediately ready
@@ -37,6 +38,7 @@ pin_project! {
         Refused { error: Option<Open> },
         Waiting { svc: S, req: Option<R> },
         Called { #[pin] fut: S::Future },
+        Done,
     }
 }
 
@@ -73,28 +75,12 @@ where
             Kind::Refused { .. } => "refused",
             Kind::Waiting { .. } => "waiting",
             Kind::Called { .. } => "called",
+            Kind::Done => "done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .field("probe", &self.permit.as_ref().is_some_and(Permit::is_probe))
             .finish()
-    }
-}
-
-/// The outcome of a response: what a [`Signals`](crate::signals::Signals) layer stored, else
-/// what `classifier` reads from it.
-pub(crate) fn response_outcome<B, C: Classify + ?Sized>(
-    response: &Response<B>,
-    classifier: &C,
-) -> Outcome {
-    match response.extensions().get::<ResponseSignals>() {
-        Some(signals) => *signals.outcome(),
-        None => classifier.classify_response(
-            response.status(),
-            response.headers(),
-            &RetryHints::from_headers(response.headers()),
-            response.extensions().get::<ApiError>(),
-        ),
     }
 }
 
@@ -111,14 +97,20 @@ where
         loop {
             let result = match this.kind.as_mut().project() {
                 KindProj::Refused { error } => {
-                    let error = error
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Err(error.into()));
+                    let error = error.take();
+                    this.kind.set(Kind::Done);
+                    return Poll::Ready(Err(match error {
+                        Some(open) => open.into(),
+                        None => PolledAfterCompletion::boxed("circuit breaker"),
+                    }));
                 }
                 KindProj::Waiting { svc, req } => match ready!(svc.poll_ready(cx)) {
                     Ok(()) => {
-                        let req = req.take().expect("ResponseFuture polled after completion");
+                        let Some(req) = req.take() else {
+                            return Poll::Ready(Err(PolledAfterCompletion::boxed(
+                                "circuit breaker",
+                            )));
+                        };
                         let fut = svc.call(req);
                         this.kind.set(Kind::Called { fut });
                         continue;
@@ -126,10 +118,14 @@ where
                     Err(error) => Err(error.into()),
                 },
                 KindProj::Called { fut } => ready!(fut.poll(cx)).map_err(Into::into),
+                KindProj::Done => {
+                    return Poll::Ready(Err(PolledAfterCompletion::boxed("circuit breaker")));
+                }
             };
+            this.kind.set(Kind::Done);
             if let Some(permit) = this.permit.take() {
                 let outcome = match &result {
-                    Ok(response) => response_outcome(response, &*this.classifier),
+                    Ok(response) => ResponseSignals::outcome_or(response, &*this.classifier),
                     Err(error) => this.classifier.classify_error(&**error),
                 };
                 permit.complete(&outcome);

@@ -1,21 +1,22 @@
 //! The built-in estimator for Anthropic Messages and OpenAI chat / responses JSON bodies.
 //!
-//! The body is read in one pass by a small scanner, without building a `serde_json::Value`:
-//! strings are counted where they lie in the body (nothing is copied unless a key or the model
-//! has escapes), every other value is checked and skipped. It accepts exactly what
-//! `serde_json::from_slice` accepts. The rate limiter's default key ([`DefaultKey`](crate::rate_limit::DefaultKey)) and
-//! default cost ([`DefaultCost`](super::DefaultCost)) share one pass per request: the first of
-//! them to run leaves what it read in the request's extensions for the other.
-
-use std::fmt;
+//! The body is read once by `serde_json` into a borrowed struct of the fields the estimate needs
+//! (`model`, the `max_*tokens` fields, the text fields and `tools`): every other field is skipped
+//! ([`IgnoredAny`]), and the text fields are counted as they are read, without building a
+//! `serde_json::Value` or copying a string that has no escapes. The rate limiter's default key
+//! ([`DefaultKey`](crate::rate_limit::DefaultKey)) and default cost
+//! ([`DefaultCost`](super::DefaultCost)) share one read per request: the first of them to run
+//! leaves what it read in the request's extensions for the other.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
 
 use http::Request;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{BodyBytes, DEFAULT_BYTES_PER_TOKEN};
-use crate::rate_limit::RateLimitKey;
 
 /// Input tokens counted for each image or document block, whatever its size (Anthropic bills an
 /// image of about 1.15 megapixels at about 1,600 tokens; smaller images cost less).
@@ -51,15 +52,19 @@ impl BodyInfo {
 
 /// Reads an Anthropic Messages, OpenAI chat-completions or OpenAI responses body.
 ///
-/// Input tokens ≈ bytes of text / [`DEFAULT_BYTES_PER_TOKEN`]: the text is every string in
-/// `system`, `messages`, `input`, `instructions`, `prompt` and the JSON of `tools` (tool
-/// definitions are billed), plus a few tokens per message; image and document blocks count
-/// [`IMAGE_TOKENS`] each (their base64 data is not text). Returns `None` when the body is not a
-/// JSON object.
+/// Input tokens ≈ bytes of text / [`DEFAULT_BYTES_PER_TOKEN`]: the text is every string (and the
+/// printed length of every number) in `system`, `messages`, `input`, `instructions` and
+/// `prompt`, without the structural fields (`type`, `role`, ids, `cache_control`), plus the
+/// length of `tools` written as compact JSON (tool definitions are billed), plus a few tokens
+/// per message; image and document blocks count [`IMAGE_TOKENS`] each (their base64 data is not
+/// text). `model` is read when it is a string, the output limit when it is a non-negative
+/// integer.
 ///
-/// A key repeated inside one object of the text fields is counted each time it appears (a JSON
-/// parser that keeps the last of them would count it once): the estimate errs high, as it is
-/// meant to. A repeated top-level field counts once, its last value.
+/// Returns `None` when the body is not a JSON object, or names one top-level field twice. The
+/// fields the estimate does not read are checked for JSON syntax only (as `serde_json` skips
+/// them: a lone surrogate escape in a string there is let through).
+/// A key repeated inside one object of the text fields is counted each time it appears: the
+/// estimate errs high, as it is meant to.
 pub fn inspect_json(body: &[u8]) -> Option<BodyInfo> {
     let scan = scan(body)?;
     Some(BodyInfo {
@@ -69,7 +74,7 @@ pub fn inspect_json(body: &[u8]) -> Option<BodyInfo> {
     })
 }
 
-/// What one pass over a body found, independent of the bytes-per-token setting.
+/// What one read of a body found, independent of the bytes-per-token setting.
 #[derive(Clone, Default)]
 pub(crate) struct Scan<M> {
     pub(crate) model: Option<M>,
@@ -95,13 +100,14 @@ impl<M> Scan<M> {
 }
 
 /// What a request's body said, cached in its extensions so the key and the cost functions read
-/// the body once between them. `None`: not a JSON object (or its bytes are not available).
+/// the body once between them. `None`: not a JSON object (or its bytes are not available). The
+/// model is shared: the rate limiter's key is made from it without a copy.
 #[derive(Clone)]
-pub(crate) struct Inspected(Option<Scan<RateLimitKey>>);
+pub(crate) struct Inspected(Option<Scan<Arc<str>>>);
 
 impl Inspected {
     fn of_bytes(body: &[u8]) -> Self {
-        Inspected(scan(body).map(|s| s.map_model(|m| model_key(&m))))
+        Inspected(scan(body).map(|s| s.map_model(|m| Arc::from(&*m))))
     }
 
     /// The scan of `request`'s body: the cached one, else read now (from the body's bytes when
@@ -126,30 +132,14 @@ impl Inspected {
         Some(inspected)
     }
 
-    pub(crate) fn scan(&self) -> Option<&Scan<RateLimitKey>> {
+    pub(crate) fn scan(&self) -> Option<&Scan<Arc<str>>> {
         self.0.as_ref()
     }
 
-    /// The `model` of the body, as a key.
-    pub(crate) fn model(self) -> Option<RateLimitKey> {
+    /// The `model` of the body.
+    pub(crate) fn model(self) -> Option<Arc<str>> {
         self.0?.model
     }
-}
-
-/// The key named after a model. The last one made on this thread is kept: a client sends the
-/// same model again and again, and a clone of its key is not an allocation.
-fn model_key(model: &str) -> RateLimitKey {
-    thread_local! {
-        static LAST: RefCell<Option<RateLimitKey>> = const { RefCell::new(None) };
-    }
-    LAST.try_with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some(key) if key.as_str() == model => key.clone(),
-            _ => last.insert(RateLimitKey::new(model)).clone(),
-        }
-    })
-    .unwrap_or_else(|_| RateLimitKey::new(model))
 }
 
 impl fmt::Debug for Inspected {
@@ -158,576 +148,74 @@ impl fmt::Debug for Inspected {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The scanner. It accepts exactly the documents `serde_json::from_slice::<Value>` accepts (the
-// same grammar, string escapes and UTF-8 rules, nesting limit; numbers other than plain
-// non-negative integers are handed to `serde_json` itself, so their range and printed form are
-// its own), and counts as it goes. Inside a string it jumps from one quote or backslash to the
-// next with `memchr` and checks the run in between for control characters and non-ASCII bytes.
-
-/// `serde_json`'s nesting limit: the 128th nested array or object is refused.
-const MAX_DEPTH: usize = 128;
-
-/// The text fields: `system`, `messages`, `input`, `instructions`, `prompt`.
-const TEXT_FIELDS: usize = 5;
-const MESSAGES: usize = 1;
-
-/// One pass over `body`: `None` when it is not a JSON object.
+/// One read of `body`: `None` when it is not a JSON object.
 pub(super) fn scan(body: &[u8]) -> Option<Scan<Cow<'_, str>>> {
-    let mut p = Parser {
-        b: body,
-        i: 0,
-        depth: 0,
-    };
-    p.ws();
-    if p.peek() != Some(b'{') {
+    // A derived struct also reads an array (its fields in order): only an object is a body.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
-    let scan = p.top()?;
-    p.ws();
-    (p.i == body.len()).then_some(scan)
-}
-
-struct Parser<'a> {
-    b: &'a [u8],
-    i: usize,
-    depth: usize,
-}
-
-/// A string as it lies in the body (between its quotes).
-struct Str<'a> {
-    raw: &'a [u8],
-    /// The raw bytes are the text: no escapes (and valid UTF-8).
-    plain: bool,
-    /// Bytes of the decoded text.
-    len: usize,
-}
-
-impl<'a> Str<'a> {
-    /// The decoded bytes (copied only when the string has escapes): what keys are matched
-    /// against, without a second UTF-8 check of bytes the scan has already checked.
-    fn bytes(&self) -> Cow<'a, [u8]> {
-        if self.plain {
-            Cow::Borrowed(self.raw)
-        } else {
-            Cow::Owned(decode(self.raw).into_bytes())
-        }
+    let body: Body<'_> = serde_json::from_slice(body).ok()?;
+    let mut count = Count::default();
+    for text in [
+        body.system,
+        body.messages.text,
+        body.input,
+        body.instructions,
+        body.prompt,
+    ] {
+        count.add(text);
     }
-
-    /// The decoded text (copied only when the string has escapes).
-    fn text(&self) -> Cow<'a, str> {
-        if self.plain {
-            // Validated while scanning.
-            Cow::Borrowed(std::str::from_utf8(self.raw).unwrap_or_default())
-        } else {
-            Cow::Owned(decode(self.raw))
-        }
-    }
-}
-
-/// A number: a plain non-negative integer, or what `serde_json` made of the token.
-enum Num {
-    Plain(u64, usize),
-    Other(serde_json::Number),
-}
-
-impl Num {
-    /// Its length as `serde_json` prints it.
-    fn printed_len(&self) -> usize {
-        match self {
-            Num::Plain(_, len) => *len,
-            Num::Other(n) => number_len(n),
-        }
-    }
-
-    fn as_u64(&self) -> Option<u64> {
-        match self {
-            Num::Plain(v, _) => Some(*v),
-            Num::Other(n) => n.as_u64(),
-        }
-    }
-}
-
-/// Whether every byte of `s` is plain printable ASCII or DEL (`0x20..=0x7F`): neither a control
-/// character (refused in a string) nor part of a multi-byte character (to be checked as UTF-8).
-/// One reduction, the largest `c - 0x20` (wrapping, so that control characters come out high),
-/// kept in 64 lanes the compiler holds in vector registers.
-fn printable_ascii(s: &[u8]) -> bool {
-    const LANES: usize = 64;
-    let (chunks, tail) = s.as_chunks::<LANES>();
-    let mut lanes = [0u8; LANES];
-    for chunk in chunks {
-        lanes = std::array::from_fn(|j| lanes[j].max(chunk[j].wrapping_sub(0x20)));
-    }
-    let tail = tail.iter().fold(0, |m, &c| m.max(c.wrapping_sub(0x20)));
-    lanes.iter().fold(tail, |m, &l| m.max(l)) < 0x60
-}
-
-/// How far the first look at a string goes before it searches for its end.
-const SHORT_STRING: usize = 32;
-
-/// The bytes that end a run of plain text inside a string: the quote, the backslash, control
-/// characters and non-ASCII bytes.
-const ENDS_PLAIN_RUN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut c = 0;
-    while c < 256 {
-        table[c] = c < 0x20 || c >= 0x80 || c == b'"' as usize || c == b'\\' as usize;
-        c += 1;
-    }
-    table
-};
-
-/// The smallest and the largest byte of `s` (`(255, 0)` when empty): the exact classification
-/// of a run [`printable_ascii`] did not clear.
-fn min_max(s: &[u8]) -> (u8, u8) {
-    (
-        s.iter().copied().min().unwrap_or(u8::MAX),
-        s.iter().copied().max().unwrap_or(0),
-    )
-}
-
-/// Tokens of an image or document block, or the text of any other value.
-const IMAGE_TYPES: [&[u8]; 6] = [
-    b"image",
-    b"image_url",
-    b"input_image",
-    b"document",
-    b"input_file",
-    b"file",
-];
-
-impl<'a> Parser<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> Option<()> {
-        self.ws();
-        (self.peek() == Some(c)).then(|| self.i += 1)
-    }
-
-    /// `{ "key": value, … }`: `entry` reads each value after its key.
-    fn object(&mut self, mut entry: impl FnMut(&mut Self, Str<'a>) -> Option<()>) -> Option<()> {
-        self.sequence(b'{', b'}', |p| {
-            let key = p.string()?;
-            p.eat(b':')?;
-            p.ws();
-            entry(p, key)
-        })
-    }
-
-    /// `[ value, … ]`: `item` reads each value.
-    fn array(&mut self, item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.sequence(b'[', b']', item)
-    }
-
-    /// `open item, … close` (none allowed), one level deeper: `item` reads each element.
-    fn sequence(
-        &mut self,
-        open: u8,
-        close: u8,
-        mut item: impl FnMut(&mut Self) -> Option<()>,
-    ) -> Option<()> {
-        self.eat(open)?;
-        self.enter()?;
-        self.ws();
-        if self.peek() == Some(close) {
-            self.i += 1;
-        } else {
-            loop {
-                self.ws();
-                item(self)?;
-                self.ws();
-                match self.peek()? {
-                    b',' => self.i += 1,
-                    c if c == close => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        self.depth -= 1;
-        Some(())
-    }
-
-    fn enter(&mut self) -> Option<()> {
-        self.depth += 1;
-        (self.depth < MAX_DEPTH).then_some(())
-    }
-
-    fn literal(&mut self) -> Option<()> {
-        let rest = &self.b[self.i..];
-        let len = [&b"true"[..], b"false", b"null"]
-            .into_iter()
-            .find(|l| rest.starts_with(l))?
-            .len();
-        self.i += len;
-        Some(())
-    }
-
-    #[inline]
-    fn string(&mut self) -> Option<Str<'a>> {
-        if self.peek() != Some(b'"') {
-            return None;
-        }
-        let b = self.b;
-        let start = self.i + 1;
-        // A short plain string (a key, a role, a model name): one look at each byte, no search.
-        // Otherwise the search goes on after the plain bytes already seen.
-        let head = &b[start..b.len().min(start + SHORT_STRING)];
-        let plain_head = match head.iter().position(|&c| ENDS_PLAIN_RUN[usize::from(c)]) {
-            Some(n) if head[n] == b'"' => {
-                self.i = start + n + 1;
-                return Some(Str {
-                    raw: &head[..n],
-                    plain: true,
-                    len: n,
-                });
-            }
-            Some(n) => n,
-            None => head.len(),
-        };
-        self.long_string(start, start + plain_head)
-    }
-
-    /// The rest of a string that opened at `start` (after its quote), from `i`: every byte
-    /// before `i` is plain printable ASCII.
-    #[inline(never)]
-    fn long_string(&mut self, start: usize, mut i: usize) -> Option<Str<'a>> {
-        let b = self.b;
-        let mut saved = 0usize;
-        let mut plain = true;
-        let mut ascii = true;
-        loop {
-            // The next quote or backslash (a vector search), then one look at the run before
-            // it: plain printable ASCII (the usual case), else its smallest byte says whether
-            // it holds a control character, its largest whether it holds non-ASCII bytes.
-            let run = memchr::memchr2(b'"', b'\\', &b[i..])?;
-            let text = &b[i..i + run];
-            if !printable_ascii(text) {
-                let (lo, hi) = min_max(text);
-                if lo < 0x20 {
-                    return None;
-                }
-                ascii &= hi < 0x80;
-            }
-            i += run;
-            if b[i] == b'"' {
-                break;
-            }
-            plain = false;
-            let (raw, decoded) = escape(&b[i..])?;
-            // Bytes the escapes save: the raw escape is longer than what it stands for.
-            saved += raw - decoded;
-            i += raw;
-        }
-        let raw = &b[start..i];
-        self.i = i + 1;
-        if !ascii {
-            if plain {
-                std::str::from_utf8(raw).ok()?;
-            } else {
-                decode_checked(raw)?;
-            }
-        }
-        Some(Str {
-            raw,
-            plain,
-            len: raw.len() - saved,
-        })
-    }
-
-    fn number(&mut self) -> Option<Num> {
-        let b = self.b;
-        let start = self.i;
-        let mut i = start;
-        let digits = |i: &mut usize| {
-            let from = *i;
-            while b.get(*i).is_some_and(u8::is_ascii_digit) {
-                *i += 1;
-            }
-            *i > from
-        };
-        let negative = b.get(i) == Some(&b'-');
-        i += usize::from(negative);
-        match b.get(i)? {
-            b'0' => i += 1,
-            b'1'..=b'9' => {
-                digits(&mut i);
-            }
-            _ => return None,
-        }
-        let mut plain = !negative;
-        if b.get(i) == Some(&b'.') {
-            i += 1;
-            plain = false;
-            if !digits(&mut i) {
-                return None;
-            }
-        }
-        if let Some(b'e' | b'E') = b.get(i) {
-            i += 1;
-            plain = false;
-            if let Some(b'+' | b'-') = b.get(i) {
-                i += 1;
-            }
-            if !digits(&mut i) {
-                return None;
-            }
-        }
-        self.i = i;
-        let token = &b[start..i];
-        if plain && token.len() <= 19 {
-            let v = token
-                .iter()
-                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            return Some(Num::Plain(v, token.len()));
-        }
-        serde_json::from_slice(token).ok().map(Num::Other)
-    }
-
-    /// Any value, checked and dropped.
-    fn skip(&mut self) -> Option<()> {
-        match self.peek()? {
-            b'{' => self.object(|p, _| p.skip()),
-            b'[' => self.array(Self::skip),
-            b'"' => self.string().map(drop),
-            b'-' | b'0'..=b'9' => self.number().map(drop),
-            _ => self.literal(),
-        }
-    }
-
-    /// The text of a value: every string's bytes, every number's printed length; an image or
-    /// document block counts [`IMAGE_TOKENS`]; structural fields (`type`, `role`, ids,
-    /// `cache_control`) are not text.
-    fn walk(&mut self) -> Option<Count> {
-        match self.peek()? {
-            b'{' => {
-                let mut count = Count::default();
-                // The last `type` decides, as in a map.
-                let mut image = false;
-                self.object(|p, key| {
-                    match &*key.bytes() {
-                        b"type" => image = p.image_type()?,
-                        b"role" | b"id" | b"tool_use_id" | b"call_id" | b"cache_control" => {
-                            p.skip()?
-                        }
-                        _ => count.add(p.walk()?),
-                    }
-                    Some(())
-                })?;
-                Some(if image {
-                    Count {
-                        text_bytes: 0,
-                        fixed: IMAGE_TOKENS,
-                    }
-                } else {
-                    count
-                })
-            }
-            b'[' => {
-                let mut count = Count::default();
-                self.array(|p| {
-                    count.add(p.walk()?);
-                    Some(())
-                })?;
-                Some(count)
-            }
-            b'"' => Some(Count::text(self.string()?.len)),
-            b'-' | b'0'..=b'9' => Some(Count::text(self.number()?.printed_len())),
-            _ => self.literal().map(|()| Count::default()),
-        }
-    }
-
-    /// `messages`: its text, and its length when it is an array.
-    fn messages(&mut self) -> Option<(Count, Option<usize>)> {
-        if self.peek()? != b'[' {
-            return self.walk().map(|c| (c, None));
-        }
-        let mut count = Count::default();
-        let mut len = 0;
-        self.array(|p| {
-            count.add(p.walk()?);
-            len += 1;
-            Some(())
-        })?;
-        Some((count, Some(len)))
-    }
-
-    /// Whether a `type` value names an image or document block.
-    fn image_type(&mut self) -> Option<bool> {
-        if self.peek()? == b'"' {
-            let s = self.string()?;
-            return Some(IMAGE_TYPES.contains(&&*s.bytes()));
-        }
-        self.skip().map(|()| false)
-    }
-
-    /// A string value, else nothing.
-    fn model(&mut self) -> Option<Option<Cow<'a, str>>> {
-        if self.peek()? == b'"' {
-            return Some(Some(self.string()?.text()));
-        }
-        self.skip().map(|()| None)
-    }
-
-    /// A non-negative integer value, else nothing.
-    fn max_tokens(&mut self) -> Option<Option<u64>> {
-        if let b'-' | b'0'..=b'9' = self.peek()? {
-            return Some(self.number()?.as_u64());
-        }
-        self.skip().map(|()| None)
-    }
-
-    /// The length of a value written back as compact JSON by `serde_json` (`tools` is billed
-    /// as its JSON).
-    fn json_len(&mut self) -> Option<u64> {
-        match self.peek()? {
-            b'{' => {
-                let (mut len, mut entries) = (2u64, 0u64);
-                self.object(|p, key| {
-                    // `"key":value`
-                    len += escaped_len(&key.bytes()) + 1 + p.json_len()?;
-                    entries += 1;
-                    Some(())
-                })?;
-                Some(len + entries.saturating_sub(1))
-            }
-            b'[' => {
-                let (mut len, mut items) = (2u64, 0u64);
-                self.array(|p| {
-                    len += p.json_len()?;
-                    items += 1;
-                    Some(())
-                })?;
-                Some(len + items.saturating_sub(1))
-            }
-            b'"' => Some(escaped_len(&self.string()?.bytes())),
-            b'-' | b'0'..=b'9' => Some(self.number()?.printed_len() as u64),
-            b't' | b'n' => self.literal().map(|()| 4),
-            _ => self.literal().map(|()| 5),
-        }
-    }
-
-    /// The top-level object.
-    fn top(&mut self) -> Option<Scan<Cow<'a, str>>> {
-        // Each field keeps its last value, as a map would.
-        let mut model = None;
-        let mut max_tokens = [None; 3];
-        let mut text = [Count::default(); TEXT_FIELDS];
-        let mut messages = None;
-        let mut tools = 0;
-        self.object(|p, key| {
-            match &*key.bytes() {
-                b"model" => model = p.model()?,
-                b"max_tokens" => max_tokens[0] = p.max_tokens()?,
-                b"max_completion_tokens" => max_tokens[1] = p.max_tokens()?,
-                b"max_output_tokens" => max_tokens[2] = p.max_tokens()?,
-                b"system" => text[0] = p.walk()?,
-                b"messages" => (text[MESSAGES], messages) = p.messages()?,
-                b"input" => text[2] = p.walk()?,
-                b"instructions" => text[3] = p.walk()?,
-                b"prompt" => text[4] = p.walk()?,
-                b"tools" => tools = p.json_len()?,
-                _ => p.skip()?,
-            }
-            Some(())
-        })?;
-        let mut count = Count::default();
-        for c in text {
-            count.add(c);
-        }
-        count.fixed += PER_MESSAGE_TOKENS * messages.unwrap_or(0) as u64;
-        count.text_bytes += tools;
-        Some(Scan {
-            model,
-            text_bytes: count.text_bytes,
-            fixed: count.fixed,
-            max_tokens: max_tokens.into_iter().flatten().next(),
-        })
-    }
-}
-
-/// The escape at the start of `s` (`\n`, `\uXXXX`, a surrogate pair): its raw length and the
-/// length of its UTF-8; `None` where `serde_json` refuses it.
-fn escape(s: &[u8]) -> Option<(usize, usize)> {
-    match s.get(1)? {
-        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some((2, 1)),
-        b'u' => {
-            let n = hex4(s.get(2..6)?)?;
-            match n {
-                0xDC00..=0xDFFF => None,
-                0xD800..=0xDBFF => {
-                    if s.get(6..8)? != b"\\u" {
-                        return None;
-                    }
-                    let low = hex4(s.get(8..12)?)?;
-                    (0xDC00..=0xDFFF).contains(&low).then_some((12, 4))
-                }
-                0..=0x7F => Some((6, 1)),
-                0x80..=0x7FF => Some((6, 2)),
-                _ => Some((6, 3)),
-            }
-        }
-        _ => None,
-    }
-}
-
-fn hex4(s: &[u8]) -> Option<u16> {
-    s.iter().try_fold(0u16, |n, &c| {
-        let d = (c as char).to_digit(16)?;
-        Some(n * 16 + d as u16)
+    count.fixed += PER_MESSAGE_TOKENS * body.messages.len;
+    count.text_bytes += body.tools.0;
+    Some(Scan {
+        model: body.model.0,
+        text_bytes: count.text_bytes,
+        fixed: count.fixed,
+        max_tokens: [
+            body.max_tokens,
+            body.max_completion_tokens,
+            body.max_output_tokens,
+        ]
+        .into_iter()
+        .find_map(|m| m.0),
     })
 }
 
-/// Decodes a string's raw bytes (escapes already checked by the scan).
-fn decode(raw: &[u8]) -> String {
-    decode_checked(raw).unwrap_or_default()
+/// The fields of a body the estimate reads; the others are skipped.
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    model: Model<'a>,
+    #[serde(default)]
+    max_tokens: MaxTokens,
+    #[serde(default)]
+    max_completion_tokens: MaxTokens,
+    #[serde(default)]
+    max_output_tokens: MaxTokens,
+    #[serde(default)]
+    system: Count,
+    #[serde(default)]
+    messages: Messages,
+    #[serde(default)]
+    input: Count,
+    #[serde(default)]
+    instructions: Count,
+    #[serde(default)]
+    prompt: Count,
+    #[serde(default)]
+    tools: JsonLen,
 }
 
-/// Decodes a string's raw bytes; `None` when the result is not UTF-8.
-fn decode_checked(raw: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] != b'\\' {
-            out.push(raw[i]);
-            i += 1;
-            continue;
-        }
-        let (len, _) = escape(&raw[i..])?;
-        let c = match raw[i + 1] {
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let hi = u32::from(hex4(&raw[i + 2..i + 6])?);
-                let code = if len == 12 {
-                    let lo = u32::from(hex4(&raw[i + 8..i + 12])?);
-                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                } else {
-                    hi
-                };
-                char::from_u32(code)?
-            }
-            other => char::from(other),
-        };
-        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-        i += len;
-    }
-    String::from_utf8(out).ok()
-}
+/// `model`: a string (borrowed from the body unless it has escapes), else nothing.
+#[derive(Default)]
+struct Model<'a>(Option<Cow<'a, str>>);
+
+/// An output limit: a non-negative integer, else nothing.
+#[derive(Default)]
+struct MaxTokens(Option<u64>);
+
+/// An image or document block's `type`: whether a string names one.
+struct ImageType(bool);
 
 /// Text bytes and fixed tokens of a value.
 #[derive(Clone, Copy, Default)]
@@ -750,10 +238,319 @@ impl Count {
     }
 }
 
+/// `messages`: its text, and how many messages it holds when it is an array.
+#[derive(Default)]
+struct Messages {
+    text: Count,
+    len: u64,
+}
+
+/// The length of a value written back as compact JSON by `serde_json` (`tools` is billed as
+/// its JSON).
+#[derive(Default)]
+struct JsonLen(u64);
+
+/// The scalar a field holds, for the fields that want one (`model`, `max_tokens`, `type`);
+/// arrays and objects are skipped.
+enum Scalar<'de> {
+    Str(Cow<'de, str>),
+    Int(i128),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_seq(seq).map(|_| Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                IgnoredAny.visit_map(map).map(|_| Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Model<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Model(match Scalar::deserialize(d)? {
+            Scalar::Str(s) => Some(s),
+            _ => None,
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxTokens {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(MaxTokens(match Scalar::deserialize(d)? {
+            Scalar::Int(n) => u64::try_from(n).ok(),
+            _ => None,
+        }))
+    }
+}
+
+/// The `type` values of image and document blocks.
+const IMAGE_TYPES: [&str; 6] = [
+    "image",
+    "image_url",
+    "input_image",
+    "document",
+    "input_file",
+    "file",
+];
+
+impl<'de> Deserialize<'de> for ImageType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ImageType(match Scalar::deserialize(d)? {
+            Scalar::Str(s) => IMAGE_TYPES.contains(&&*s),
+            _ => false,
+        }))
+    }
+}
+
+/// A key inside the text fields: `type`, a structural field (not text), or any other.
+enum TextKey {
+    Type,
+    Structural,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for TextKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TextKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<TextKey, E> {
+                Ok(match key {
+                    "type" => TextKey::Type,
+                    "role" | "id" | "tool_use_id" | "call_id" | "cache_control" => {
+                        TextKey::Structural
+                    }
+                    _ => TextKey::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+/// The text of a value: every string's bytes, every number's printed length; an image or
+/// document block (the last `type` of an object decides) counts [`IMAGE_TOKENS`].
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Count;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Count, E> {
+        Ok(Count::text(s.len()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Count, E> {
+        Ok(Count::text(number_len(&v.into())))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Count, E> {
+        Ok(Count::text(number_len(&v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Count, E> {
+        Ok(Count::text(
+            serde_json::Number::from_f64(v).map_or(0, |n| number_len(&n)),
+        ))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+        Ok(Count::default())
+    }
+    fn visit_unit<E>(self) -> Result<Count, E> {
+        Ok(Count::default())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+        let mut count = Count::default();
+        while let Some(item) = seq.next_element::<Count>()? {
+            count.add(item);
+        }
+        Ok(count)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
+        let mut count = Count::default();
+        let mut image = false;
+        while let Some(key) = map.next_key::<TextKey>()? {
+            match key {
+                TextKey::Type => image = map.next_value::<ImageType>()?.0,
+                TextKey::Structural => drop(map.next_value::<IgnoredAny>()?),
+                TextKey::Other => count.add(map.next_value::<Count>()?),
+            }
+        }
+        Ok(if image {
+            Count {
+                text_bytes: 0,
+                fixed: IMAGE_TOKENS,
+            }
+        } else {
+            count
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Messages {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// An array counts its messages; any other value is text.
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Messages;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
+                let mut messages = Messages::default();
+                while let Some(item) = seq.next_element::<Count>()? {
+                    messages.text.add(item);
+                    messages.len += 1;
+                }
+                Ok(messages)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Messages, A::Error> {
+                TextVisitor.visit_map(map).map(Messages::of_text)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Messages, E> {
+                TextVisitor.visit_str(s).map(Messages::of_text)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Messages, E> {
+                TextVisitor.visit_u64(v).map(Messages::of_text)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Messages, E> {
+                TextVisitor.visit_i64(v).map(Messages::of_text)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Messages, E> {
+                TextVisitor.visit_f64(v).map(Messages::of_text)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Messages, E> {
+                Ok(Messages::default())
+            }
+            fn visit_unit<E>(self) -> Result<Messages, E> {
+                Ok(Messages::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Messages {
+    fn of_text(text: Count) -> Self {
+        Messages { text, len: 0 }
+    }
+}
+
+/// A key of an object inside `tools`: the length of its JSON string.
+struct KeyLen(u64);
+
+impl<'de> Deserialize<'de> for KeyLen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = KeyLen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<KeyLen, E> {
+                Ok(KeyLen(escaped_len(key)))
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonLen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = JsonLen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<JsonLen, E> {
+                Ok(JsonLen(escaped_len(s)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<JsonLen, E> {
+                Ok(JsonLen(number_len(&v.into()) as u64))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<JsonLen, E> {
+                Ok(JsonLen(number_len(&v.into()) as u64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<JsonLen, E> {
+                // What `serde_json` writes for a float it cannot represent: `null`.
+                Ok(JsonLen(
+                    serde_json::Number::from_f64(v).map_or(4, |n| number_len(&n) as u64),
+                ))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<JsonLen, E> {
+                Ok(JsonLen(if v { 4 } else { 5 }))
+            }
+            fn visit_unit<E>(self) -> Result<JsonLen, E> {
+                Ok(JsonLen(4))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonLen, A::Error> {
+                // `[a,b]`: brackets, items, commas between them.
+                let (mut len, mut items) = (2u64, 0u64);
+                while let Some(item) = seq.next_element::<JsonLen>()? {
+                    len += item.0;
+                    items += 1;
+                }
+                Ok(JsonLen(len + items.saturating_sub(1)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonLen, A::Error> {
+                // `{"k":v,"l":w}`: braces, `key:value` entries, commas between them.
+                let (mut len, mut entries) = (2u64, 0u64);
+                while let Some((key, value)) = map.next_entry::<KeyLen, JsonLen>()? {
+                    len += key.0 + 1 + value.0;
+                    entries += 1;
+                }
+                Ok(JsonLen(len + entries.saturating_sub(1)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The length of the text `s` as a JSON string literal written by `serde_json`, quotes included.
-fn escaped_len(s: &[u8]) -> u64 {
+fn escaped_len(s: &str) -> u64 {
     let extra: usize = s
-        .iter()
+        .bytes()
         .map(|b| match b {
             b'"' | b'\\' | 0x08 | b'\t' | b'\n' | 0x0c | b'\r' => 1,
             0..=0x1f => 5,
@@ -780,7 +577,11 @@ fn number_len(n: &serde_json::Number) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+
+    /// The estimate of `body` at [`DEFAULT_BYTES_PER_TOKEN`]: text bytes and fixed tokens.
+    fn tokens(text_bytes: u64, fixed: u64) -> u64 {
+        (text_bytes as f64 / DEFAULT_BYTES_PER_TOKEN).ceil() as u64 + fixed
+    }
 
     #[test]
     fn anthropic_messages() {
@@ -805,343 +606,107 @@ mod tests {
         let responses = br#"{"model":"gpt-4o","max_output_tokens":9,"input":"1234567","instructions":"1234567"}"#;
         let info = inspect_json(responses).unwrap();
         assert_eq!((info.max_tokens(), info.input_tokens()), (Some(9), 4));
-        assert!(inspect_json(b"[1,2]").is_none());
-        assert!(inspect_json(b"{not json").is_none());
-        assert!(inspect_json(br#"{"a":1} x"#).is_none());
-        assert!(inspect_json(br#"{"metadata":"\ud800"}"#).is_none());
-        assert!(inspect_json(br#"{"metadata":1e999}"#).is_none());
     }
 
     #[test]
-    fn the_type_and_a_repeated_field_read_as_in_a_map() {
-        // The image's `type` comes last; a repeated top-level field keeps its last value.
-        let body = br#"{"model":1,"model":"m\u0031","max_tokens":5,"max_tokens":"x","max_output_tokens":7,
+    fn only_a_json_object_is_read() {
+        for body in [
+            &b"[1,2]"[..],
+            br#"["m",5]"#,
+            b"{not json",
+            br#"{"a":1} x"#,
+            br#"{"input":"\ud800"}"#,
+            br#"{"model":"\udd80"}"#,
+            br#"{"input":1e999}"#,
+            br#"{"metadata":[1,]}"#,
+            br#"{"a":1,}"#,
+            br#"{"input":"tab	inside"}"#,
+            b"{\"input\":\"\xe2\x82\"}",
+            b"\xef\xbb\xbf{}",
+            b"",
+        ] {
+            assert!(
+                inspect_json(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(inspect_json(b" \n{\"input\":\"\xe2\x82\xac\"} \t").is_some());
+    }
+
+    #[test]
+    fn the_last_type_decides_and_a_repeated_top_level_field_is_refused() {
+        // The image's `type` comes last; in the second block `text` comes last.
+        let body = br#"{"model":"m\u0031","max_tokens":"x","max_output_tokens":7,
             "messages":[{"source":{"data":"AAAA"},"type":"image"},{"type":"image","type":"text","text":"ab"}]}"#;
         let info = inspect_json(body).unwrap();
         assert_eq!(info.model(), Some("m1"));
         assert_eq!(info.max_tokens(), Some(7));
         assert_eq!(info.input_tokens(), IMAGE_TOKENS + 1 + 2 * 4);
+        // As serde's derive reads a struct: the body is then costed as opaque bytes.
+        assert!(inspect_json(br#"{"model":"a","model":"b"}"#).is_none());
     }
 
-    /// The estimator as it was written first, on a `serde_json::Value`: the reference the
-    /// one-pass reader must agree with.
-    /// Asserts that the scanner reads `body` as the reference does; whether the body was
-    /// accepted.
-    fn agrees_with_reference(body: &[u8]) -> bool {
-        let want = reference(body);
+    #[test]
+    fn fields_of_an_unexpected_type_are_read_as_nothing() {
+        let body = br#"{"model":1,"max_tokens":-5,"max_completion_tokens":2.5,"system":null,
+            "messages":"abc","input":true,"instructions":{"role":"x","id":"y","text":"abcd"}}"#;
+        let info = inspect_json(body).unwrap();
+        assert_eq!(info.model(), None);
+        assert_eq!(info.max_tokens(), None);
+        // 3 + 4 bytes of text; `messages` is not an array: no per-message tokens.
+        assert_eq!(info.input_tokens(), tokens(7, 0));
+        let info = inspect_json(br#"{"max_tokens":18446744073709551615}"#).unwrap();
+        assert_eq!(info.max_tokens(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn text_is_counted_decoded_and_numbers_as_printed() {
+        // "é\n" is 3 bytes decoded; -12 is 3 bytes, 1.5e3 prints as 1500.0 (6), 0 as 0 (1).
+        let body = br#"{"input":["\u00e9\n", -12, 1.5e3, 0, true, null]}"#;
         assert_eq!(
-            inspect_json(body),
-            want,
-            "{}",
-            String::from_utf8_lossy(body)
+            inspect_json(body).unwrap().input_tokens(),
+            tokens(3 + 3 + 6 + 1, 0)
         );
-        want.is_some()
-    }
-
-    fn reference(body: &[u8]) -> Option<BodyInfo> {
-        #[derive(Default)]
-        struct Count {
-            text_bytes: u64,
-            fixed: u64,
-        }
-        impl Count {
-            fn walk(&mut self, v: &Value) {
-                match v {
-                    Value::String(s) => self.text_bytes += s.len() as u64,
-                    Value::Array(items) => items.iter().for_each(|i| self.walk(i)),
-                    Value::Object(map) => {
-                        let kind = map.get("type").and_then(Value::as_str).unwrap_or("");
-                        if matches!(
-                            kind,
-                            "image"
-                                | "image_url"
-                                | "input_image"
-                                | "document"
-                                | "input_file"
-                                | "file"
-                        ) {
-                            self.fixed += IMAGE_TOKENS;
-                            return;
-                        }
-                        for (k, v) in map {
-                            if !matches!(
-                                k.as_str(),
-                                "type"
-                                    | "role"
-                                    | "id"
-                                    | "tool_use_id"
-                                    | "call_id"
-                                    | "cache_control"
-                            ) {
-                                self.walk(v);
-                            }
-                        }
-                    }
-                    Value::Number(n) => self.text_bytes += n.to_string().len() as u64,
-                    Value::Bool(_) | Value::Null => {}
-                }
-            }
-        }
-        let value: Value = serde_json::from_slice(body).ok()?;
-        let obj = value.as_object()?;
-        let model = obj.get("model").and_then(Value::as_str).map(str::to_owned);
-        let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-            .iter()
-            .find_map(|k| obj.get(*k).and_then(Value::as_u64));
-        let mut count = Count::default();
-        for field in ["system", "messages", "input", "instructions", "prompt"] {
-            if let Some(v) = obj.get(field) {
-                count.walk(v);
-            }
-        }
-        if let Some(messages) = obj.get("messages").and_then(Value::as_array) {
-            count.fixed += PER_MESSAGE_TOKENS * messages.len() as u64;
-        }
-        if let Some(tools) = obj.get("tools") {
-            count.text_bytes += tools.to_string().len() as u64;
-        }
-        let text_tokens = (count.text_bytes as f64 / DEFAULT_BYTES_PER_TOKEN).ceil() as u64;
-        Some(BodyInfo {
-            model,
-            input_tokens: text_tokens.saturating_add(count.fixed),
-            max_tokens,
-        })
-    }
-
-    /// Random JSON values built from a small alphabet of keys (including every key the
-    /// estimator treats specially) and awkward strings and numbers.
-    fn random_value(rng: &mut fastrand::Rng, depth: u32) -> Value {
-        const KEYS: &[&str] = &[
-            "model",
-            "max_tokens",
-            "max_completion_tokens",
-            "max_output_tokens",
-            "system",
-            "messages",
-            "input",
-            "instructions",
-            "prompt",
-            "tools",
-            "type",
-            "role",
-            "id",
-            "tool_use_id",
-            "call_id",
-            "cache_control",
-            "content",
-            "text",
-            "source",
-            "x\"y",
-        ];
-        const STRINGS: &[&str] = &[
-            "",
-            "image",
-            "document",
-            "text",
-            "file",
-            "image_url",
-            "héllo wörld",
-            "tab\there",
-            "quote\"back\\slash",
-            "ctrl\u{1}\u{1f}\u{7f}",
-            "line\nbreak\r\u{8}\u{c}",
-            "🦀",
-        ];
-        let leaf = depth == 0 || rng.u8(..4) == 0;
-        match if leaf { rng.u8(..5) } else { rng.u8(..7) } {
-            0 => Value::Null,
-            1 => Value::Bool(rng.bool()),
-            2 => match rng.u8(..4) {
-                0 => Value::from(rng.u64(..)),
-                1 => Value::from(rng.i64(..0)),
-                2 => Value::from(rng.f64() * 10f64.powi(rng.i32(-30..30))),
-                _ => Value::from(rng.u64(..2000)),
-            },
-            3 | 4 => Value::from(STRINGS[rng.usize(..STRINGS.len())]),
-            5 => Value::Array(
-                (0..rng.usize(..5))
-                    .map(|_| random_value(rng, depth - 1))
-                    .collect(),
-            ),
-            _ => Value::Object(
-                (0..rng.usize(..6))
-                    .map(|_| {
-                        let key = KEYS[rng.usize(..KEYS.len())].to_string();
-                        (key, random_value(rng, depth - 1))
-                    })
-                    .collect(),
-            ),
-        }
-    }
-
-    const TOP_KEYS: &[&str] = &[
-        "model",
-        "max_tokens",
-        "max_completion_tokens",
-        "max_output_tokens",
-        "system",
-        "messages",
-        "input",
-        "instructions",
-        "prompt",
-        "tools",
-        "temperature",
-        "stream",
-    ];
-
-    #[test]
-    fn one_pass_agrees_with_the_value_based_reference() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        let mut objects = 0;
-        for _ in 0..20_000 {
-            let value = if rng.u8(..10) == 0 {
-                random_value(&mut rng, 4)
-            } else {
-                Value::Object(
-                    (0..rng.usize(..8))
-                        .map(|_| {
-                            let key = TOP_KEYS[rng.usize(..TOP_KEYS.len())].to_string();
-                            (key, random_value(&mut rng, 4))
-                        })
-                        .collect(),
-                )
-            };
-            objects += usize::from(value.is_object());
-            let body = serde_json::to_vec(&value).unwrap();
-            agrees_with_reference(&body);
-            agrees_with_reference(&serde_json::to_vec_pretty(&value).unwrap());
-        }
-        assert!(objects > 15_000, "{objects}");
+        // Structural fields are not text; documents and files are fixed charges.
+        let body = br#"{"messages":[{"role":"user","content":[{"type":"text","text":"abc",
+            "cache_control":{"type":"ephemeral"}},{"type":"document","source":{}},
+            {"type":"tool_result","tool_use_id":"toolu_0123456789","content":"xyz"}]}]}"#;
+        assert_eq!(
+            inspect_json(body).unwrap().input_tokens(),
+            tokens(6, IMAGE_TOKENS + 4)
+        );
     }
 
     #[test]
-    fn what_serde_json_refuses_is_refused() {
-        // Mutations of valid bodies (a byte replaced, inserted or cut): the scanner accepts a
-        // body exactly when `serde_json` does, and reads the same from it.
-        const BYTES: &[u8] = b"{}[]\",:0123456789-+.eEtrufalsn \t\n\\/ubx\x01\xc3\xa9\xff\xed";
-        let mut rng = fastrand::Rng::with_seed(11);
-        let mut accepted = 0;
-        for _ in 0..20_000 {
-            let value = Value::Object(
-                (0..rng.usize(1..6))
-                    .map(|_| {
-                        let key = TOP_KEYS[rng.usize(..TOP_KEYS.len())].to_string();
-                        (key, random_value(&mut rng, 3))
-                    })
-                    .collect(),
-            );
-            let mut body = serde_json::to_vec(&value).unwrap();
-            for _ in 0..rng.usize(1..3) {
-                let at = rng.usize(..body.len());
-                match rng.u8(..3) {
-                    0 => body[at] = BYTES[rng.usize(..BYTES.len())],
-                    1 => body.insert(at, BYTES[rng.usize(..BYTES.len())]),
-                    _ => body.truncate(at),
-                }
-                if body.is_empty() {
-                    break;
-                }
-            }
-            accepted += usize::from(agrees_with_reference(&body));
-        }
-        assert!(accepted > 1_000, "{accepted}");
-        for body in [
-            &br#"{"m":"\ud83e\udd80","model":"\u00e9\/"}"#[..],
-            br#"{"model":"\ud83e"}"#,
-            br#"{"model":"\udd80"}"#,
-            br#"{"model":"\ud83e\u0041"}"#,
-            br#"{"model":"a\qb"}"#,
-            br#"{"max_tokens":18446744073709551615,"input":[-0,1.5e3,1E400]}"#,
-            br#"{"max_tokens":18446744073709551616,"input":[-0,1.5e3,-12]}"#,
-            br#"{"input":[01]}"#,
-            br#"{"input":"tab	inside"}"#,
-            b"{\"input\":\"\xe2\x82\"}",
-            b" \n{\"input\":\"\xe2\x82\xac\"} \t",
-            br#"{"a":1,}"#,
-            br#"{"a":[1,]}"#,
-            br#"{1:2}"#,
-            br#"{"a" 1}"#,
-            br#"{"a":tru}"#,
-            b"\xef\xbb\xbf{}",
-        ] {
-            assert_eq!(
-                inspect_json(body),
-                reference(body),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
+    fn tools_are_billed_as_compact_json() {
+        let tools = r#"[{"name":"get_weather","description":"Weather \"now\"\n",
+            "input_schema":{"type":"object","properties":{"n":{"type":"integer","minimum":-1.5}},
+            "required":["n"],"strict":true,"extra":null,"flag":false}}]"#;
+        let compact =
+            serde_json::to_string(&serde_json::from_str::<serde_json::Value>(tools).unwrap())
+                .unwrap()
+                .len() as u64;
+        let body = format!(r#"{{"tools": {tools} }}"#);
+        assert_eq!(
+            inspect_json(body.as_bytes()).unwrap().input_tokens(),
+            tokens(compact, 0)
+        );
     }
 
     #[test]
-    fn strings_of_every_length_agree_with_serde_json() {
-        // Plain text of 0 to 200 bytes (across the short-string look and the 64-byte lanes)
-        // with one awkward byte or escape at a random place: a control character, DEL,
-        // non-ASCII (valid or not), a quote or a backslash (escaped or raw).
-        const AWKWARD: &[&[u8]] = &[
-            b"\x01",
-            b"\x1f",
-            b"\x7f",
-            b" ",
-            b"~",
-            b"\xc3\xa9",
-            b"\xf0\x9f\xa6\x80",
-            b"\xc3",
-            b"\x80",
-            b"\xc2\x80",
-            b"\xff",
-            b"\\\"",
-            b"\\\\",
-            b"\\n",
-            b"\\u00e9",
-            b"\\ud83e\\udd80",
-            b"\\ud83e",
-            b"\\",
-            b"\"",
-        ];
-        let mut rng = fastrand::Rng::with_seed(5);
-        let mut accepted = 0;
-        for _ in 0..20_000 {
-            let len = rng.usize(..200);
-            let mut text: Vec<u8> = (0..len).map(|_| rng.u8(0x20..0x7f)).collect();
-            text.retain(|&c| c != b'"' && c != b'\\');
-            if rng.u8(..4) != 0 {
-                let at = rng.usize(..=text.len());
-                let awkward = AWKWARD[rng.usize(..AWKWARD.len())];
-                text.splice(at..at, awkward.iter().copied());
-            }
-            let field = TOP_KEYS[rng.usize(..TOP_KEYS.len())];
-            let mut body = format!("{{\"{field}\":[\"").into_bytes();
-            body.extend_from_slice(&text);
-            body.extend_from_slice(b"\",\"");
-            body.extend_from_slice(&text);
-            body.extend_from_slice(b"\"]}");
-            accepted += usize::from(agrees_with_reference(&body));
-        }
-        assert!(accepted > 5_000, "{accepted}");
-    }
-
-    #[test]
-    fn model_keys_are_named_after_the_model() {
-        for model in ["m1", "m1", "m2", "m1", "", "m2"] {
-            assert_eq!(model_key(model), RateLimitKey::new(model));
-            assert_eq!(model_key(model).as_str(), model);
-        }
-    }
-
-    #[test]
-    fn nesting_limit_as_serde_json() {
-        for depth in 120..135 {
-            let body = format!(
+    fn nesting_is_limited_as_in_serde_json() {
+        let body = |depth: usize| {
+            format!(
                 "{{\"input\":{}\"x\"{}}}",
                 "[".repeat(depth),
                 "]".repeat(depth)
-            );
-            assert_eq!(
-                inspect_json(body.as_bytes()),
-                reference(body.as_bytes()),
-                "{depth}"
-            );
-        }
+            )
+        };
+        assert_eq!(
+            inspect_json(body(100).as_bytes()).unwrap().input_tokens(),
+            1
+        );
+        assert!(inspect_json(body(10_000).as_bytes()).is_none());
     }
 }

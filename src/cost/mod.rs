@@ -8,7 +8,7 @@
 //! 2. the cost function given to the layer (any [`EstimateCost`], e.g. a closure made with
 //!    [`cost_fn`]);
 //! 3. [`DefaultCost`]: the built-in estimator for Anthropic Messages and OpenAI chat / responses
-//!    JSON bodies (feature `json`) when the body's bytes are available (see [`BodyBytes`]), else a
+//!    JSON bodies when the body's bytes are available (see [`BodyBytes`]), else a
 //!    documented conservative default.
 //!
 //! # Why estimates are conservative
@@ -32,13 +32,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Request;
 
-#[cfg(feature = "json")]
 mod json;
 
-#[cfg(feature = "json")]
 pub(crate) use json::Inspected;
-#[cfg(feature = "json")]
-#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use json::{BodyInfo, IMAGE_TOKENS, inspect_json};
 
 /// Bytes per input token assumed by the built-in estimators: a conservative (high-side) figure
@@ -415,7 +411,7 @@ where
 /// The default cost: the built-in JSON estimator when the body can be read, else a conservative
 /// default.
 ///
-/// - With feature `json` and a body whose bytes are available ([`BodyBytes`]), an Anthropic
+/// - With a body whose bytes are available ([`BodyBytes`]), an Anthropic
 ///   Messages or OpenAI chat / responses body is estimated by [`inspect_json`]: input = text bytes
 ///   (system, messages, tools, instructions) / [`DEFAULT_BYTES_PER_TOKEN`], images and documents
 ///   at a fixed [`IMAGE_TOKENS`] each; output = `max_tokens` / `max_completion_tokens` /
@@ -461,16 +457,14 @@ impl DefaultCost {
         self
     }
 
-    /// Estimates the cost of a body given as bytes (JSON when feature `json` is on).
+    /// Estimates the cost of a body given as bytes (read as JSON when it is a JSON object).
     pub fn estimate_bytes(&self, body: &[u8]) -> Cost {
-        #[cfg(feature = "json")]
         if let Some(scan) = json::scan(body) {
             return self.of_scan(&scan);
         }
         self.opaque(Some(body.len() as u64))
     }
 
-    #[cfg(feature = "json")]
     fn of_scan<M>(&self, scan: &json::Scan<M>) -> Cost {
         Cost::new(
             1,
@@ -487,7 +481,6 @@ impl DefaultCost {
 
 impl<B: BodyBytes> EstimateCost<B> for DefaultCost {
     fn estimate(&self, request: &Request<B>) -> Cost {
-        #[cfg(feature = "json")]
         if let Some(inspected) = Inspected::get(request) {
             // The body's bytes were (or are now) read: JSON, or opaque bytes of a known length.
             return match inspected.scan() {

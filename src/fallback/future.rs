@@ -12,6 +12,7 @@ use tower_service::Service;
 use super::service::Config;
 use super::{Rewrite, Served};
 use crate::BoxError;
+use crate::error::PolledAfterCompletion;
 use crate::signals::ResponseSignals;
 
 pin_project! {
@@ -37,6 +38,7 @@ pin_project! {
         Primary { #[pin] fut: PF, secondary: Option<S>, replay: Option<R> },
         Waiting { svc: S, req: Option<R> },
         Secondary { #[pin] fut: S::Future },
+        Done,
     }
 }
 
@@ -66,14 +68,13 @@ where
             Kind::Primary { .. } => "primary",
             Kind::Waiting { .. } => "waiting_secondary",
             Kind::Secondary { .. } => "secondary",
+            Kind::Done => "done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
     }
 }
-
-const DONE: &str = "fallback ResponseFuture polled after completion";
 
 impl<PF, PE, S, F, B, ResB> Future for ResponseFuture<PF, S, Request<B>, F>
 where
@@ -87,7 +88,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
+        let result = loop {
             match this.kind.as_mut().project() {
                 KindProj::Primary {
                     fut,
@@ -99,14 +100,14 @@ where
                             let kind = ResponseSignals::of(&response).outcome().kind();
                             if !this.config.kinds.contains(&kind) {
                                 response.extensions_mut().insert(Served::Primary);
-                                return Poll::Ready(Ok(response));
+                                break Ok(response);
                             }
                             kind.as_str()
                         }
                         Err(error) => {
                             let error = error.into();
                             if !this.config.falls_back_on(&*error) {
-                                return Poll::Ready(Err(error));
+                                break Err(error);
                             }
                             tracing::debug!(error = %error, "fallback: primary failed");
                             "error"
@@ -114,8 +115,10 @@ where
                     };
                     tracing::info!(reason, "fallback: sending the request to the secondary");
                     crate::observe::emit::fallback(reason);
-                    let svc = secondary.take().expect(DONE);
-                    let req = this.rewrite.rewrite(replay.take().expect(DONE));
+                    let (Some(svc), Some(replay)) = (secondary.take(), replay.take()) else {
+                        break Err(PolledAfterCompletion::boxed("fallback"));
+                    };
+                    let req = this.rewrite.rewrite(replay);
                     this.kind.set(Kind::Waiting {
                         svc,
                         req: Some(req),
@@ -123,17 +126,28 @@ where
                 }
                 KindProj::Waiting { svc, req } => {
                     if let Err(error) = ready!(svc.poll_ready(cx)) {
-                        return Poll::Ready(Err(error.into()));
+                        break Err(error.into());
                     }
-                    let fut = svc.call(req.take().expect(DONE));
+                    let Some(req) = req.take() else {
+                        break Err(PolledAfterCompletion::boxed("fallback"));
+                    };
+                    let fut = svc.call(req);
                     this.kind.set(Kind::Secondary { fut });
                 }
                 KindProj::Secondary { fut } => {
-                    let mut response = ready!(fut.poll(cx)).map_err(Into::into)?;
-                    response.extensions_mut().insert(Served::Secondary);
-                    return Poll::Ready(Ok(response));
+                    break ready!(fut.poll(cx))
+                        .map_err(Into::into)
+                        .map(|mut response| {
+                            response.extensions_mut().insert(Served::Secondary);
+                            response
+                        });
+                }
+                KindProj::Done => {
+                    return Poll::Ready(Err(PolledAfterCompletion::boxed("fallback")));
                 }
             }
-        }
+        };
+        this.kind.set(Kind::Done);
+        Poll::Ready(result)
     }
 }

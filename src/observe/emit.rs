@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use crate::rate_limit::RateLimitKey;
-
 #[cfg(feature = "metrics")]
 use super::names;
 
@@ -20,10 +18,19 @@ fn owned(key: &str) -> metrics::SharedString {
     metrics::SharedString::from(key.to_owned())
 }
 
+/// A rate-limit key as a metric label, shared. Implemented by
+/// [`RateLimitKey`](crate::rate_limit::RateLimitKey) in its own module: this module, which
+/// every layer reports through, names none of them.
+pub(crate) trait KeyLabel {
+    /// The key's name as a label value (a reference count, not a copy).
+    #[cfg(feature = "metrics")]
+    fn label(&self) -> metrics::SharedString;
+}
+
 /// A rate-limit key, shared.
 #[cfg(feature = "metrics")]
-fn shared(key: &RateLimitKey) -> metrics::SharedString {
-    metrics::SharedString::from_shared(key.shared().clone())
+fn shared(key: &impl KeyLabel) -> metrics::SharedString {
+    key.label()
 }
 
 /// A call entered the retry layer.
@@ -59,7 +66,7 @@ pub(crate) fn retry_gave_up(why: &'static str) {
 
 /// The rate limiter learned from a response of outcome `kind`.
 #[inline]
-pub(crate) fn rate_limit_response(key: &RateLimitKey, kind: &'static str) {
+pub(crate) fn rate_limit_response(key: &impl KeyLabel, kind: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::RATE_LIMIT_RESPONSES, "key" => shared(key), "kind" => kind)
         .increment(1);
@@ -67,7 +74,7 @@ pub(crate) fn rate_limit_response(key: &RateLimitKey, kind: &'static str) {
 
 /// The rate limiter refused a request itself.
 #[inline]
-pub(crate) fn rate_limit_refused(key: &RateLimitKey, reason: &'static str) {
+pub(crate) fn rate_limit_refused(key: &impl KeyLabel, reason: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!(names::RATE_LIMIT_REFUSED, "key" => shared(key), "reason" => reason)
         .increment(1);
@@ -75,7 +82,7 @@ pub(crate) fn rate_limit_refused(key: &RateLimitKey, reason: &'static str) {
 
 /// A request waited `waited` for `dimension` before admission.
 #[inline]
-pub(crate) fn rate_limit_waited(key: &RateLimitKey, dimension: &'static str, waited: Duration) {
+pub(crate) fn rate_limit_waited(key: &impl KeyLabel, dimension: &'static str, waited: Duration) {
     #[cfg(feature = "metrics")]
     metrics::histogram!(names::RATE_LIMIT_WAIT_SECONDS, "key" => shared(key), "dimension" => dimension)
         .record(waited.as_secs_f64());
@@ -83,7 +90,7 @@ pub(crate) fn rate_limit_waited(key: &RateLimitKey, dimension: &'static str, wai
 
 /// A 429's cooldown started.
 #[inline]
-pub(crate) fn rate_limit_cooldown(key: &RateLimitKey, cooldown: Duration) {
+pub(crate) fn rate_limit_cooldown(key: &impl KeyLabel, cooldown: Duration) {
     #[cfg(feature = "metrics")]
     metrics::gauge!(names::RATE_LIMIT_COOLDOWN_SECONDS, "key" => shared(key))
         .set(cooldown.as_secs_f64());
@@ -92,7 +99,7 @@ pub(crate) fn rate_limit_cooldown(key: &RateLimitKey, cooldown: Duration) {
 /// The limiter's view of one bucket.
 #[inline]
 pub(crate) fn rate_limit_bucket(
-    key: &RateLimitKey,
+    key: &impl KeyLabel,
     dimension: &'static str,
     remaining: u64,
     limit: u64,
@@ -110,7 +117,7 @@ pub(crate) fn rate_limit_bucket(
 /// A key's cooldown, in-flight and queued counts.
 #[inline]
 pub(crate) fn rate_limit_key(
-    key: &RateLimitKey,
+    key: &impl KeyLabel,
     cooldown: Duration,
     in_flight: usize,
     queued: usize,

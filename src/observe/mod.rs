@@ -1,5 +1,6 @@
-//! Observability: a live [`Snapshot`] of every shared state, metrics through the `metrics`
-//! facade (feature `metrics`), and the `tracing` spans and events of the layers.
+//! Observability: metrics through the `metrics` facade (feature `metrics`) and the `tracing`
+//! spans and events of the layers; the live snapshot of every shared state is
+//! [`status::Snapshot`](crate::status::Snapshot).
 //!
 //! When a service is slow its operators must see why at a glance: which limit is short, how
 //! long requests wait, how often the server refused, whether the breaker is open. The three
@@ -7,83 +8,8 @@
 //! metrics are *over time* (dashboards, alerts), the traces are *each call* (why this request
 //! took 40 s).
 //!
-//! # Snapshot
-//!
-//! [`Snapshot::of`] (or [`PresetLayer::snapshot`](crate::preset::PresetLayer::snapshot)) reads
-//! every shared state of a preset; the `with_*` methods build one from separate layers. It is a
-//! plain value: per rate-limit key the limit of each dimension (configured, learned from the
-//! headers, and the one in effect), the budget the limiter believes is left, how long until the
-//! bucket is full, the cooldown left after a 429, requests in flight and waiting; each
-//! breaker's state and how long until an open one lets probes through; the concurrency cap's
-//! limit and permits held; the retries the retry budget allows. [`Display`](std::fmt::Display)
-//! renders a compact table, [`Snapshot::to_json`] (feature `json`) a JSON value.
-//!
-//! ```
-//! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_llm_limits::{preset, sim::{self, Limits, SimApi}};
-//! use tower_llm_limits::signals::Dimension;
-//!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> Result<(), tower_llm_limits::BoxError> {
-//! let api = SimApi::builder()
-//!     .model("claude-sonnet-4-5", Limits::per_minute(50, 30_000, 8_000))
-//!     .build();
-//! let layer = preset::anthropic();
-//! let claude = ServiceBuilder::new().layer(layer.clone()).service(api);
-//!
-//! let body = sim::message_body("claude-sonnet-4-5", 1_000, 256, 100);
-//! let request = http::Request::post("https://api.anthropic.com/v1/messages")
-//!     .body(http_body_util::Full::new(body))?;
-//! claude.oneshot(request).await?;
-//!
-//! let snapshot = layer.snapshot();
-//! let key = snapshot.rate_limit("claude-sonnet-4-5").unwrap();
-//! // Learned from the `anthropic-ratelimit-*` headers of the first response:
-//! assert_eq!(key.dimension(Dimension::Requests).unwrap().learned(), Some(50));
-//! assert_eq!(key.dimension(Dimension::InputTokens).unwrap().limit(), 30_000);
-//! println!("{snapshot}");
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! prints
-//!
-//! ```text
-//! key                dimension      remaining      limit configured    learned  full in  in flight queued cooldown
-//! claude-sonnet-4-5  requests              49         50          -         50     1.2s          0      0        -
-//!                    input_tokens       28500      30000          -      30000     3.0s
-//!                    output_tokens       7610       8000          -       8000     2.9s
-//! breaker            state          probes in
-//! *                  closed                 -
-//! concurrency: limit 32, in flight 0, waiting 0 (adaptive, 2..=512)
-//! retry budget: 100 retries available (window 10.0s)
-//! ```
-//!
-//! ## JSON
-//!
-//! ```json
-//! {
-//!   "rate_limits": [{
-//!     "key": "claude-sonnet-4-5",
-//!     "dimensions": {
-//!       "requests": {"limit": 50, "configured": null, "learned": 50, "remaining": 49,
-//!                    "window_s": 60.0, "full_in_s": 1.2},
-//!       "input_tokens": {"limit": 30000, "configured": null, "learned": 30000,
-//!                        "remaining": 28500, "window_s": 60.0, "full_in_s": 3.0},
-//!       "output_tokens": {"...": "..."}
-//!     },
-//!     "cooldown_s": null, "in_flight": 0, "queued": 0, "input_correction": 1.0
-//!   }],
-//!   "breakers": [{"key": null, "state": "closed", "half_open_in_s": null}],
-//!   "concurrency": {"adaptive": true, "limit": 32, "min": 2, "max": 512, "in_flight": 0, "waiting": 0},
-//!   "retry_budget": {"available": 100, "window_s": 10.0}
-//! }
-//! ```
-//!
-//! Durations are seconds from the moment the snapshot was taken (tokio's clock); `null` is
-//! "none" (no cooldown, a limit not configured, the unkeyed breaker). A snapshot holds no
-//! secret: nothing of a request but its key is kept, and the keys are what the key functions
-//! make (a model, a host).
+//! Every layer reports through this module; the snapshot, which reads every layer, lives apart
+//! in [`status`](crate::status), so no layer depends on the module that reads it.
 //!
 //! # Metrics
 //!
@@ -120,22 +46,25 @@
 //! | `llm_limits_concurrency_limit_changes_total` | counter | `direction`, `reason` | the adaptive limit moves |
 //! | `llm_limits_fallbacks_total` | counter | `reason` | a request goes to the secondary |
 //!
-//! "snapshot" means [`Snapshot::record_metrics`]: budgets refill and requests come and go
-//! between events, so the gauges that move continuously are set from a snapshot. Call it where
-//! the metrics are scraped (or from a task every few seconds).
+//! "snapshot" means [`Snapshot::record_metrics`](crate::status::Snapshot::record_metrics):
+//! budgets refill and requests come and go between events, so the gauges that move continuously
+//! are set from a snapshot. Call it where the metrics are scraped (or from a task every few
+//! seconds).
 //!
 //! Cost: one counter or histogram update per event, outside the layers' locks; a keyed metric
 //! allocates its label list (the key itself is shared), and only with the feature on. Per call
 //! that is `calls`, `call_outcomes`, `call_attempts` and one `rate_limit_responses` per attempt;
 //! with the feature on and no recorder installed, the overhead benchmark shows no difference
 //! beyond its noise. The gauges that would change on every request are left to
-//! [`Snapshot::record_metrics`] instead of being set on the hot path.
+//! [`Snapshot::record_metrics`](crate::status::Snapshot::record_metrics) instead of being set
+//! on the hot path.
 //!
 //! # Tracing
 //!
 //! [`Retry`](crate::retry::Retry) (outermost in the presets) opens an `INFO` span `llm_call`
 //! per call, with the fields `attempt` (updated on each retry) and `key` (recorded by the rate
-//! limiter below it). Every event of the layers below is inside it, so each carries the
+//! limiter below it, which finds the span in the request's extensions, where the retry layer
+//! put a handle to it). Every event of the layers below is inside it, so each carries the
 //! attempt and the key. Durations are milliseconds in `*_ms` fields (`wait_ms` a wait decided
 //! or projected, `waited_ms` a wait measured); reasons are
 //! [`OutcomeKind::as_str`](crate::signals::OutcomeKind::as_str) names. No event carries a
@@ -167,9 +96,4 @@
 
 pub(crate) mod emit;
 pub mod names;
-mod snapshot;
-
-pub use snapshot::{
-    BreakerState, BreakerStatus, ConcurrencyStatus, DimensionStatus, KeyStatus, RetryBudgetStatus,
-    Snapshot,
-};
+pub(crate) mod span;

@@ -17,7 +17,7 @@ pub const RETRIES: &str = "llm_limits_retries_total";
 /// gave up with an error although the outcome was retryable.
 pub const RETRY_GAVE_UP: &str = "llm_limits_retry_gave_up_total";
 /// Gauge: retries the retry budget allows now (set by
-/// [`Snapshot::record_metrics`](super::Snapshot::record_metrics)).
+/// [`Snapshot::record_metrics`](crate::status::Snapshot::record_metrics)).
 pub const RETRY_BUDGET_AVAILABLE: &str = "llm_limits_retry_budget_available";
 /// Counter, labels `key` and `kind`: responses the rate limiter learned from, by outcome (`kind
 /// = "rate_limited"` counts the server's 429s).
@@ -29,10 +29,10 @@ pub const RATE_LIMIT_REFUSED: &str = "llm_limits_rate_limit_refused_total";
 /// dimension, `cooldown` or `probe`): the wait of each request that had to wait for budget.
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "llm_limits_rate_limit_wait_seconds";
 /// Gauge, labels `key` and `dimension`: the limiter's estimate of the budget left (set by
-/// [`Snapshot::record_metrics`](super::Snapshot::record_metrics)).
+/// [`Snapshot::record_metrics`](crate::status::Snapshot::record_metrics)).
 pub const RATE_LIMIT_REMAINING: &str = "llm_limits_rate_limit_remaining";
 /// Gauge, labels `key` and `dimension`: the limit in effect (configured or learned; set by
-/// [`Snapshot::record_metrics`](super::Snapshot::record_metrics)).
+/// [`Snapshot::record_metrics`](crate::status::Snapshot::record_metrics)).
 pub const RATE_LIMIT_LIMIT: &str = "llm_limits_rate_limit_limit";
 /// Gauge (seconds), label `key`: how long the key's cooldown still runs (0 when none).
 pub const RATE_LIMIT_COOLDOWN_SECONDS: &str = "llm_limits_rate_limit_cooldown_seconds";

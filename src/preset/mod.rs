@@ -142,10 +142,10 @@ use tower_layer::Layer;
 use crate::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
 use crate::concurrency::adaptive::{AdaptiveConcurrencyLimit, AdaptiveConcurrencyLimitLayer, Aimd};
 use crate::cost::DefaultCost;
-use crate::observe::Snapshot;
 use crate::rate_limit::{DefaultKey, HostKey, Limits, RateLimit, RateLimitLayer, RateLimitState};
 use crate::retry::{self, Retry, RetryLayer};
 use crate::signals::{ErrorBody, ErrorBodyLayer, OutcomeKind, Signals, SignalsLayer};
+use crate::status::Snapshot;
 
 /// The service a [`PresetLayer`] builds around `S`.
 pub type Preset<S, K = DefaultKey, E = DefaultCost> =
@@ -295,9 +295,16 @@ impl<K, E> PresetLayer<K, E> {
     }
 
     /// A live [`Snapshot`] of every shared state: rate-limit keys, breakers, the concurrency
-    /// cap and the retry budget (see [`observe`](crate::observe)).
+    /// cap and the retry budget (see [`status`](crate::status)).
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::of(self)
+        let snapshot = Snapshot::new()
+            .with_rate_limit(self.rate_limit.state())
+            .with_breaker(&self.breaker)
+            .with_adaptive_concurrency(self.concurrency.limiter());
+        match self.retry.policy().get_budget() {
+            Some(budget) => snapshot.with_retry_budget(budget),
+            None => snapshot,
+        }
     }
 }
 

@@ -11,8 +11,10 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::cost::Usage;
-use crate::signals::{ResponseSignals, WaitAbsorbed};
+use crate::error::PolledAfterCompletion;
+use crate::signals::ResponseSignals;
 
+use super::WaitAbsorbed;
 use super::state::{Admission, Ticket};
 
 pin_project_lite::pin_project! {
@@ -100,16 +102,14 @@ where
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(error
                         .take()
-                        .unwrap_or_else(|| "rate limit: future polled after completion".into())));
+                        .unwrap_or_else(|| PolledAfterCompletion::boxed("rate limit"))));
                 }
                 StateProj::Pending {
                     admitted: admitted @ false,
                     ..
                 } => {
                     let Some(ticket) = this.ticket.as_mut() else {
-                        return Poll::Ready(Err(
-                            "rate limit: future polled after completion".into()
-                        ));
+                        return Poll::Ready(Err(PolledAfterCompletion::boxed("rate limit")));
                     };
                     match ticket.poll_admit(cx.waker()) {
                         Admission::Admitted => *admitted = true,
@@ -133,9 +133,7 @@ where
                 }
                 StateProj::Pending { call, .. } => {
                     let Some((service, _)) = call.as_mut() else {
-                        return Poll::Ready(Err(
-                            "rate limit: future polled after completion".into()
-                        ));
+                        return Poll::Ready(Err(PolledAfterCompletion::boxed("rate limit")));
                     };
                     if let Err(e) = ready!(service.poll_ready(cx)) {
                         // Never sent: the ticket's drop gives back the whole charge.
@@ -144,9 +142,7 @@ where
                         return Poll::Ready(Err(e.into()));
                     }
                     let Some((mut service, request)) = call.take() else {
-                        return Poll::Ready(Err(
-                            "rate limit: future polled after completion".into()
-                        ));
+                        return Poll::Ready(Err(PolledAfterCompletion::boxed("rate limit")));
                     };
                     if let Some(t) = this.ticket.as_mut() {
                         t.dispatched();

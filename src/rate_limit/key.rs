@@ -31,11 +31,12 @@ impl RateLimitKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
 
-    /// The key's name, shared (a metric label without a copy).
+impl crate::observe::emit::KeyLabel for RateLimitKey {
     #[cfg(feature = "metrics")]
-    pub(crate) fn shared(&self) -> &Arc<str> {
-        &self.0
+    fn label(&self) -> metrics::SharedString {
+        metrics::SharedString::from_shared(Arc::clone(&self.0))
     }
 }
 
@@ -78,8 +79,8 @@ pub trait KeyFn<B> {
     }
 }
 
-/// The default key: the `model` field of a JSON body (feature `json`, bodies whose bytes are
-/// available — see [`BodyBytes`]), else [`RateLimitKey::global`].
+/// The default key: the `model` field of a JSON body (bodies whose bytes are available — see
+/// [`BodyBytes`]), else [`RateLimitKey::global`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultKey {
     _priv: (),
@@ -94,22 +95,16 @@ impl DefaultKey {
 
 impl<B: BodyBytes> KeyFn<B> for DefaultKey {
     fn key(&self, request: &Request<B>) -> RateLimitKey {
-        #[cfg(feature = "json")]
         if let Some(model) = crate::cost::Inspected::get(request).and_then(|i| i.model()) {
-            return model;
+            return RateLimitKey::new(model);
         }
-        #[cfg(not(feature = "json"))]
-        let _ = request;
         RateLimitKey::global()
     }
 
     fn key_mut(&self, request: &mut Request<B>) -> RateLimitKey {
-        #[cfg(feature = "json")]
         if let Some(model) = crate::cost::Inspected::get_cached(request).and_then(|i| i.model()) {
-            return model;
+            return RateLimitKey::new(model);
         }
-        #[cfg(not(feature = "json"))]
-        let _ = request;
         RateLimitKey::global()
     }
 }

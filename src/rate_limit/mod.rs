@@ -207,7 +207,7 @@
 //! A 429 ([`OutcomeKind::RateLimited`](crate::signals::OutcomeKind::RateLimited)) holds **every**
 //! request of the key — every clone, every layer sharing the state — until its `retry-after`
 //! ([`DEFAULT_COOLDOWN`], 0.5 s like the SDKs' first backoff, when absent), at most until the
-//! re-check above. The response gets a [`WaitAbsorbed`](crate::signals::WaitAbsorbed) in its
+//! re-check above. The response gets a [`WaitAbsorbed`] in its
 //! extensions so a retry layer above re-enters at once instead of sleeping the same wait again.
 //! After the cooldown the waiters are released one by one as their cost fits the (corrected)
 //! buckets: at the refill rate, never as a herd. A spend-limit 429 does not cool down: waiting
@@ -248,7 +248,7 @@
 //! # Keys and memory
 //!
 //! The key is a request's [`RateLimitKey`] extension, else the layer's [`KeyFn`]: [`DefaultKey`]
-//! (the `model` of a JSON body with feature `json`, else one global key), [`HostKey`], or a
+//! (the `model` of a JSON body, else one global key), [`HostKey`], or a
 //! closure ([`key_fn`]). The limiter stores the key and the cost estimate in the request's
 //! extensions, so a retry re-enters with the same ones. A state keeps at most
 //! [`DEFAULT_MAX_KEYS`] keys (configurable), evicting idle keys least recently used first; a key
@@ -266,6 +266,7 @@
 //! waiting (waited), every correction (old and new level); `info` events for every limit learned
 //! and every cooldown.
 
+mod absorbed;
 mod bucket;
 mod config;
 mod key;
@@ -277,6 +278,7 @@ mod store;
 pub mod error;
 pub mod future;
 
+pub use absorbed::WaitAbsorbed;
 pub use bucket::Bucket;
 pub use config::{DEFAULT_WINDOW, Limits, MaxWait, Priority, RampUp};
 pub use key::{DefaultKey, HostKey, KeyFn, KeyFnClosure, RateLimitKey, key_fn};

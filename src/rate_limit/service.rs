@@ -6,6 +6,7 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::cost::{Cost, DefaultCost, EstimateCost};
+use crate::observe::span::CallSpan;
 
 use super::config::{MaxWait, Priority};
 use super::future::ResponseFuture;
@@ -137,7 +138,10 @@ where
                 k
             }
         };
-        record_key(&key);
+        // The key goes into the call's span, when a retry layer above handed one down.
+        if let Some(span) = req.extensions().get::<CallSpan>() {
+            span.record_key(&key);
+        }
         let (cost, exact) = match (
             req.extensions().get::<Cost>(),
             req.extensions().get::<Estimated>(),
@@ -169,14 +173,5 @@ where
             }
             Err(e) => ResponseFuture::failed(e),
         }
-    }
-}
-
-/// Records the key in the call's `llm_call` span (opened by the retry layer), if the current
-/// span is one.
-fn record_key(key: &RateLimitKey) {
-    let span = tracing::Span::current();
-    if span.metadata().is_some_and(|m| m.name() == "llm_call") {
-        span.record("key", tracing::field::display(key));
     }
 }

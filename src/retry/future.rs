@@ -15,6 +15,7 @@ use super::policy::{CallState, Next};
 use super::service::Shared;
 use super::{ReplayBody, ReplayRefused};
 use crate::BoxError;
+use crate::error::PolledAfterCompletion;
 use crate::signals::{ApiError, Classify};
 
 pin_project_lite::pin_project! {
@@ -27,6 +28,8 @@ pin_project_lite::pin_project! {
         Sleeping { sleep: Pin<Box<Sleep>> },
         // Waiting for the inner service to be ready for the next attempt.
         Readying,
+        // The call's result was returned.
+        Done,
     }
 }
 
@@ -64,6 +67,7 @@ where
             State::Calling { .. } => "calling",
             State::Sleeping { .. } => "sleeping",
             State::Readying => "readying",
+            State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -189,6 +193,7 @@ where
                     match policy.after_attempt(result, this.call, this.rng, prepare) {
                         Next::Done(result) => {
                             *this.next = None;
+                            this.state.set(State::Done);
                             return Poll::Ready(match refusal {
                                 Some(reason) => Err(refused(result, reason)),
                                 None => result,
@@ -206,6 +211,9 @@ where
                         }
                     }
                 }
+                StateProj::Done => {
+                    return Poll::Ready(Err(PolledAfterCompletion::boxed("retry")));
+                }
                 StateProj::Sleeping { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
@@ -213,7 +221,7 @@ where
                 StateProj::Readying => {
                     ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
                     let Some(request) = this.next.take() else {
-                        return Poll::Ready(Err("retry: polled after completion".into()));
+                        return Poll::Ready(Err(PolledAfterCompletion::boxed("retry")));
                     };
                     let future = this.service.call(*request);
                     this.state.set(State::Calling { future });

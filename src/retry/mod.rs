@@ -9,9 +9,11 @@
 //!   `x-should-retry` first (folded into [`Outcome::is_retryable`](crate::signals::Outcome)),
 //!   then 429, 529, 503, 408, 409, other 5xx, connection errors and timeouts are retried. 400,
 //!   401, 402, 403 (unless a GitHub-style rate limit), 404, 413, the spend-cap 429 and this
-//!   crate's own decisions ([`OutcomeKind::Rejected`](crate::signals::OutcomeKind)) never are. The retry hints a
-//!   [`Signals`](crate::signals::Signals) layer stored are reused (the headers are not parsed
-//!   twice); the classifier of the policy makes the decision.
+//!   crate's own decisions ([`OutcomeKind::Rejected`](crate::signals::OutcomeKind)) never are.
+//!   The outcome follows the crate's one rule,
+//!   [`ResponseSignals::outcome_or`](crate::signals::ResponseSignals::outcome_or): the one a
+//!   [`Signals`](crate::signals::Signals) layer below stored (the headers are not parsed twice),
+//!   else the policy's classifier's reading.
 //! - **Wait**: the server's `retry-after-ms`, else `retry-after` (seconds or HTTP-date, measured
 //!   against the response's `date`), else [`Backoff`] — by default the SDKs'
 //!   `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)`; full, equal and decorrelated [`Jitter`] are
@@ -20,7 +22,7 @@
 //!   backoff applies (0.375–0.5 s before the first retry), so repeated zero hints do not put
 //!   every attempt in the same millisecond.
 //! - **No double wait**: when a pacing layer below (the rate limiter) marked the response with
-//!   [`WaitAbsorbed`](crate::signals::WaitAbsorbed), it holds every request until the server's
+//!   [`WaitAbsorbed`](crate::rate_limit::WaitAbsorbed), it holds every request until the server's
 //!   time anyway, so the retry re-enters at once instead of sleeping the same wait first and
 //!   queueing behind it afterwards. The ceiling and the deadline are still checked against that
 //!   wait.

@@ -10,9 +10,10 @@ use super::{Backoff, Budget};
 use crate::BoxError;
 use crate::breaker::FailFast;
 use crate::breaker::error::Open;
+use crate::rate_limit::WaitAbsorbed;
 use crate::signals::{
     ApiError, Classify, DefaultClassifier, Outcome, OutcomeKind, ResponseSignals, RetryHints,
-    WaitAbsorbed, WaitSource,
+    WaitSource,
 };
 
 /// The header the official SDKs send on retries.
@@ -403,9 +404,9 @@ pub(crate) enum Next<T> {
     Retry(Duration),
 }
 
-/// Classifies a response with `classifier`, reusing the retry hints a
-/// [`Signals`](crate::signals::Signals) layer stored. Returns the outcome and the name of the
-/// source of its wait.
+/// The outcome of a response ([`ResponseSignals::outcome_or`]: what a
+/// [`Signals`](crate::signals::Signals) layer stored, else `classifier`'s reading) and the name
+/// of the source of its wait.
 fn classify_response<B, C: Classify>(
     response: &Response<B>,
     classifier: &C,
@@ -414,12 +415,7 @@ fn classify_response<B, C: Classify>(
         Some(signals) => *signals.hints(),
         None => RetryHints::from_headers(response.headers()),
     };
-    let outcome = classifier.classify_response(
-        response.status(),
-        response.headers(),
-        &hints,
-        response.extensions().get::<ApiError>(),
-    );
+    let outcome = ResponseSignals::outcome_or(response, classifier);
     let source = if outcome.retry_after() != hints.retry_after() {
         "classifier"
     } else {

@@ -109,7 +109,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The service that was polled ready serves the first attempt; the future keeps it for the
         // retries, which drive its readiness themselves.
         let clone = self.inner.clone();
@@ -119,8 +119,12 @@ where
         }
         let rng = self.shared.rng();
         crate::observe::emit::call();
-        // One span per call; the rate limiter below records the key in it.
+        // One span per call; the rate limiter below records the key in it, through the handle
+        // every attempt carries in its extensions.
         let span = tracing::info_span!("llm_call", attempt = 1u32, key = tracing::field::Empty);
+        request
+            .extensions_mut()
+            .insert(crate::observe::span::CallSpan::new(span.clone()));
         ResponseFuture::new(service, request, Arc::clone(&self.shared), rng, span)
     }
 }

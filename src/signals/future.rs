@@ -198,7 +198,7 @@ where
                 } => {
                     let reading = body
                         .as_mut()
-                        .expect("ErrorBodyFuture polled after completion");
+                        .expect("ErrorBody response future polled after completion");
                     let frame = match reading.as_mut().poll_frame(cx) {
                         Poll::Ready(frame) => frame,
                         Poll::Pending => {
@@ -268,7 +268,9 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(Response::from_parts(parts, finished)));
                 }
-                StateProj::Done => panic!("ErrorBodyFuture polled after completion"),
+                // The error type is the inner service's: there is no error to return (see
+                // `error::PolledAfterCompletion`).
+                StateProj::Done => panic!("ErrorBody response future polled after completion"),
             }
         }
     }

@@ -452,9 +452,8 @@ impl<'a> Raw<'a> {
     /// The server's clock: the `date` header, when readable. Absolute resets are measured from
     /// it (else from the local clock), which cancels clock skew between server and client.
     pub(super) fn server_date(&self) -> Option<SystemTime> {
-        self.date.and_then(|(n, v)| {
-            parse::server_date(v.as_bytes(), || read(n.as_str(), v, parse::http_date))
-        })
+        self.date
+            .and_then(|(n, v)| read(n.as_str(), v, parse::http_date))
     }
 }
 

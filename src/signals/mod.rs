@@ -11,8 +11,11 @@
 //!   circuit breaker can act on; [`DefaultClassifier`] knows Anthropic, OpenAI and AWS Bedrock;
 //! - [`ErrorBodyLayer`] reads small non-2xx bodies into an [`ApiError`] and hands them back
 //!   unchanged;
-//! - [`SignalsLayer`] parses each response once and stores the [`Signals`] in its extensions, so
-//!   the layers above read them instead of parsing headers again.
+//! - [`ResponseSignals`] is all of that for one response, parsed once, and
+//!   [`ResponseSignals::outcome_or`] the one rule by which every layer decides a response's
+//!   outcome;
+//! - [`SignalsLayer`] parses each response once and stores the [`ResponseSignals`] in its
+//!   extensions, so the layers above read them instead of parsing headers again.
 //!
 //! Headers the crate cannot read are ignored (a `tracing` debug event names them, never printing
 //! a value): a malformed header never fails a request and never panics.
@@ -60,6 +63,8 @@ mod ietf;
 mod layer;
 mod openai;
 mod parse;
+mod response;
+mod service;
 #[cfg(feature = "tower-http")]
 mod tower_http_classify;
 mod usage;
@@ -73,7 +78,9 @@ pub use body::{
 pub use classify::{Classify, ClassifyFn, DefaultClassifier, Outcome, OutcomeKind, classify_fn};
 pub use headers::{BucketReading, Dialect, Dimension, RateLimitSnapshot};
 pub use hints::{MAX_HINT, MAX_RETRY_AFTER, RetryHints, WaitSource};
-pub use layer::{ResponseSignals, Signals, SignalsLayer, WaitAbsorbed};
+pub use layer::SignalsLayer;
+pub use response::ResponseSignals;
+pub use service::Signals;
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
 pub use tower_http_classify::OutcomesAsFailures;

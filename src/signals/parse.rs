@@ -3,8 +3,6 @@
 //! Every function here is total: it returns `None` for input it cannot read and never panics,
 //! whatever the bytes. Durations are never negative and never above [`MAX_HINT`].
 
-use std::cell::Cell;
-use std::thread::LocalKey;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -182,16 +180,8 @@ pub(crate) fn rfc3339_from(s: &str, reference: SystemTime) -> Option<Duration> {
 /// The shape every Anthropic reset has, `YYYY-MM-DDTHH:MM:SSZ`, read without the general RFC 3339
 /// parser: Unix seconds, or `None` for anything else (fractions, offsets, a leap second, an
 /// invalid date), which the general parser then reads or rejects. Same result as the general
-/// parser for every string it accepts. The last value read on this thread is remembered: every
-/// response within a second carries the same resets.
+/// parser for every string it accepts.
 pub(crate) fn rfc3339_utc_seconds(s: &[u8]) -> Option<i64> {
-    thread_local! {
-        static LAST: Last<i64> = const { Cell::new(None) };
-    }
-    memo(&LAST, s, || rfc3339_utc_seconds_uncached(s))
-}
-
-fn rfc3339_utc_seconds_uncached(s: &[u8]) -> Option<i64> {
     let b: &[u8; 20] = s.try_into().ok()?;
     if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
@@ -219,51 +209,6 @@ fn rfc3339_utc_seconds_uncached(s: &[u8]) -> Option<i64> {
     )
     .ok()?;
     Some(date.with_time(time).assume_utc().unix_timestamp())
-}
-
-/// A parse result remembered with the bytes it was read from (at most 32).
-type Last<T> = Cell<Option<([u8; 32], usize, T)>>;
-
-/// `parse()`, or what it gave for the same `bytes` last time on this thread: a one-entry memo
-/// for the values that repeat from response to response (the `date` header and the resets
-/// change once a second). Only successful reads are remembered, so a value that cannot be read
-/// is still reported each time.
-fn memo<T: Copy + 'static>(
-    last: &'static LocalKey<Last<T>>,
-    bytes: &[u8],
-    parse: impl FnOnce() -> Option<T>,
-) -> Option<T> {
-    if bytes.len() > 32 {
-        return parse();
-    }
-    let hit = last
-        .try_with(|last| match last.get() {
-            Some((seen, len, value)) if seen[..len] == *bytes => Some(value),
-            _ => None,
-        })
-        .ok()
-        .flatten();
-    if hit.is_some() {
-        return hit;
-    }
-    let value = parse()?;
-    let mut seen = [0; 32];
-    seen[..bytes.len()].copy_from_slice(bytes);
-    // A thread being torn down has no memo: nothing is remembered then.
-    let _ = last.try_with(|last| last.set(Some((seen, bytes.len(), value))));
-    Some(value)
-}
-
-/// The server's `date` header (`bytes`) as read by `parse` (an HTTP-date), remembered as
-/// [`rfc3339_utc_seconds`] remembers resets.
-pub(crate) fn server_date(
-    bytes: &[u8],
-    parse: impl FnOnce() -> Option<SystemTime>,
-) -> Option<SystemTime> {
-    thread_local! {
-        static LAST: Last<SystemTime> = const { Cell::new(None) };
-    }
-    memo(&LAST, bytes, parse)
 }
 
 /// An HTTP-date (IMF-fixdate, RFC 850, asctime — through `httpdate`) or, as a lenient fallback,
@@ -431,53 +376,10 @@ mod tests {
     }
 
     #[test]
-    fn the_memo_remembers_only_what_was_read() {
-        thread_local! {
-            static LAST: Last<u32> = const { Cell::new(None) };
-        }
-        let calls = Cell::new(0);
-        let read = |bytes: &[u8], value: Option<u32>| {
-            memo(&LAST, bytes, || {
-                calls.set(calls.get() + 1);
-                value
-            })
-        };
-        assert_eq!(read(b"a", Some(1)), Some(1));
-        assert_eq!(read(b"a", Some(9)), Some(1), "the same bytes: remembered");
-        assert_eq!(calls.get(), 1);
-        assert_eq!(read(b"ab", Some(2)), Some(2), "other bytes: read");
-        assert_eq!(read(b"a", Some(3)), Some(3), "one entry only");
-        assert_eq!(read(b"x", None), None);
-        assert_eq!(read(b"x", None), None);
-        assert_eq!(calls.get(), 5, "a failed read is not remembered");
+    fn the_server_date_and_resets_are_read_each_time() {
         assert_eq!(
-            read(b"a", Some(4)),
-            Some(3),
-            "nor does it evict the last good one"
-        );
-        let long = [b'7'; 33];
-        assert_eq!(read(&long, Some(5)), Some(5));
-        assert_eq!(
-            read(&long, Some(6)),
-            Some(6),
-            "over 32 bytes: never remembered"
-        );
-        assert_eq!(read(b"a", Some(7)), Some(3));
-        // The server's clock, read twice and changed: each value as the parser reads it.
-        let date = |s: &str| server_date(s.as_bytes(), || http_date(s));
-        let one = "Sun, 06 Nov 1994 08:49:37 GMT";
-        let two = "Sun, 06 Nov 1994 08:49:38 GMT";
-        assert_eq!(
-            date(one),
+            http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
-        );
-        assert_eq!(
-            date(one),
-            Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
-        );
-        assert_eq!(
-            date(two),
-            Some(UNIX_EPOCH + Duration::from_secs(784_111_778))
         );
         assert_eq!(
             rfc3339_utc_seconds(b"1994-11-06T08:49:37Z"),
@@ -486,10 +388,6 @@ mod tests {
         assert_eq!(
             rfc3339_utc_seconds(b"1994-11-06T08:49:39Z"),
             Some(784_111_779)
-        );
-        assert_eq!(
-            rfc3339_utc_seconds(b"1994-11-06T08:49:37Z"),
-            Some(784_111_777)
         );
     }
 

@@ -11,7 +11,7 @@ use http_body::Body;
 use super::aimd::{AdaptiveLimiter, Sent};
 use crate::BoxError;
 use crate::concurrency::PermitBody;
-use crate::signals::{ApiError, Classify, OutcomeKind, ResponseSignals, RetryHints};
+use crate::signals::{Classify, ResponseSignals};
 
 pin_project_lite::pin_project! {
     /// Response future of [`AdaptiveConcurrencyLimit`](super::AdaptiveConcurrencyLimit): the
@@ -49,23 +49,6 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-/// The outcome of a response: the one a [`Signals`](crate::signals::Signals) layer below stored,
-/// else `classifier`'s reading of it.
-fn outcome_of<B, C: Classify>(response: &Response<B>, classifier: &C) -> OutcomeKind {
-    if let Some(signals) = response.extensions().get::<ResponseSignals>() {
-        return signals.outcome().kind();
-    }
-    let headers = response.headers();
-    classifier
-        .classify_response(
-            response.status(),
-            headers,
-            &RetryHints::from_headers(headers),
-            response.extensions().get::<ApiError>(),
-        )
-        .kind()
-}
-
 impl<F, C, B, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<Response<B>, E>>,
@@ -80,7 +63,7 @@ where
         let result = ready!(this.inner.poll(cx));
         if let Some(feedback) = this.feedback.take() {
             let kind = match &result {
-                Ok(response) => outcome_of(response, &feedback.classifier),
+                Ok(response) => ResponseSignals::outcome_or(response, &feedback.classifier).kind(),
                 Err(error) => feedback.classifier.classify_error(&**error).kind(),
             };
             feedback.limiter.record(feedback.sent, kind);

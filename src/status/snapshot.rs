@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::emit;
 use crate::breaker::{self, CircuitBreakerLayer};
 use crate::concurrency::{AdaptiveLimiter, Limiter};
-use crate::preset::PresetLayer;
+use crate::observe::emit;
 use crate::rate_limit::{KeySnapshot, RateLimitKey, RateLimitState};
 use crate::retry::Budget;
 use crate::signals::Dimension;
@@ -19,7 +18,7 @@ use crate::signals::Dimension;
 ///
 /// Instants are turned into durations from the moment the snapshot was taken (tokio's clock),
 /// so a snapshot can be printed ([`Display`](fmt::Display)) or served as JSON
-/// ([`to_json`](Self::to_json), feature `json`) as it is.
+/// ([`to_json`](Self::to_json)) as it is.
 ///
 /// It holds no secret: keys are what the key functions made of the requests (the model, the
 /// host, or what your own [`KeyFn`](crate::rate_limit::KeyFn) returns), and nothing else of a
@@ -47,18 +46,6 @@ impl Snapshot {
             concurrency: None,
             retry_budget: None,
         }
-    }
-
-    /// A snapshot of every shared state of `layer` (the same as [`PresetLayer::snapshot`]).
-    pub fn of<K, E>(layer: &PresetLayer<K, E>) -> Self {
-        let mut snapshot = Snapshot::new()
-            .with_rate_limit(layer.get_rate_limit().state())
-            .with_breaker(layer.get_breaker())
-            .with_adaptive_concurrency(layer.get_concurrency().limiter());
-        if let Some(budget) = layer.get_retry().policy().get_budget() {
-            snapshot = snapshot.with_retry_budget(budget);
-        }
-        snapshot
     }
 
     /// Adds every key of a rate limiter's `state` (after those already added).
@@ -194,8 +181,6 @@ impl Snapshot {
 
     /// The snapshot as JSON, for a status endpoint; the shape is in the
     /// [module docs](super#json).
-    #[cfg(feature = "json")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::{Map, Value, json};
         let secs = |d: Duration| json!(d.as_secs_f64());
