@@ -96,7 +96,10 @@ async fn the_preset_charges_each_model_its_own_buckets_with_the_json_estimate() 
         // The estimate, reserved at the high quantile of what the server may charge for it
         // (nothing is learned yet: the prior's spread).
         let reserved = (input as f64 * key.input_reservation()).ceil() as u64;
-        assert!(reserved > input, "{model}: the reservation covers the estimate's spread");
+        assert!(
+            reserved > input,
+            "{model}: the reservation covers the estimate's spread"
+        );
         assert_eq!(level(Dimension::InputTokens), 30_000 - reserved, "{model}");
         // No usage or headers in the answer: the reservation of `max_tokens` stands.
         assert_eq!(level(Dimension::OutputTokens), 8_000 - output, "{model}");

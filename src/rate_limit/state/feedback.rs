@@ -128,6 +128,44 @@ const THROTTLE_BETA: f64 = 0.7;
 const THROTTLE_RECOVERY: Duration = Duration::from_secs(20);
 /// The slowest pace: one request every 20 s.
 const THROTTLE_MIN_RATE: f64 = 0.05;
+/// The longest the rate takes to grow back, however slow the server.
+const THROTTLE_RECOVERY_MAX: Duration = Duration::from_secs(120);
+/// Requests a cycle of growing back takes at least (see [`Throttle::recovery`]).
+const RECOVERY_REQUESTS: f64 = 40.0;
+/// The window over which accepted requests are counted, and how many are kept.
+const ACCEPTED_WINDOW: Duration = Duration::from_secs(60);
+const ACCEPTED_KEPT: usize = 4096;
+
+/// When the server accepted requests of a key lately. A server whose bucket holds a minute of
+/// refill accepts at most twice its rate over any minute, whatever burst it first allowed: after
+/// a throttle this bounds the rate within a cut or two, instead of one cut per throttle down
+/// from the burst that met the first.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Accepted(VecDeque<Instant>);
+
+impl Accepted {
+    pub(super) fn push(&mut self, now: Instant) {
+        if self.0.len() == ACCEPTED_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(now);
+    }
+
+    /// Requests per second accepted over the last [`ACCEPTED_WINDOW`] (infinite when none).
+    pub(super) fn rate(&self, now: Instant) -> f64 {
+        let window = ACCEPTED_WINDOW.as_secs_f64();
+        let recent = self
+            .0
+            .iter()
+            .filter(|at| now.saturating_duration_since(**at).as_secs_f64() <= window)
+            .count();
+        if recent == 0 {
+            f64::INFINITY
+        } else {
+            recent as f64 / window
+        }
+    }
+}
 /// Sends remembered to measure the rate at which the key sends.
 const SENDS_KEPT: usize = 16;
 
@@ -159,7 +197,7 @@ impl Throttle {
 
     /// The rate at `now`, in requests per second.
     pub(super) fn rate(&self, now: Instant) -> f64 {
-        let k = THROTTLE_RECOVERY.as_secs_f64();
+        let k = self.recovery();
         let x = (now.saturating_duration_since(self.cut_at).as_secs_f64() - k) / k;
         // Past 100 recovery times the cube is astronomical: stop there (the rate is then far
         // above any server's anyway).
@@ -183,10 +221,39 @@ impl Throttle {
         self.next_at = self.next_at.max(now) + gap;
     }
 
-    /// Another throttle: the rate drops to [`THROTTLE_BETA`] of the lower of the current rate
-    /// and the `measured` sending rate.
-    pub(super) fn cut(&mut self, measured: f64, seq: u64, now: Instant) -> f64 {
-        self.w_max = self.rate(now).min(measured).max(THROTTLE_MIN_RATE);
+    /// Whether a throttle at `now` may cut again: not within two paced gaps (at least a
+    /// second) of the last cut.
+    pub(super) fn may_cut(&self, now: Instant) -> bool {
+        let since = now.saturating_duration_since(self.cut_at).as_secs_f64();
+        since >= (2.0 / self.rate(now)).max(1.0)
+    }
+
+    /// The time the rate takes to grow back after a cut: [`THROTTLE_RECOVERY`], or about
+    /// [`RECOVERY_REQUESTS`] requests at the rate cut, whichever is longer (one throttle per
+    /// cycle is then a small share of the requests, however slow the server).
+    fn recovery(&self) -> f64 {
+        (RECOVERY_REQUESTS / self.w_max).clamp(
+            THROTTLE_RECOVERY.as_secs_f64(),
+            THROTTLE_RECOVERY_MAX.as_secs_f64(),
+        )
+    }
+
+    /// Another throttle: the rate drops to [`THROTTLE_BETA`] of the lowest of the current rate,
+    /// the `measured` sending rate, and the rate the server `accepted` lately (see
+    /// [`Accepted`]).
+    pub(super) fn cut(&mut self, measured: f64, accepted: f64, seq: u64, now: Instant) -> f64 {
+        // What the server accepted bounds its rate only while the key sent faster than that
+        // (else it measures our own pace).
+        let accepted = if measured > accepted * 1.2 {
+            accepted
+        } else {
+            f64::INFINITY
+        };
+        self.w_max = self
+            .rate(now)
+            .min(measured)
+            .min(accepted)
+            .max(THROTTLE_MIN_RATE);
         self.cut_at = now;
         self.cut_seq = seq;
         // The pace slows from now: the next slot is one new gap away at the latest.
@@ -276,7 +343,7 @@ mod tests {
         assert!((t.rate(now) - 1.4).abs() < 1e-9);
         assert!((t.rate(now + THROTTLE_RECOVERY) - 2.0).abs() < 1e-9);
         assert!(t.rate(now + THROTTLE_RECOVERY * 2) > 2.5);
-        let r = t.cut(1.0, 5, now + THROTTLE_RECOVERY);
+        let r = t.cut(1.0, f64::INFINITY, 5, now + THROTTLE_RECOVERY);
         assert!((r - 0.7).abs() < 1e-9);
         assert!(t.rate(now + THROTTLE_RECOVERY * 1000) > 0.0);
     }

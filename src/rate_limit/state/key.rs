@@ -116,6 +116,8 @@ pub(super) struct KeyState {
     pub(super) throttle: Option<Throttle>,
     /// Recent sends, to measure the sending rate when a throttle comes.
     pub(super) sends: Sends,
+    /// When the server accepted this key's requests lately.
+    pub(super) accepted: Accepted,
     /// Dispatches before the current cooldown was set: an answer to a later one (the
     /// re-check) ends the cooldown.
     pub(super) cooldown_seq: u64,

@@ -50,7 +50,13 @@ impl KeyState {
                 _ => {}
             }
             absorbed = Some(now);
-        } else if record.seq > self.cooldown_seq && self.cooldown_until.is_some_and(|c| c > now) {
+        } else if outcome.is_success() {
+            self.accepted.push(now);
+        }
+        if !limited
+            && record.seq > self.cooldown_seq
+            && self.cooldown_until.is_some_and(|c| c > now)
+        {
             // The re-check was answered: the server takes requests again.
             tracing::info!(key = %key, "rate limit: the re-check was answered, cooldown ended");
             self.cooldown_until = None;
@@ -600,13 +606,22 @@ impl KeyState {
     pub(super) fn throttled(&mut self, key: &RateLimitKey, record: &Record, now: Instant) {
         let measured = self.sends.rate(now);
         match &mut self.throttle {
-            Some(t) if record.seq <= t.cut_seq => {}
+            // A throttle of a request sent before the last cut, or soon after it, is the same
+            // episode: a server whose bucket went into debt refuses for a while whatever the
+            // pace, and cutting on each refusal would collapse the rate.
+            Some(t) if record.seq <= t.cut_seq || !t.may_cut(now) => {}
             Some(t) => {
-                let rate = t.cut(measured, self.dispatch_seq, now);
+                let rate = t.cut(measured, self.accepted.rate(now), self.dispatch_seq, now);
                 tracing::info!(key = %key, rate_per_s = rate, "rate limit: throttled; pace lowered");
             }
             None => {
-                let t = Throttle::new(measured, self.dispatch_seq, now);
+                let accepted = self.accepted.rate(now);
+                let bound = if measured > accepted * 1.2 {
+                    accepted
+                } else {
+                    measured
+                };
+                let t = Throttle::new(measured.min(bound), self.dispatch_seq, now);
                 tracing::info!(key = %key, rate_per_s = t.rate(now),
                     "rate limit: throttled without rate-limit headers; pacing on a learned rate");
                 self.throttle = Some(t);

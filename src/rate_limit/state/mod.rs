@@ -14,7 +14,7 @@ mod snapshot;
 mod tests;
 mod ticket;
 
-use feedback::{Margin, Ratio, Sends, Throttle};
+use feedback::{Accepted, Margin, Ratio, Sends, Throttle};
 use key::{Anchor, Awaiting, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
 pub use snapshot::{BucketSnapshot, KeySnapshot};
 use ticket::Phase;
@@ -312,6 +312,7 @@ impl RateLimitState {
                 tightened_seq: 0,
                 throttle: None,
                 sends: Sends::default(),
+                accepted: Accepted::default(),
                 cooldown_seq: 0,
                 cooldown_set: None,
                 last_recheck: None,
