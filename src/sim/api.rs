@@ -766,7 +766,7 @@ where
                     )
                 }
             };
-            tracing::debug!(seq, model = %parsed.model, dimension = name, retry_after, "sim: rate limited");
+            tracing::debug!(seq, model = %parsed.model, dimension = name, retry_after, remaining = reading.remaining, input = parsed.input_tokens, max_tokens = parsed.max_tokens, "sim: rate limited");
             let mut answer =
                 Answer::error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);
             answer.retry_after = Some(retry_after);

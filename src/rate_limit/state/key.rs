@@ -65,6 +65,9 @@ pub(super) struct KeyState {
     /// Probes in flight.
     pub(super) probes: usize,
     pub(super) cooldown_until: Option<Instant>,
+    /// The charge of requests admitted and not yet sent (a concurrency cap below may hold them
+    /// for a while): no reading, whenever taken, contains it.
+    pub(super) pending: Charge,
     /// Cumulative charge at dispatch, per dimension (monotone).
     pub(super) dispatched: Charge,
     /// Dispatches so far: the position of each request in dispatch order.
@@ -431,6 +434,9 @@ impl KeyState {
         for (c, x) in self.dispatched.iter_mut().zip(charge) {
             *c = c.saturating_add(x);
         }
+        for (p, x) in self.pending.iter_mut().zip(charge) {
+            *p = p.saturating_add(x);
+        }
         self.raw_input = self.raw_input.saturating_add(raw);
         self.dispatch_seq += 1;
         self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
@@ -507,8 +513,16 @@ impl KeyState {
         self.wake_head();
     }
 
+    /// An admitted request was sent (or will never be).
+    pub(super) fn sent(&mut self, record: &Record) {
+        for (p, x) in self.pending.iter_mut().zip(record.charge) {
+            *p = p.saturating_sub(x);
+        }
+    }
+
     /// Gives back everything a request charged (admitted but never sent).
     pub(super) fn unadmit(&mut self, record: &Record, now: Instant) {
+        self.sent(record);
         self.finish(record, 0);
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
         self.note_refund(record);

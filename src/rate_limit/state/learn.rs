@@ -323,8 +323,9 @@ impl KeyState {
         // What this key charged that the reading cannot contain, read at admission: requests and
         // input dispatched after this request; output in flight, and everything that finished
         // since this request left (this one included), which a server counting output as
-        // produced charged after the reading. Read at the answer: the output in flight, and this
-        // request's own (a server may charge it once the answer is sent).
+        // produced charged after the reading. Read at the answer: what was admitted and not yet
+        // sent, the output in flight, and this request's own (a server may charge it once the
+        // answer is sent).
         // Requests refused or never sent since then were given back: they are not charged.
         let refunded = self.refunded_after(record);
         let after_input = self.dispatched[IN]
@@ -334,18 +335,22 @@ impl KeyState {
             self.completed_output
                 .saturating_sub(record.completed_before),
         );
+        // Admitted and not yet sent (held by a concurrency cap below): in no reading.
+        let pending = self.pending;
         let (missing_dispatch, missing_receipt) = match d {
             Dimension::Requests => (
                 self.dispatched[REQ]
                     .saturating_sub(record.after[REQ])
                     .saturating_sub(refunded[REQ]),
-                0,
+                pending[REQ],
             ),
-            Dimension::InputTokens => (after_input, 0),
+            Dimension::InputTokens => (after_input, pending[IN]),
             Dimension::OutputTokens => (output, self.outstanding_output.saturating_add(own_output)),
             _ => (
                 after_input.saturating_add(output),
-                self.outstanding_output.saturating_add(own_output),
+                pending[IN]
+                    .saturating_add(self.outstanding_output)
+                    .saturating_add(own_output),
             ),
         };
         // The target has the server's capacity and window (the server's own bucket, or a local

@@ -290,6 +290,7 @@ impl RateLimitState {
                 probe: Probe::Idle,
                 probes: 0,
                 cooldown_until: None,
+                pending: [0; 4],
                 dispatched: [0; 4],
                 dispatch_seq: 0,
                 refunds: VecDeque::new(),
