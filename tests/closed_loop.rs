@@ -268,3 +268,43 @@ async fn an_unpredicted_refusal_tightens_and_a_quiet_period_relaxes() {
         "margin {relaxed} after a quiet period"
     );
 }
+
+/// Other clients of the organisation take 30 % of the requests' refill: the readings show it,
+/// the limiter learns the share and paces at what is left, so the server seldom refuses.
+#[tokio::test(start_paused = true)]
+async fn the_share_other_clients_take_is_learned_from_the_readings() {
+    use tower_llm_limits::preset;
+    use tower_llm_limits::sim::{self, SimApi, Workload};
+
+    let api = SimApi::builder()
+        .model(KEY, sim::Limits::per_minute(60, 1_000_000, 1_000_000))
+        .other_clients(0.3)
+        .latency(Duration::from_millis(200), Duration::ZERO)
+        .seed(3)
+        .build();
+    let state = RateLimitState::new();
+    let client = ServiceBuilder::new()
+        .layer(preset::anthropic().rate_limit_state(state.clone()))
+        .service(api.clone());
+    let report = Workload::new(300, 16)
+        .models([KEY])
+        .input_tokens(100..=200)
+        .max_tokens(64..=64)
+        .run(client)
+        .await;
+    assert_eq!(report.failed(), 0);
+    let share = state
+        .key_snapshot(&RateLimitKey::new(KEY))
+        .unwrap()
+        .bucket(Dimension::Requests)
+        .unwrap()
+        .others_share();
+    assert!((0.15..=0.45).contains(&share), "share {share}");
+    let counters = api.counters();
+    assert!(
+        counters.rate_limited() * 100 < counters.received(),
+        "{} of {} refused",
+        counters.rate_limited(),
+        counters.received()
+    );
+}

@@ -119,6 +119,83 @@ impl Margin {
     }
 }
 
+/// The most of a bucket's refill other clients are taken to use.
+const OTHERS_MAX: f64 = 0.5;
+/// Readings are summed over at least this long before they move the share.
+const OTHERS_PERIOD: Duration = Duration::from_secs(10);
+
+/// The share of a bucket's refill that other clients of the organisation (another service, a
+/// batch job) take: only the server's readings show it. Between readings the model would refill
+/// at the whole rate and drift optimistic by that share; instead the share is charged to the
+/// local bucket as time passes, as if it were one more client.
+///
+/// Evidence: over each [`OTHERS_PERIOD`], how far the readings put the server below the model
+/// (beyond even their optimistic edge) or above it (beyond their conservative edge), in seconds
+/// of refill per second. Half of each period's evidence is folded in; the share stays within
+/// `0..=`[`OTHERS_MAX`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Others {
+    share: f64,
+    accrued_to: Instant,
+    carry: f64,
+    off: f64,
+    since: Instant,
+}
+
+impl Others {
+    pub(super) fn new(now: Instant) -> Self {
+        Others {
+            share: 0.0,
+            accrued_to: now,
+            carry: 0.0,
+            off: 0.0,
+            since: now,
+        }
+    }
+
+    /// The units other clients took from a bucket of `capacity` per `window` since the last
+    /// accrual (fractions carried over).
+    pub(super) fn accrue(&mut self, capacity: u64, window: Duration, now: Instant) -> u64 {
+        let dt = now.saturating_duration_since(self.accrued_to).as_secs_f64();
+        self.accrued_to = self.accrued_to.max(now);
+        if self.share <= 0.0 || dt <= 0.0 {
+            return 0;
+        }
+        let rate = capacity as f64 / window.as_secs_f64().max(1e-9);
+        let units = self.carry + self.share * rate * dt;
+        let whole = units.floor();
+        self.carry = units - whole;
+        if whole.is_finite() && whole > 0.0 {
+            whole.min(u64::MAX as f64) as u64
+        } else {
+            0
+        }
+    }
+
+    /// A reading put the server `off` seconds of refill below the model (negative: above).
+    /// Returns the new share when a period ended.
+    pub(super) fn observe(&mut self, off: f64, now: Instant) -> Option<f64> {
+        if off.is_finite() {
+            self.off += off;
+        }
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < OTHERS_PERIOD {
+            return None;
+        }
+        let sample = (self.share + self.off / elapsed.as_secs_f64()).clamp(0.0, OTHERS_MAX);
+        let old = self.share;
+        self.share = (0.5 * old + 0.5 * sample).clamp(0.0, OTHERS_MAX);
+        self.off = 0.0;
+        self.since = now;
+        ((self.share - old).abs() > 0.005).then_some(self.share)
+    }
+
+    /// The share of the refill other clients are taken to use.
+    pub(super) fn share(&self) -> f64 {
+        self.share
+    }
+}
+
 /// The share of the rate kept after a throttle (AWS SDK adaptive mode, CUBIC).
 const THROTTLE_BETA: f64 = 0.7;
 /// The time the rate takes to grow back to where it was throttled. AWS's adaptive mode uses a

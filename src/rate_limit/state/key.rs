@@ -110,6 +110,9 @@ pub(super) struct KeyState {
     pub(super) input_read_through: u64,
     /// Answered requests whose `usage` may still come with the body (by dispatch position).
     pub(super) awaiting_usage: BTreeMap<u64, Awaiting>,
+    /// The share of each bucket's refill other clients of the organisation take, learned from
+    /// the readings, and charged to the local bucket as it accrues.
+    pub(super) others: [Others; 4],
     /// Units kept free per dimension since the server refused what the model said would fit.
     pub(super) margin: [Margin; 4],
     /// Dispatches before the last raise of a margin: a refusal of one of them is the same
@@ -511,6 +514,24 @@ impl KeyState {
             self.probe_done();
         }
         self.wake_head();
+    }
+
+    /// Charges each bucket what other clients took of its refill since the last accrual.
+    pub(super) fn accrue_others(&mut self, now: Instant) {
+        for d in Dimension::ALL {
+            let i = d.index();
+            let Some(mut b) = self.buckets.get(d) else {
+                continue;
+            };
+            let taken = self.others[i].accrue(b.capacity(), b.window(), now);
+            if taken > 0 {
+                b.charge(taken, now);
+                self.buckets.set(d, Some(b));
+                if let Some(s) = &mut self.server[i] {
+                    s.charge(taken, now);
+                }
+            }
+        }
     }
 
     /// An admitted request was sent (or will never be).

@@ -13,6 +13,7 @@ impl KeyState {
         response: Reply<'_>,
     ) -> Option<Instant> {
         let now = Instant::now();
+        self.accrue_others(now);
         let Reply {
             snapshot,
             outcome,
@@ -382,6 +383,21 @@ impl KeyState {
             }
         };
         let old = target.full_at();
+        // How far off the model was, as evidence of what other clients take: the server below
+        // even the optimistic edge, or above the conservative one.
+        if !created {
+            let off = if old < lo_at {
+                lo_at.saturating_duration_since(old).as_secs_f64()
+            } else if old > hi_at {
+                -old.saturating_duration_since(hi_at).as_secs_f64()
+            } else {
+                0.0
+            };
+            if let Some(share) = self.others[i].observe(off, now) {
+                tracing::debug!(key = %key, dimension = d.as_str(), share,
+                    "rate limit: share of the refill other clients take learned");
+            }
+        }
         if old < lo_at || old > hi_at || created {
             target.set_full_at(hi_at);
             if matches!(d, Dimension::InputTokens | Dimension::Tokens) {

@@ -14,7 +14,7 @@ mod snapshot;
 mod tests;
 mod ticket;
 
-use feedback::{Accepted, Margin, Ratio, Sends, Throttle};
+use feedback::{Accepted, Margin, Others, Ratio, Sends, Throttle};
 use key::{Anchor, Awaiting, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
 pub use snapshot::{BucketSnapshot, KeySnapshot};
 use ticket::Phase;
@@ -310,6 +310,7 @@ impl RateLimitState {
                 awaiting_usage: BTreeMap::new(),
                 input_read_through: 0,
                 margin: [Margin::default(); 4],
+                others: [Others::new(now); 4],
                 tightened_seq: 0,
                 throttle: None,
                 sends: Sends::default(),
@@ -342,6 +343,7 @@ impl RateLimitState {
         let cell = self.cell(key);
         let now = Instant::now();
         let mut st = lock(&cell.state);
+        st.accrue_others(now);
         let (charge, raw) = st.charge_of(cost, exact);
         let class = priority.class();
         // Fast path: nobody of the same or a higher class waits.

@@ -16,6 +16,7 @@ impl KeyCell {
                     learned: st.learned[d.index()].map(|l| l.0),
                     configured: st.configured[d.index()],
                     margin: st.margin[d.index()].get(b.capacity(), now),
+                    others: st.others[d.index()].share(),
                 })
             }),
             cooldown_until: st.cooldown_until.filter(|c| *c > now),
@@ -100,7 +101,7 @@ impl KeySnapshot {
 }
 
 /// One bucket in a [`KeySnapshot`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BucketSnapshot {
     pub(super) capacity: u64,
     pub(super) window: Duration,
@@ -109,6 +110,7 @@ pub struct BucketSnapshot {
     pub(super) learned: Option<u64>,
     pub(super) configured: Option<u64>,
     pub(super) margin: u64,
+    pub(super) others: f64,
 }
 
 impl BucketSnapshot {
@@ -146,5 +148,11 @@ impl BucketSnapshot {
     /// (0 until it does; decays while no refusal comes).
     pub fn margin(&self) -> u64 {
         self.margin
+    }
+
+    /// The share of the refill other clients of the organisation are taken to use, learned from
+    /// the readings (0.0 until they show any).
+    pub fn others_share(&self) -> f64 {
+        self.others
     }
 }
