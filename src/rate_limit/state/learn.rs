@@ -383,15 +383,14 @@ impl KeyState {
             }
         };
         let old = target.full_at();
-        // How far off the model was, as evidence of what other clients take: the server below
-        // even the optimistic edge, or above the conservative one.
+        // How far off the model was, as evidence of what other clients take: measured from the
+        // middle of what the readings allow, so that the edges' tolerances do not bias it.
         if !created {
-            let off = if old < lo_at {
-                lo_at.saturating_duration_since(old).as_secs_f64()
-            } else if old > hi_at {
-                -old.saturating_duration_since(hi_at).as_secs_f64()
+            let mid = lo_at + hi_at.saturating_duration_since(lo_at) / 2;
+            let off = if old < mid {
+                mid.saturating_duration_since(old).as_secs_f64()
             } else {
-                0.0
+                -old.saturating_duration_since(mid).as_secs_f64()
             };
             if let Some(share) = self.others[i].observe(off, now) {
                 tracing::debug!(key = %key, dimension = d.as_str(), share,
