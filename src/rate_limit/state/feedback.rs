@@ -106,9 +106,16 @@ impl Margin {
         if share.is_finite() { share } else { 0.0 }
     }
 
-    /// The units of a bucket of `capacity` set aside at `now`.
+    /// The units of a bucket of `capacity` set aside at `now`, rounded up: a bucket of 20
+    /// requests keeps one free until the margin has decayed to a tenth of a request, instead of
+    /// none as soon as it falls below one.
     pub(super) fn get(&self, capacity: u64, now: Instant) -> u64 {
-        (self.share(now) * capacity as f64) as u64
+        let units = self.share(now) * capacity as f64;
+        if units < 0.1 {
+            0
+        } else {
+            units.ceil().min(u64::MAX as f64) as u64
+        }
     }
 
     /// A refusal: doubles the margin within its bounds. Returns the new share.
