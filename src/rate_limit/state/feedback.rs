@@ -75,7 +75,8 @@ impl Ratio {
     }
 }
 
-/// The share of a bucket's capacity the first refusal sets aside.
+/// The least share of a bucket's capacity a refusal sets aside (more when its readings show
+/// more was lacking).
 const MARGIN_FIRST: f64 = 0.05;
 /// The most of a bucket's capacity a margin sets aside.
 const MARGIN_MAX: f64 = 0.5;
@@ -86,7 +87,7 @@ pub(super) const MARGIN_DECAY: Duration = Duration::from_secs(300);
 /// said would fit.
 ///
 /// A refusal the model did not predict proves the model optimistic: the margin doubles (at
-/// least [`MARGIN_FIRST`] of the capacity, at most [`MARGIN_MAX`]) and decays exponentially
+/// least [`MARGIN_FIRST`] of the capacity or what the refusal lacked, at most [`MARGIN_MAX`]) and decays exponentially
 /// while no refusal comes, like a congestion window after a loss. It is an offset of the
 /// bucket's level, not a rate: while the bucket is the binding one requests still leave at its
 /// refill rate, so a margin costs one delay of `margin / rate`, not throughput. Kept as a share,
@@ -118,9 +119,16 @@ impl Margin {
         }
     }
 
-    /// A refusal: doubles the margin within its bounds. Returns the new share.
-    pub(super) fn raise(&mut self, now: Instant) -> f64 {
-        self.share = (self.share(now) * 2.0).clamp(MARGIN_FIRST, MARGIN_MAX);
+    /// A refusal: doubles the margin within its bounds — at least [`MARGIN_FIRST`], and at
+    /// least the share the refusal showed lacking (`at_least`, when its readings say). Returns
+    /// the new share.
+    pub(super) fn raise(&mut self, at_least: Option<f64>, now: Instant) -> f64 {
+        let first = at_least
+            .filter(|s| s.is_finite())
+            .map_or(MARGIN_FIRST, |s| s.max(MARGIN_FIRST));
+        self.share = (self.share(now) * 2.0)
+            .max(first)
+            .clamp(MARGIN_FIRST, MARGIN_MAX);
         self.at = Some(now);
         self.share
     }
@@ -404,12 +412,12 @@ mod tests {
         let mut m = Margin::default();
         let now = Instant::now();
         assert_eq!(m.get(10_000, now), 0);
-        m.raise(now);
+        m.raise(None, now);
         assert_eq!(m.get(10_000, now), 500);
-        m.raise(now);
+        m.raise(None, now);
         assert_eq!(m.get(10_000, now), 1_000);
         for _ in 0..5 {
-            m.raise(now);
+            m.raise(None, now);
         }
         assert_eq!(m.get(100, now), 50, "at most half the capacity");
         let later = now + MARGIN_DECAY;

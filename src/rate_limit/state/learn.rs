@@ -592,29 +592,33 @@ impl KeyState {
         } else {
             0
         };
-        let named: Vec<usize> = snapshot
+        // Each dimension the refusal names, with the units it lacked: the request's cost beyond
+        // what the reading says was left (and its rounding).
+        let named: Vec<(usize, u64)> = snapshot
             .iter()
-            .filter(|(d, r)| {
-                let t = if *d == Dimension::Requests { 0 } else { tol };
-                r.remaining()
-                    .is_some_and(|rem| rem < record.charge[d.index()].saturating_add(t))
+            .filter_map(|(d, r)| {
+                let t = if d == Dimension::Requests { 0 } else { tol };
+                let need = record.charge[d.index()].saturating_add(t);
+                let rem = r.remaining()?;
+                (rem < need).then(|| (d.index(), need - rem))
             })
-            .map(|(d, _)| d.index())
             .collect();
-        let dims: Vec<usize> = if named.is_empty() {
-            (0..4).collect()
+        let dims: Vec<(usize, Option<u64>)> = if named.is_empty() {
+            (0..4).map(|i| (i, None)).collect()
         } else {
-            named
+            named.into_iter().map(|(i, lack)| (i, Some(lack))).collect()
         };
         let mut raised = false;
-        for i in dims {
+        for (i, lack) in dims {
             let Some(b) = self.buckets.get(Dimension::ALL[i]) else {
                 continue;
             };
-            let share = self.margin[i].raise(now);
+            let at_least = lack.map(|l| l as f64 / b.capacity().max(1) as f64);
+            let share = self.margin[i].raise(at_least, now);
             raised = true;
             tracing::info!(key = %key, dimension = Dimension::ALL[i].as_str(), margin = share,
-                capacity = b.capacity(), "rate limit: refused where the model said it fits; margin raised");
+                lacked = ?lack, capacity = b.capacity(),
+                "rate limit: refused where the model said it fits; margin raised");
         }
         if raised {
             self.tightened_seq = self.dispatch_seq;
