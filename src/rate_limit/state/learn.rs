@@ -14,6 +14,7 @@ impl KeyState {
     ) -> Option<Instant> {
         let now = Instant::now();
         self.accrue_others(now);
+        let capacities_before = Dimension::ALL.map(|d| self.capacity(d).map(|c| c.0));
         let Reply {
             snapshot,
             outcome,
@@ -145,7 +146,12 @@ impl KeyState {
         if limited {
             // Evidence: the model said it would fit (judged with what the refusal's readings
             // just taught, a lower limit say).
-            self.tighten(key, record, snapshot, now);
+            // A limit this refusal taught lower than the one admitted against explains it.
+            let lowered = Dimension::ALL.map(|d| {
+                let after = self.capacity(d).map(|c| c.0);
+                matches!((capacities_before[d.index()], after), (Some(b), Some(a)) if a < b)
+            });
+            self.tighten(key, record, snapshot, lowered, now);
             // The limiter holds a retry of this request until the key may send again — unless
             // the server asked for longer than the re-check: then the retry honours the
             // server's wait itself (the SDKs' rule), while the key's other requests re-check.
@@ -580,6 +586,7 @@ impl KeyState {
         key: &RateLimitKey,
         record: &Record,
         snapshot: &RateLimitSnapshot,
+        lowered: [bool; 4],
         now: Instant,
     ) {
         // A probe went because nothing was known: its refusal disproves no prediction. Nor does
@@ -613,6 +620,9 @@ impl KeyState {
             let Some(b) = self.buckets.get(Dimension::ALL[i]) else {
                 continue;
             };
+            if lowered[i] {
+                continue;
+            }
             let at_least = lack.map(|l| l as f64 / b.capacity().max(1) as f64);
             let share = self.margin[i].raise(at_least, now);
             raised = true;
