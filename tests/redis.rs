@@ -45,7 +45,7 @@ fn ops(stores: &[RedisStore]) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_instances_share_one_budget_local_ones_overshoot() {
+async fn four_instances_share_one_budget_local_ones_pay_for_it() {
     let Some(server) = RedisServer::start() else {
         return;
     };
@@ -91,12 +91,16 @@ async fn four_instances_share_one_budget_local_ones_overshoot() {
     // Leases keep Redis off the hot path: fewer round trips than requests (about 0.5 with the
     // default 500 ms lease; the margin absorbs a loaded machine, this test runs on the real clock).
     assert!((shared_ops as f64) < shared.ok() as f64, "{shared_ops} ops");
-    // Pacing alone, each instance spends the whole refill: many times the 429s.
+    // Independent limiters each start out spending the whole refill; the closed loop then
+    // learns the others as "other clients" from the refusals and readings, so they pay in
+    // refusals or in goodput, where the shared budget pays in neither.
     assert!(
-        local.share_429() > 0.05 && local.share_429() > 5.0 * shared.share_429(),
-        "local 429 share {} vs shared {}",
+        local.share_429() > shared.share_429() || local.ok() < shared.ok(),
+        "local: 429 share {} and {} ok; shared: 429 share {} and {} ok",
         local.share_429(),
-        shared.share_429()
+        local.ok(),
+        shared.share_429(),
+        shared.ok()
     );
 }
 

@@ -26,6 +26,16 @@ use super::{Bucket, RateLimitKey};
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The buckets of a key the limiter sees for the first time (or again after evicting it).
     fn open(&self, key: &RateLimitKey) -> Box<dyn Buckets>;
+
+    /// Whether the buckets are shared with other processes (default `false`). The limiter then
+    /// learns no share of "other clients" from the readings (the other processes of the fleet
+    /// are what the shared buckets already count: charging them again would spend the fleet's
+    /// budget twice) and keeps no margin after a refusal (what [`Buckets::get`] shows is this
+    /// process's lease, not the server's level; a margin of the server's bucket would never fit
+    /// in it).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// The buckets of one key, one per [`Dimension`]; `None` when the dimension's capacity is unknown

@@ -338,6 +338,10 @@ impl Store for RedisStore {
     fn open(&self, key: &RateLimitKey) -> Box<dyn Buckets> {
         Box::new(lease::RedisBuckets::open(self.inner.clone(), key))
     }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
 }
 
 pub(crate) struct Inner {

@@ -113,6 +113,8 @@ pub(super) struct KeyState {
     /// The share of each bucket's refill other clients of the organisation take, learned from
     /// the readings, and charged to the local bucket as it accrues.
     pub(super) others: [Others; 4],
+    /// Whether the buckets are shared with other processes (see [`Store::is_shared`]).
+    pub(super) shared_store: bool,
     /// Units kept free per dimension since the server refused what the model said would fit.
     pub(super) margin: [Margin; 4],
     /// Dispatches before the last raise of a margin: a refusal of one of them is the same
@@ -339,10 +341,15 @@ impl KeyState {
                 b.charge(ahead[i], now);
             }
             // The cost with the margin refusals set aside, never more than the whole bucket (a
-            // re-check of a limit below the cost waits for a full bucket).
-            let need = charge[i]
-                .saturating_add(self.margin[i].get(b.capacity(), now))
-                .min(b.capacity());
+            // re-check of a limit below the cost waits for a full bucket). A shared store shows
+            // this process its lease, not the server's level: a margin of the server's bucket
+            // would never fit in it.
+            let margin = if self.shared_store {
+                0
+            } else {
+                self.margin[i].get(b.capacity(), now)
+            };
+            let need = charge[i].saturating_add(margin).min(b.capacity());
             let t = match b.ready_at(need, self.usable(b.capacity(), now)) {
                 Some(t) => t,
                 // Only a ramp makes a cost that fits the capacity not fit the usable share:

@@ -391,7 +391,7 @@ impl KeyState {
         let old = target.full_at();
         // How far off the model was, as evidence of what other clients take: measured from the
         // middle of what the readings allow, so that the edges' tolerances do not bias it.
-        if !created {
+        if !created && !self.shared_store {
             let mid = lo_at + hi_at.saturating_duration_since(lo_at) / 2;
             let off = if old < mid {
                 mid.saturating_duration_since(old).as_secs_f64()

@@ -311,6 +311,7 @@ impl RateLimitState {
                 input_read_through: 0,
                 margin: [Margin::default(); 4],
                 others: [Others::new(now); 4],
+                shared_store: self.shared.store.is_shared(),
                 tightened_seq: 0,
                 throttle: None,
                 sends: Sends::default(),
