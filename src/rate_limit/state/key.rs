@@ -370,6 +370,19 @@ impl KeyState {
                 }
                 None => t,
             };
+            // Other clients take their share of the refill while this waits (it is charged as
+            // it accrues): the wait is longer by that share, and never shorter than a
+            // millisecond, so a waiter does not wake again and again for the last sliver.
+            let share = self.others[i].share();
+            let t = if t > now && share > 0.0 {
+                let wait = t.saturating_duration_since(now).as_secs_f64() / (1.0 - share);
+                add(
+                    now,
+                    Duration::from_secs_f64(wait.min(1e7)).max(Duration::from_millis(1)),
+                )
+            } else {
+                t
+            };
             if t > at {
                 at = t;
                 dim = Some(d);

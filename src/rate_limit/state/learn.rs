@@ -181,9 +181,12 @@ impl KeyState {
         // the key until a re-check; a server that really allows nothing refuses, and its 429s
         // pause the key), a remaining above the limit, a reset beyond the bucket's window (a
         // per-minute bucket is full within a minute; years ahead means a broken `date`).
-        let limit = reading.limit().filter(|l| *l > 0);
-        if reading.limit() == Some(0) {
-            tracing::debug!(key = %key, dimension = d.as_str(), "rate limit: ignored a limit of 0");
+        let limit = reading
+            .limit()
+            .filter(|l| *l > 0 && *l <= MAX_PLAUSIBLE_LIMIT);
+        if reading.limit().is_some() && limit.is_none() {
+            tracing::debug!(key = %key, dimension = d.as_str(), limit = ?reading.limit(),
+                "rate limit: ignored an implausible limit");
         }
         if let Some(limit) = limit {
             let window = reading.window().unwrap_or(self.window);

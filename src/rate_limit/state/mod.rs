@@ -57,6 +57,11 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_millis(500);
 /// ask the server again (and another one each interval while the server keeps refusing).
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The largest limit a server's reading is believed for (10^12 units per window: no provider
+/// sells a trillion tokens a minute); above it the reading is an error, and honouring it would
+/// only make the arithmetic saturate.
+const MAX_PLAUSIBLE_LIMIT: u64 = 1_000_000_000_000;
+
 /// How far beyond its window a reset may lie and still be believed (a per-minute bucket cannot
 /// be full later than a minute from now, give or take the reading's resolution).
 const RESET_SLACK: Duration = Duration::from_secs(5);
