@@ -224,42 +224,22 @@ const THROTTLE_MIN_RATE: f64 = 0.05;
 const THROTTLE_RECOVERY_MAX: Duration = Duration::from_secs(120);
 /// Requests a cycle of growing back takes at least (see [`Throttle::recovery`]).
 const RECOVERY_REQUESTS: f64 = 40.0;
-/// The window over which accepted requests are counted, and how many are kept.
-const ACCEPTED_WINDOW: Duration = Duration::from_secs(60);
-const ACCEPTED_KEPT: usize = 4096;
+/// The window over which the requests a server accepted bound its rate.
+pub(super) const ACCEPTED_WINDOW: Duration = Duration::from_secs(60);
 
-/// When the server accepted requests of a key lately. A server whose bucket holds a minute of
-/// refill accepts at most twice its rate over any minute, whatever burst it first allowed: after
-/// a throttle this bounds the rate within a cut or two, instead of one cut per throttle down
-/// from the burst that met the first.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Accepted(VecDeque<Instant>);
-
-impl Accepted {
-    pub(super) fn push(&mut self, now: Instant) {
-        if self.0.len() == ACCEPTED_KEPT {
-            self.0.pop_front();
-        }
-        self.0.push_back(now);
-    }
-
-    /// Requests per second accepted over the last [`ACCEPTED_WINDOW`] (infinite when none).
-    pub(super) fn rate(&self, now: Instant) -> f64 {
-        let window = ACCEPTED_WINDOW.as_secs_f64();
-        let recent = self
-            .0
-            .iter()
-            .filter(|at| now.saturating_duration_since(**at).as_secs_f64() <= window)
-            .count();
-        if recent == 0 {
-            f64::INFINITY
-        } else {
-            recent as f64 / window
-        }
+/// What a throttle says the server's rate is at most: the rate the key was sending
+/// (`measured`), or the rate the server `accepted` over [`ACCEPTED_WINDOW`] when the key sent
+/// faster than that (else it only measures the key's own pace). A server whose bucket holds a
+/// minute of refill accepts at most twice its rate over any minute, whatever burst it first
+/// allowed: this bounds the rate within a cut or two, instead of one cut per throttle down from
+/// the burst that met the first.
+fn bound(measured: f64, accepted: f64) -> f64 {
+    if measured > accepted * 1.2 {
+        accepted
+    } else {
+        measured
     }
 }
-/// Sends remembered to measure the rate at which the key sends.
-const SENDS_KEPT: usize = 16;
 
 /// A request rate learned from throttles alone, for servers that send no rate-limit headers
 /// (Bedrock, Vertex, gateways): CUBIC as in the AWS SDKs' adaptive retry mode. After a throttle
@@ -276,9 +256,10 @@ pub(super) struct Throttle {
 }
 
 impl Throttle {
-    /// The first throttle, when the key was sending at `measured` requests per second.
-    pub(super) fn new(measured: f64, seq: u64, now: Instant) -> Self {
-        let w_max = measured.max(THROTTLE_MIN_RATE);
+    /// The first throttle, when the key was sending at `measured` requests per second and the
+    /// server `accepted` lately (see [`bound`]).
+    pub(super) fn new(measured: f64, accepted: f64, seq: u64, now: Instant) -> Self {
+        let w_max = bound(measured, accepted).max(THROTTLE_MIN_RATE);
         Throttle {
             w_max,
             cut_at: now,
@@ -330,21 +311,12 @@ impl Throttle {
         )
     }
 
-    /// Another throttle: the rate drops to [`THROTTLE_BETA`] of the lowest of the current rate,
-    /// the `measured` sending rate, and the rate the server `accepted` lately (see
-    /// [`Accepted`]).
+    /// Another throttle: the rate drops to [`THROTTLE_BETA`] of the lower of the current rate
+    /// and the [`bound`] of what the key sent and the server accepted.
     pub(super) fn cut(&mut self, measured: f64, accepted: f64, seq: u64, now: Instant) -> f64 {
-        // What the server accepted bounds its rate only while the key sent faster than that
-        // (else it measures our own pace).
-        let accepted = if measured > accepted * 1.2 {
-            accepted
-        } else {
-            f64::INFINITY
-        };
         self.w_max = self
             .rate(now)
-            .min(measured)
-            .min(accepted)
+            .min(bound(measured, accepted))
             .max(THROTTLE_MIN_RATE);
         self.cut_at = now;
         self.cut_seq = seq;
@@ -355,30 +327,61 @@ impl Throttle {
     }
 }
 
-/// The recent sends of a key, to measure its sending rate.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Sends(VecDeque<Instant>);
+/// Instants of the most recent events of a key (sends, or requests the server accepted), at
+/// most a fixed number, to measure a rate.
+#[derive(Clone, Debug)]
+pub(super) struct Recent {
+    at: VecDeque<Instant>,
+    kept: usize,
+}
 
-impl Sends {
-    pub(super) fn push(&mut self, now: Instant) {
-        if self.0.len() == SENDS_KEPT {
-            self.0.pop_front();
+impl Recent {
+    /// Sends: enough to measure the pace of a burst.
+    pub(super) fn sends() -> Self {
+        Recent {
+            at: VecDeque::new(),
+            kept: 16,
         }
-        self.0.push_back(now);
     }
 
-    /// Requests per second over the remembered sends and up to `now` (one per second when
-    /// fewer than two are remembered).
-    pub(super) fn rate(&self, now: Instant) -> f64 {
-        match (self.0.front(), self.0.len()) {
+    /// Requests the server accepted: a minute's worth at thousands a minute.
+    pub(super) fn accepted() -> Self {
+        Recent {
+            at: VecDeque::new(),
+            kept: 4096,
+        }
+    }
+
+    pub(super) fn push(&mut self, now: Instant) {
+        if self.at.len() == self.kept {
+            self.at.pop_front();
+        }
+        self.at.push_back(now);
+    }
+
+    /// Events per second from the oldest one kept up to `now` (one per second when fewer than
+    /// two are kept).
+    pub(super) fn pace(&self, now: Instant) -> f64 {
+        match (self.at.front(), self.at.len()) {
             (Some(first), n) if n >= 2 => {
-                let span = now
-                    .saturating_duration_since(*first)
-                    .as_secs_f64()
-                    .max(0.001);
-                (n - 1) as f64 / span
+                let span = now.saturating_duration_since(*first).as_secs_f64();
+                (n - 1) as f64 / span.max(0.001)
             }
             _ => 1.0,
+        }
+    }
+
+    /// Events per second over the last `window` (infinite when none).
+    pub(super) fn within(&self, window: Duration, now: Instant) -> f64 {
+        let recent = self
+            .at
+            .iter()
+            .filter(|at| now.saturating_duration_since(**at) <= window)
+            .count();
+        if recent == 0 {
+            f64::INFINITY
+        } else {
+            recent as f64 / window.as_secs_f64()
         }
     }
 }
@@ -431,7 +434,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn throttle_cuts_then_grows_back_and_beyond() {
         let now = Instant::now();
-        let mut t = Throttle::new(2.0, 1, now);
+        let mut t = Throttle::new(2.0, f64::INFINITY, 1, now);
         assert!((t.rate(now) - 1.4).abs() < 1e-9);
         assert!((t.rate(now + THROTTLE_RECOVERY) - 2.0).abs() < 1e-9);
         assert!(t.rate(now + THROTTLE_RECOVERY * 2) > 2.5);

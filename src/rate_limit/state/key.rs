@@ -123,9 +123,9 @@ pub(super) struct KeyState {
     /// The request rate learned from throttles, for a key without rate-limit headers.
     pub(super) throttle: Option<Throttle>,
     /// Recent sends, to measure the sending rate when a throttle comes.
-    pub(super) sends: Sends,
+    pub(super) sends: Recent,
     /// When the server accepted this key's requests lately.
-    pub(super) accepted: Accepted,
+    pub(super) accepted: Recent,
     /// Dispatches before the current cooldown was set: an answer to a later one (the
     /// re-check) ends the cooldown.
     pub(super) cooldown_seq: u64,

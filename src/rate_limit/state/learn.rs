@@ -22,7 +22,6 @@ impl KeyState {
             usage,
         } = response;
         let limited = outcome.kind() == OutcomeKind::RateLimited;
-        let mut absorbed = None;
         if limited {
             // The server refused the request: it charged nothing for it.
             self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
@@ -51,7 +50,6 @@ impl KeyState {
                 }
                 _ => {}
             }
-            absorbed = Some(now);
         } else if outcome.is_success() {
             self.accepted.push(now);
         }
@@ -143,22 +141,22 @@ impl KeyState {
                 );
             }
         }
-        if limited {
-            // Evidence: the model said it would fit (judged with what the refusal's readings
-            // just taught, a lower limit say).
-            // A limit this refusal taught lower than the one admitted against explains it.
+        // A retry of a refused request is held until the key may send again — unless the server
+        // asked for longer than the re-check: then the retry honours the server's wait itself
+        // (the SDKs' rule), while the key's other requests re-check.
+        let absorbed = if limited {
+            // Evidence: the model said it would fit, judged with what the refusal's readings
+            // just taught (a limit they lowered explains the refusal).
             let lowered = Dimension::ALL.map(|d| {
                 let after = self.capacity(d).map(|c| c.0);
                 matches!((capacities_before[d.index()], after), (Some(b), Some(a)) if a < b)
             });
             self.tighten(key, record, snapshot, lowered, now);
-            // The limiter holds a retry of this request until the key may send again — unless
-            // the server asked for longer than the re-check: then the retry honours the
-            // server's wait itself (the SDKs' rule), while the key's other requests re-check.
             let asked = outcome.retry_after().unwrap_or_default();
-            absorbed =
-                (asked <= RECHECK_INTERVAL).then(|| self.ready_at(&record.charge, None, now).0);
-        }
+            (asked <= RECHECK_INTERVAL).then(|| self.ready_at(&record.charge, None, now).0)
+        } else {
+            None
+        };
         self.wake_head();
         absorbed
     }
@@ -641,24 +639,19 @@ impl KeyState {
     /// A throttle from a server that sends no rate-limit headers: pace the key on a rate
     /// learned from throttles alone.
     pub(super) fn throttled(&mut self, key: &RateLimitKey, record: &Record, now: Instant) {
-        let measured = self.sends.rate(now);
+        let measured = self.sends.pace(now);
+        let accepted = self.accepted.within(ACCEPTED_WINDOW, now);
         match &mut self.throttle {
             // A throttle of a request sent before the last cut, or soon after it, is the same
             // episode: a server whose bucket went into debt refuses for a while whatever the
             // pace, and cutting on each refusal would collapse the rate.
             Some(t) if record.seq <= t.cut_seq || !t.may_cut(now) => {}
             Some(t) => {
-                let rate = t.cut(measured, self.accepted.rate(now), self.dispatch_seq, now);
+                let rate = t.cut(measured, accepted, self.dispatch_seq, now);
                 tracing::info!(key = %key, rate_per_s = rate, "rate limit: throttled; pace lowered");
             }
             None => {
-                let accepted = self.accepted.rate(now);
-                let bound = if measured > accepted * 1.2 {
-                    accepted
-                } else {
-                    measured
-                };
-                let t = Throttle::new(measured.min(bound), self.dispatch_seq, now);
+                let t = Throttle::new(measured, accepted, self.dispatch_seq, now);
                 tracing::info!(key = %key, rate_per_s = t.rate(now),
                     "rate limit: throttled without rate-limit headers; pacing on a learned rate");
                 self.throttle = Some(t);

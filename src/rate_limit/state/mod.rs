@@ -14,7 +14,7 @@ mod snapshot;
 mod tests;
 mod ticket;
 
-use feedback::{Accepted, Margin, Others, Ratio, Sends, Throttle};
+use feedback::{ACCEPTED_WINDOW, Margin, Others, Ratio, Recent, Throttle};
 use key::{Anchor, Awaiting, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
 pub use snapshot::{BucketSnapshot, KeySnapshot};
 use ticket::Phase;
@@ -319,8 +319,8 @@ impl RateLimitState {
                 shared_store: self.shared.store.is_shared(),
                 tightened_seq: 0,
                 throttle: None,
-                sends: Sends::default(),
-                accepted: Accepted::default(),
+                sends: Recent::sends(),
+                accepted: Recent::accepted(),
                 cooldown_seq: 0,
                 cooldown_set: None,
                 last_recheck: None,
