@@ -319,13 +319,18 @@ impl KeyState {
         if !self.usage_seen
             && let Some((lo, hi)) = at_dispatch
         {
+            // The server's `full_at` for comparing successive readings: the interval's middle,
+            // unless the bucket may have been (nearly) full, when refill was lost and no
+            // comparison is possible.
             let level_hi = server_cap
                 .saturating_sub(server.span_units(hi.saturating_duration_since(dispatched)));
+            let full_at = (level_hi.saturating_add(server_cap / 20) < server_cap)
+                .then(|| lo + hi.saturating_duration_since(lo) / 2);
             if d == Dimension::InputTokens {
-                self.learn_input_factor(key, &server, lo, hi, level_hi, record);
+                self.learn_input_factor(key, &server, full_at, record);
             }
             if d == Dimension::OutputTokens {
-                self.learn_output_share(key, &server, lo, hi, level_hi, record);
+                self.learn_output_share(key, &server, full_at, record);
             }
         }
         // What this key charged that the reading cannot contain, read at admission: requests and
@@ -432,24 +437,22 @@ impl KeyState {
         }
     }
 
-    /// Compares what the server charged between two readings with the raw estimates of the
-    /// requests dispatched in between, and folds the ratio into the input correction factor.
+    /// Compares what the server charged between two readings (`full_at`: `None` when the
+    /// reading cannot be compared) with the raw estimates of the requests dispatched in between,
+    /// and folds the ratio into the input ratio.
     pub(super) fn learn_input_factor(
         &mut self,
         key: &RateLimitKey,
         server: &Bucket,
-        lo: Instant,
-        hi: Instant,
-        level_hi: u64,
+        full_at: Option<Instant>,
         record: &Record,
     ) {
-        if level_hi.saturating_add(server.capacity() / 20) >= server.capacity() {
-            // The server's bucket may have been full: refill lost, no comparison possible.
+        let Some(full_at) = full_at else {
             self.anchor = None;
             return;
-        }
+        };
         let here = Anchor {
-            full_at: lo + hi.saturating_duration_since(lo) / 2,
+            full_at,
             raw_after: record.raw_after,
         };
         let Some(a) = self.anchor else {
@@ -480,18 +483,15 @@ impl KeyState {
         &mut self,
         key: &RateLimitKey,
         server: &Bucket,
-        lo: Instant,
-        hi: Instant,
-        level_hi: u64,
+        full_at: Option<Instant>,
         record: &Record,
     ) {
-        if level_hi.saturating_add(server.capacity() / 20) >= server.capacity() {
-            // The server's bucket may have been full: refill lost, no comparison possible.
+        let Some(full_at) = full_at else {
             self.output_anchor = None;
             return;
-        }
+        };
         let here = OutputAnchor {
-            full_at: lo + hi.saturating_duration_since(lo) / 2,
+            full_at,
             known: record.known_before,
             unknown: record.unknown_before,
         };
