@@ -12,7 +12,7 @@ use super::error::Open;
 use super::registry::Permit;
 use crate::BoxError;
 use crate::error::PolledAfterCompletion;
-use crate::signals::{Classify, ResponseSignals};
+use crate::signals::{Classify, ResponseSignals, StreamOutcome};
 
 pin_project! {
     /// The future of [`CircuitBreaker`](super::CircuitBreaker): an immediately ready
@@ -128,7 +128,13 @@ where
                     Ok(response) => ResponseSignals::outcome_or(response, &*this.classifier),
                     Err(error) => this.classifier.classify_error(&**error),
                 };
-                permit.complete(&outcome);
+                match result.as_ref().ok().and_then(StreamOutcome::of) {
+                    // A stream's head says little: its end is counted (a probe lasts as long).
+                    Some(stream) if outcome.is_success() => {
+                        stream.on_end(move |outcome| permit.complete(outcome))
+                    }
+                    _ => permit.complete(&outcome),
+                }
             }
             return Poll::Ready(result);
         }

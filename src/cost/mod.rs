@@ -172,23 +172,45 @@ impl Usage {
     pub fn from_json(body: &[u8]) -> Option<Usage> {
         #[derive(serde::Deserialize)]
         struct Answer {
-            usage: Option<Counts>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Counts {
-            input_tokens: Option<u64>,
-            cache_creation_input_tokens: Option<u64>,
-            prompt_tokens: Option<u64>,
-            output_tokens: Option<u64>,
-            completion_tokens: Option<u64>,
+            usage: Option<UsageCounts>,
         }
         let counts = serde_json::from_slice::<Answer>(body).ok()?.usage?;
-        let input = counts
-            .input_tokens
-            .or(counts.prompt_tokens)?
-            .saturating_add(counts.cache_creation_input_tokens.unwrap_or(0));
-        let output = counts.output_tokens.or(counts.completion_tokens)?;
-        Some(Usage::new(input, output))
+        Some(Usage::new(counts.input()?, counts.output()?))
+    }
+}
+
+/// A `usage` object as Anthropic and OpenAI write it, every count optional: the one reading of
+/// usage for answers ([`Usage::from_json`]) and stream events.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize)]
+pub(crate) struct UsageCounts {
+    input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl UsageCounts {
+    /// Input counted towards the input limit: `input_tokens` (or `prompt_tokens`) plus
+    /// `cache_creation_input_tokens`; cache reads do not count on current models.
+    pub(crate) fn input(&self) -> Option<u64> {
+        Some(
+            self.input_tokens
+                .or(self.prompt_tokens)?
+                .saturating_add(self.cache_creation_input_tokens.unwrap_or(0)),
+        )
+    }
+
+    /// Output tokens: `output_tokens` or `completion_tokens`.
+    pub(crate) fn output(&self) -> Option<u64> {
+        self.output_tokens.or(self.completion_tokens)
+    }
+
+    pub(crate) fn event_usage(&self) -> crate::signals::sse::EventUsage {
+        crate::signals::sse::EventUsage {
+            input_tokens: self.input(),
+            output_tokens: self.output(),
+        }
     }
 }
 

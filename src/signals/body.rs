@@ -10,7 +10,10 @@ use http_body::{Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::DEFAULT_STREAM_IDLE_TIMEOUT;
+use super::stream::StreamWatch;
 use super::usage::UsageWatch;
+use crate::BoxError;
 use crate::cost::UsageReport;
 
 /// The default limit on the size of an error body the [`ErrorBodyLayer`] reads: 64 KiB.
@@ -94,6 +97,36 @@ impl ApiError {
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }
+
+    /// The HTTP status a provider answers this kind of error with, for an error that arrived
+    /// inside a `200` event stream: Anthropic's table (`invalid_request_error` 400,
+    /// `authentication_error` 401, `billing_error` 402, `permission_error` 403,
+    /// `not_found_error` 404, `request_too_large` 413, `rate_limit_error` 429, `api_error` 500,
+    /// `timeout_error` 504, `overloaded_error` 529) and OpenAI's names for the same
+    /// (`rate_limit_exceeded`, `insufficient_quota` 429; `server_error` 500); 500 for any other
+    /// kind or none.
+    ///
+    /// ```
+    /// use tower_llm_limits::signals::ApiError;
+    ///
+    /// let event = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    /// assert_eq!(ApiError::from_json(event).unwrap().status().as_u16(), 529);
+    /// ```
+    pub fn status(&self) -> http::StatusCode {
+        let code = match self.kind() {
+            Some("invalid_request_error") => 400,
+            Some("authentication_error") => 401,
+            Some("billing_error") => 402,
+            Some("permission_error") => 403,
+            Some("not_found_error") => 404,
+            Some("request_too_large") => 413,
+            Some("rate_limit_error" | "rate_limit_exceeded" | "insufficient_quota") => 429,
+            Some("timeout_error") => 504,
+            Some("overloaded_error") => 529,
+            _ => 500,
+        };
+        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
 }
 
 /// Reads non-2xx response bodies up to a limit, stores the parsed [`ApiError`] in the response's
@@ -159,6 +192,7 @@ pub struct ErrorBody<S> {
     inner: S,
     max: usize,
     timeout: Duration,
+    idle: Duration,
 }
 
 impl<S> ErrorBody<S> {
@@ -169,6 +203,7 @@ impl<S> ErrorBody<S> {
             inner,
             max: DEFAULT_MAX_ERROR_BODY,
             timeout: DEFAULT_ERROR_BODY_TIMEOUT,
+            idle: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 
@@ -198,6 +233,7 @@ impl<S> ErrorBody<S> {
 pub struct ErrorBodyLayer {
     max: usize,
     timeout: Duration,
+    idle: Duration,
 }
 
 impl ErrorBodyLayer {
@@ -207,6 +243,7 @@ impl ErrorBodyLayer {
         ErrorBodyLayer {
             max: DEFAULT_MAX_ERROR_BODY,
             timeout: DEFAULT_ERROR_BODY_TIMEOUT,
+            idle: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 
@@ -222,6 +259,14 @@ impl ErrorBodyLayer {
     /// Keep it well below a retry [`deadline`](crate::retry::Policy::deadline).
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets how long a successful event stream may stay silent while its caller waits before
+    /// it ends with [`StreamInterrupted`](super::StreamInterrupted) (default
+    /// [`DEFAULT_STREAM_IDLE_TIMEOUT`], 120 s).
+    pub fn stream_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle;
         self
     }
 }
@@ -240,6 +285,7 @@ impl<S> Layer<S> for ErrorBodyLayer {
             inner,
             max: self.max,
             timeout: self.timeout,
+            idle: self.idle,
         }
     }
 }
@@ -274,7 +320,17 @@ pin_project_lite::pin_project! {
         // Outgrew the limit: the bytes read, then the rest of the original body.
         Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
         // Reading failed: the bytes read, then the error.
-        Failed { prefix: Option<Bytes>, error: Option<B::Error> },
+        Failed { prefix: Option<Bytes>, error: Option<BoxError> },
+        // A successful event stream, watched as it passes: the bytes read before the head was
+        // handed on, then the rest of the body; ends with `StreamInterrupted` when it breaks.
+        Streaming {
+            prefix: Option<Bytes>,
+            body: Pin<Box<B>>,
+            watch: Box<StreamWatch>,
+            idle: Option<Pin<Box<tokio::time::Sleep>>>,
+            // An error to return after the frame just handed on, or `Done` once finished.
+            after: After,
+        },
     }
 }
 
@@ -282,6 +338,7 @@ impl<B: http_body::Body> std::fmt::Debug for MaybeBuffered<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.inner {
             Inner::Passthrough { .. } | Inner::Watched { .. } => "passthrough",
+            Inner::Streaming { .. } => "streaming",
             Inner::Buffered { .. } => "buffered",
             Inner::Prefixed { .. } => "prefixed",
             Inner::Failed { .. } => "failed",
@@ -343,7 +400,15 @@ impl<B: http_body::Body> MaybeBuffered<B> {
     }
 
     /// `prefix`, then `error`.
-    pub(crate) fn failed(prefix: Bytes, error: B::Error) -> Self {
+    pub(crate) fn failed(prefix: Bytes, error: B::Error) -> Self
+    where
+        B::Error: Into<BoxError>,
+    {
+        Self::failed_boxed(prefix, error.into())
+    }
+
+    /// `prefix`, then `error`.
+    pub(crate) fn failed_boxed(prefix: Bytes, error: BoxError) -> Self {
         MaybeBuffered {
             inner: Inner::Failed {
                 prefix: non_empty(prefix),
@@ -352,13 +417,34 @@ impl<B: http_body::Body> MaybeBuffered<B> {
         }
     }
 
+    /// `prefix`, then the rest of `body`, watched as an event stream.
+    pub(crate) fn streaming(prefix: Bytes, body: Pin<Box<B>>, watch: StreamWatch) -> Self {
+        MaybeBuffered {
+            inner: Inner::Streaming {
+                prefix: non_empty(prefix),
+                body,
+                watch: Box::new(watch),
+                idle: None,
+                after: After::Continue,
+            },
+        }
+    }
+
     /// `true` when the body was read into memory (completely or up to the limit).
     pub fn is_buffered(&self) -> bool {
         !matches!(
             self.inner,
-            Inner::Passthrough { .. } | Inner::Watched { .. }
+            Inner::Passthrough { .. } | Inner::Watched { .. } | Inner::Streaming { .. }
         )
     }
+}
+
+/// What a watched stream does after the frame it just handed on.
+#[derive(Debug)]
+pub(crate) enum After {
+    Continue,
+    Fail(Option<BoxError>),
+    Done,
 }
 
 fn data_frame<E>(data: Bytes) -> Poll<Option<Result<Frame<Bytes>, E>>> {
@@ -368,18 +454,21 @@ fn data_frame<E>(data: Bytes) -> Poll<Option<Result<Frame<Bytes>, E>>> {
 impl<B> http_body::Body for MaybeBuffered<B>
 where
     B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    /// The inner body's error, boxed; or [`StreamInterrupted`](super::StreamInterrupted) when a
+    /// watched event stream breaks.
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
-            InnerProj::Passthrough { body } => body.poll_frame(cx),
+            InnerProj::Passthrough { body } => body.poll_frame(cx).map_err(Into::into),
             InnerProj::Watched { body, watch } => {
-                let frame = body.poll_frame(cx);
+                let frame = body.poll_frame(cx).map_err(Into::into);
                 match &frame {
                     Poll::Ready(Some(Ok(f))) => {
                         if let (Some(w), Some(data)) = (watch.as_mut(), f.data_ref()) {
@@ -404,17 +493,25 @@ where
             },
             InnerProj::Prefixed { prefix, body } => match prefix.take() {
                 Some(data) => data_frame(data),
-                None => body.as_mut().poll_frame(cx),
+                None => body.as_mut().poll_frame(cx).map_err(Into::into),
             },
             InnerProj::Failed { prefix, error } => match prefix.take() {
                 Some(data) => data_frame(data),
                 None => Poll::Ready(error.take().map(Err)),
             },
+            InnerProj::Streaming {
+                prefix,
+                body,
+                watch,
+                idle,
+                after,
+            } => poll_stream(cx, prefix, body, watch, idle, after),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
+            Inner::Streaming { .. } => false,
             Inner::Passthrough { body } | Inner::Watched { body, .. } => body.is_end_stream(),
             Inner::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
             Inner::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
@@ -437,6 +534,77 @@ where
                 hint
             }
             Inner::Failed { prefix, .. } => SizeHint::with_exact(len(prefix)),
+            Inner::Streaming { prefix, .. } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(len(prefix));
+                hint
+            }
+        }
+    }
+}
+
+/// One step of a watched event stream (see [`StreamOutcome`](super::StreamOutcome)).
+fn poll_stream<B>(
+    cx: &mut Context<'_>,
+    prefix: &mut Option<Bytes>,
+    body: &mut Pin<Box<B>>,
+    watch: &mut StreamWatch,
+    idle: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    after: &mut After,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match after {
+        After::Continue => {}
+        After::Fail(error) => {
+            let error = error.take();
+            *after = After::Done;
+            return Poll::Ready(error.map(Err));
+        }
+        After::Done => return Poll::Ready(None),
+    }
+    let handed = |data: &Bytes, watch: &mut StreamWatch, after: &mut After| {
+        watch.delivered(data.len());
+        if watch.failed() {
+            // The error event goes to the caller, then the typed error.
+            *after = After::Fail(Some(watch.error_event()));
+        }
+    };
+    if let Some(data) = prefix.take() {
+        handed(&data, watch, after);
+        return data_frame(data);
+    }
+    match body.as_mut().poll_frame(cx) {
+        Poll::Ready(Some(Ok(frame))) => {
+            watch.heard();
+            if let Some(data) = frame.data_ref() {
+                watch.feed(data);
+                handed(data, watch, after);
+            }
+            Poll::Ready(Some(Ok(frame)))
+        }
+        Poll::Ready(None) => {
+            *after = After::Done;
+            match watch.finish() {
+                Ok(()) => Poll::Ready(None),
+                Err(e) => Poll::Ready(Some(Err(e))),
+            }
+        }
+        Poll::Ready(Some(Err(e))) => {
+            *after = After::Done;
+            Poll::Ready(Some(Err(watch.failed_with(e.into()))))
+        }
+        Poll::Pending => {
+            let at = watch.idle_deadline();
+            let sleep = idle.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+            std::task::ready!(sleep.as_mut().poll(cx));
+            *after = After::Done;
+            Poll::Ready(Some(Err(watch.idle())))
         }
     }
 }
@@ -445,6 +613,7 @@ impl<S, ReqB, ResB> Service<Request<ReqB>> for ErrorBody<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     ResB: http_body::Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
 {
     type Response = Response<MaybeBuffered<ResB>>;
     type Error = S::Error;
@@ -456,6 +625,12 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let usage = req.extensions_mut().remove::<UsageReport>();
-        super::future::ErrorBodyFuture::new(self.inner.call(req), self.max, self.timeout, usage)
+        super::future::ErrorBodyFuture::new(
+            self.inner.call(req),
+            self.max,
+            self.timeout,
+            self.idle,
+            usage,
+        )
     }
 }

@@ -9,8 +9,12 @@ use bytes::{Bytes, BytesMut};
 use http::response::Parts;
 use http::{HeaderMap, Response};
 
+use super::stream::StreamWatch;
 use super::usage::{MAX_WATCHED_BODY, UsageWatch};
-use super::{ApiError, Classify, MaybeBuffered, ResponseSignals};
+use super::{
+    ApiError, Classify, DefaultClassifier, MaybeBuffered, OutcomeKind, ResponseSignals,
+    StreamStartFailed,
+};
 use crate::cost::UsageReport;
 
 pin_project_lite::pin_project! {
@@ -32,13 +36,17 @@ impl<F, C> ResponseFuture<F, C> {
 impl<F, C, B, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    C: Classify,
+    C: Classify + Clone + Send + Sync + 'static,
 {
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(stream) = response.extensions().get::<super::StreamOutcome>() {
+            // The stream's end is decided by the same classifier as the head.
+            stream.classify_with(std::sync::Arc::new(this.classifier.clone()));
+        }
         let signals = ResponseSignals::from_response(&response, this.classifier);
         response.extensions_mut().insert(signals);
         Poll::Ready(Ok(response))
@@ -53,6 +61,7 @@ pin_project_lite::pin_project! {
         state: State<F, B>,
         max: usize,
         timeout: Duration,
+        idle: Duration,
         usage: Option<UsageReport>,
     }
 }
@@ -69,6 +78,8 @@ pin_project_lite::pin_project! {
             trailers: Option<HeaderMap>,
             // The time bound on reading the body (boxed: only error bodies are read).
             stall: Pin<Box<tokio::time::Sleep>>,
+            // A successful event stream, read up to its first event.
+            stream: Option<Box<StreamWatch>>,
         },
         Done,
     }
@@ -108,11 +119,18 @@ impl Read {
 }
 
 impl<F, B> ErrorBodyFuture<F, B> {
-    pub(crate) fn new(inner: F, max: usize, timeout: Duration, usage: Option<UsageReport>) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        max: usize,
+        timeout: Duration,
+        idle: Duration,
+        usage: Option<UsageReport>,
+    ) -> Self {
         ErrorBodyFuture {
             state: State::Calling { inner },
             max,
             timeout,
+            idle,
             usage,
         }
     }
@@ -160,6 +178,7 @@ impl<F, B, E> Future for ErrorBodyFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::BoxError>,
 {
     type Output = Result<Response<MaybeBuffered<B>>, E>;
 
@@ -169,6 +188,20 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { inner } => {
                     let response = ready!(inner.poll(cx))?;
+                    if response.status().is_success() && is_event_stream(&response) {
+                        // Read up to the first event before handing the head on.
+                        let watch = StreamWatch::new(this.usage.take(), *this.idle);
+                        let (parts, body) = response.into_parts();
+                        this.state.set(State::Reading {
+                            parts: Some(parts),
+                            body: Some(Box::pin(body)),
+                            read: Read::default(),
+                            trailers: None,
+                            stall: Box::pin(tokio::time::sleep(*this.timeout)),
+                            stream: Some(Box::new(watch)),
+                        });
+                        continue;
+                    }
                     if !should_read(&response, *this.max) {
                         this.state.set(State::Done);
                         let watch = this
@@ -187,6 +220,7 @@ where
                         read: Read::default(),
                         trailers: None,
                         stall: Box::pin(tokio::time::sleep(*this.timeout)),
+                        stream: None,
                     });
                 }
                 StateProj::Reading {
@@ -195,7 +229,26 @@ where
                     read,
                     trailers,
                     stall,
+                    stream,
                 } => {
+                    if let Some(watch) = stream.take() {
+                        let step =
+                            peek_stream(cx, parts, body, read, trailers, stall, watch, *this.max);
+                        match step {
+                            Peek::Pending(watch) => {
+                                *stream = Some(watch);
+                                return Poll::Pending;
+                            }
+                            Peek::Again(watch) => {
+                                *stream = Some(watch);
+                                continue;
+                            }
+                            Peek::Ready(response) => {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Ok(*response));
+                            }
+                        }
+                    }
                     let reading = body
                         .as_mut()
                         .expect("ErrorBody response future polled after completion");
@@ -272,6 +325,109 @@ where
                 // `error::PolledAfterCompletion`).
                 StateProj::Done => panic!("ErrorBody response future polled after completion"),
             }
+        }
+    }
+}
+
+enum Peek<B: http_body::Body> {
+    Pending(Box<StreamWatch>),
+    Again(Box<StreamWatch>),
+    Ready(Box<Response<MaybeBuffered<B>>>),
+}
+
+/// One step of reading a successful event stream up to its first event (see
+/// [`StreamOutcome`](super::StreamOutcome)).
+#[allow(clippy::too_many_arguments)]
+fn peek_stream<B>(
+    cx: &mut Context<'_>,
+    parts: &mut Option<Parts>,
+    body: &mut Option<Pin<Box<B>>>,
+    read: &mut Read,
+    trailers: &mut Option<HeaderMap>,
+    stall: &mut Pin<Box<tokio::time::Sleep>>,
+    mut watch: Box<StreamWatch>,
+    max: usize,
+) -> Peek<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::BoxError>,
+{
+    let (Some(reading), Some(_)) = (body.as_mut(), parts.as_ref()) else {
+        return Peek::Again(watch);
+    };
+    let hand_on = |watch: Box<StreamWatch>,
+                   parts: &mut Option<Parts>,
+                   body: &mut Option<Pin<Box<B>>>,
+                   read: &mut Read| {
+        let mut parts = parts.take().expect("parts present while reading");
+        let body = body.take().expect("body present while reading");
+        if watch.failed_at_start() {
+            // Nothing of an answer exists: the response's outcome is the error's.
+            let error = watch.error().cloned().unwrap_or_default();
+            parts.extensions.insert(error.clone());
+            parts
+                .extensions
+                .insert(StreamStartFailed::error_event(error));
+        } else {
+            parts.extensions.insert(watch.handle());
+        }
+        let body = MaybeBuffered::streaming(read.take(), body, *watch);
+        Peek::Ready(Box::new(Response::from_parts(parts, body)))
+    };
+    let frame = match reading.as_mut().poll_frame(cx) {
+        Poll::Ready(frame) => frame,
+        Poll::Pending => {
+            if stall.as_mut().poll(cx).is_pending() {
+                return Peek::Pending(watch);
+            }
+            // No event in time: hand it on, still watched (its idle bound goes on).
+            return hand_on(watch, parts, body, read);
+        }
+    };
+    match frame {
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => {
+                watch.heard();
+                watch.feed(&data);
+                read.push(data);
+                if watch.events() > 0 || read.len() > max {
+                    return hand_on(watch, parts, body, read);
+                }
+                Peek::Again(watch)
+            }
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers.get_or_insert_with(HeaderMap::new).extend(more);
+                }
+                Peek::Again(watch)
+            }
+        },
+        Some(Err(error)) => {
+            let error = error.into();
+            let kind = DefaultClassifier::new().classify_error(&*error).kind();
+            tracing::debug!(
+                read = read.len(),
+                kind = kind.as_str(),
+                "event stream failed before its first event"
+            );
+            let mut parts = parts.take().expect("parts present while reading");
+            parts.extensions.insert(StreamStartFailed::ended(kind));
+            body.take();
+            let body = MaybeBuffered::failed_boxed(read.take(), error);
+            Peek::Ready(Box::new(Response::from_parts(parts, body)))
+        }
+        None => {
+            tracing::debug!(
+                read = read.len(),
+                "event stream ended before its first event"
+            );
+            let mut parts = parts.take().expect("parts present while reading");
+            parts
+                .extensions
+                .insert(StreamStartFailed::ended(OutcomeKind::Connection));
+            body.take();
+            let body = MaybeBuffered::complete(read.take(), trailers.take());
+            Peek::Ready(Box::new(Response::from_parts(parts, body)))
         }
     }
 }

@@ -14,6 +14,10 @@
 //! - [`ResponseSignals`] is all of that for one response, parsed once, and
 //!   [`ResponseSignals::outcome_or`] the one rule by which every layer decides a response's
 //!   outcome;
+//! - [`StreamOutcome`] is the outcome of a streaming answer (`text/event-stream`), known when
+//!   its stream ends: [`ErrorBody`] watches every successful stream as it passes (see
+//!   [`sse`] for the parser, the `stream` section of [`ErrorBody`] for what is reported) and the
+//!   breaker and the adaptive cap count a stream's end as they count a head;
 //! - [`SignalsLayer`] parses each response once and stores the [`ResponseSignals`] in its
 //!   extensions, so the layers above read them instead of parsing headers again.
 //!
@@ -65,11 +69,13 @@ mod openai;
 mod parse;
 mod response;
 mod service;
+mod stream;
 #[cfg(feature = "tower-http")]
 mod tower_http_classify;
 mod usage;
 
 pub mod future;
+pub mod sse;
 
 pub use body::{
     ApiError, DEFAULT_ERROR_BODY_TIMEOUT, DEFAULT_MAX_ERROR_BODY, ErrorBody, ErrorBodyLayer,
@@ -81,6 +87,9 @@ pub use hints::{MAX_HINT, MAX_RETRY_AFTER, RetryHints, WaitSource};
 pub use layer::SignalsLayer;
 pub use response::ResponseSignals;
 pub use service::Signals;
+pub use stream::{
+    DEFAULT_STREAM_IDLE_TIMEOUT, StreamInterrupted, StreamOutcome, StreamStartFailed,
+};
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
 pub use tower_http_classify::OutcomesAsFailures;

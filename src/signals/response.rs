@@ -4,7 +4,10 @@
 use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 
-use super::{ApiError, Classify, DefaultClassifier, Outcome, RateLimitSnapshot, RetryHints};
+use super::{
+    ApiError, Classify, DefaultClassifier, Outcome, RateLimitSnapshot, RetryHints,
+    StreamStartFailed,
+};
 
 /// Everything a response says to a client that paces, retries and breaks circuits, parsed once.
 ///
@@ -47,14 +50,19 @@ impl ResponseSignals {
         }
     }
 
-    /// Parses a response with `classifier`.
+    /// Parses a response with `classifier`. A successful event stream that failed before its
+    /// first event ([`StreamStartFailed`] in its extensions) has that failure's outcome.
     pub fn from_response<B, C: Classify + ?Sized>(response: &Response<B>, classifier: &C) -> Self {
-        Self::parse(
+        let mut signals = Self::parse(
             response.status(),
             response.headers(),
             response.extensions().get::<ApiError>(),
             classifier,
-        )
+        );
+        if let Some(failed) = response.extensions().get::<StreamStartFailed>() {
+            signals.outcome = failed.outcome(classifier);
+        }
+        signals
     }
 
     /// The signals stored in `response` by [`Signals`](super::Signals), or parsed now with the
@@ -76,7 +84,11 @@ impl ResponseSignals {
     /// classifier given to that layer, so the retry policy, the circuit breaker, the adaptive
     /// concurrency limit and the rate limiter all act on the same reading. Else `classifier`'s
     /// reading of the response's status, headers, retry hints and [`ApiError`] (when an
-    /// [`ErrorBody`](super::ErrorBody) layer stored one).
+    /// [`ErrorBody`](super::ErrorBody) layer stored one). A successful event stream whose
+    /// first event was an error, or that failed before its first event
+    /// ([`StreamStartFailed`]), has the outcome of that failure (an `overloaded_error` reads as
+    /// a 529): nothing of an answer exists yet, so it is retried and counted like a failed head.
+    /// What happens later in a stream is its [`StreamOutcome`](super::StreamOutcome).
     ///
     /// So a custom classifier belongs on the [`SignalsLayer`](super::SignalsLayer) when the
     /// stack has one (the presets do); a layer's own classifier decides for responses that did
@@ -104,6 +116,11 @@ impl ResponseSignals {
     /// assert_eq!(outcome.kind(), OutcomeKind::Overloaded);
     /// ```
     pub fn outcome_or<B, C: Classify + ?Sized>(response: &Response<B>, classifier: &C) -> Outcome {
+        if let Some(failed) = response.extensions().get::<StreamStartFailed>()
+            && response.extensions().get::<ResponseSignals>().is_none()
+        {
+            return failed.outcome(classifier);
+        }
         match response.extensions().get::<ResponseSignals>() {
             Some(signals) => signals.outcome,
             None => {

@@ -89,7 +89,7 @@ impl<S, C> Signals<S, C> {
 impl<S, C, ReqB, ResB> Service<Request<ReqB>> for Signals<S, C>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    C: Classify + Clone,
+    C: Classify + Clone + Send + Sync + 'static,
 {
     type Response = Response<ResB>;
     type Error = S::Error;

@@ -11,7 +11,7 @@ use http_body::Body;
 use super::aimd::{AdaptiveLimiter, Sent};
 use crate::BoxError;
 use crate::concurrency::PermitBody;
-use crate::signals::{Classify, ResponseSignals};
+use crate::signals::{Classify, OutcomeKind, ResponseSignals, StreamOutcome};
 
 pin_project_lite::pin_project! {
     /// Response future of [`AdaptiveConcurrencyLimit`](super::AdaptiveConcurrencyLimit): the
@@ -66,7 +66,14 @@ where
                 Ok(response) => ResponseSignals::outcome_or(response, &feedback.classifier).kind(),
                 Err(error) => feedback.classifier.classify_error(&**error).kind(),
             };
-            feedback.limiter.record(feedback.sent, kind);
+            let Feedback { limiter, sent, .. } = feedback;
+            match result.as_ref().ok().and_then(|r| StreamOutcome::of(r)) {
+                // A stream is in flight until its end, which is its outcome.
+                Some(stream) if kind == OutcomeKind::Success => {
+                    stream.on_end(move |outcome| limiter.record(sent, outcome.kind()))
+                }
+                _ => limiter.record(sent, kind),
+            }
         }
         Poll::Ready(result)
     }
