@@ -16,7 +16,7 @@
 //!   outcome;
 //! - [`StreamOutcome`] is the outcome of a streaming answer (`text/event-stream`), known when
 //!   its stream ends: [`ErrorBody`] watches every successful stream as it passes (see
-//!   [`sse`] for the parser, the `stream` section of [`ErrorBody`] for what is reported) and the
+//!   [`sse`] for the parser, [`stream`] for what is reported) and the
 //!   breaker and the adaptive cap count a stream's end as they count a head;
 //! - [`SignalsLayer`] parses each response once and stores the [`ResponseSignals`] in its
 //!   extensions, so the layers above read them instead of parsing headers again.
@@ -69,13 +69,13 @@ mod openai;
 mod parse;
 mod response;
 mod service;
-mod stream;
 #[cfg(feature = "tower-http")]
 mod tower_http_classify;
 mod usage;
 
 pub mod future;
 pub mod sse;
+pub mod stream;
 
 pub use body::{
     ApiError, DEFAULT_ERROR_BODY_TIMEOUT, DEFAULT_MAX_ERROR_BODY, ErrorBody, ErrorBodyLayer,
