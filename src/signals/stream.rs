@@ -5,7 +5,7 @@
 //! next — usage, an `overloaded_error` in the middle, a cut connection, a stall — only the body
 //! tells. [`ErrorBody`](super::ErrorBody) (in every preset) watches every successful event
 //! stream as it goes to the caller (nothing is held back after the first event; see
-//! [`SseParser`](super::sse::SseParser)):
+//! [`sse::SseParser`](super::sse::SseParser)):
 //!
 //! - **Before the head is handed on**, it reads the stream up to its **first event** (within the
 //!   layer's size and time limits). When that event is an error (`event: error`, an OpenAI
