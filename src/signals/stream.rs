@@ -450,7 +450,11 @@ impl StreamWatch {
         }
     }
 
-    fn interrupted(&mut self, outcome: Outcome, source: Option<crate::BoxError>) -> crate::BoxError {
+    fn interrupted(
+        &mut self,
+        outcome: Outcome,
+        source: Option<crate::BoxError>,
+    ) -> crate::BoxError {
         Box::new(StreamInterrupted {
             outcome,
             api_error: self.error.clone(),

@@ -1,0 +1,396 @@
+//! Streaming answers (`text/event-stream`) through the whole preset: outcomes counted at the
+//! stream's end, usage settled from its events, retries only before the first event, permits
+//! given back however the stream ends. Scripted bodies on tokio's paused clock.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_llm_limits::breaker::State as BreakerState;
+use tower_llm_limits::preset::{self, PresetLayer};
+use tower_llm_limits::rate_limit::Limits;
+use tower_llm_limits::retry::Attempts;
+use tower_llm_limits::signals::{Dimension, OutcomeKind, StreamInterrupted};
+use tower_llm_limits::{BoxError, sim};
+
+const MODEL: &str = "claude-sonnet-4-5";
+
+/// One step of a scripted body.
+#[derive(Clone, Debug)]
+enum Step {
+    Data(&'static str),
+    Wait(Duration),
+    /// The connection fails.
+    Fail,
+    /// Nothing more, ever.
+    Stall,
+}
+
+/// A body that plays its steps, waiting on tokio's clock.
+struct Script {
+    steps: VecDeque<Step>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Body for Script {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(sleep) = self.sleep.as_mut() {
+                std::task::ready!(sleep.as_mut().poll(cx));
+                self.sleep = None;
+            }
+            return match self.steps.pop_front() {
+                None => Poll::Ready(None),
+                Some(Step::Data(d)) => {
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(d.as_bytes())))))
+                }
+                Some(Step::Wait(d)) => {
+                    self.sleep = Some(Box::pin(tokio::time::sleep(d)));
+                    continue;
+                }
+                Some(Step::Fail) => Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                ))))),
+                Some(Step::Stall) => {
+                    self.steps.push_front(Step::Stall);
+                    Poll::Pending
+                }
+            };
+        }
+    }
+}
+
+const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"usage\":{\"input_tokens\":1234,\"output_tokens\":1}}}\n\n";
+const BLOCK: &str = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\n";
+const DELTA: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n";
+const END: &str = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":321}}\n\n";
+const STOP: &str = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+const OVERLOADED: &str = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+
+fn complete() -> Vec<Step> {
+    // The message_start split in the middle of its JSON, the rest in small frames.
+    let (a, b) = START.split_at(70);
+    vec![
+        Step::Data(a),
+        Step::Data(b),
+        Step::Data(BLOCK),
+        Step::Data(DELTA),
+        Step::Data(DELTA),
+        Step::Data(END),
+        Step::Data(STOP),
+    ]
+}
+
+/// A server answering call `n` (from 0) with `script(n)` as an event stream; counts the calls.
+#[derive(Clone)]
+struct Server {
+    calls: Arc<AtomicUsize>,
+    script: Arc<dyn Fn(usize) -> Vec<Step> + Send + Sync>,
+}
+
+impl Server {
+    fn new(script: impl Fn(usize) -> Vec<Step> + Send + Sync + 'static) -> Self {
+        Server {
+            calls: Arc::new(AtomicUsize::new(0)),
+            script: Arc::new(script),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for Server {
+    type Response = Response<Script>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<Script>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let body = Script {
+            steps: (self.script)(n).into(),
+            sleep: None,
+        };
+        let response = Response::builder()
+            .header("content-type", "text/event-stream; charset=utf-8")
+            .body(body)
+            .map_err(Into::into);
+        std::future::ready(response)
+    }
+}
+
+fn request() -> Request<Full<Bytes>> {
+    let body = sim::message_body(MODEL, 2_000, 1_000, 300);
+    Request::post("https://api.anthropic.com/v1/messages")
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap()
+}
+
+/// The whole body: its bytes, and the error it ended with.
+async fn drain<B>(mut body: B) -> (Vec<u8>, Option<BoxError>)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(d) = frame.into_data() {
+                    data.extend_from_slice(&d);
+                }
+            }
+            Err(e) => return (data, Some(e.into())),
+        }
+    }
+    (data, None)
+}
+
+fn interrupted(error: &Option<BoxError>) -> &StreamInterrupted {
+    error
+        .as_ref()
+        .and_then(|e| e.downcast_ref::<StreamInterrupted>())
+        .unwrap_or_else(|| panic!("a StreamInterrupted, got {error:?}"))
+}
+
+fn layer() -> PresetLayer {
+    preset::anthropic().limits(Limits::per_minute(1_000, 1_000_000, 100_000))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mid_stream_overloaded_error_trips_the_breaker_and_lowers_the_adaptive_limit() {
+    let server = Server::new(|_| {
+        vec![
+            Step::Data(START),
+            Step::Data(BLOCK),
+            Step::Data(DELTA),
+            Step::Data(OVERLOADED),
+        ]
+    });
+    let layer = layer();
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(server.clone());
+    let limit = layer.get_concurrency().limiter().limit();
+    for i in 0..5 {
+        assert_eq!(
+            layer.get_breaker().state(),
+            BreakerState::Closed,
+            "call {i}"
+        );
+        let response = client.clone().oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let (data, error) = drain(response.into_body()).await;
+        assert!(
+            data.ends_with(OVERLOADED.as_bytes()),
+            "the error event reaches the caller"
+        );
+        let e = interrupted(&error);
+        assert_eq!(e.outcome().kind(), OutcomeKind::Overloaded);
+        assert_eq!(
+            e.api_error().and_then(|e| e.kind()),
+            Some("overloaded_error")
+        );
+        assert_eq!(e.events(), 5);
+        assert_eq!(e.bytes(), data.len() as u64);
+    }
+    assert!(
+        matches!(layer.get_breaker().state(), BreakerState::Open { .. }),
+        "five overloaded streams in a row open the breaker: {:?}",
+        layer.get_breaker().state()
+    );
+    let adaptive = layer.get_concurrency().limiter();
+    assert!(adaptive.decreases() >= 1);
+    assert!(adaptive.limit() < limit, "{} < {limit}", adaptive.limit());
+    assert_eq!(adaptive.in_flight(), 0);
+    // Nothing was retried: the caller had the stream.
+    assert_eq!(server.calls(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn complete_streams_count_as_successes_and_settle_usage_exactly() {
+    let server = Server::new(|_| complete());
+    let layer = layer();
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(server.clone());
+    let key = || layer.snapshot().rate_limit(MODEL).unwrap().clone();
+    let response = client.clone().oneshot(request()).await.unwrap();
+    // At the head the reservation is an estimate: not the server's count.
+    let at_head = key();
+    let output_at_head = at_head
+        .dimension(Dimension::OutputTokens)
+        .unwrap()
+        .remaining();
+    assert_ne!(output_at_head, 100_000 - 321);
+    let (data, error) = drain(response.into_body()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(data.ends_with(STOP.as_bytes()));
+    // The level after the stream is exactly what the server counted (the clock is paused: no
+    // refill in between).
+    let after = key();
+    let input = after.dimension(Dimension::InputTokens).unwrap().remaining();
+    let output = after
+        .dimension(Dimension::OutputTokens)
+        .unwrap()
+        .remaining();
+    assert_eq!(input, 1_000_000 - 1_234);
+    assert_eq!(output, 100_000 - 321);
+    assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+    assert_eq!(layer.get_breaker().state(), BreakerState::Closed);
+    assert_eq!(server.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pauses_shorter_than_the_idle_bound_are_not_a_stall() {
+    let pause = tower_llm_limits::signals::DEFAULT_STREAM_IDLE_TIMEOUT - Duration::from_secs(1);
+    let server = Server::new(move |_| {
+        let mut steps = complete();
+        steps.insert(3, Step::Wait(pause));
+        steps.insert(5, Step::Wait(pause));
+        steps
+    });
+    let client = ServiceBuilder::new().layer(layer()).service(server);
+    let response = client.oneshot(request()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (_, error) = drain(response.into_body()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(started.elapsed(), pause * 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_as_the_first_event_is_retried_and_the_caller_sees_one_clean_stream() {
+    let server = Server::new(|n| {
+        if n == 0 {
+            vec![Step::Data(OVERLOADED)]
+        } else {
+            complete()
+        }
+    });
+    let layer = layer();
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(server.clone());
+    let response = client.oneshot(request()).await.unwrap();
+    assert_eq!(
+        response.extensions().get::<Attempts>().map(|a| a.get()),
+        Some(2)
+    );
+    let (data, error) = drain(response.into_body()).await;
+    assert!(error.is_none(), "{error:?}");
+    let clean: String = complete()
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Data(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data, clean.as_bytes());
+    assert_eq!(server.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interruption_after_delivered_bytes_is_a_typed_error_and_nothing_is_resent() {
+    for (tail, kind) in [
+        (Step::Fail, OutcomeKind::Connection),
+        // Ends without `message_stop`: truncated.
+        (Step::Data(DELTA), OutcomeKind::Connection),
+        (Step::Stall, OutcomeKind::Timeout),
+    ] {
+        let tail2 = tail.clone();
+        let server = Server::new(move |_| {
+            vec![
+                Step::Data(START),
+                Step::Data(BLOCK),
+                Step::Data(DELTA),
+                tail2.clone(),
+            ]
+        });
+        let layer = layer();
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(server.clone());
+        let response = client.oneshot(request()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let (data, error) = drain(response.into_body()).await;
+        let e = interrupted(&error);
+        assert_eq!(e.outcome().kind(), kind, "{tail:?}");
+        assert_eq!(e.bytes(), data.len() as u64);
+        assert!(e.events() >= 4, "{e}");
+        if matches!(tail, Step::Stall) {
+            assert_eq!(
+                started.elapsed(),
+                tower_llm_limits::signals::DEFAULT_STREAM_IDLE_TIMEOUT
+            );
+        }
+        assert_eq!(server.calls(), 1, "nothing re-sent after {tail:?}");
+        assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_dropped_half_way_gives_back_its_permit_and_is_not_counted() {
+    let server = Server::new(|_| {
+        vec![
+            Step::Data(START),
+            Step::Data(BLOCK),
+            Step::Data(DELTA),
+            Step::Stall,
+        ]
+    });
+    let layer = preset::anthropic()
+        .limits(Limits::per_minute(1_000, 1_000_000, 100_000))
+        .max_concurrency(1);
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(server.clone());
+    let key = || layer.snapshot().rate_limit(MODEL).unwrap().clone();
+    let response = client.clone().oneshot(request()).await.unwrap();
+    let at_head = key()
+        .dimension(Dimension::OutputTokens)
+        .unwrap()
+        .remaining();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    assert_eq!(layer.get_concurrency().limiter().in_flight(), 1);
+    drop(body);
+    assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+    let after = key();
+    assert_eq!(after.in_flight(), 0);
+    // What the head settled stands (the estimate of an answer): nothing more stays reserved.
+    assert_eq!(
+        after
+            .dimension(Dimension::OutputTokens)
+            .unwrap()
+            .remaining(),
+        at_head
+    );
+    assert_eq!(layer.get_breaker().state(), BreakerState::Closed);
+    assert_eq!(layer.get_concurrency().limiter().decreases(), 0);
+    // The cap of one admits the next call at once.
+    let next = tokio::time::timeout(Duration::from_secs(1), client.oneshot(request())).await;
+    assert!(next.is_ok(), "the permit came back");
+    assert_eq!(server.calls(), 2);
+}
