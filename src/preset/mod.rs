@@ -70,9 +70,29 @@
 //!   or drop streams as they arrive: a caller holding more unread streams than the cap admits
 //!   while it waits for another call waits for ever.
 //!
-//! Either way the adaptive cap takes its outcome and latency sample when the head arrives.
-//! [`AdaptiveConcurrencyLimitLayer::release`] changes the rule (pass it to
+//! The adaptive cap takes a non-streaming answer's outcome and latency sample when the head
+//! arrives, a stream's when the stream ends (below).
+//! [`AdaptiveConcurrencyLimitLayer::release`] changes when the permit goes back (pass it to
 //! [`PresetLayer::concurrency`]).
+//!
+//! # Streaming answers
+//!
+//! A `"stream": true` answer is watched as it passes to the caller
+//! ([`signals::stream`](crate::signals::stream) has the whole rule):
+//!
+//! - its **first event** is read before the head is handed on. An error there
+//!   (`overloaded_error` first) is the attempt's outcome, exactly as a 529 head would be: the
+//!   retry layer retries it and the caller sees one clean stream;
+//! - **after that** nothing is re-sent: an `overloaded_error` in the middle, a cut connection, a
+//!   stream that ends without `message_stop` or stays silent for
+//!   [`DEFAULT_STREAM_IDLE_TIMEOUT`](crate::signals::DEFAULT_STREAM_IDLE_TIMEOUT) ends the body
+//!   with [`StreamInterrupted`](crate::signals::StreamInterrupted) (the outcome, the events and
+//!   bytes the caller received), and the breaker and the adaptive cap count that outcome when
+//!   it happens — a mid-stream overload trips the breaker as 529 heads do;
+//! - the rate limiter settles the request's reservation to the stream's `usage`
+//!   (`message_start`'s input, `message_delta`'s output) when the stream ends;
+//! - the concurrency permit goes back when the stream ends, fails, stalls or is dropped; a
+//!   dropped stream is not counted by the breaker or the adaptive cap.
 //!
 //! # Sharing
 //!

@@ -134,7 +134,9 @@
 //! ends reports its `usage` ([`Usage::from_json`](crate::cost::Usage::from_json): Anthropic's
 //! `input_tokens` + `cache_creation_input_tokens`, cache reads excluded; OpenAI's
 //! `prompt_tokens`/`completion_tokens`) through a [`UsageReport`](crate::cost::UsageReport) the
-//! limiter put in the request. The request's reservation is then settled to what the server
+//! limiter put in the request; a streaming answer's usage is read from its events
+//! (`message_start`, `message_delta`, OpenAI's final usage chunk) and reported when the stream
+//! ends ([`signals::stream`](crate::signals::stream)). The request's reservation is then settled to what the server
 //! charged, and two ratios are learned per key, in log space with their spread: what the server
 //! charges for input ÷ the raw estimate, and the share of `max_tokens` an answer produces. The
 //! first answers are averaged (an estimate 40 % off is corrected within a few), later ones

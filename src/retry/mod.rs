@@ -63,6 +63,22 @@
 //! ([`error::BodyNotReplayable`]: a [`Replayable`] whose clones share one stream). A breaker refusal that is not waited out is returned as it is. Those errors carry the last status, the server's wait and the number of attempts;
 //! the last response's body is dropped (see [`error`]).
 //!
+//! # Streaming answers
+//!
+//! An attempt is over when its response head is handed on; a streaming answer
+//! (`text/event-stream`) is handed on once its first event has arrived (the
+//! [`ErrorBody`](crate::signals::ErrorBody) layer below reads it, see
+//! [`signals::stream`](crate::signals::stream)). So:
+//!
+//! - an error **before any byte reached the caller** — an `overloaded_error` as the first
+//!   event, a connection that fails or ends before the first event — is the attempt's outcome
+//!   ([`StreamStartFailed`](crate::signals::StreamStartFailed)) and is retried like any other
+//!   failed attempt: the caller sees one clean stream;
+//! - once the response was handed on, **nothing is re-sent**: a stream that breaks later ends
+//!   its body with [`StreamInterrupted`](crate::signals::StreamInterrupted), which says how it
+//!   ended and how many events and bytes the caller had received. Re-sending would produce a
+//!   second, different answer that the caller could not splice onto the first.
+//!
 //! # Why a service of its own rather than `tower::retry::Policy`
 //!
 //! tower's `Retry` asks a policy, per result, for a future to wait on, and clones the policy and

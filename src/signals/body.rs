@@ -134,9 +134,15 @@ impl ApiError {
 ///
 /// What is read, and what the caller gets:
 ///
-/// - **2xx responses are never touched**: the body is passed through as it streams.
-/// - `text/event-stream` responses are passed through (a stream is never buffered), as are
-///   bodies whose size hint announces more than the limit.
+/// - **2xx responses are passed through** as they stream. A JSON answer is copied as it passes
+///   for its `usage` (reported to the rate limiter). A **successful event stream**
+///   (`text/event-stream`) is read up to its first event before the head is handed on (within
+///   the size and time limits below), then watched as it passes: its usage, its outcome
+///   ([`StreamOutcome`](super::StreamOutcome)), an idle bound
+///   ([`stream_idle_timeout`](ErrorBodyLayer::stream_idle_timeout)); a stream that breaks ends
+///   with [`StreamInterrupted`](super::StreamInterrupted). See [`stream`](super::stream).
+/// - Non-2xx `text/event-stream` responses are passed through, as are bodies whose size hint
+///   announces more than the limit.
 /// - Other non-2xx bodies (known size within the limit, or unknown size such as chunked
 ///   encoding) are read into memory. When the whole body fits, it is parsed with
 ///   [`ApiError::from_json`]; a recognised error is inserted into the response's extensions,
