@@ -410,7 +410,8 @@ impl StreamWatch {
             match StreamEvent::read(&event) {
                 StreamEvent::Start(u) => {
                     *expect = Expect::Terminal;
-                    merge(usage, u);
+                    // Its output count is the answer's start (1), not the answer's.
+                    usage.input_tokens = u.input_tokens.or(usage.input_tokens);
                 }
                 StreamEvent::ChatChunk(u) => {
                     *expect = Expect::Terminal;
@@ -499,5 +500,94 @@ impl StreamWatch {
         self.settle_usage();
         let outcome = self.outcome.end(End::Failed(&*error));
         self.interrupted(outcome, Some(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn watch() -> (StreamWatch, Arc<Mutex<Vec<Usage>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let report = UsageReport::new(move |u| s.lock().unwrap().push(u));
+        (
+            StreamWatch::new(Some(report), DEFAULT_STREAM_IDLE_TIMEOUT),
+            seen,
+        )
+    }
+
+    const OPENAI: &str = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":12,\"total_tokens\":21}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    #[test]
+    fn an_openai_stream_reports_its_final_usage_and_must_end_with_done() {
+        let (mut w, seen) = watch();
+        let handle = w.handle();
+        w.feed(OPENAI.as_bytes());
+        assert!(w.finish().is_ok());
+        assert_eq!(*seen.lock().unwrap(), [Usage::new(9, 12)]);
+        assert_eq!(
+            handle.outcome().map(|o| o.kind()),
+            Some(OutcomeKind::Success)
+        );
+
+        let (mut w, seen) = watch();
+        let cut = OPENAI.find("data: [DONE]").unwrap();
+        w.feed(&OPENAI.as_bytes()[..cut]);
+        let error = w.finish().unwrap_err();
+        let e = error.downcast_ref::<StreamInterrupted>().unwrap();
+        assert_eq!(e.outcome().kind(), OutcomeKind::Connection);
+        assert_eq!(e.events(), 2);
+        // The usage chunk came: the server's count is known even though `[DONE]` did not.
+        assert_eq!(*seen.lock().unwrap(), [Usage::new(9, 12)]);
+    }
+
+    #[test]
+    fn unknown_streams_end_cleanly_and_a_cut_before_the_output_count_reports_no_usage() {
+        let (mut w, seen) = watch();
+        w.feed(b"event: tick\ndata: 1\n\ndata: hello\n\n");
+        assert!(w.finish().is_ok());
+        assert!(seen.lock().unwrap().is_empty());
+
+        let (mut w, seen) = watch();
+        w.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n");
+        let error = w.finish().unwrap_err();
+        assert_eq!(
+            error
+                .downcast_ref::<StreamInterrupted>()
+                .unwrap()
+                .outcome()
+                .kind(),
+            OutcomeKind::Connection
+        );
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "message_start's output count is not the answer's"
+        );
+    }
+
+    #[test]
+    fn listeners_hear_the_end_once_and_late_ones_at_once() {
+        let (mut w, _) = watch();
+        let handle = w.handle();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        handle.on_end(move |o| h.lock().unwrap().push(o.kind()));
+        w.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"x\"}}\n\n");
+        assert!(w.failed());
+        let _ = w.error_event();
+        let _ = w.finish();
+        let h = heard.clone();
+        handle.on_end(move |o| h.lock().unwrap().push(o.kind()));
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [OutcomeKind::ServerError, OutcomeKind::ServerError]
+        );
     }
 }
