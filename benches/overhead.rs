@@ -10,6 +10,10 @@
 //!   the figure is the CPU time of both workers per call (contention shows as a rise over
 //!   `current_thread`).
 //!
+//! A third group, `stream_watch`, reads one streaming answer of 200 events (one per frame) to its
+//! end, bare and through `ErrorBody`, which watches it (SSE parser, usage, outcome): the
+//! difference divided by 200 is the watcher's cost per event (`ns_per_event` in the summary).
+//!
 //! Every figure is CPU time (`clock_gettime`), not wall time: this machine's two cores are shared
 //! with other jobs, and wall time would mostly measure how often the benchmark was descheduled.
 //!
@@ -566,6 +570,107 @@ fn profile(name: &str) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The stream watcher
+
+/// Events in the benchmarked stream: `message_start`, a content block of text deltas,
+/// `message_delta`, `message_stop`, one event per frame as a server flushes them.
+const STREAM_EVENTS: usize = 200;
+
+fn anthropic_stream() -> Vec<Bytes> {
+    let mut events = vec![
+        Bytes::from_static(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":1234,\"output_tokens\":1}}}\n\n"),
+        Bytes::from_static(b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"),
+    ];
+    while events.len() < STREAM_EVENTS - 3 {
+        events.push(Bytes::from_static(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" a few words\"}}\n\n"));
+    }
+    events.push(Bytes::from_static(
+        b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    ));
+    events.push(Bytes::from_static(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":600}}\n\n"));
+    events.push(Bytes::from_static(
+        b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ));
+    events
+}
+
+/// A body yielding prebuilt frames.
+struct Frames(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.pop_front().map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+/// One streaming answer per iteration, read to its end, bare and through `ErrorBody` (the
+/// watcher); the difference divided by [`STREAM_EVENTS`] is the watcher's CPU cost per event.
+fn stream_watch(c: &mut Criterion) {
+    use http_body_util::BodyExt;
+    use tower::Layer;
+    let rt = current_thread();
+    let events = anthropic_stream();
+    let answer = move |_req: Request<()>| {
+        let body = Frames(events.iter().cloned().collect());
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .expect("a response");
+        ready(Ok::<_, BoxError>(response))
+    };
+    let mut group = c.benchmark_group("stream_watch");
+    group.bench_function("bare", |b| {
+        let mut svc = tower::service_fn(answer.clone());
+        b.iter_custom(|iters| {
+            let svc = &mut svc;
+            rt.block_on(async move {
+                let start = Cpu::Thread.now();
+                for _ in 0..iters {
+                    let response = svc.call(Request::new(())).await.expect("response");
+                    black_box(response.into_body().collect().await.expect("body"));
+                }
+                Cpu::Thread.since(start)
+            })
+        })
+    });
+    group.bench_function("watched", |b| {
+        let mut svc = tower_llm_limits::signals::ErrorBodyLayer::new()
+            .layer(tower::service_fn(answer.clone()));
+        b.iter_custom(|iters| {
+            let svc = &mut svc;
+            rt.block_on(async move {
+                let start = Cpu::Thread.now();
+                for _ in 0..iters {
+                    let response = svc.call(Request::new(())).await.expect("response");
+                    black_box(response.into_body().collect().await.expect("body"));
+                }
+                Cpu::Thread.since(start)
+            })
+        })
+    });
+    group.finish();
+}
+
+fn print_stream_summary(since: SystemTime) {
+    let m = medians("stream_watch", since);
+    if let (Some(bare), Some(watched)) = (m.get("bare"), m.get("watched")) {
+        let per_event = (watched - bare) / STREAM_EVENTS as f64;
+        println!(
+            "\noverhead summary: stream_watch ({STREAM_EVENTS} events per stream, median CPU ns)"
+        );
+        println!(
+            "overhead stream_watch bare_ns={bare:.0} watched_ns={watched:.0} ns_per_event={per_event:.1}"
+        );
+    }
+}
+
 fn main() {
     if let Ok(name) = std::env::var("OVERHEAD_PROFILE") {
         profile(&name);
@@ -579,6 +684,8 @@ fn main() {
         .output_directory(&criterion_dir())
         .configure_from_args();
     overhead(&mut c);
+    stream_watch(&mut c);
     c.final_summary();
     print_summary(since);
+    print_stream_summary(since);
 }

@@ -281,33 +281,33 @@ async fn pauses_shorter_than_the_idle_bound_are_not_a_stall() {
 
 #[tokio::test(start_paused = true)]
 async fn an_error_as_the_first_event_is_retried_and_the_caller_sees_one_clean_stream() {
-    let server = Server::new(|n| {
-        if n == 0 {
-            vec![Step::Data(OVERLOADED)]
-        } else {
-            complete()
-        }
-    });
-    let layer = layer();
-    let client = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(server.clone());
-    let response = client.oneshot(request()).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<Attempts>().map(|a| a.get()),
-        Some(2)
-    );
-    let (data, error) = drain(response.into_body()).await;
-    assert!(error.is_none(), "{error:?}");
-    let clean: String = complete()
-        .into_iter()
-        .filter_map(|s| match s {
-            Step::Data(d) => Some(d),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(data, clean.as_bytes());
-    assert_eq!(server.calls(), 2);
+    // An error event first, a connection that fails before the first event, an empty stream.
+    for first in [vec![Step::Data(OVERLOADED)], vec![Step::Fail], vec![]] {
+        let first2 = first.clone();
+        let server = Server::new(move |n| if n == 0 { first2.clone() } else { complete() });
+        let layer = layer();
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(server.clone());
+        let response = client.oneshot(request()).await.unwrap();
+        assert_eq!(
+            response.extensions().get::<Attempts>().map(|a| a.get()),
+            Some(2),
+            "{first:?}"
+        );
+        let (data, error) = drain(response.into_body()).await;
+        assert!(error.is_none(), "{error:?}");
+        let clean: String = complete()
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::Data(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data, clean.as_bytes());
+        assert_eq!(server.calls(), 2);
+        assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+    }
 }
 
 #[tokio::test(start_paused = true)]
