@@ -99,7 +99,7 @@ fn custom_stack() -> ServiceBuilder<CustomLayers> {
 
 /// The simulated API as Bedrock would answer: 429 `ThrottlingException` and 503
 /// `ServiceUnavailableException` in `x-amzn-errortype`, no rate-limit headers.
-fn bedrock_like(response: http::Response<Full<Bytes>>) -> http::Response<Full<Bytes>> {
+fn bedrock_like<B>(response: http::Response<B>) -> http::Response<B> {
     let (mut parts, body) = response.into_parts();
     let rate_limit_headers: Vec<_> = parts
         .headers

@@ -23,25 +23,25 @@ use support::upstream::{Reply, Upstream, open_loop, request};
 use tower_llm_limits::retry::{Policy as RetryPolicy, Retry};
 use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
 
-type Res = Result<Response<Full<Bytes>>, BoxError>;
+type Res<B = Full<Bytes>> = Result<Response<B>, BoxError>;
 
 /// The default policy without jitter, so open durations are exact.
 fn exact() -> Policy {
     Policy::new().jitter(0.0)
 }
 
-async fn send<S>(svc: &mut S) -> Res
+async fn send<S, B>(svc: &mut S) -> Res<B>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>,
+    S: Service<http::Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>,
 {
     svc.ready().await?.call(request("claude-sonnet-4-5")).await
 }
 
-fn status(res: &Res) -> Option<u16> {
+fn status<B>(res: &Res<B>) -> Option<u16> {
     res.as_ref().ok().map(|r| r.status().as_u16())
 }
 
-fn open_error(res: Res) -> Open {
+fn open_error<B>(res: Res<B>) -> Open {
     match res {
         Ok(r) => panic!("expected an Open error, got {}", r.status()),
         Err(e) => match e.downcast::<Open>() {
@@ -249,9 +249,9 @@ async fn half_open_probes_close_it() {
     );
 }
 
-async fn send_owned<S>(mut svc: S) -> Res
+async fn send_owned<S, B>(mut svc: S) -> Res<B>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>,
+    S: Service<http::Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>,
 {
     send(&mut svc).await
 }

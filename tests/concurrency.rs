@@ -597,8 +597,10 @@ mod against_the_sim {
     /// s + 250 ms) and returns how many calls succeeded after the overload window.
     async fn drive<S>(service: S, mut sample: impl FnMut(Duration)) -> usize
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<PermitBody<Full<Bytes>>>>
-            + Clone
+        S: Service<
+                Request<Full<Bytes>>,
+                Response = Response<PermitBody<tower_llm_limits::sim::SimBody>>,
+            > + Clone
             + Send
             + 'static,
         S::Error: Into<BoxError>,

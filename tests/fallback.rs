@@ -17,16 +17,16 @@ use support::upstream::{Reply, Upstream, open_loop, request};
 use tower_llm_limits::retry::{Policy as RetryPolicy, Retry};
 use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
 
-type Res = Result<Response<Full<Bytes>>, BoxError>;
+type Res<B = Full<Bytes>> = Result<Response<B>, BoxError>;
 
-async fn send<S>(svc: &mut S) -> Res
+async fn send<S, B>(svc: &mut S) -> Res<B>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>,
+    S: Service<http::Request<Full<Bytes>>, Response = Response<B>, Error = BoxError>,
 {
     svc.ready().await?.call(request("claude-sonnet-4-5")).await
 }
 
-fn served(res: &Res) -> (u16, Served) {
+fn served<B>(res: &Res<B>) -> (u16, Served) {
     let r = res.as_ref().expect("a response");
     (
         r.status().as_u16(),

@@ -412,15 +412,18 @@ mod acceptance {
         attempts: Arc<AtomicUsize>,
     ) -> impl Service<
         Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
+        Response = Response<tower_llm_limits::sim::SimBody>,
         Error = BoxError,
         Future: Send,
     > + Clone
     + Send
     + 'static
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>
-            + Clone
+        S: Service<
+                Request<Full<Bytes>>,
+                Response = Response<tower_llm_limits::sim::SimBody>,
+                Error = BoxError,
+            > + Clone
             + Send
             + 'static,
         S::Future: Send,

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::json;
@@ -26,6 +26,7 @@ use super::counters::{Cells, Counters};
 use super::faults::{Decisions, Refusal};
 use super::future::ResponseFuture;
 use super::response::{self, Answer, Reading, Snapshot};
+use super::stream::{self, SimBody};
 use crate::BoxError;
 
 /// SplitMix64's finaliser: a well-mixed 64-bit hash of `z`.
@@ -227,7 +228,7 @@ impl Shared {
         arrived: Instant,
         answer: Answer,
         decisions: &Decisions,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<SimBody> {
         let cell = match answer.status.as_u16() {
             200..=299 => &self.counters.ok,
             429 if answer.spend_limit => &self.counters.spend_limited,
@@ -250,7 +251,7 @@ impl Shared {
         let event = self.event(seq, model, arrived, EventKind::Answered(answer.status));
         self.record(&mut state, event);
         drop(state);
-        response::render(self, seq, Answer { snapshot, ..answer }, decisions)
+        response::render(self, seq, Answer { snapshot, ..answer }, decisions).map(SimBody::full)
     }
 }
 
@@ -503,7 +504,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<Full<Bytes>>;
+    type Response = Response<SimBody>;
     type Error = BoxError;
     type Future = ResponseFuture;
 
@@ -608,7 +609,7 @@ fn rng_for(seed: u64, seq: u64) -> StdRng {
     StdRng::seed_from_u64(mix(seed ^ mix(seq)))
 }
 
-async fn handle<B>(shared: Arc<Shared>, req: Request<B>) -> Result<Response<Full<Bytes>>, BoxError>
+async fn handle<B>(shared: Arc<Shared>, req: Request<B>) -> Result<Response<SimBody>, BoxError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -799,6 +800,55 @@ where
         std::future::pending::<()>().await;
     }
     let per_token = shared.config.per_token_latency;
+    if stream::wants_stream(&bytes) {
+        // The head goes when generation starts (its headers describe the admission), the
+        // deltas as the tokens are produced.
+        let first = shared.config.base_latency.saturating_add(decisions.slow);
+        if !first.is_zero() {
+            match arrived.checked_add(first) {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        }
+        let settle_shared = shared.clone();
+        let name = parsed.model.clone();
+        let max_tokens = parsed.max_tokens;
+        let settle: stream::Settle = Box::new(move |produced, ended| {
+            settle_answer(
+                &settle_shared,
+                &mut guard,
+                &name,
+                max_tokens,
+                produced,
+                ended,
+            );
+        });
+        let body = stream::anthropic(
+            seq,
+            &parsed.model,
+            parsed.input_tokens,
+            parsed.max_tokens,
+            produced,
+            per_token,
+            decisions.stream_break,
+            settle,
+        );
+        let answer = Answer {
+            status: StatusCode::OK,
+            body: json!({}),
+            retry_after: None,
+            snapshot: Some(snapshot),
+            spend_limit: false,
+            throttled: false,
+        };
+        let mut response = response::render(&shared, seq, answer, &decisions).map(|_| body);
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        return Ok(response);
+    }
     let latency = shared
         .config
         .base_latency
@@ -811,32 +861,19 @@ where
         }
     }
 
-    let now = Instant::now();
+    let fresh = settle_answer(
+        &shared,
+        &mut guard,
+        &parsed.model,
+        parsed.max_tokens,
+        produced,
+        stream::Ended::Complete,
+    );
+    if shared.config.header_timing == HeaderTiming::AtAnswer
+        && let Some(fresh) = fresh
     {
-        let mut state = shared.lock();
-        if let Some(ms) = shared.model(&mut state, &parsed.model, now) {
-            let out = ms.output();
-            if reserve {
-                ms.buckets[out].refund(parsed.max_tokens - produced);
-            } else {
-                ms.buckets[out].charge(produced);
-            }
-            if shared.config.header_timing == HeaderTiming::AtAnswer {
-                snapshot = Snapshot {
-                    at: shared.elapsed(now),
-                    readings: ms.snapshot(),
-                };
-            }
-        }
-        let mut event = shared.event(seq, model, arrived, EventKind::Answered(StatusCode::OK));
-        event.input_tokens = parsed.input_tokens;
-        event.output_tokens = produced;
-        shared.record(&mut state, event);
+        snapshot = fresh;
     }
-    guard.done = true;
-    Cells::dec(&shared.counters.in_flight);
-    Cells::inc(&shared.counters.ok);
-    Cells::add(&shared.counters.output_tokens, produced);
     let body = json!({
         "id": format!("msg_sim_{seq:08}"),
         "type": "message",
@@ -855,5 +892,56 @@ where
         spend_limit: false,
         throttled: false,
     };
-    Ok(response::render(&shared, seq, answer, &decisions))
+    Ok(response::render(&shared, seq, answer, &decisions).map(SimBody::full))
+}
+
+/// An admitted answer is over (sent whole, or its stream ended): the output it produced is
+/// charged (the rest of a reservation given back), the answer counted and recorded. Returns
+/// the levels after it.
+fn settle_answer(
+    shared: &Shared,
+    guard: &mut InFlight,
+    model: &str,
+    max_tokens: u64,
+    produced: u64,
+    ended: stream::Ended,
+) -> Option<Snapshot> {
+    let reserve = shared.config.accounting == OutputAccounting::ReserveMaxTokens;
+    let now = Instant::now();
+    let mut fresh = None;
+    {
+        let mut state = shared.lock();
+        if let Some(ms) = shared.model(&mut state, model, now) {
+            let out = ms.output();
+            if reserve {
+                ms.buckets[out].refund(max_tokens.saturating_sub(produced));
+            } else {
+                ms.buckets[out].charge(produced);
+            }
+            fresh = Some(Snapshot {
+                at: shared.elapsed(now),
+                readings: ms.snapshot(),
+            });
+        }
+        let kind = match ended {
+            stream::Ended::Complete => EventKind::Answered(StatusCode::OK),
+            stream::Ended::ErrorEvent(status) => EventKind::Answered(status),
+            stream::Ended::Disconnected => EventKind::ConnectionError,
+        };
+        let mut event = shared.event(guard.seq, Some(model), guard.arrived, kind);
+        event.input_tokens = guard.input_tokens;
+        event.output_tokens = produced;
+        shared.record(&mut state, event);
+    }
+    guard.done = true;
+    Cells::dec(&shared.counters.in_flight);
+    let cell = match ended {
+        stream::Ended::Complete => &shared.counters.ok,
+        stream::Ended::ErrorEvent(status) if status.as_u16() == 529 => &shared.counters.overloaded,
+        stream::Ended::ErrorEvent(_) => &shared.counters.server_errors,
+        stream::Ended::Disconnected => &shared.counters.connection_errors,
+    };
+    Cells::inc(cell);
+    Cells::add(&shared.counters.output_tokens, produced);
+    fresh
 }

@@ -81,6 +81,17 @@ pub enum Fault {
         /// Seconds added to the server's wall clock.
         offset_secs: i64,
     },
+    /// A streaming answer (`"stream": true`) breaks after its first `after_events` events
+    /// (`message_start` is the first): an error event, a stall or a dropped connection, as
+    /// `how` says. Drawn for admitted requests; the budget is charged as for any answer.
+    StreamBreak {
+        /// Events sent before the break.
+        after_events: usize,
+        /// How the stream breaks.
+        how: super::StreamBreak,
+        /// Share of streaming answers broken.
+        probability: f64,
+    },
     /// Every model's limits are replaced while the window is open (a tier change, a lowered
     /// workspace limit). Bucket levels are kept, capped at the new capacity.
     LimitChange {
@@ -233,6 +244,15 @@ impl Faults {
                         d.absurd_retry_after = Some(rng.random_range(0..ABSURD_RETRY_AFTER.len()));
                     }
                 }
+                Fault::StreamBreak {
+                    after_events,
+                    how,
+                    probability,
+                } => {
+                    if fires(*probability) && d.stream_break.is_none() {
+                        d.stream_break = Some((*how, *after_events));
+                    }
+                }
                 Fault::ClockSkew { .. } | Fault::LimitChange { .. } => {}
             }
         }
@@ -276,4 +296,5 @@ pub(crate) struct Decisions {
     pub(crate) hang: bool,
     pub(crate) malformed: bool,
     pub(crate) absurd_retry_after: Option<usize>,
+    pub(crate) stream_break: Option<(super::StreamBreak, usize)>,
 }

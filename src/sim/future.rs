@@ -5,13 +5,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::Response;
-use http_body_util::Full;
 
+use super::SimBody;
 use crate::BoxError;
 
-type Inner = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send>>;
+type Inner = Pin<Box<dyn Future<Output = Result<Response<SimBody>, BoxError>> + Send>>;
 
 /// Response future of [`SimApi`](super::SimApi).
 ///
@@ -34,7 +33,7 @@ impl fmt::Debug for ResponseFuture {
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<Response<Full<Bytes>>, BoxError>;
+    type Output = Result<Response<SimBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)

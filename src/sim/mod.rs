@@ -104,6 +104,20 @@
 //! buckets), 413
 //! `request_too_large`, 429 `rate_limit_error`, 529 `overloaded_error`, scripted 5xx.
 //!
+//! # Streaming
+//!
+//! A request whose body says `"stream": true` is answered with `content-type:
+//! text/event-stream` ([`SimBody`]) in Anthropic's event sequence: `message_start` (with
+//! `usage.input_tokens`), `content_block_start`, a `ping`, one `content_block_delta` per
+//! 8 output tokens, each sent after the per-token latency of its tokens, `content_block_stop`,
+//! `message_delta` (with the final `usage.output_tokens`) and `message_stop`. The head goes after
+//! the base latency (and any [`Fault::Slow`]) with the rate-limit headers of the admission; the
+//! output is charged (the rest of a `max_tokens` reservation given back) when the stream ends,
+//! with what it produced. A caller that drops the stream disconnects: generation stops and the
+//! reservation is given back, as for a dropped non-streaming call. [`Fault::StreamBreak`] breaks
+//! streams after a number of events: an `overloaded_error` or `api_error` event, a stall, or a
+//! dropped connection ([`StreamBreak`]). Over [`serve`] the stream is sent chunked.
+//!
 //! # Time
 //!
 //! An admitted request is answered `base + per_output_token × output + slow` after admission
@@ -122,6 +136,7 @@ mod counters;
 mod faults;
 mod response;
 mod server;
+mod stream;
 mod workload;
 
 pub mod future;
@@ -136,4 +151,5 @@ pub use config::{
 pub use counters::Counters;
 pub use faults::{Fault, Faults};
 pub use server::{DEFAULT_GRACE, SimServer, serve, serve_on};
+pub use stream::{SimBody, StreamBreak};
 pub use workload::{Bound, CallRecord, DEFAULT_MODEL, Report, RequestSpec, Workload};

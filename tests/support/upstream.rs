@@ -156,14 +156,15 @@ pub fn request(model: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-type Res = Result<Response<Full<Bytes>>, tower_llm_limits::BoxError>;
+type Res<B> = Result<Response<B>, tower_llm_limits::BoxError>;
 
 /// Starts `n` requests, one every `every`, each through `call`; returns (start since the first,
 /// result) per request.
-pub async fn open_loop<F, Fut>(every: Duration, n: u32, call: F) -> Vec<(Duration, Res)>
+pub async fn open_loop<F, Fut, B>(every: Duration, n: u32, call: F) -> Vec<(Duration, Res<B>)>
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Res> + Send + 'static,
+    Fut: Future<Output = Res<B>> + Send + 'static,
+    B: Send + 'static,
 {
     let start = Instant::now();
     let mut tasks = Vec::new();
