@@ -394,3 +394,198 @@ async fn a_stream_dropped_half_way_gives_back_its_permit_and_is_not_counted() {
     assert!(next.is_ok(), "the permit came back");
     assert_eq!(server.calls(), 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Against the simulated API
+
+mod against_the_sim {
+    use super::*;
+    use tower_llm_limits::sim::{Fault, Faults, SimApi, StreamBreak};
+
+    const LIMITS: (u64, u64, u64) = (1_000, 400_000, 80_000);
+
+    fn api(faults: Faults) -> SimApi {
+        let (r, i, o) = LIMITS;
+        SimApi::builder()
+            .model(MODEL, sim::Limits::per_minute(r, i, o))
+            .faults(faults)
+            .seed(3)
+            .build()
+    }
+
+    fn streaming(output: u64) -> Request<Full<Bytes>> {
+        let body = sim::message_body(MODEL, 2_000, 1_000, output);
+        let mut json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["stream"] = serde_json::Value::Bool(true);
+        Request::post("https://api.anthropic.com/v1/messages")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(&json).unwrap())))
+            .unwrap()
+    }
+
+    fn breaking(how: StreamBreak, after_events: usize) -> Faults {
+        Faults::new().always(Fault::StreamBreak {
+            after_events,
+            how,
+            probability: 1.0,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sim_streams_and_the_bucket_after_the_stream_equals_the_servers() {
+        // A server that reserves `max_tokens` at admission and gives back what the answer did
+        // not use when it ends counts output from the same instant as the limiter; without
+        // rate-limit headers (Bedrock-style) and with the same limits configured, the limiter's
+        // level moves only by its reservation and the stream's usage, so the two levels can be
+        // compared to the token. (With headers, the limiter's reading of rounded values keeps
+        // it on the conservative side, streaming or not; a server charging output as produced
+        // charges it later, and the levels meet once that output has refilled.)
+        let limits = sim::Limits::per_minute(1_000, 400_000, 8_000);
+        let api = SimApi::builder()
+            .model(MODEL, limits)
+            .output_accounting(sim::OutputAccounting::ReserveMaxTokens)
+            .header_dialect(sim::HeaderDialect::Bedrock)
+            .seed(3)
+            .build();
+        let layer = preset::anthropic().limits(Limits::per_minute(1_000, 400_000, 8_000));
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(api.clone());
+        let first = client.clone().oneshot(streaming(40)).await.unwrap();
+        drain(first.into_body()).await;
+        let response = client.oneshot(streaming(300)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let (data, error) = drain(response.into_body()).await;
+        assert!(error.is_none(), "{error:?}");
+        let text = String::from_utf8(data).unwrap();
+        assert!(text.starts_with("event: message_start\n"));
+        assert_eq!(
+            text.matches("event: content_block_delta").count(),
+            300_usize.div_ceil(8)
+        );
+        assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+        let server = api.levels(MODEL).unwrap();
+        let key = layer.snapshot().rate_limit(MODEL).unwrap().clone();
+        let ours = |d| key.dimension(d).unwrap().remaining() as f64;
+        assert!(server.output_tokens() < 8_000.0 - 100.0, "{server:?}");
+        for (d, theirs) in [
+            (Dimension::OutputTokens, server.output_tokens()),
+            (Dimension::InputTokens, server.input_tokens()),
+        ] {
+            assert!(
+                (ours(d) - theirs).abs() <= 1.0,
+                "{d:?}: ours {}, the server's {theirs}",
+                ours(d)
+            );
+        }
+        assert_eq!(api.counters().ok(), 2);
+        assert_eq!(api.counters().output_tokens(), 340);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mid_stream_overloaded_error_from_the_sim_opens_the_breaker_without_retries() {
+        let api = api(breaking(StreamBreak::Overloaded, 5));
+        let layer = preset::anthropic();
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(api.clone());
+        for _ in 0..5 {
+            let response = client.clone().oneshot(streaming(100)).await.unwrap();
+            let (_, error) = drain(response.into_body()).await;
+            assert_eq!(
+                interrupted(&error).outcome().kind(),
+                OutcomeKind::Overloaded
+            );
+        }
+        assert!(matches!(
+            layer.get_breaker().state(),
+            BreakerState::Open { .. }
+        ));
+        assert!(layer.get_concurrency().limiter().decreases() >= 1);
+        assert_eq!(api.counters().received(), 5, "nothing re-sent");
+        assert_eq!(api.counters().overloaded(), 5);
+        // The breaker answers the next call itself, after waiting for its probe at most.
+        let before = api.counters().received();
+        let _ = client.oneshot(streaming(100)).await;
+        assert!(api.counters().received() <= before + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_first_event_from_the_sim_is_retried_into_one_clean_stream() {
+        // Only the first request (at t = 0) breaks at once; the retry comes ~0.4 s later.
+        let faults = Faults::new().window(
+            Duration::ZERO..Duration::from_millis(100),
+            Fault::StreamBreak {
+                after_events: 0,
+                how: StreamBreak::Overloaded,
+                probability: 1.0,
+            },
+        );
+        let api = api(faults);
+        let client = ServiceBuilder::new()
+            .layer(preset::anthropic())
+            .service(api.clone());
+        let response = client.oneshot(streaming(64)).await.unwrap();
+        assert_eq!(
+            response.extensions().get::<Attempts>().map(|a| a.get()),
+            Some(2)
+        );
+        let (data, error) = drain(response.into_body()).await;
+        assert!(error.is_none(), "{error:?}");
+        let text = String::from_utf8(data).unwrap();
+        assert!(!text.contains("event: error"));
+        assert!(text.starts_with("event: message_start"));
+        assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+        assert_eq!(api.counters().received(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_dropped_mid_stream_is_a_typed_error_and_no_second_request_reaches_the_sim()
+     {
+        for how in [
+            StreamBreak::Disconnect,
+            StreamBreak::Stall,
+            StreamBreak::ApiError,
+        ] {
+            let api = api(breaking(how, 6));
+            let layer = preset::anthropic();
+            let client = ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(api.clone());
+            let response = client.oneshot(streaming(200)).await.unwrap();
+            let (data, error) = drain(response.into_body()).await;
+            let e = interrupted(&error);
+            let kind = match how {
+                StreamBreak::Disconnect => OutcomeKind::Connection,
+                StreamBreak::Stall => OutcomeKind::Timeout,
+                _ => OutcomeKind::ServerError,
+            };
+            assert_eq!(e.outcome().kind(), kind, "{how:?}");
+            assert_eq!(e.bytes(), data.len() as u64);
+            assert_eq!(api.counters().received(), 1, "{how:?}: nothing re-sent");
+            assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_dropped_half_way_gives_back_the_sims_reservation_and_our_permit() {
+        let api = api(Faults::new());
+        let layer = preset::anthropic();
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(api.clone());
+        let response = client.oneshot(streaming(400)).await.unwrap();
+        let mut body = response.into_body();
+        for _ in 0..5 {
+            body.frame().await.unwrap().unwrap();
+        }
+        assert_eq!(api.counters().in_flight(), 1);
+        assert_eq!(layer.get_concurrency().limiter().in_flight(), 1);
+        drop(body);
+        assert_eq!(api.counters().in_flight(), 0);
+        assert_eq!(api.counters().dropped(), 1);
+        assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+        assert_eq!(layer.get_breaker().state(), BreakerState::Closed);
+        assert_eq!(layer.get_concurrency().limiter().decreases(), 0);
+    }
+}

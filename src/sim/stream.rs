@@ -281,6 +281,10 @@ impl Body for SimBody {
                 continue;
             };
             events.produced += step.tokens;
+            if events.steps.is_empty() && events.tail == Tail::End {
+                // The last bytes are sent: the server is done with this answer.
+                events.settle();
+            }
             return Poll::Ready(Some(Ok(Frame::data(step.data))));
         }
     }
