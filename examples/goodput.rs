@@ -756,13 +756,33 @@ fn run_sweep(check: bool, jobs: usize) -> bool {
     false
 }
 
+/// Trace timestamps on the paused clock: seconds since the first event of the run (wall-clock
+/// times say nothing on virtual time).
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let now = tokio::time::Instant::now();
+        let start = *START.get_or_init(|| now);
+        write!(
+            w,
+            "{:>9.3}s",
+            now.saturating_duration_since(start).as_secs_f64()
+        )
+    }
+}
+
 fn main() {
     let flag = |name: &str| std::env::args().any(|a| a == name);
     // `GOODPUT_TRACE=info` (or `debug`) prints the crate's tracing events: what the limiter
     // learned and why it waited, for one point (`--sweep --point sweep-20`).
     if let Ok(level) = std::env::var("GOODPUT_TRACE") {
         let level = level.parse().unwrap_or(tracing::Level::INFO);
-        tracing_subscriber::fmt().with_max_level(level).init();
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_timer(VirtualTime)
+            .init();
     }
     let check = flag("--check");
     let jobs = arg("--jobs").and_then(|j| j.parse().ok()).unwrap_or(1);
