@@ -61,7 +61,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::timeout::Timeout;
 use tower::{Service, ServiceExt};
-use tower_llm_limits::sim::{
+use tower_llm_limits_sim::{
     Fault, Faults, HeaderDialect, HeaderTiming, InputCounting, Limits, Report, SimApi, Workload,
 };
 

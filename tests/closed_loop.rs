@@ -280,7 +280,7 @@ async fn an_unpredicted_refusal_tightens_and_a_quiet_period_relaxes() {
 #[tokio::test(start_paused = true)]
 async fn the_share_other_clients_take_is_learned_from_the_readings() {
     use tower_llm_limits::preset;
-    use tower_llm_limits::sim::{self, SimApi, Workload};
+    use tower_llm_limits_sim::{self as sim, SimApi, Workload};
 
     let api = SimApi::builder()
         .model(KEY, sim::Limits::per_minute(60, 1_000_000, 1_000_000))

@@ -397,7 +397,7 @@ mod acceptance {
 
     use bytes::Bytes;
     use http_body_util::Full;
-    use tower_llm_limits::sim::{
+    use tower_llm_limits_sim::{
         Fault, Faults, Limits as SimLimits, OutputAccounting, SimApi, Workload,
     };
 

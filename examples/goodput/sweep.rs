@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use tower_llm_limits::signals::Dimension;
-use tower_llm_limits::sim::{HeaderDialect, HeaderTiming, InputCounting};
+use tower_llm_limits_sim::Dimension;
+use tower_llm_limits_sim::{HeaderDialect, HeaderTiming, InputCounting};
 
 use super::{Model, Row, SONNET, Scenario, Server, Sizes};
 
