@@ -362,9 +362,10 @@ async fn a_header_less_server_is_started_slowly() {
     join_all(callers.collect()).await;
     let refused = refused.load(Ordering::SeqCst);
     // Unpaced, the 40 callers empty the bucket within 1.5 s and have everything in flight
-    // refused (about 80 of the 200); started slowly they meet the empty bucket at a few
-    // requests a second.
-    assert!(refused <= 10, "{refused} of 200 refused");
+    // refused (41 of the 200 when this test was written without the slow start); started
+    // slowly they meet the empty bucket at about ten requests a second, and the first
+    // throttle's cut brings the pace down to what the server accepted.
+    assert!(refused <= 15, "{refused} of 200 refused");
     // And the slow start costs little: 200 requests at 1 a second after a bucket of 60 take
     // at least 140 s; they take at most a quarter more.
     assert!(

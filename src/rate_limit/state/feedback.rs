@@ -270,7 +270,17 @@ pub(super) struct Throttle {
     /// Dispatches before the last cut: a throttle of one of them is the same episode.
     pub(super) cut_seq: u64,
     next_at: Instant,
+    /// Refusals in a row, each of a request sent after the one before, with nothing accepted
+    /// in between: the server is in debt (a bucket that went below zero refuses whatever the
+    /// pace until its refill catches up), so the gap doubles with each, as TCP's
+    /// retransmission timer does, up to [`MAX_STREAK`] doublings.
+    streak: u32,
+    /// Dispatches before the last refusal counted in the streak.
+    streak_seq: u64,
 }
+
+/// The most doublings of the gap a streak of refusals brings.
+const MAX_STREAK: u32 = 5;
 
 impl Throttle {
     /// The first throttle, when the key was sending at `measured` requests per second and the
@@ -283,6 +293,8 @@ impl Throttle {
             cut_at: now,
             cut_seq: seq,
             next_at: now,
+            streak: 0,
+            streak_seq: seq,
         }
     }
 
@@ -294,6 +306,8 @@ impl Throttle {
             cut_at: now,
             cut_seq: seq,
             next_at: now,
+            streak: 0,
+            streak_seq: seq,
         }
     }
 
@@ -339,8 +353,32 @@ impl Throttle {
                 self.cut_at = now;
             }
         }
-        let gap = Duration::from_secs_f64((1.0 / self.rate(now)).min(1.0 / THROTTLE_MIN_RATE));
-        self.next_at = self.next_at.max(now) + gap;
+        self.next_at = self.next_at.max(now) + self.gap(now);
+    }
+
+    /// The gap between two sends at `now`: one over the rate, doubled by the streak.
+    fn gap(&self, now: Instant) -> Duration {
+        let gap = (1.0 / self.rate(now)).min(1.0 / THROTTLE_MIN_RATE);
+        Duration::from_secs_f64(gap * f64::from(1u32 << self.streak))
+    }
+
+    /// A request sent after dispatch `seq` was refused at `now`, the key at dispatch `last`:
+    /// the streak grows (once per request sent after the previous refusal) and the next send
+    /// waits a doubled gap.
+    pub(super) fn refused(&mut self, seq: u64, last: u64, now: Instant) {
+        if seq > self.streak_seq {
+            self.streak = (self.streak + 1).min(MAX_STREAK);
+            self.streak_seq = last;
+            self.next_at = self.next_at.max(now + self.gap(now));
+        }
+    }
+
+    /// The server accepted the request of dispatch `seq`: one sent after the last refusal ends
+    /// the streak.
+    pub(super) fn accepted(&mut self, seq: u64) {
+        if seq > self.streak_seq {
+            self.streak = 0;
+        }
     }
 
     /// Whether a throttle at `now` may cut again: not within two paced gaps (at least a
@@ -477,6 +515,36 @@ mod tests {
         let c = Throttle::new(3.0, f64::INFINITY, 1, later);
         assert!(!c.starting());
         assert!((c.rate(later) - 2.1).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_in_a_row_double_the_gap_until_one_is_accepted() {
+        let now = Instant::now();
+        let mut t = Throttle::new(1.0 / 0.7, f64::INFINITY, 10, now);
+        // The first throttle's own request (dispatch 10) starts no streak.
+        t.refused(10, 10, now);
+        t.sent(now, 1.0);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(1));
+        // A request sent after it refused too: the next gap doubles, then doubles again.
+        t.refused(11, 12, now);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(2));
+        t.refused(12, 12, now);
+        assert_eq!(
+            t.ready_at(),
+            now + Duration::from_secs(2),
+            "sent before: counted once"
+        );
+        t.refused(13, 13, now);
+        t.sent(now, 1.0);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(4 + 4));
+        // An answer to a request sent before the last refusal proves nothing; a later one
+        // ends the streak.
+        t.accepted(13);
+        t.sent(now, 1.0);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(12));
+        t.accepted(14);
+        t.sent(now, 1.0);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(13));
     }
 
     #[tokio::test(start_paused = true)]

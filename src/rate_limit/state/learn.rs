@@ -52,6 +52,9 @@ impl KeyState {
             }
         } else if outcome.is_success() {
             self.accepted.push(now);
+            if let Some(t) = &mut self.throttle {
+                t.accepted(record.seq);
+            }
         }
         if !limited
             && record.seq > self.cooldown_seq
@@ -109,7 +112,9 @@ impl KeyState {
                 let ok = outcome.is_success() && !self.any_bucket();
                 if ok {
                     self.probe = Probe::Unlimited;
-                    self.throttle = Some(Throttle::slow_start(self.dispatch_seq, now));
+                    if self.throttle.is_none() {
+                        self.throttle = Some(Throttle::slow_start(self.dispatch_seq, now));
+                    }
                     tracing::debug!(key = %key,
                         "rate limit: no rate-limit headers; starting slowly until a throttle");
                 }
@@ -664,6 +669,9 @@ impl KeyState {
                     "rate limit: throttled without rate-limit headers; pacing on a learned rate");
                 self.throttle = Some(t);
             }
+        }
+        if let Some(t) = &mut self.throttle {
+            t.refused(record.seq, self.dispatch_seq, now);
         }
     }
 }
