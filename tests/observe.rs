@@ -17,8 +17,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_llm_limits::observe::names;
 use tower_llm_limits::preset;
 use tower_llm_limits::signals::Dimension;
-use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
 use tower_llm_limits::status::{BreakerState, Snapshot};
+use tower_llm_limits_sim::{Fault, Faults, Limits, SimApi};
 
 use support::sim::message;
 

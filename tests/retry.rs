@@ -21,7 +21,7 @@ use tower_llm_limits::signals::{
 };
 
 use support::retry::{Scripted, respond, respond_with};
-use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi, Workload};
+use tower_llm_limits_sim::{Fault, Faults, Limits, SimApi, Workload};
 
 fn request() -> Request<Full<Bytes>> {
     Request::post("http://api.test/v1/messages")

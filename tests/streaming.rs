@@ -14,12 +14,13 @@ use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_llm_limits::BoxError;
 use tower_llm_limits::breaker::State as BreakerState;
 use tower_llm_limits::preset::{self, PresetLayer};
 use tower_llm_limits::rate_limit::Limits;
 use tower_llm_limits::retry::Attempts;
 use tower_llm_limits::signals::{Dimension, OutcomeKind, StreamInterrupted};
-use tower_llm_limits::{BoxError, sim};
+use tower_llm_limits_sim as sim;
 
 const MODEL: &str = "claude-sonnet-4-5";
 
@@ -400,7 +401,7 @@ async fn a_stream_dropped_half_way_gives_back_its_permit_and_is_not_counted() {
 
 mod against_the_sim {
     use super::*;
-    use tower_llm_limits::sim::{Fault, Faults, SimApi, StreamBreak};
+    use tower_llm_limits_sim::{Fault, Faults, SimApi, StreamBreak};
 
     const LIMITS: (u64, u64, u64) = (1_000, 400_000, 80_000);
 

@@ -116,7 +116,7 @@
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_llm_limits::preset;
-//! use tower_llm_limits::sim::{self, Limits, SimApi};
+//! use tower_llm_limits_sim::{self as sim, Limits, SimApi};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), tower_llm_limits::BoxError> {

@@ -14,7 +14,7 @@ mod snapshot;
 mod tests;
 mod ticket;
 
-use feedback::{ACCEPTED_WINDOW, Margin, Others, Ratio, Recent, Throttle};
+use feedback::{ACCEPTED_WINDOW, Margin, Others, Ratio, Recent, SLOW_START_END, Throttle};
 use key::{Anchor, Awaiting, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
 pub use snapshot::{BucketSnapshot, KeySnapshot};
 use ticket::Phase;
@@ -320,6 +320,7 @@ impl RateLimitState {
                 tightened_seq: 0,
                 throttle: None,
                 sends: Recent::sends(),
+                held: 0,
                 accepted: Recent::accepted(),
                 cooldown_seq: 0,
                 cooldown_set: None,

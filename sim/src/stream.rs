@@ -33,12 +33,10 @@ pub(crate) const TOKENS_PER_DELTA: u64 = 8;
 
 /// Whether a request body asks for a stream (`"stream": true`).
 pub(crate) fn wants_stream(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Flags {
-        #[serde(default)]
-        stream: bool,
-    }
-    serde_json::from_slice::<Flags>(body).is_ok_and(|f| f.stream)
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("stream")?.as_bool())
+        .unwrap_or(false)
 }
 
 fn event(name: &str, data: serde_json::Value) -> Bytes {
