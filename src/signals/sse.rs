@@ -17,8 +17,9 @@
 //!
 //! **Bounded memory.** Only the current line (when it spans chunks) and the current event's
 //! `data` are kept, at most [`MAX_EVENT_BYTES`] together; a larger event is reported with
-//! [`SseEvent::is_oversized`] and its data dropped. `data` of events whose name says they carry
-//! nothing this crate reads (Anthropic's `content_block_*` and `ping`) is not kept at all.
+//! [`SseEvent::is_oversized`] and its data dropped. A parser made
+//! [`skipping_content`](SseParser::skipping_content) (as the crate's own watcher is) does not
+//! keep the `data` of events that carry only content (Anthropic's `content_block_*` and `ping`).
 
 /// The most bytes of one event's `data` kept for reading (1 MiB): far above any event that
 /// carries usage or an error, which are a few hundred bytes.
@@ -89,6 +90,7 @@ pub struct SseParser {
     has_data: bool,
     oversized: bool,
     max: usize,
+    skip_content: bool,
 }
 
 impl SseParser {
@@ -104,6 +106,18 @@ impl SseParser {
             max,
             ..SseParser::default()
         }
+    }
+
+    /// Drops the `data` of content events (`content_block_start`, `content_block_delta`,
+    /// `content_block_stop`, `ping`): they are still reported, with empty data. For a watcher
+    /// that reads usage, errors and the end of a stream, never the text.
+    pub fn skipping_content(mut self) -> Self {
+        self.skip_content = true;
+        self
+    }
+
+    fn unread(&self) -> bool {
+        self.skip_content && data_unread(&self.name)
     }
 
     /// Feeds the next chunk of the stream; `on_event` is called for each event it completes.
@@ -177,13 +191,14 @@ impl SseParser {
             }
             b"data" => {
                 let overflow = self.line_overflow;
-                if self.has_data && !data_unread(&self.name) {
+                let unread = self.unread();
+                if self.has_data && !unread {
                     self.push_data(b"\n");
                 }
                 self.has_data = true;
                 if overflow {
                     self.oversized = true;
-                } else if !data_unread(&self.name) {
+                } else if !unread {
                     self.push_data(value);
                 }
             }
@@ -372,7 +387,7 @@ mod tests {
     use super::*;
 
     fn events(chunks: &[&[u8]]) -> Vec<(String, Vec<u8>, bool)> {
-        let mut parser = SseParser::new();
+        let mut parser = SseParser::new().skipping_content();
         let mut out = Vec::new();
         for chunk in chunks {
             parser.feed(chunk, |e| {
@@ -406,6 +421,10 @@ mod tests {
         let whole = events(&[bytes]);
         assert_eq!(whole.len(), 7);
         assert_eq!(whole[0].0, "message_start");
+        assert!(whole[3].1.is_empty(), "a content event's data is skipped");
+        let mut all = Vec::new();
+        SseParser::new().feed(bytes, |e| all.push(e.data().to_vec()));
+        assert!(all[3].ends_with(b"\"text\":\"Hello\"}}"));
         assert_eq!(whole[5].1, b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\n\"usage\":{\"output_tokens\":15}}");
         for split in 0..=bytes.len() {
             let (a, b) = bytes.split_at(split);

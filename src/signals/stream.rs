@@ -339,7 +339,7 @@ impl fmt::Debug for StreamWatch {
 impl StreamWatch {
     pub(crate) fn new(report: Option<UsageReport>, idle: Duration) -> Self {
         StreamWatch {
-            parser: SseParser::new(),
+            parser: SseParser::new().skipping_content(),
             usage: EventUsage::default(),
             expect: Expect::Nothing,
             stopped: false,
