@@ -116,14 +116,14 @@ impl ResponseSignals {
     /// assert_eq!(outcome.kind(), OutcomeKind::Overloaded);
     /// ```
     pub fn outcome_or<B, C: Classify + ?Sized>(response: &Response<B>, classifier: &C) -> Outcome {
-        if let Some(failed) = response.extensions().get::<StreamStartFailed>()
-            && response.extensions().get::<ResponseSignals>().is_none()
-        {
-            return failed.outcome(classifier);
-        }
-        match response.extensions().get::<ResponseSignals>() {
-            Some(signals) => signals.outcome,
-            None => {
+        let extensions = response.extensions();
+        match (
+            extensions.get::<ResponseSignals>(),
+            extensions.get::<StreamStartFailed>(),
+        ) {
+            (Some(signals), _) => signals.outcome,
+            (None, Some(failed)) => failed.outcome(classifier),
+            (None, None) => {
                 let headers = response.headers();
                 classifier.classify_response(
                     response.status(),
