@@ -37,7 +37,7 @@
 //! | part | default | source |
 //! |---|---|---|
 //! | retries | 2 (3 attempts), backoff `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)` (0.375–0.5 s before the first retry) | the official Anthropic and OpenAI SDKs |
-//! | honoured `retry-after` / `retry-after-ms` | [`anthropic`]: any positive wait (up to ≈ 49.7 days); [`openai`]: up to 120 s, above it no retry but [`retry::error::WaitTooLong`] (stating the server's wait); [`generic`]: up to 60 s, else `WaitTooLong` | anthropic-python ≥ 1.6 and Anthropic TS/Go/Java; openai-python |
+//! | honoured `retry-after` / `retry-after-ms` | [`anthropic`]: any positive wait (up to ≈ 49.7 days); [`openai`]: up to 120 s, above it no retry but [`retry::error::ServerWaitTooLong`] (stating the server's wait); [`generic`]: up to 60 s, else `ServerWaitTooLong` | anthropic-python ≥ 1.6 and Anthropic TS/Go/Java; openai-python |
 //! | zero or past wait (`retry-after: 0`, `retry-after-ms: 0`, an HTTP-date at or before `date`) | treated as no wait: the backoff (0.375–0.5 s first) | every SDK |
 //! | 429 without `retry-after` | the rate limiter pauses the model's key for its cooldown ([`DEFAULT_COOLDOWN`](crate::rate_limit::DEFAULT_COOLDOWN), 0.5 s, the SDKs' first backoff) and the retry waits that out instead of its own backoff; a server that sends no rate-limit headers at all is paced on a rate learned from its throttles instead | the pause holds back *every* request of the key, not only the retry, so the burst that caused the 429 does not repeat; the retry layer alone uses the backoff |
 //! | deadline ([`retry::Policy::deadline`], none by default) | no wait goes past it: a retry that could not start in time ends the call at once with [`retry::error::DeadlineExceeded`] (stating the server's wait) | ours |
@@ -175,7 +175,7 @@ pub fn anthropic() -> PresetLayer {
 /// (Go-style reset durations), SDK retry rules (`retry-after-ms` honoured), a breaker on overload.
 ///
 /// Its retry policy is [`retry::Policy::openai`]: a `retry-after` up to 120 s is honoured, a
-/// longer one is not retried ([`retry::error::WaitTooLong`]), as openai-python does.
+/// longer one is not retried ([`retry::error::ServerWaitTooLong`]), as openai-python does.
 pub fn openai() -> PresetLayer {
     PresetLayer::with_rate_limit(RateLimitLayer::new()).retry(retry::Policy::openai())
 }
