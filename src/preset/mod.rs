@@ -115,6 +115,49 @@
 //! # }
 //! ```
 //!
+//! One type for the whole stack, to store in a struct or pass around: a
+//! [`BoxCloneService`](tower::util::BoxCloneService) whose response body is
+//! [`ResponseBody<B>`](ResponseBody), the client's body `B` as the preset hands it back — still
+//! streaming, nothing collected into memory (only error bodies up to 64 KiB are read, see
+//! [`ErrorBodyLayer`]):
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower::util::BoxCloneService;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_llm_limits::{BoxError, preset};
+//! use tower_llm_limits_sim::{self as sim, Limits, SimApi};
+//!
+//! /// The client's request and response bodies are both `Full<Bytes>` here.
+//! type Claude = BoxCloneService<
+//!     http::Request<Full<Bytes>>,
+//!     http::Response<preset::ResponseBody<Full<Bytes>>>,
+//!     BoxError,
+//! >;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let api = SimApi::builder()
+//!     .model("claude-sonnet-4-5", Limits::per_minute(50, 30_000, 8_000))
+//!     .build();
+//! let claude: Claude = BoxCloneService::new(
+//!     ServiceBuilder::new().layer(preset::anthropic()).service(api),
+//! );
+//!
+//! let body = sim::message_body("claude-sonnet-4-5", 200, 64, 32);
+//! let request = http::Request::post("https://api.anthropic.com/v1/messages")
+//!     .header("content-type", "application/json")
+//!     .body(Full::new(body))?;
+//! let response = claude.clone().oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! // The body is read as it arrives, frame by frame.
+//! let bytes = response.into_body().collect().await?.to_bytes();
+//! assert!(bytes.starts_with(b"{"));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Adjusted: configured limits as a ceiling, a bounded wait for budget, a fixed concurrency cap
 //! and one retry more than the SDKs:
 //!
@@ -140,12 +183,21 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
+use crate::concurrency::PermitBody;
 use crate::concurrency::adaptive::{AdaptiveConcurrencyLimit, AdaptiveConcurrencyLimitLayer, Aimd};
 use crate::cost::DefaultCost;
 use crate::rate_limit::{DefaultKey, HostKey, Limits, RateLimit, RateLimitLayer, RateLimitState};
 use crate::retry::{self, Retry, RetryLayer};
-use crate::signals::{ErrorBody, ErrorBodyLayer, OutcomeKind, Signals, SignalsLayer};
+use crate::signals::{
+    ErrorBody, ErrorBodyLayer, MaybeBuffered, OutcomeKind, Signals, SignalsLayer,
+};
 use crate::status::Snapshot;
+
+/// The response body of a [`Preset`] around a client whose response body is `B`: `B` itself,
+/// streaming, with the concurrency permit it may hold ([`PermitBody`]) and, for a small error
+/// body, the bytes [`ErrorBody`] read first ([`MaybeBuffered`]). See the
+/// [`BoxCloneService` example](self#examples).
+pub type ResponseBody<B> = PermitBody<MaybeBuffered<B>>;
 
 /// The service a [`PresetLayer`] builds around `S`.
 pub type Preset<S, K = DefaultKey, E = DefaultCost> =
