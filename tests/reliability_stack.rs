@@ -79,7 +79,7 @@ impl Tally {
             }
             if e.is::<retry::error::BudgetExhausted>()
                 || e.is::<retry::error::DeadlineExceeded>()
-                || e.is::<retry::error::WaitTooLong>()
+                || e.is::<retry::error::ServerWaitTooLong>()
             {
                 self.retry_gave_up += 1;
                 return;

@@ -162,6 +162,10 @@ impl ApiError {
 /// limits bound how much an error response can delay the caller. The time limit needs a tokio
 /// runtime with the time driver (as every waiting layer of this crate).
 ///
+/// Its error is a [`BoxError`]: the inner service's error, boxed, as every layer of this crate
+/// returns it (and [`PolledAfterCompletion`](crate::error::PolledAfterCompletion) for a future
+/// polled again after it completed).
+///
 /// # Examples
 ///
 /// ```
@@ -618,15 +622,16 @@ where
 impl<S, ReqB, ResB> Service<Request<ReqB>> for ErrorBody<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
     ResB: http_body::Body<Data = Bytes>,
     ResB::Error: Into<BoxError>,
 {
     type Response = Response<MaybeBuffered<ResB>>;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = super::future::ErrorBodyFuture<S::Future, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {

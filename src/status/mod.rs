@@ -81,6 +81,5 @@
 mod snapshot;
 
 pub use snapshot::{
-    BreakerState, BreakerStatus, ConcurrencyStatus, DimensionStatus, KeyStatus, RetryBudgetStatus,
-    Snapshot,
+    BreakerStatus, ConcurrencyStatus, DimensionStatus, KeyStatus, RetryBudgetStatus, Snapshot,
 };
