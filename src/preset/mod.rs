@@ -147,12 +147,12 @@
 //! use tower::util::BoxCloneService;
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_llm_limits::{BoxError, preset};
-//! use tower_llm_limits_sim::{self as sim, Limits, SimApi};
+//! use tower_llm_limits_sim::{self as sim, Limits, SimApi, SimBody};
 //!
-//! /// The client's request and response bodies are both `Full<Bytes>` here.
+//! /// The client's request body is `Full<Bytes>`, its response body the sim's `SimBody`.
 //! type Claude = BoxCloneService<
 //!     http::Request<Full<Bytes>>,
-//!     http::Response<preset::ResponseBody<Full<Bytes>>>,
+//!     http::Response<preset::ResponseBody<SimBody>>,
 //!     BoxError,
 //! >;
 //!
