@@ -1,7 +1,9 @@
 //! An axum app whose handler calls Claude through ONE shared preset stack: every request to the
 //! app, however many run at once, draws on the same rate-limit budget, breaker and concurrency
-//! cap. `GET /status` serves what the stack knows right now as JSON, `GET /status.txt` as a
-//! table (both from [`status::Snapshot`](tower_llm_limits::status::Snapshot)).
+//! cap. `POST /stream` relays a streaming answer (`"stream": true`) to the app's own client as it
+//! arrives, through the same stack. `GET /status` serves what the stack knows right now as JSON,
+//! `GET /status.txt` as a table (both from
+//! [`status::Snapshot`](tower_llm_limits::status::Snapshot)).
 //!
 //! ```sh
 //! cargo run --features reqwest --example axum_service             # self-test: 50 concurrent
@@ -11,7 +13,8 @@
 //! ANTHROPIC_API_KEY=... cargo run --features reqwest --example axum_service -- --serve
 //! ```
 //!
-//! Then `curl -d 'Say hello' http://ADDR/ask`, `curl http://ADDR/status.txt` and
+//! Then `curl -d 'Say hello' http://ADDR/ask`, `curl -N -d 'Tell a story' http://ADDR/stream`,
+//! `curl http://ADDR/status.txt` and
 //! `curl http://ADDR/status`.
 
 mod support;
@@ -71,6 +74,42 @@ async fn ask(State(app): State<App>, prompt: String) -> impl IntoResponse {
     }
 }
 
+/// `POST /stream` with the prompt as the body: asks Claude for a streaming answer through the
+/// shared stack and relays its events to the caller as they arrive. The stack watches the
+/// stream on the way (usage, errors, stalls): a stream that breaks mid-way ends the relayed body
+/// with an error, which closes the app's response early, as the provider's would have.
+async fn stream(State(app): State<App>, prompt: String) -> axum::response::Response {
+    let request = app.target.messages_request(&prompt, 256);
+    let (parts, body) = request.into_parts();
+    let bytes = tower_llm_limits::cost::BodyBytes::body_bytes(&body).unwrap_or_default();
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    json["stream"] = serde_json::Value::Bool(true);
+    let body = http_body_util::Full::new(bytes::Bytes::from(json.to_string()));
+    match app
+        .claude
+        .oneshot(http::Request::from_parts(parts, body))
+        .await
+    {
+        Ok(response) => {
+            let status =
+                StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("text/event-stream")
+                .to_string();
+            (
+                status,
+                [(header::CONTENT_TYPE, content_type)],
+                axum::body::Body::new(response.into_body()),
+            )
+                .into_response()
+        }
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
+    }
+}
+
 /// `GET /status`: the live limits, budgets, breaker and concurrency of the shared stack, as JSON.
 async fn status(State(app): State<App>) -> Json<serde_json::Value> {
     Json(app.layer.snapshot().to_json())
@@ -99,6 +138,7 @@ async fn main() -> Result<(), BoxError> {
         .service(ReqwestService::new(reqwest::Client::new()));
     let app = Router::new()
         .route("/ask", post(ask))
+        .route("/stream", post(stream))
         .route("/status", get(status))
         .route("/status.txt", get(status_txt))
         .with_state(App {
@@ -110,7 +150,9 @@ async fn main() -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    println!("app listening on http://{addr} (POST /ask, GET /status, GET /status.txt)");
+    println!(
+        "app listening on http://{addr} (POST /ask, POST /stream, GET /status, GET /status.txt)"
+    );
     if serve {
         server.await??;
         return Ok(());
@@ -168,6 +210,30 @@ async fn main() -> Result<(), BoxError> {
     done.notify_one();
     let tables = watcher.await?;
     println!("{ok} of 50 requests to the app succeeded, {failed} failed");
+
+    // One streaming answer relayed by the app.
+    let mut relayed = http
+        .post(format!("http://{addr}/stream"))
+        .body("Tell a short story.")
+        .send()
+        .await?;
+    println!(
+        "POST /stream: {} {:?}",
+        relayed.status(),
+        relayed.headers().get("content-type")
+    );
+    let (mut chunks, mut events) = (0, String::new());
+    while let Some(chunk) = relayed.chunk().await? {
+        chunks += 1;
+        events.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    println!(
+        "POST /stream relayed {} events in {chunks} chunks",
+        events.matches("event: ").count()
+    );
+    if !events.ends_with("data: {\"type\":\"message_stop\"}\n\n") {
+        return Err("the relayed stream did not end with message_stop".into());
+    }
     let status = http
         .get(format!("http://{addr}/status"))
         .send()
