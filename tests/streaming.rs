@@ -589,4 +589,41 @@ mod against_the_sim {
         assert_eq!(layer.get_breaker().state(), BreakerState::Closed);
         assert_eq!(layer.get_concurrency().limiter().decreases(), 0);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_workload_with_streams_completes_and_broken_streams_are_failed_calls_not_retries() {
+        let workload = sim::Workload::new(80, 8).seed(5).stream_share(0.5);
+        let streams = workload.specs().iter().filter(|s| s.stream()).count();
+        assert!((25..=55).contains(&streams), "{streams} of 80 stream");
+        // Every stream whole: every call succeeds.
+        let whole = api(Faults::new());
+        let report = workload
+            .clone()
+            .run(
+                ServiceBuilder::new()
+                    .layer(preset::anthropic())
+                    .service(whole.clone()),
+            )
+            .await;
+        assert_eq!(report.ok(), 80);
+        assert_eq!(whole.counters().received(), 80);
+        // A fifth of the streams break mid-way: those calls fail (nothing re-sent), the others
+        // succeed.
+        let broken_api = api(Faults::new().always(Fault::StreamBreak {
+            after_events: 5,
+            how: StreamBreak::Overloaded,
+            probability: 0.2,
+        }));
+        let report = workload
+            .run(
+                ServiceBuilder::new()
+                    .layer(preset::anthropic())
+                    .service(broken_api.clone()),
+            )
+            .await;
+        let broken = broken_api.counters().overloaded() as usize;
+        assert!(broken > 0);
+        assert_eq!(report.ok(), 80 - broken);
+        assert_eq!(broken_api.counters().received(), 80, "nothing re-sent");
+    }
 }

@@ -55,6 +55,7 @@ pub struct Workload {
     max_tokens: RangeInclusive<u64>,
     output_fraction: RangeInclusive<f64>,
     base_uri: String,
+    stream_share: f64,
 }
 
 /// One planned request of a [`Workload`].
@@ -65,6 +66,7 @@ pub struct RequestSpec {
     input_tokens: u64,
     max_tokens: u64,
     output_tokens: u64,
+    stream: bool,
 }
 
 impl RequestSpec {
@@ -92,14 +94,25 @@ impl RequestSpec {
         self.output_tokens
     }
 
+    /// Whether the request asks for a streaming answer (`"stream": true`).
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
     /// The HTTP request: `POST {base}/v1/messages` with this spec's body.
     pub fn request(&self, base_uri: &str) -> Request<Full<Bytes>> {
-        let body = message_body(
+        let mut body = message_body(
             &self.model,
             self.input_tokens,
             self.max_tokens,
             self.output_tokens,
         );
+        if self.stream
+            && let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body)
+        {
+            json["stream"] = serde_json::Value::Bool(true);
+            body = Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
+        }
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = http::Method::POST;
         let uri = format!("{}/v1/messages", base_uri.trim_end_matches('/'));
@@ -203,7 +216,21 @@ impl Workload {
             max_tokens: 256..=1_024,
             output_fraction: 0.2..=1.0,
             base_uri: "http://sim.local".to_owned(),
+            stream_share: 0.0,
         }
+    }
+
+    /// The share of requests that ask for a streaming answer (`"stream": true`), drawn per
+    /// request from a generator of its own (default 0: none; the other draws are the same
+    /// whatever the share). A streaming answer is read to its end like any other: one that
+    /// breaks mid-way counts as an error.
+    pub fn stream_share(mut self, share: f64) -> Self {
+        self.stream_share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
+        self
     }
 
     /// The seed of the sizes.
@@ -262,6 +289,7 @@ impl Workload {
     /// The planned requests, in order. The same seed gives the same plan.
     pub fn specs(&self) -> Vec<RequestSpec> {
         let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut streams = StdRng::seed_from_u64(self.seed ^ 0x5713_ea35_0000_0018);
         let (in_lo, in_hi) = ordered(&self.input_tokens);
         let (max_lo, max_hi) = ordered(&self.max_tokens);
         let (f_lo, f_hi) = ordered(&self.output_fraction);
@@ -286,6 +314,7 @@ impl Workload {
                     input_tokens,
                     max_tokens,
                     output_tokens,
+                    stream: self.stream_share > 0.0 && streams.random::<f64>() < self.stream_share,
                 }
             })
             .collect()
