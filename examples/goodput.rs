@@ -165,6 +165,8 @@ struct Sizes {
     input_tokens: std::ops::RangeInclusive<u64>,
     max_tokens: std::ops::RangeInclusive<u64>,
     output_fraction: std::ops::RangeInclusive<f64>,
+    /// The share of requests that stream (`"stream": true`), read to their end.
+    stream_share: f64,
 }
 
 impl Default for Sizes {
@@ -173,6 +175,7 @@ impl Default for Sizes {
             input_tokens: INPUT_TOKENS,
             max_tokens: MAX_TOKENS,
             output_fraction: OUTPUT_FRACTION,
+            stream_share: 0.0,
         }
     }
 }
@@ -251,6 +254,7 @@ impl Scenario {
             .input_tokens(self.sizes.input_tokens.clone())
             .max_tokens(self.sizes.max_tokens.clone())
             .output_fraction(self.sizes.output_fraction.clone())
+            .stream_share(self.sizes.stream_share)
     }
 
     /// T*, the best possible completion time. The sim computes it for fixed limits (the refill
@@ -675,7 +679,11 @@ fn named(check: bool) -> bool {
 fn run_sweep(check: bool, jobs: usize) -> bool {
     let started = std::time::Instant::now();
     let only_point = arg("--point");
-    let points = sweep::points();
+    // `--stream-share 0.3`: that share of every point's requests stream (none by default).
+    let stream_share = arg("--stream-share")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    let points = sweep::points(stream_share);
     let next = AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Row>>> =
         std::sync::Mutex::new((0..points.len()).map(|_| None).collect());

@@ -122,7 +122,9 @@ fn uniform(rng: &mut fastrand::Rng, lo: f64, hi: f64) -> f64 {
 /// (which does not count concurrency) would be out of reach for any client. The scaling stops
 /// before a bucket gets smaller than 2.5 of the largest request. Limits are scaled up when a
 /// call would have to wait its turn longer than [`MAX_QUEUE`] even at the best pace.
-pub fn points() -> Vec<Point> {
+/// The sweep's points; `stream_share` of every point's requests stream (drawn apart from the
+/// other draws, so the points are the same whatever the share).
+pub fn points(stream_share: f64) -> Vec<Point> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -194,6 +196,7 @@ pub fn points() -> Vec<Point> {
                 input_tokens: in_lo..=in_hi,
                 max_tokens: tier.max_tokens.clone(),
                 output_fraction: out_lo..=out_hi,
+                stream_share,
             };
             let scenario = |scale: f64| {
                 let scaled = |x: u64| ((x as f64 * scale).round() as u64).max(1);
@@ -277,7 +280,7 @@ pub fn points() -> Vec<Point> {
             }
             let scenario = scenario(scale);
             let m = scenario.models[0];
-            let params = format!(
+            let mut params = format!(
                 "timing:{},dialect:{},input:{counting_name},prompt:{in_lo}-{in_hi},output:{out_lo:.2}-{out_hi:.2},\
                  others:{others:.2},tier:{}x{scale:.2}={}/{}/{},latency:{:.2}s+{:.1}ms,\
                  r529:{r529:.3},callers:{callers},requests:{requests},refill:{:.0}s,\
@@ -302,6 +305,9 @@ pub fn points() -> Vec<Point> {
                 concurrency.as_secs_f64(),
                 queue(refill).as_secs_f64(),
             );
+            if stream_share > 0.0 {
+                params.push_str(&format!(",streams:{stream_share:.2}"));
+            }
             Point {
                 scenario,
                 headerless,
