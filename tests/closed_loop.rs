@@ -375,6 +375,45 @@ async fn a_header_less_server_is_started_slowly() {
     );
 }
 
+/// A header-less key behind a concurrency cap: a request admitted and held by the cap makes
+/// the next one wait for its send, at no known instant, which is not a projected wait past the
+/// caller's `max_wait` (it would fail at once with `WaitTooLong`); every call completes.
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_held_request_is_not_a_wait_too_long() {
+    let svc = service_fn(|_req: Request<String>| async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    });
+    let limited = ServiceBuilder::new()
+        .layer(RateLimitLayer::new())
+        .layer(tower::limit::ConcurrencyLimitLayer::new(1))
+        .service(svc);
+    // The probe: the server sends no headers, so the key is paced on sends from now.
+    limited.clone().oneshot(request(100)).await.unwrap();
+    let start = Instant::now();
+    // The first goes at once, the second a paced second later and is held by the cap; the
+    // third comes while the second is held.
+    let calls = (0..3u64)
+        .map(|i| {
+            let limited = limited.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(1_200) * i as u32).await;
+                let mut req = request(100);
+                req.extensions_mut()
+                    .insert(MaxWait::new(Duration::from_secs(5)));
+                limited.oneshot(req).await.unwrap();
+            })
+        })
+        .collect();
+    join_all(calls).await;
+    // One at a time through the cap: three answers of 3 s.
+    assert!(
+        start.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 /// Runs the futures concurrently on this task until all are done (the services here are not
 /// `Send` enough for `tokio::spawn`).
 async fn join_all<F: std::future::Future<Output = ()> + Unpin>(mut futures: Vec<F>) {

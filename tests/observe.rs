@@ -283,12 +283,27 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
         (Dimension::InputTokens, 40_000),
         (Dimension::OutputTokens, 8_000),
     ] {
-        let d = key.dimension(dimension).expect("a known dimension");
+        let d = key.bucket(dimension).expect("a known dimension");
         assert_eq!(d.learned(), Some(limit), "{dimension:?}");
-        assert_eq!(d.limit(), limit, "{dimension:?}");
+        assert_eq!(d.capacity(), limit, "{dimension:?}");
         assert_eq!(d.configured(), None);
-        assert!(d.remaining() <= limit);
+        assert!(d.level() <= limit);
+        assert_eq!(d.dimension(), dimension);
+        assert_eq!(
+            d.full_in(),
+            d.full_at().saturating_duration_since(key.taken_at())
+        );
     }
+    // The known buckets, in `Dimension::ALL` order (the total has no limit of its own here).
+    let known: Vec<_> = key.buckets().map(|b| b.dimension()).collect();
+    assert_eq!(
+        known,
+        [
+            Dimension::Requests,
+            Dimension::InputTokens,
+            Dimension::OutputTokens
+        ]
+    );
     assert_eq!(key.in_flight(), 0);
     assert_eq!(key.queued(), 0);
     let breaker = during.breaker(None).expect("the unkeyed breaker");
@@ -315,6 +330,19 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
         40_000
     );
     assert_eq!(json["breakers"][0]["state"], "closed");
+    // What the limiter learned is served too, as the key's snapshot shows it.
+    let served = &json["rate_limits"][0];
+    assert_eq!(served["input_reservation"], key.input_reservation());
+    assert_eq!(served["output_share"], key.output_share());
+    let requests = key.bucket(Dimension::Requests).unwrap();
+    assert_eq!(
+        served["dimensions"]["requests"]["margin"],
+        requests.margin()
+    );
+    assert_eq!(
+        served["dimensions"]["requests"]["others_share"],
+        requests.others_share()
+    );
 
     // --- Metrics ------------------------------------------------------------------------
     assert_eq!(m.counter(names::CALLS, &[]), 12);
@@ -369,7 +397,7 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
     );
     assert_eq!(m.gauge(names::BREAKER_STATE, &[("key", "*")]), Some(0.0));
     // Gauges set from the last snapshot equal what it shows.
-    let requests = key.dimension(Dimension::Requests).unwrap();
+    let requests = key.bucket(Dimension::Requests).unwrap();
     assert_eq!(
         m.gauge(
             names::RATE_LIMIT_LIMIT,
@@ -382,7 +410,7 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
             names::RATE_LIMIT_REMAINING,
             &[("key", MODEL), ("dimension", "requests")]
         ),
-        Some(requests.remaining() as f64)
+        Some(requests.level() as f64)
     );
     assert_eq!(
         m.gauge(names::CONCURRENCY_LIMIT, &[]),

@@ -25,6 +25,39 @@
 //! reserves `max_tokens` (or [`DEFAULT_OUTPUT_TOKENS`] when the body does not say) and gives back
 //! the difference as soon as the true figure is known — from the server's output-bucket reading,
 //! or from a [`Usage`] put in the response's extensions.
+//!
+//! # Why two body traits: `BodyBytes` here, `ReplayBody` in `retry`
+//!
+//! A request body is asked two different questions. [`BodyBytes`]: can its bytes be *seen*
+//! now, without consuming it, so the default key and cost can read the JSON (`model`,
+//! `max_tokens`, size) before the request is sent? [`ReplayBody`](crate::retry::ReplayBody):
+//! can a *fresh copy* be made to send the request again? The answers are independent, so they
+//! are two traits rather than one:
+//!
+//! | body | bytes seen | replayed |
+//! |---|---|---|
+//! | `Full<Bytes>`, `Bytes`, `String`, `Vec<u8>`, `&'static str`, `()`, `Empty` | yes | yes |
+//! | [`SendOnce`](crate::retry::SendOnce)`<Full<Bytes>>` (a call you do not want repeated) | yes | no, on purpose |
+//! | `BoxBody`, `UnsyncBoxBody` (a stream) | its length only | no |
+//! | [`Replayable`](crate::retry::Replayable)`<B>`, `B` a cloneable stream of yours | no (`BodyBytes` defaults) | yes |
+//!
+//! Each layer asks only its own question: a rate limiter with [`DefaultKey`] or
+//! [`DefaultCost`] needs `BodyBytes`, a [`Retry`](crate::retry::Retry) needs `ReplayBody`, and
+//! only a stack with both (a [preset](crate::preset)) needs both. One merged trait would carry
+//! the two answers anyway and would have to pick a default for the one a user did not think
+//! about: "never replayed" silently turns retries off for a body implemented for costing, and a
+//! required `replay` makes a rate-limiter-only user answer a retry question. The traits also
+//! differ in shape: `BodyBytes` is a view (`&self` to [`Bytes`], no `Sized` bound),
+//! `ReplayBody` returns a new `Self` and can refuse with
+//! [`ReplayRefused`](crate::retry::ReplayRefused) when a body that should be replayable finds it
+//! is not. And `cost` depends on no layer, so the retry's body trait cannot live here.
+//!
+//! What they share is written once: the two wrappers, [`SendOnce`](crate::retry::SendOnce) and
+//! [`Replayable`](crate::retry::Replayable), implement `BodyBytes` as the body they wrap, so
+//! wrapping a foreign body is the one answer to both (see [`BodyBytes`] for the list of body
+//! types that go through a preset).
+//!
+//! [`DefaultKey`]: crate::rate_limit::DefaultKey
 
 use std::fmt;
 use std::task::{Context, Poll};

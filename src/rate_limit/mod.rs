@@ -194,7 +194,7 @@
 //! spaced at the rate, never sent in bursts ([`KeySnapshot::throttle_rate`]). Such a throttle
 //! sets no cooldown of its own unless it carries `retry-after`. Refusals in a row, of requests
 //! each sent after the one before was refused, mean the server's bucket is in debt: each doubles
-//! the gap (at most 32 times) until a request sent after them is accepted. Before the first
+//! the gap (to 20 s at most) until a request sent after them is accepted. Before the first
 //! throttle the key starts slowly, as TCP does: one request a second, doubling every 4 s while
 //! the requests really go that fast (a concurrency cap below or few callers freeze the growth),
 //! unpaced once past 256 a second. A server's bucket may hold a minute of refill; callers that send unpaced

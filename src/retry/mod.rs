@@ -46,6 +46,13 @@
 //!   ([`error::BudgetExhausted`]).
 //! - **Replay**: each attempt is rebuilt from the request's parts (method, URI, version,
 //!   headers, extensions) and a [`ReplayBody`]; a body that cannot be replayed is sent once.
+//!   `ReplayBody` answers only "can a fresh copy be sent again?"; whether the body's bytes can
+//!   be *seen* for the rate limiter's key and cost is the separate
+//!   [`BodyBytes`](crate::cost::BodyBytes). The two are independent (a
+//!   [`SendOnce`]`<Full<Bytes>>` is seen and never replayed, a [`Replayable`] stream is
+//!   replayed and not seen), each layer needs only its own, and a preset needs both: the
+//!   [`cost` module docs](crate::cost#why-two-body-traits-bodybytes-here-replaybody-in-retry)
+//!   say why they are not one trait.
 //! - **Attempt header** on retries ([`Policy::sdk_attempt_header`] sends the SDKs'
 //!   `x-stainless-retry-count`), and the number of attempts in every returned response's
 //!   extensions ([`Attempts`]) and in every error of [`error`].

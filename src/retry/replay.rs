@@ -20,7 +20,8 @@ use crate::cost::BodyBytes;
 /// [`SendOnce`] for one that is not (a stream, an upload, a boxed body), which opts that request
 /// out of retries while keeping one service type. To go through a [preset](crate::preset) a
 /// body also needs [`BodyBytes`](crate::cost::BodyBytes) (see there for the full list); both
-/// wrappers have it when the wrapped body does.
+/// wrappers have it when the wrapped body does. Replaying and having bytes that can be seen are
+/// independent ([why these are two traits](crate::cost#why-two-body-traits-bodybytes-here-replaybody-in-retry)).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not implement `ReplayBody`: the retry layer cannot tell whether this request body can be sent again",
     note = "wrap the body in `tower_llm_limits::retry::SendOnce` (never retried) or `retry::Replayable` (its clones must be independent copies)"

@@ -2,9 +2,12 @@
 //!
 //! [`PresetLayer::snapshot`](crate::preset::PresetLayer::snapshot) reads every shared state of
 //! a preset; the `with_*` methods build one from separate layers. It is a
-//! plain value: per rate-limit key the limit of each dimension (configured, learned from the
-//! headers, and the one in effect), the budget the limiter believes is left, how long until the
-//! bucket is full, the cooldown left after a 429, requests in flight and waiting; each
+//! plain value: per rate-limit key the rate limiter's own
+//! [`KeySnapshot`](crate::rate_limit::KeySnapshot) — the limit of each
+//! dimension (configured, learned from the headers, and the one in effect), the budget the
+//! limiter believes is left, how long until the bucket is full, the margin kept after refusals
+//! and the share other clients take, the cooldown left after a 429, requests in flight and
+//! waiting, what it learned of the server's input charges and output; each
 //! breaker's state and how long until an open one lets probes through; the concurrency cap's
 //! limit and permits held; the retries the retry budget allows. [`Display`](std::fmt::Display)
 //! renders a compact table, [`Snapshot::to_json`] a JSON value.
@@ -31,8 +34,8 @@
 //! let snapshot = layer.snapshot();
 //! let key = snapshot.rate_limit("claude-sonnet-4-5").unwrap();
 //! // Learned from the `anthropic-ratelimit-*` headers of the first response:
-//! assert_eq!(key.dimension(Dimension::Requests).unwrap().learned(), Some(50));
-//! assert_eq!(key.dimension(Dimension::InputTokens).unwrap().limit(), 30_000);
+//! assert_eq!(key.bucket(Dimension::Requests).unwrap().learned(), Some(50));
+//! assert_eq!(key.bucket(Dimension::InputTokens).unwrap().capacity(), 30_000);
 //! println!("{snapshot}");
 //! # Ok(())
 //! # }
@@ -59,12 +62,14 @@
 //!     "key": "claude-sonnet-4-5",
 //!     "dimensions": {
 //!       "requests": {"limit": 50, "configured": null, "learned": 50, "remaining": 49,
-//!                    "window_s": 60.0, "full_in_s": 1.2},
+//!                    "window_s": 60.0, "full_in_s": 1.2, "margin": 0, "others_share": 0.0},
 //!       "input_tokens": {"limit": 30000, "configured": null, "learned": 30000,
-//!                        "remaining": 28500, "window_s": 60.0, "full_in_s": 3.0},
+//!                        "remaining": 28500, "window_s": 60.0, "full_in_s": 3.0,
+//!                        "margin": 0, "others_share": 0.0},
 //!       "output_tokens": {"...": "..."}
 //!     },
-//!     "cooldown_s": null, "in_flight": 0, "queued": 0, "input_correction": 1.0
+//!     "cooldown_s": null, "in_flight": 0, "queued": 0, "input_correction": 1.0,
+//!     "input_reservation": 1.0, "output_share": 1.0, "throttle_rate": null
 //!   }],
 //!   "breakers": [{"key": null, "state": "closed", "half_open_in_s": null}],
 //!   "concurrency": {"adaptive": true, "limit": 32, "min": 2, "max": 512, "in_flight": 0, "waiting": 0},
@@ -72,14 +77,16 @@
 //! }
 //! ```
 //!
+//! The fields are those of [`KeySnapshot`](crate::rate_limit::KeySnapshot) and
+//! [`BucketSnapshot`](crate::rate_limit::BucketSnapshot) (`limit` is its
+//! [`capacity`](crate::rate_limit::BucketSnapshot::capacity), `remaining` its
+//! [`level`](crate::rate_limit::BucketSnapshot::level)).
 //! Durations are seconds from the moment the snapshot was taken (tokio's clock); `null` is
-//! "none" (no cooldown, a limit not configured, the unkeyed breaker). A snapshot holds no
+//! "none" (no cooldown, a limit not configured, no throttle rate, the unkeyed breaker). A snapshot holds no
 //! secret: nothing of a request but its key is kept, and the keys are what the key functions
 //! make (a model, a host).
 //!
 
 mod snapshot;
 
-pub use snapshot::{
-    BreakerStatus, ConcurrencyStatus, DimensionStatus, KeyStatus, RetryBudgetStatus, Snapshot,
-};
+pub use snapshot::{BreakerStatus, ConcurrencyStatus, RetryBudgetStatus, Snapshot};

@@ -8,13 +8,13 @@ use tokio::time::Instant;
 use crate::breaker::{self, CircuitBreakerLayer};
 use crate::concurrency::{AdaptiveLimiter, Limiter};
 use crate::observe::emit;
-use crate::rate_limit::{KeySnapshot, RateLimitKey, RateLimitState};
+use crate::rate_limit::{KeySnapshot, RateLimitState};
 use crate::retry::Budget;
-use crate::signals::Dimension;
 
-/// What the layers of a stack know at one instant: per rate-limit key its limits, remaining
-/// budget, cooldown, requests in flight and waiting; each breaker's state; the concurrency cap;
-/// the retry budget. See the [module docs](super).
+/// What the layers of a stack know at one instant: per rate-limit key the limiter's
+/// [`KeySnapshot`] (limits, remaining budget, cooldown, requests in flight and waiting, what it
+/// learned); each breaker's state; the concurrency cap; the retry budget. See the
+/// [module docs](super).
 ///
 /// Instants are turned into durations from the moment the snapshot was taken (tokio's clock),
 /// so a snapshot can be printed ([`Display`](fmt::Display)) or served as JSON
@@ -25,7 +25,7 @@ use crate::signals::Dimension;
 /// request is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
-    rate_limits: Vec<KeyStatus>,
+    rate_limits: Vec<KeySnapshot>,
     breakers: Vec<BreakerStatus>,
     concurrency: Option<ConcurrencyStatus>,
     retry_budget: Option<RetryBudgetStatus>,
@@ -50,9 +50,7 @@ impl Snapshot {
 
     /// Adds every key of a rate limiter's `state` (after those already added).
     pub fn with_rate_limit(mut self, state: &RateLimitState) -> Self {
-        let now = Instant::now();
-        self.rate_limits
-            .extend(state.snapshot().iter().map(|k| KeyStatus::new(k, now)));
+        self.rate_limits.extend(state.snapshot());
         self
     }
 
@@ -117,13 +115,13 @@ impl Snapshot {
     }
 
     /// The rate-limit keys, in the order they were added (each state's keys sorted).
-    pub fn rate_limits(&self) -> &[KeyStatus] {
+    pub fn rate_limits(&self) -> &[KeySnapshot] {
         &self.rate_limits
     }
 
-    /// The rate-limit status of `key`, if the snapshot has it.
-    pub fn rate_limit(&self, key: &str) -> Option<&KeyStatus> {
-        self.rate_limits.iter().find(|k| k.key.as_str() == key)
+    /// The rate-limit snapshot of `key`, if the snapshot has it.
+    pub fn rate_limit(&self, key: &str) -> Option<&KeySnapshot> {
+        self.rate_limits.iter().find(|k| k.key().as_str() == key)
     }
 
     /// The breakers.
@@ -156,14 +154,14 @@ impl Snapshot {
     /// the `metrics` feature it does nothing.
     pub fn record_metrics(&self) {
         for k in &self.rate_limits {
-            for d in &k.dimensions {
-                emit::rate_limit_bucket(&k.key, d.dimension.as_str(), d.remaining, d.limit);
+            for b in k.buckets() {
+                emit::rate_limit_bucket(k.key(), b.dimension().as_str(), b.level(), b.capacity());
             }
             emit::rate_limit_key(
-                &k.key,
-                k.cooldown.unwrap_or_default(),
-                k.in_flight,
-                k.queued,
+                k.key(),
+                k.cooldown().unwrap_or_default(),
+                k.in_flight(),
+                k.queued(),
             );
         }
         for b in &self.breakers {
@@ -187,26 +185,31 @@ impl Snapshot {
             .iter()
             .map(|k| {
                 let mut dimensions = Map::new();
-                for d in &k.dimensions {
+                for b in k.buckets() {
                     dimensions.insert(
-                        d.dimension.as_str().to_owned(),
+                        b.dimension().as_str().to_owned(),
                         json!({
-                            "limit": d.limit,
-                            "configured": d.configured,
-                            "learned": d.learned,
-                            "remaining": d.remaining,
-                            "window_s": secs(d.window),
-                            "full_in_s": secs(d.full_in),
+                            "limit": b.capacity(),
+                            "configured": b.configured(),
+                            "learned": b.learned(),
+                            "remaining": b.level(),
+                            "window_s": secs(b.window()),
+                            "full_in_s": secs(b.full_in()),
+                            "margin": b.margin(),
+                            "others_share": b.others_share(),
                         }),
                     );
                 }
                 json!({
-                    "key": k.key.as_str(),
+                    "key": k.key().as_str(),
                     "dimensions": dimensions,
-                    "cooldown_s": k.cooldown.map(secs),
-                    "in_flight": k.in_flight,
-                    "queued": k.queued,
-                    "input_correction": k.input_correction,
+                    "cooldown_s": k.cooldown().map(secs),
+                    "in_flight": k.in_flight(),
+                    "queued": k.queued(),
+                    "input_correction": k.input_correction(),
+                    "input_reservation": k.input_reservation(),
+                    "output_share": k.output_share(),
+                    "throttle_rate": k.throttle_rate(),
                 })
             })
             .collect();
@@ -243,131 +246,6 @@ impl Snapshot {
             "concurrency": concurrency,
             "retry_budget": retry_budget,
         })
-    }
-}
-
-/// One rate-limit key in a [`Snapshot`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct KeyStatus {
-    key: RateLimitKey,
-    dimensions: Vec<DimensionStatus>,
-    cooldown: Option<Duration>,
-    in_flight: usize,
-    queued: usize,
-    input_correction: f64,
-}
-
-impl KeyStatus {
-    fn new(k: &KeySnapshot, now: Instant) -> Self {
-        KeyStatus {
-            key: k.key().clone(),
-            dimensions: Dimension::ALL
-                .iter()
-                .filter_map(|&d| {
-                    k.bucket(d).map(|b| DimensionStatus {
-                        dimension: d,
-                        limit: b.capacity(),
-                        configured: b.configured(),
-                        learned: b.learned(),
-                        remaining: b.level(),
-                        window: b.window(),
-                        full_in: b.full_at().saturating_duration_since(now),
-                    })
-                })
-                .collect(),
-            cooldown: k
-                .cooldown_until()
-                .map(|c| c.saturating_duration_since(now))
-                .filter(|d| !d.is_zero()),
-            in_flight: k.in_flight(),
-            queued: k.queued(),
-            input_correction: k.input_correction(),
-        }
-    }
-
-    /// The key.
-    pub fn key(&self) -> &RateLimitKey {
-        &self.key
-    }
-
-    /// The dimensions whose limit is known (configured or learned), in [`Dimension::ALL`]
-    /// order.
-    pub fn dimensions(&self) -> &[DimensionStatus] {
-        &self.dimensions
-    }
-
-    /// The status of `dimension`, when its limit is known.
-    pub fn dimension(&self, dimension: Dimension) -> Option<&DimensionStatus> {
-        self.dimensions.iter().find(|d| d.dimension == dimension)
-    }
-
-    /// How long the current cooldown (after a 429, or a fixed window spent) still runs.
-    pub fn cooldown(&self) -> Option<Duration> {
-        self.cooldown
-    }
-
-    /// Requests admitted and not finished.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Requests waiting for budget.
-    pub fn queued(&self) -> usize {
-        self.queued
-    }
-
-    /// The learned factor applied to input-token estimates (1.0 until learned).
-    pub fn input_correction(&self) -> f64 {
-        self.input_correction
-    }
-}
-
-/// One dimension (requests, input tokens, …) of a [`KeyStatus`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DimensionStatus {
-    dimension: Dimension,
-    limit: u64,
-    configured: Option<u64>,
-    learned: Option<u64>,
-    remaining: u64,
-    window: Duration,
-    full_in: Duration,
-}
-
-impl DimensionStatus {
-    /// The dimension.
-    pub fn dimension(&self) -> Dimension {
-        self.dimension
-    }
-
-    /// The limit in effect: the lower of the configured and the learned one.
-    pub fn limit(&self) -> u64 {
-        self.limit
-    }
-
-    /// The configured limit, if any.
-    pub fn configured(&self) -> Option<u64> {
-        self.configured
-    }
-
-    /// The limit the server last reported, if any.
-    pub fn learned(&self) -> Option<u64> {
-        self.learned
-    }
-
-    /// The limiter's estimate of what the server would accept now.
-    pub fn remaining(&self) -> u64 {
-        self.remaining
-    }
-
-    /// The window the limit replenishes over.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
-    /// How long until the bucket is full again.
-    pub fn full_in(&self) -> Duration {
-        self.full_in
     }
 }
 
@@ -487,7 +365,7 @@ impl Snapshot {
         let width = self
             .rate_limits
             .iter()
-            .map(|k| k.key.as_str().len())
+            .map(|k| k.key().as_str().len())
             .chain(
                 self.breakers
                     .iter()
@@ -514,29 +392,29 @@ impl Snapshot {
         }
         for k in &self.rate_limits {
             let cooldown = k
-                .cooldown
+                .cooldown()
                 .map_or_else(|| "-".to_owned(), |c| Human(c).to_string());
-            if k.dimensions.is_empty() {
+            if k.buckets().next().is_none() {
                 writeln!(
                     f,
                     "{:<width$}  {:<13} {:>10} {:>10} {:>10} {:>10} {:>8}  {:>9} {:>6} {:>8}",
-                    k.key.as_str(),
+                    k.key().as_str(),
                     "(unknown)",
                     "-",
                     "-",
                     "-",
                     "-",
                     "-",
-                    k.in_flight,
-                    k.queued,
+                    k.in_flight(),
+                    k.queued(),
                     cooldown,
                 )?;
             }
-            for (i, d) in k.dimensions.iter().enumerate() {
+            for (i, b) in k.buckets().enumerate() {
                 let (in_flight, queued, cooldown) = if i == 0 {
                     (
-                        k.in_flight.to_string(),
-                        k.queued.to_string(),
+                        k.in_flight().to_string(),
+                        k.queued().to_string(),
                         cooldown.clone(),
                     )
                 } else {
@@ -545,13 +423,13 @@ impl Snapshot {
                 writeln!(
                     f,
                     "{:<width$}  {:<13} {:>10} {:>10} {:>10} {:>10} {:>8}  {:>9} {:>6} {:>8}",
-                    if i == 0 { k.key.as_str() } else { "" },
-                    d.dimension.as_str(),
-                    d.remaining,
-                    d.limit,
-                    opt(d.configured),
-                    opt(d.learned),
-                    Human(d.full_in),
+                    if i == 0 { k.key().as_str() } else { "" },
+                    b.dimension().as_str(),
+                    b.level(),
+                    b.capacity(),
+                    opt(b.configured()),
+                    opt(b.learned()),
+                    Human(b.full_in()),
                     in_flight,
                     queued,
                     cooldown,

@@ -356,10 +356,11 @@ impl Throttle {
         self.next_at = self.next_at.max(now) + self.gap(now);
     }
 
-    /// The gap between two sends at `now`: one over the rate, doubled by the streak.
+    /// The gap between two sends at `now`: one over the rate, doubled by the streak, never
+    /// longer than the slowest pace's (20 s).
     fn gap(&self, now: Instant) -> Duration {
-        let gap = (1.0 / self.rate(now)).min(1.0 / THROTTLE_MIN_RATE);
-        Duration::from_secs_f64(gap * f64::from(1u32 << self.streak))
+        let gap = (1.0 / self.rate(now)) * f64::from(1u32 << self.streak);
+        Duration::from_secs_f64(gap.min(1.0 / THROTTLE_MIN_RATE))
     }
 
     /// A request sent after dispatch `seq` was refused at `now`, the key at dispatch `last`:

@@ -147,7 +147,9 @@ pub(super) struct KeyState {
 pub(crate) enum Check {
     Fits,
     Until(Instant),
-    Probe,
+    /// Waits to be woken, at no known instant: by a probe's answer, by the send of a request
+    /// admitted before (a key paced on sends), or by its turn at the head of the queue.
+    Wake,
     Never(CostExceedsLimit),
 }
 
@@ -230,6 +232,13 @@ impl KeyState {
         }
     }
 
+    /// A key paced on its throttle rate counts sends, not admissions: while a request admitted
+    /// earlier is still held by a layer below (a concurrency cap), the next waits for it to go
+    /// (its send wakes the queue; a caller's `max_wait` still bounds the wait).
+    pub(super) fn held_back(&self) -> bool {
+        self.held > 0 && self.throttle.is_some() && !self.any_bucket()
+    }
+
     /// Nothing known and every start-up probe out: wait for the first answer.
     pub(super) fn probing(&self) -> bool {
         self.probe == Probe::InFlight && self.probes >= STARTUP_PROBES && !self.any_bucket()
@@ -272,8 +281,8 @@ impl KeyState {
                 return Check::Never(CostExceedsLimit::new(d, charge[d.index()], b.capacity()));
             }
         }
-        if self.probing() {
-            return Check::Probe;
+        if self.probing() || self.held_back() {
+            return Check::Wake;
         }
         let (at, _) = self.ready_at(charge, None, now);
         if at > now {
@@ -329,19 +338,10 @@ impl KeyState {
         }
         if let Some(t) = &self.throttle
             && !self.any_bucket()
+            && t.ready_at() > at
         {
-            // Paced on sends: while a request admitted earlier is still held below, the next
-            // waits for it to go (its send wakes the queue; the re-check interval bounds the
-            // wait should nothing below ever send).
-            let next = if self.held > 0 {
-                add(now, RECHECK_INTERVAL)
-            } else {
-                t.ready_at()
-            };
-            if next > at {
-                at = next;
-                dim = Some(Dimension::Requests);
-            }
+            at = t.ready_at();
+            dim = Some(Dimension::Requests);
         }
         for d in Dimension::ALL {
             let Some(mut b) = self.buckets.get(d) else {

@@ -366,7 +366,7 @@ impl RateLimitState {
                     });
                 }
                 Check::Never(e) => return Err(cost_exceeds(&cell.key, e)),
-                Check::Until(..) | Check::Probe => {}
+                Check::Until(..) | Check::Wake => {}
             }
         } else if let Check::Never(e) = st.check(&charge, now) {
             return Err(cost_exceeds(&cell.key, e));

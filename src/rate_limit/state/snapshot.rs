@@ -1,4 +1,6 @@
-//! What the limiter shows of a key: [`KeySnapshot`] and [`BucketSnapshot`].
+//! What the limiter shows of a key: [`KeySnapshot`] and [`BucketSnapshot`], the one public
+//! picture of a key that [`RateLimitState::snapshot`] returns and
+//! [`status::Snapshot`](crate::status::Snapshot) lists, prints and serves as JSON.
 
 use super::*;
 
@@ -7,12 +9,15 @@ impl KeyCell {
         let st = lock(&self.state);
         KeySnapshot {
             key: self.key.clone(),
+            taken_at: now,
             buckets: Dimension::ALL.map(|d| {
                 st.buckets.get(d).map(|b| BucketSnapshot {
+                    dimension: d,
                     capacity: b.capacity(),
                     window: b.window(),
                     level: b.level(now),
                     full_at: b.full_at(),
+                    full_in: b.full_at().saturating_duration_since(now),
                     learned: st.learned[d.index()].map(|l| l.0),
                     configured: st.configured[d.index()],
                     margin: st.margin[d.index()].get(b.capacity(), now),
@@ -34,10 +39,16 @@ impl KeyCell {
     }
 }
 
-/// What the limiter knows about one key at one instant.
+/// What the limiter knows about one key at one instant: its buckets, cooldown, requests in
+/// flight and waiting, and what it has learned of the server's charges.
+///
+/// Instants are on tokio's clock; the durations ([`cooldown`](Self::cooldown),
+/// [`BucketSnapshot::full_in`]) count from the moment the snapshot was taken
+/// ([`taken_at`](Self::taken_at)), so a snapshot can be printed or served as it is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeySnapshot {
     pub(super) key: RateLimitKey,
+    pub(super) taken_at: Instant,
     pub(super) buckets: [Option<BucketSnapshot>; 4],
     pub(super) cooldown_until: Option<Instant>,
     pub(super) in_flight: usize,
@@ -54,14 +65,32 @@ impl KeySnapshot {
         &self.key
     }
 
-    /// The bucket of `dimension`, when its capacity is known.
+    /// When the snapshot was taken (tokio's clock).
+    pub fn taken_at(&self) -> Instant {
+        self.taken_at
+    }
+
+    /// The bucket of `dimension`, when its capacity is known (configured or learned).
     pub fn bucket(&self, dimension: Dimension) -> Option<&BucketSnapshot> {
         self.buckets[dimension.index()].as_ref()
     }
 
-    /// When the current cooldown ends, if one is running.
+    /// The buckets whose capacity is known, in [`Dimension::ALL`] order.
+    pub fn buckets(&self) -> impl Iterator<Item = &BucketSnapshot> + '_ {
+        self.buckets.iter().flatten()
+    }
+
+    /// When the current cooldown (after a 429, or a fixed window spent) ends, if one is
+    /// running.
     pub fn cooldown_until(&self) -> Option<Instant> {
         self.cooldown_until
+    }
+
+    /// How long the current cooldown still runs from [`taken_at`](Self::taken_at), if one is
+    /// running.
+    pub fn cooldown(&self) -> Option<Duration> {
+        self.cooldown_until
+            .map(|c| c.saturating_duration_since(self.taken_at))
     }
 
     /// Requests admitted and not finished.
@@ -100,13 +129,15 @@ impl KeySnapshot {
     }
 }
 
-/// One bucket in a [`KeySnapshot`].
+/// One bucket (requests, input tokens, …) in a [`KeySnapshot`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BucketSnapshot {
+    pub(super) dimension: Dimension,
     pub(super) capacity: u64,
     pub(super) window: Duration,
     pub(super) level: u64,
     pub(super) full_at: Instant,
+    pub(super) full_in: Duration,
     pub(super) learned: Option<u64>,
     pub(super) configured: Option<u64>,
     pub(super) margin: u64,
@@ -114,7 +145,13 @@ pub struct BucketSnapshot {
 }
 
 impl BucketSnapshot {
-    /// The capacity in effect.
+    /// The dimension.
+    pub fn dimension(&self) -> Dimension {
+        self.dimension
+    }
+
+    /// The capacity in effect: the lower of the [configured](Self::configured) and the
+    /// [learned](Self::learned) limit.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -124,7 +161,7 @@ impl BucketSnapshot {
         self.window
     }
 
-    /// The units available now.
+    /// The units available now: the limiter's estimate of what the server would accept.
     pub fn level(&self) -> u64 {
         self.level
     }
@@ -132,6 +169,11 @@ impl BucketSnapshot {
     /// When the bucket is full again.
     pub fn full_at(&self) -> Instant {
         self.full_at
+    }
+
+    /// How long until the bucket is full again, from the moment the snapshot was taken.
+    pub fn full_in(&self) -> Duration {
+        self.full_in
     }
 
     /// The limit last reported by the server, if any.

@@ -80,7 +80,7 @@ impl Ticket {
         let check = if head {
             st.check(&charge, now)
         } else {
-            Check::Probe
+            Check::Wake
         };
         let fail = |st: &mut KeyState, e: BoxError| {
             st.dequeue(id);
@@ -104,7 +104,7 @@ impl Ticket {
                 self.phase = Phase::Done;
                 r
             }
-            Check::Until(..) | Check::Probe => {
+            Check::Until(..) | Check::Wake => {
                 if let (Some(deadline), Some(max)) = (deadline, max_wait)
                     && now >= deadline
                 {
