@@ -240,10 +240,7 @@ async fn complete_streams_count_as_successes_and_settle_usage_exactly() {
     let response = client.clone().oneshot(request()).await.unwrap();
     // At the head the reservation is an estimate: not the server's count.
     let at_head = key();
-    let output_at_head = at_head
-        .dimension(Dimension::OutputTokens)
-        .unwrap()
-        .remaining();
+    let output_at_head = at_head.bucket(Dimension::OutputTokens).unwrap().level();
     assert_ne!(output_at_head, 100_000 - 321);
     let (data, error) = drain(response.into_body()).await;
     assert!(error.is_none(), "{error:?}");
@@ -251,11 +248,8 @@ async fn complete_streams_count_as_successes_and_settle_usage_exactly() {
     // The level after the stream is exactly what the server counted (the clock is paused: no
     // refill in between).
     let after = key();
-    let input = after.dimension(Dimension::InputTokens).unwrap().remaining();
-    let output = after
-        .dimension(Dimension::OutputTokens)
-        .unwrap()
-        .remaining();
+    let input = after.bucket(Dimension::InputTokens).unwrap().level();
+    let output = after.bucket(Dimension::OutputTokens).unwrap().level();
     assert_eq!(input, 1_000_000 - 1_234);
     assert_eq!(output, 100_000 - 321);
     assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
@@ -368,10 +362,7 @@ async fn a_stream_dropped_half_way_gives_back_its_permit_and_is_not_counted() {
         .service(server.clone());
     let key = || layer.snapshot().rate_limit(MODEL).unwrap().clone();
     let response = client.clone().oneshot(request()).await.unwrap();
-    let at_head = key()
-        .dimension(Dimension::OutputTokens)
-        .unwrap()
-        .remaining();
+    let at_head = key().bucket(Dimension::OutputTokens).unwrap().level();
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.data_ref().is_some());
@@ -382,10 +373,7 @@ async fn a_stream_dropped_half_way_gives_back_its_permit_and_is_not_counted() {
     assert_eq!(after.in_flight(), 0);
     // What the head settled stands (the estimate of an answer): nothing more stays reserved.
     assert_eq!(
-        after
-            .dimension(Dimension::OutputTokens)
-            .unwrap()
-            .remaining(),
+        after.bucket(Dimension::OutputTokens).unwrap().level(),
         at_head
     );
     assert_eq!(layer.get_breaker().state(), BreakerState::Closed);
@@ -467,7 +455,7 @@ mod against_the_sim {
         assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
         let server = api.levels(MODEL).unwrap();
         let key = layer.snapshot().rate_limit(MODEL).unwrap().clone();
-        let ours = |d| key.dimension(d).unwrap().remaining() as f64;
+        let ours = |d| key.bucket(d).unwrap().level() as f64;
         assert!(server.output_tokens() < 8_000.0 - 100.0, "{server:?}");
         for (d, theirs) in [
             (Dimension::OutputTokens, server.output_tokens()),
