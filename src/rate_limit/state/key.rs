@@ -15,6 +15,7 @@ impl KeyCell {
         let mut st = lock(&self.state);
         if let Some(a) = st.awaiting_usage.remove(&seq) {
             st.settle_usage(&self.key, a, usage, now);
+            st.publish(now);
             st.wake_head();
         }
     }
@@ -318,7 +319,8 @@ impl KeyState {
         ahead: Option<&Charge>,
         now: Instant,
     ) -> (Instant, Option<Dimension>) {
-        let mut at = now;
+        // A store still reading what the fleet knows (a process joining): nothing goes yet.
+        let mut at = self.buckets.loading(now).map_or(now, |t| t.max(now));
         let mut dim = None;
         if let Some(c) = self.cooldown_end(now)
             && c > at
