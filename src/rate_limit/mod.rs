@@ -284,6 +284,8 @@ pub use config::{DEFAULT_WINDOW, Limits, MaxWait, Priority, RampUp};
 pub use key::{DefaultKey, HostKey, KeyFn, KeyFnClosure, RateLimitKey, key_fn};
 pub use layer::RateLimitLayer;
 pub use service::RateLimit;
+#[cfg(feature = "redis")]
+pub(crate) use state::MARGIN_DECAY;
 pub use state::{
     BucketSnapshot, DEFAULT_COOLDOWN, DEFAULT_MAX_KEYS, KeySnapshot, RECHECK_INTERVAL,
     RateLimitState, RateLimitStateBuilder, STARTUP_PROBES,

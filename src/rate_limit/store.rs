@@ -79,6 +79,14 @@ pub trait Buckets: Send + fmt::Debug {
         None
     }
 
+    /// When the store expects to have topped up the buckets it shows (a shared store's lease,
+    /// settled in the background): a wait for budget ends no later than then, to look again
+    /// (default `None`: the buckets change only through the limiter).
+    fn refill_at(&self, now: Instant) -> Option<Instant> {
+        let _ = now;
+        None
+    }
+
     /// This process's demand on the key: requests waiting or in flight. A shared store divides
     /// the budget between processes by it (default: ignored).
     fn demand(&mut self, requests: usize) {

@@ -372,6 +372,11 @@ impl KeyState {
                 }
                 None => t,
             };
+            // A store that tops the bucket up in the background says when to look again.
+            let t = match self.buckets.refill_at(now) {
+                Some(r) if t > r => r.max(now),
+                _ => t,
+            };
             // Other clients take their share of the refill while this waits (it is charged as
             // it accrues): the wait is longer by that share, and never shorter than a
             // millisecond, so a waiter does not wake again and again for the last sliver.

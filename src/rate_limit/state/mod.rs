@@ -15,6 +15,8 @@ mod snapshot;
 mod tests;
 mod ticket;
 
+#[cfg(feature = "redis")]
+pub(crate) use feedback::MARGIN_DECAY;
 use feedback::{ACCEPTED_WINDOW, Margin, Others, Ratio, Recent, Throttle};
 use key::{Anchor, Awaiting, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
 pub use snapshot::{BucketSnapshot, KeySnapshot};
