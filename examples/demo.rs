@@ -21,8 +21,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use tower::ServiceBuilder;
 use tower_llm_limits::retry::{self, RetryLayer};
-use tower_llm_limits::sim::{EventKind, Fault, Faults, Limits, Report, SimApi, SimEvent, Workload};
 use tower_llm_limits::{BoxError, preset};
+use tower_llm_limits_sim::{EventKind, Fault, Faults, Limits, Report, SimApi, SimEvent, Workload};
 
 const MODEL: &str = "claude-sonnet-4-5";
 const BIN: Duration = Duration::from_secs(10);

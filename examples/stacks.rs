@@ -189,10 +189,10 @@ async fn main() -> Result<(), BoxError> {
 
     println!("Custom (Retry → CircuitBreaker → RateLimit → ConcurrencyLimit → Signals):");
     // A fresh organisation whose buckets start full.
-    let api = tower_llm_limits::sim::SimApi::builder()
+    let api = tower_llm_limits_sim::SimApi::builder()
         .model(
             support::MODEL,
-            tower_llm_limits::sim::Limits::per_minute(600, 100_000, 20_000),
+            tower_llm_limits_sim::Limits::per_minute(600, 100_000, 20_000),
         )
         .seed(9)
         .build();

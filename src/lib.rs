@@ -14,12 +14,13 @@
 //! [`preset::anthropic`] stacks every layer in the right order with the SDKs' defaults; put it in
 //! front of any `tower::Service<http::Request<B>>` client (hyper-util's `Client`,
 //! [`reqwest::ReqwestService`](crate::reqwest) with the `reqwest` feature, …). Here the client is
-//! the simulated API (feature `sim`), on tokio's paused clock:
+//! the simulated API of the companion crate `tower-llm-limits-sim` (like `tower-test` beside
+//! `tower`), on tokio's paused clock:
 //!
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_llm_limits::preset;
-//! use tower_llm_limits::sim::{self, Limits, SimApi};
+//! use tower_llm_limits_sim::{self as sim, Limits, SimApi};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), tower_llm_limits::BoxError> {
@@ -73,7 +74,6 @@
 //!
 //! | feature | enables |
 //! |---|---|
-//! | `sim` | the simulated Claude-like API, its loopback server and the workload generator |
 //! | `reqwest` | `reqwest::ReqwestService`, the adapter from `reqwest::Client` |
 //! | `redis` | a Redis-backed rate-limit store, so many processes share one budget |
 //! | `metrics` | counters, histograms and gauges through the `metrics` facade (names in `observe`) |
@@ -105,9 +105,6 @@ pub mod redis;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
-#[cfg(feature = "sim")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
-pub mod sim;
 
 pub use error::BoxError;
 

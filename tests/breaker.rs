@@ -21,7 +21,7 @@ use tower_llm_limits::signals::{Classify, DefaultClassifier, OutcomeKind, classi
 use support::sim::message;
 use support::upstream::{Reply, Upstream, open_loop, request};
 use tower_llm_limits::retry::{Policy as RetryPolicy, Retry};
-use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
+use tower_llm_limits_sim::{Fault, Faults, Limits, SimApi};
 
 type Res = Result<Response<Full<Bytes>>, BoxError>;
 

@@ -566,7 +566,7 @@ mod against_the_sim {
     use tokio::time::Instant;
     use tower::{Service, ServiceBuilder, ServiceExt};
     use tower_llm_limits::BoxError;
-    use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
+    use tower_llm_limits_sim::{Fault, Faults, Limits, SimApi};
 
     use super::*;
     use crate::support::sim::message;
@@ -750,7 +750,7 @@ mod collecting_responses {
     use http_body_util::BodyExt;
     use tower::{ServiceBuilder, ServiceExt};
     use tower_llm_limits::preset;
-    use tower_llm_limits::sim::{Limits, SimApi};
+    use tower_llm_limits_sim::{Limits, SimApi};
 
     use super::support::sim::message;
 

@@ -1,7 +1,8 @@
 //! What a user gets from `tower-llm-limits = "0.1"` without features: the preset keys each model
 //! separately and charges the JSON estimate of the body, as its docs promise.
 //!
-//! This file runs twice in `.ci/run`: here (where the crate's tests also see `sim`), and from
+//! This file runs twice in `.ci/run`: here (where the crate's tests also see the
+//! dev-dependencies' features of shared crates, such as tokio's `full`), and from
 //! `ci/default-user`, a downstream crate that depends on this one with default features only and
 //! compiles this very file, so the build a user gets is the build tested. It uses nothing but
 //! the default features, `http`, `tower` and `tokio`.

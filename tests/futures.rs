@@ -7,14 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_llm_limits::BoxError;
 use tower_llm_limits::breaker::{self, CircuitBreakerLayer};
+use tower_llm_limits::concurrency::ConcurrencyLimitLayer;
+use tower_llm_limits::concurrency::adaptive::{AdaptiveConcurrencyLimitLayer, Aimd};
 use tower_llm_limits::error::PolledAfterCompletion;
 use tower_llm_limits::fallback::FallbackLayer;
 use tower_llm_limits::rate_limit::RateLimitLayer;
 use tower_llm_limits::retry::{Policy, RetryLayer};
+use tower_llm_limits::signals::ErrorBodyLayer;
 
 type Api = tower::util::BoxCloneService<Request<String>, Response<String>, BoxError>;
 
@@ -123,4 +128,58 @@ where
         Poll::Ready(Err(error)) => error,
         _ => panic!("not an error after completion"),
     }
+}
+
+/// Like [`poll_again`], for services whose response body is not a `String`: the second result.
+async fn poll_again_any<S, B>(mut service: S) -> BoxError
+where
+    S: Service<Request<String>, Response = Response<B>, Error = BoxError>,
+{
+    let future = service
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(String::new()));
+    let mut future = pin!(future);
+    let first = poll_fn(|cx| future.as_mut().poll(cx)).await;
+    assert!(first.is_ok(), "{:?}", first.err());
+    match poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+        Poll::Ready(Err(error)) => error,
+        Poll::Ready(Ok(_)) => panic!("a second response"),
+        Poll::Pending => panic!("pending after completion"),
+    }
+}
+
+/// An API answering `status` with a `String` body turned into `Full<Bytes>` (what `ErrorBody`
+/// reads), counting its calls.
+fn bytes_api(
+    status: u16,
+    calls: &Arc<AtomicUsize>,
+) -> impl Service<Request<String>, Response = Response<Full<Bytes>>, Error = BoxError> {
+    let calls = calls.clone();
+    service_fn(move |_req: Request<String>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let body = Full::new(Bytes::from_static(b"{}"));
+            Ok::<_, BoxError>(Response::builder().status(status).body(body)?)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_body_and_concurrency_futures_return_the_same_error() {
+    // ErrorBody: an answer passed through (200) and one whose body it read (500).
+    for status in [200, 500] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = ErrorBodyLayer::new().layer(bytes_api(status, &calls));
+        assert_polled_after_completion(poll_again_any(service).await, &calls);
+    }
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = ConcurrencyLimitLayer::new(2).layer(api(200, &calls));
+    assert_polled_after_completion(poll_again_any(service).await, &calls);
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = AdaptiveConcurrencyLimitLayer::new(Aimd::new()).unwrap();
+    assert_polled_after_completion(poll_again_any(layer.layer(api(200, &calls))).await, &calls);
 }

@@ -14,11 +14,12 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::{CompositeKey, MetricKind};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_llm_limits::breaker;
 use tower_llm_limits::observe::names;
 use tower_llm_limits::preset;
 use tower_llm_limits::signals::Dimension;
-use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi};
-use tower_llm_limits::status::{BreakerState, Snapshot};
+use tower_llm_limits::status::Snapshot;
+use tower_llm_limits_sim::{Fault, Faults, Limits, SimApi};
 
 use support::sim::message;
 
@@ -290,15 +291,17 @@ fn scripted_run_is_traced_measured_and_snapshotted() {
     }
     assert_eq!(key.in_flight(), 0);
     assert_eq!(key.queued(), 0);
-    match during.breaker(None).expect("the unkeyed breaker").state() {
-        BreakerState::Open(half_open_in) => assert!(half_open_in > Duration::ZERO),
+    let breaker = during.breaker(None).expect("the unkeyed breaker");
+    match breaker.state() {
+        breaker::State::Open { .. } => assert!(breaker.half_open_in() > Some(Duration::ZERO)),
         other => panic!("breaker {other:?} during the overload:\n{during}"),
     }
     assert_eq!(
         after.breaker(None).unwrap().state(),
-        BreakerState::Closed,
+        breaker::State::Closed,
         "{after}"
     );
+    assert_eq!(after.breaker(None).unwrap().half_open_in(), None);
     let concurrency = after.concurrency().expect("the preset's adaptive cap");
     assert_eq!(concurrency.adaptive_bounds(), Some((2, 512)));
     assert!(concurrency.limit() < 32, "529s lower the adaptive limit");

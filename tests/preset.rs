@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tower::ServiceBuilder;
 use tower_llm_limits::preset;
-use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi, Workload};
+use tower_llm_limits_sim::{Fault, Faults, Limits, SimApi, Workload};
 
 const MODEL: &str = "claude-sonnet-4-5";
 

@@ -14,7 +14,7 @@ use tower_llm_limits::breaker::State;
 use tower_llm_limits::preset::{self, PresetLayer};
 use tower_llm_limits::rate_limit::RateLimitState;
 use tower_llm_limits::retry;
-use tower_llm_limits::sim::{self, Fault, Faults, Limits, SimApi};
+use tower_llm_limits_sim::{self as sim, Fault, Faults, Limits, SimApi};
 
 const MODEL: &str = "claude-sonnet-4-5";
 const API_KEY: &str = "sk-ant-api03-SECRETSECRETSECRET-0123456789";
@@ -79,7 +79,7 @@ impl Tally {
             }
             if e.is::<retry::error::BudgetExhausted>()
                 || e.is::<retry::error::DeadlineExceeded>()
-                || e.is::<retry::error::WaitTooLong>()
+                || e.is::<retry::error::ServerWaitTooLong>()
             {
                 self.retry_gave_up += 1;
                 return;

@@ -6,7 +6,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_llm_limits::reqwest::ReqwestService;
 use tower_llm_limits::signals::{Classify, DefaultClassifier, OutcomeKind};
-use tower_llm_limits::sim::{self, Limits, SimApi};
+use tower_llm_limits_sim::{self as sim, Limits, SimApi};
 
 #[tokio::test]
 async fn adapter_round_trips_request_and_response() {

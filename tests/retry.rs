@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_limits::BoxError;
 use tower_llm_limits::rate_limit::WaitAbsorbed;
-use tower_llm_limits::retry::error::{BudgetExhausted, DeadlineExceeded, WaitTooLong};
+use tower_llm_limits::retry::error::{BudgetExhausted, DeadlineExceeded, ServerWaitTooLong};
 use tower_llm_limits::retry::{
     Attempts, Backoff, Budget, Jitter, Policy, Retry, RetryLayer, SendOnce,
 };
@@ -21,7 +21,7 @@ use tower_llm_limits::signals::{
 };
 
 use support::retry::{Scripted, respond, respond_with};
-use tower_llm_limits::sim::{Fault, Faults, Limits, SimApi, Workload};
+use tower_llm_limits_sim::{Fault, Faults, Limits, SimApi, Workload};
 
 fn request() -> Request<Full<Bytes>> {
     Request::post("http://api.test/v1/messages")
@@ -283,7 +283,7 @@ async fn a_server_wait_above_the_ceiling_ends_the_call_at_once() {
     let started = Instant::now();
     let error = send(&server, plain(2)).await.unwrap_err();
     assert_eq!(Instant::now(), started);
-    let error = error.downcast_ref::<WaitTooLong>().unwrap();
+    let error = error.downcast_ref::<ServerWaitTooLong>().unwrap();
     assert_eq!(error.wait(), Duration::from_secs(600));
     assert_eq!(error.ceiling(), Duration::from_secs(60));
     assert_eq!(error.attempts(), 1);
@@ -415,7 +415,7 @@ async fn an_absorbed_wait_still_meets_the_deadline_and_ceiling() {
     let server = Scripted::new(absorbed(90));
     let error = send(&server, plain(2)).await.unwrap_err();
     assert_eq!(
-        error.downcast_ref::<WaitTooLong>().unwrap().wait(),
+        error.downcast_ref::<ServerWaitTooLong>().unwrap().wait(),
         Duration::from_secs(90)
     );
 }
@@ -731,7 +731,7 @@ mod sdk_parity {
     use tokio::time::Instant;
     use tower::{Layer, ServiceExt};
     use tower_llm_limits::preset::{self, PresetLayer};
-    use tower_llm_limits::retry::error::{DeadlineExceeded, WaitTooLong};
+    use tower_llm_limits::retry::error::{DeadlineExceeded, ServerWaitTooLong};
     use tower_llm_limits::retry::{ANTHROPIC_MAX_SERVER_WAIT, OPENAI_MAX_SERVER_WAIT, Policy};
 
     use super::support::retry::{Scripted, respond};
@@ -820,7 +820,9 @@ mod sdk_parity {
                     send(&server, Policy::openai()).await.unwrap_err()
                 };
                 assert_eq!(Instant::now(), started, "not retried, not waited");
-                let error = error.downcast_ref::<WaitTooLong>().expect("WaitTooLong");
+                let error = error
+                    .downcast_ref::<ServerWaitTooLong>()
+                    .expect("ServerWaitTooLong");
                 assert!(error.wait() > Duration::from_secs(120));
                 assert_eq!(error.ceiling(), Duration::from_secs(120));
                 assert_eq!(error.attempts(), 1);

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tokio::time::advance;
-use tower_llm_limits::signals::Dimension;
-use tower_llm_limits::sim::{
+use tower_llm_limits_sim::Dimension;
+use tower_llm_limits_sim::{
     EventKind, Fault, Faults, HeaderDialect, HeaderTiming, InputCounting, Limits, OutputAccounting,
     SimApi, Workload, count_input_tokens, message_body,
 };
@@ -469,7 +469,7 @@ async fn scheduled_and_manual_limit_changes() {
 #[tokio::test(start_paused = true)]
 async fn message_body_counts_exactly() {
     for (input, max, output) in [(1, 1, 1), (1_200, 1_024, 300), (7, 10, 50)] {
-        let body = tower_llm_limits::sim::message_body(MODEL, input, max, output);
+        let body = tower_llm_limits_sim::message_body(MODEL, input, max, output);
         assert_eq!(count_input_tokens(&body), Some(input));
         let api = api(Limits::per_minute(10, 100_000, 100_000));
         let ok = send(&api, post(body)).await.unwrap();
@@ -665,7 +665,7 @@ async fn retry_after_is_exact_across_random_limits_and_states() {
 #[tokio::test(start_paused = true)]
 async fn count_tokens_endpoint() {
     let api = api(Limits::per_minute(1, 1_000, 1_000));
-    let body = tower_llm_limits::sim::message_body(MODEL, 777, 10, 1);
+    let body = tower_llm_limits_sim::message_body(MODEL, 777, 10, 1);
     let request = http::Request::post("http://sim.local/v1/messages/count_tokens")
         .body(http_body_util::Full::new(body))
         .unwrap();
@@ -737,7 +737,7 @@ mod server {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    use tower_llm_limits::sim::{self, Fault, Faults, Limits, SimApi, message_body};
+    use tower_llm_limits_sim::{self as sim, Fault, Faults, Limits, SimApi, message_body};
 
     use super::MODEL;
 

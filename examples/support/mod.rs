@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tower_llm_limits::rate_limit::RateLimitState;
 use tower_llm_limits::signals::Dimension;
-use tower_llm_limits::sim::{self, Limits, SimApi, SimServer};
+use tower_llm_limits_sim::{self as sim, Limits, SimApi, SimServer};
 
 /// The model the examples ask for (`ANTHROPIC_MODEL` overrides it on the real API).
 pub const MODEL: &str = "claude-sonnet-4-5";

@@ -11,6 +11,7 @@ use http_body::Body;
 use super::body::{PermitBody, Release};
 use super::limiter::Permit;
 use crate::BoxError;
+use crate::error::PolledAfterCompletion;
 
 pin_project_lite::pin_project! {
     /// Response future of [`ConcurrencyLimit`](super::ConcurrencyLimit): holds the call's permit
@@ -44,6 +45,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // The permit is taken when the future completes: none left, it has completed.
+        if this.permit.is_none() {
+            return Poll::Ready(Err(PolledAfterCompletion::boxed("concurrency limit")));
+        }
         let result = ready!(this.inner.poll(cx));
         let permit = this.permit.take();
         Poll::Ready(match result {

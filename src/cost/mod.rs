@@ -324,24 +324,6 @@ impl BodyBytes for http_body_util::Full<Bytes> {
     }
 }
 
-impl<B: BodyBytes> BodyBytes for crate::retry::SendOnce<B> {
-    fn body_bytes(&self) -> Option<Bytes> {
-        self.get_ref().body_bytes()
-    }
-    fn exact_len(&self) -> Option<u64> {
-        self.get_ref().exact_len()
-    }
-}
-
-impl<B: BodyBytes> BodyBytes for crate::retry::Replayable<B> {
-    fn body_bytes(&self) -> Option<Bytes> {
-        self.get_ref().body_bytes()
-    }
-    fn exact_len(&self) -> Option<u64> {
-        self.get_ref().exact_len()
-    }
-}
-
 impl<E> BodyBytes for http_body_util::combinators::BoxBody<Bytes, E> {
     fn exact_len(&self) -> Option<u64> {
         http_body::Body::size_hint(self).exact()

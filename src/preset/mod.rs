@@ -37,7 +37,7 @@
 //! | part | default | source |
 //! |---|---|---|
 //! | retries | 2 (3 attempts), backoff `min(0.5 s × 2ⁿ, 8 s) × (1 − 0.25 × random)` (0.375–0.5 s before the first retry) | the official Anthropic and OpenAI SDKs |
-//! | honoured `retry-after` / `retry-after-ms` | [`anthropic`]: any positive wait (up to ≈ 49.7 days); [`openai`]: up to 120 s, above it no retry but [`retry::error::WaitTooLong`] (stating the server's wait); [`generic`]: up to 60 s, else `WaitTooLong` | anthropic-python ≥ 1.6 and Anthropic TS/Go/Java; openai-python |
+//! | honoured `retry-after` / `retry-after-ms` | [`anthropic`]: any positive wait (up to ≈ 49.7 days); [`openai`]: up to 120 s, above it no retry but [`retry::error::ServerWaitTooLong`] (stating the server's wait); [`generic`]: up to 60 s, else `ServerWaitTooLong` | anthropic-python ≥ 1.6 and Anthropic TS/Go/Java; openai-python |
 //! | zero or past wait (`retry-after: 0`, `retry-after-ms: 0`, an HTTP-date at or before `date`) | treated as no wait: the backoff (0.375–0.5 s first) | every SDK |
 //! | 429 without `retry-after` | the rate limiter pauses the model's key for its cooldown ([`DEFAULT_COOLDOWN`](crate::rate_limit::DEFAULT_COOLDOWN), 0.5 s, the SDKs' first backoff) and the retry waits that out instead of its own backoff; a server that sends no rate-limit headers at all is paced on a rate learned from its throttles instead | the pause holds back *every* request of the key, not only the retry, so the burst that caused the 429 does not repeat; the retry layer alone uses the backoff |
 //! | deadline ([`retry::Policy::deadline`], none by default) | no wait goes past it: a retry that could not start in time ends the call at once with [`retry::error::DeadlineExceeded`] (stating the server's wait) | ours |
@@ -96,7 +96,7 @@
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_llm_limits::preset;
-//! use tower_llm_limits::sim::{self, Limits, SimApi};
+//! use tower_llm_limits_sim::{self as sim, Limits, SimApi};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), tower_llm_limits::BoxError> {
@@ -111,6 +111,49 @@
 //!     .body(http_body_util::Full::new(body))?;
 //! let response = client.oneshot(request).await?;
 //! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! One type for the whole stack, to store in a struct or pass around: a
+//! [`BoxCloneService`](tower::util::BoxCloneService) whose response body is
+//! [`ResponseBody<B>`](ResponseBody), the client's body `B` as the preset hands it back — still
+//! streaming, nothing collected into memory (only error bodies up to 64 KiB are read, see
+//! [`ErrorBodyLayer`]):
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower::util::BoxCloneService;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_llm_limits::{BoxError, preset};
+//! use tower_llm_limits_sim::{self as sim, Limits, SimApi};
+//!
+//! /// The client's request and response bodies are both `Full<Bytes>` here.
+//! type Claude = BoxCloneService<
+//!     http::Request<Full<Bytes>>,
+//!     http::Response<preset::ResponseBody<Full<Bytes>>>,
+//!     BoxError,
+//! >;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let api = SimApi::builder()
+//!     .model("claude-sonnet-4-5", Limits::per_minute(50, 30_000, 8_000))
+//!     .build();
+//! let claude: Claude = BoxCloneService::new(
+//!     ServiceBuilder::new().layer(preset::anthropic()).service(api),
+//! );
+//!
+//! let body = sim::message_body("claude-sonnet-4-5", 200, 64, 32);
+//! let request = http::Request::post("https://api.anthropic.com/v1/messages")
+//!     .header("content-type", "application/json")
+//!     .body(Full::new(body))?;
+//! let response = claude.clone().oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! // The body is read as it arrives, frame by frame.
+//! let bytes = response.into_body().collect().await?.to_bytes();
+//! assert!(bytes.starts_with(b"{"));
 //! # Ok(())
 //! # }
 //! ```
@@ -140,12 +183,21 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
+use crate::concurrency::PermitBody;
 use crate::concurrency::adaptive::{AdaptiveConcurrencyLimit, AdaptiveConcurrencyLimitLayer, Aimd};
 use crate::cost::DefaultCost;
 use crate::rate_limit::{DefaultKey, HostKey, Limits, RateLimit, RateLimitLayer, RateLimitState};
 use crate::retry::{self, Retry, RetryLayer};
-use crate::signals::{ErrorBody, ErrorBodyLayer, OutcomeKind, Signals, SignalsLayer};
+use crate::signals::{
+    ErrorBody, ErrorBodyLayer, MaybeBuffered, OutcomeKind, Signals, SignalsLayer,
+};
 use crate::status::Snapshot;
+
+/// The response body of a [`Preset`] around a client whose response body is `B`: `B` itself,
+/// streaming, with the concurrency permit it may hold ([`PermitBody`]) and, for a small error
+/// body, the bytes [`ErrorBody`] read first ([`MaybeBuffered`]). See the
+/// [`BoxCloneService` example](self#examples).
+pub type ResponseBody<B> = PermitBody<MaybeBuffered<B>>;
 
 /// The service a [`PresetLayer`] builds around `S`.
 pub type Preset<S, K = DefaultKey, E = DefaultCost> =
@@ -175,7 +227,7 @@ pub fn anthropic() -> PresetLayer {
 /// (Go-style reset durations), SDK retry rules (`retry-after-ms` honoured), a breaker on overload.
 ///
 /// Its retry policy is [`retry::Policy::openai`]: a `retry-after` up to 120 s is honoured, a
-/// longer one is not retried ([`retry::error::WaitTooLong`]), as openai-python does.
+/// longer one is not retried ([`retry::error::ServerWaitTooLong`]), as openai-python does.
 pub fn openai() -> PresetLayer {
     PresetLayer::with_rate_limit(RateLimitLayer::new()).retry(retry::Policy::openai())
 }

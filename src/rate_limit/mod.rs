@@ -186,11 +186,19 @@
 //! [`BucketSnapshot::margin`].
 //!
 //! **No headers at all** (Bedrock's `ThrottlingException`, Vertex, gateways that strip them):
-//! after the first throttle the key is paced on a request rate learned from throttles alone, as
-//! the AWS SDKs' adaptive mode does: the rate drops to 0.7 of what was being sent and grows back
-//! along a cubic curve to it within 20 s, then probes beyond it; requests are spaced at the
-//! rate, never sent in bursts ([`KeySnapshot::throttle_rate`]). Such a throttle sets no cooldown
-//! of its own unless it carries `retry-after`.
+//! the key is paced on a request rate learned from throttles alone, as the AWS SDKs' adaptive
+//! mode does: after a throttle the rate drops to 0.7 of what was being sent and grows back along
+//! a cubic curve to it within 20 s (or about 40 requests), then probes beyond it; requests are
+//! spaced at the rate, never sent in bursts ([`KeySnapshot::throttle_rate`]). Such a throttle
+//! sets no cooldown of its own unless it carries `retry-after`. Refusals in a row, of requests
+//! each sent after the one before was refused, mean the server's bucket is in debt: each doubles
+//! the gap (at most 32 times) until a request sent after them is accepted. Before the first
+//! throttle the key starts slowly, as TCP does: one request a second, doubling every 4 s while
+//! the requests really go that fast (a concurrency cap below or few callers freeze the growth),
+//! unpaced once past 256 a second. A server's bucket may hold a minute of refill; callers that send unpaced
+//! into it empty it within a second and have every request in flight refused with the first.
+//! The pace counts requests sent, not admitted: while one admitted earlier is still held by a
+//! layer below, the next waits for it.
 //!
 //! # Nothing blocks for ever
 //!

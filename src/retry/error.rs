@@ -145,14 +145,14 @@ last_attempt_getters!(DeadlineExceeded);
 /// The server asked for a wait longer than the configured ceiling
 /// ([`Policy::max_server_wait`](super::Policy::max_server_wait)).
 #[derive(Debug)]
-pub struct WaitTooLong {
+pub struct ServerWaitTooLong {
     last: LastAttempt,
     ceiling: Duration,
 }
 
-impl WaitTooLong {
+impl ServerWaitTooLong {
     pub(crate) fn new(last: LastAttempt, ceiling: Duration) -> Self {
-        WaitTooLong { last, ceiling }
+        ServerWaitTooLong { last, ceiling }
     }
 
     /// The wait the server asked for.
@@ -166,7 +166,7 @@ impl WaitTooLong {
     }
 }
 
-impl fmt::Display for WaitTooLong {
+impl fmt::Display for ServerWaitTooLong {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -178,7 +178,7 @@ impl fmt::Display for WaitTooLong {
     }
 }
 
-last_attempt_getters!(WaitTooLong);
+last_attempt_getters!(ServerWaitTooLong);
 
 /// A retry was wanted but the request body refused to be copied
 /// ([`ReplayBody::try_replay`](super::ReplayBody::try_replay)): for a
@@ -215,6 +215,6 @@ last_attempt_getters!(BodyNotReplayable);
 pub(crate) fn is_retry_decision(error: &(dyn StdError + 'static)) -> bool {
     error.is::<BudgetExhausted>()
         || error.is::<DeadlineExceeded>()
-        || error.is::<WaitTooLong>()
+        || error.is::<ServerWaitTooLong>()
         || error.is::<BodyNotReplayable>()
 }

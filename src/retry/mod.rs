@@ -29,7 +29,7 @@
 //! - **Ceiling** on a server-dictated wait ([`Policy::max_server_wait`]): matching each
 //!   provider's current SDK — [`Policy::anthropic`] honours any positive wait (up to
 //!   [`ANTHROPIC_MAX_SERVER_WAIT`], ≈ 49.7 days), [`Policy::openai`] up to 120 s, [`Policy::new`]
-//!   up to 60 s. Above it the call ends at once with [`error::WaitTooLong`], which states the
+//!   up to 60 s. Above it the call ends at once with [`error::ServerWaitTooLong`], which states the
 //!   server's wait — neither a silent hang nor a silent give-up.
 //! - **Open circuit breaker**: a refusal of a [circuit breaker](crate::breaker) below
 //!   ([`breaker::error::Open`](crate::breaker::error::Open)) is waited out like a server's
@@ -132,7 +132,7 @@
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use tower::{ServiceExt, service_fn};
-//! use tower_llm_limits::retry::{Backoff, Budget, Jitter, Policy, Retry, error::WaitTooLong};
+//! use tower_llm_limits::retry::{Backoff, Budget, Jitter, Policy, Retry, error::ServerWaitTooLong};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
@@ -157,7 +157,7 @@
 //! let _other_client = Retry::new(server, policy); // same budget
 //!
 //! let error = client.oneshot(Request::new(Full::new(Bytes::new()))).await.unwrap_err();
-//! let too_long = error.downcast_ref::<WaitTooLong>().expect("the server's wait is above 30 s");
+//! let too_long = error.downcast_ref::<ServerWaitTooLong>().expect("the server's wait is above 30 s");
 //! assert_eq!(too_long.wait(), Duration::from_secs(600));
 //! assert_eq!(too_long.attempts(), 1);
 //! # }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::{HeaderName, Response};
 use tokio::time::Instant;
 
-use super::error::{BudgetExhausted, DeadlineExceeded, LastAttempt, WaitTooLong};
+use super::error::{BudgetExhausted, DeadlineExceeded, LastAttempt, ServerWaitTooLong};
 use super::{Backoff, Budget};
 use crate::BoxError;
 use crate::breaker::FailFast;
@@ -34,7 +34,7 @@ pub const ANTHROPIC_MAX_SERVER_WAIT: Duration = Duration::from_millis(u32::MAX a
 
 /// The ceiling on a server-dictated wait of [`Policy::openai`]: 120 s. openai-python honours
 /// `retry-after` up to 120 s and does not retry above it; so does the policy, ending the call
-/// with [`WaitTooLong`](super::error::WaitTooLong), which states the server's wait.
+/// with [`ServerWaitTooLong`](super::error::ServerWaitTooLong), which states the server's wait.
 pub const OPENAI_MAX_SERVER_WAIT: Duration = Duration::from_secs(120);
 
 /// The default longest single wait for an open circuit breaker: 60 s.
@@ -68,9 +68,9 @@ impl Attempts {
 ///
 /// | constructor | honoured `retry-after` / `retry-after-ms` | above it | matches |
 /// |---|---|---|---|
-/// | [`Policy::anthropic`] | any positive wait, up to [`ANTHROPIC_MAX_SERVER_WAIT`] (≈ 49.7 days) | [`WaitTooLong`](super::error::WaitTooLong) | anthropic-python ≥ 1.6, Anthropic TS/Go/Java |
-/// | [`Policy::openai`] | up to [`OPENAI_MAX_SERVER_WAIT`] (120 s) | [`WaitTooLong`](super::error::WaitTooLong), no retry | openai-python |
-/// | [`Policy::new`] | up to [`DEFAULT_MAX_SERVER_WAIT`] (60 s) | [`WaitTooLong`](super::error::WaitTooLong) | — (the generic preset) |
+/// | [`Policy::anthropic`] | any positive wait, up to [`ANTHROPIC_MAX_SERVER_WAIT`] (≈ 49.7 days) | [`ServerWaitTooLong`](super::error::ServerWaitTooLong) | anthropic-python ≥ 1.6, Anthropic TS/Go/Java |
+/// | [`Policy::openai`] | up to [`OPENAI_MAX_SERVER_WAIT`] (120 s) | [`ServerWaitTooLong`](super::error::ServerWaitTooLong), no retry | openai-python |
+/// | [`Policy::new`] | up to [`DEFAULT_MAX_SERVER_WAIT`] (60 s) | [`ServerWaitTooLong`](super::error::ServerWaitTooLong) | — (the generic preset) |
 ///
 /// With a [`deadline`](Self::deadline) no wait goes past it: a retry that could not start
 /// before the deadline is not waited for, the call ends at once with
@@ -124,7 +124,7 @@ impl Policy {
     }
 
     /// [`Policy::new`] with openai-python's ceiling: a server wait up to 120 s is honoured, a
-    /// longer one is not retried ([`WaitTooLong`](super::error::WaitTooLong)). The
+    /// longer one is not retried ([`ServerWaitTooLong`](super::error::ServerWaitTooLong)). The
     /// [OpenAI preset](crate::preset::openai)'s policy.
     pub fn openai() -> Self {
         Policy::new().max_server_wait(OPENAI_MAX_SERVER_WAIT)
@@ -146,7 +146,7 @@ impl<C> Policy<C> {
 
     /// The longest server-dictated wait the layer honours (60 s for [`Policy::new`], see the
     /// table above for the provider constructors). A longer `retry-after` ends the call at once
-    /// with [`WaitTooLong`](super::error::WaitTooLong), which states the server's wait.
+    /// with [`ServerWaitTooLong`](super::error::ServerWaitTooLong), which states the server's wait.
     ///
     /// The SDKs differ here: the current Anthropic SDKs (Python ≥ 1.6, TS, Go, Java) wait
     /// whatever positive time the server says, openai-python honours up to 120 s and does not
@@ -279,7 +279,7 @@ impl<C> Policy<C> {
         if let Some(wait) = server_wait
             && wait > self.max_server_wait
         {
-            return Verdict::WaitTooLong;
+            return Verdict::ServerWaitTooLong;
         }
         let (sleep, backoff, source) = match (absorbed, hinted) {
             (Some(_), _) => (Duration::ZERO, Duration::ZERO, "absorbed"),
@@ -347,7 +347,7 @@ pub(crate) enum Verdict {
         source: &'static str,
     },
     /// The server's wait is above the ceiling.
-    WaitTooLong,
+    ServerWaitTooLong,
     /// The retry could not start before the deadline.
     Deadline { wait: Duration },
     /// The budget is spent.
@@ -588,8 +588,8 @@ impl<C: Classify> Policy<C> {
             error,
         };
         let (error, why): (BoxError, _) = match ending {
-            Verdict::WaitTooLong => (
-                Box::new(WaitTooLong::new(last, self.max_server_wait)),
+            Verdict::ServerWaitTooLong => (
+                Box::new(ServerWaitTooLong::new(last, self.max_server_wait)),
                 "wait_too_long",
             ),
             Verdict::Deadline { wait } => (

@@ -7,6 +7,8 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Empty, Full};
 
+use crate::cost::BodyBytes;
+
 /// A request body the [`Retry`](super::Retry) layer can send again.
 ///
 /// [`replay`](Self::replay) returns a fresh body with the same bytes, or `None` when this body
@@ -241,5 +243,25 @@ impl<B: Clone + Body> ReplayBody for Replayable<B> {
 impl<B> ReplayBody for SendOnce<B> {
     fn replay(&self) -> Option<Self> {
         None
+    }
+}
+
+// The retry's body wrappers are costed as the body they wrap (implemented here, so `cost`
+// depends on no layer).
+impl<B: BodyBytes> BodyBytes for SendOnce<B> {
+    fn body_bytes(&self) -> Option<Bytes> {
+        self.get_ref().body_bytes()
+    }
+    fn exact_len(&self) -> Option<u64> {
+        self.get_ref().exact_len()
+    }
+}
+
+impl<B: BodyBytes> BodyBytes for Replayable<B> {
+    fn body_bytes(&self) -> Option<Bytes> {
+        self.get_ref().body_bytes()
+    }
+    fn exact_len(&self) -> Option<u64> {
+        self.get_ref().exact_len()
     }
 }

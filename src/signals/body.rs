@@ -11,6 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::usage::UsageWatch;
+use crate::BoxError;
 use crate::cost::UsageReport;
 
 /// The default limit on the size of an error body the [`ErrorBodyLayer`] reads: 64 KiB.
@@ -122,6 +123,10 @@ impl ApiError {
 /// Reading an error body holds the response until the body is complete: the size and time
 /// limits bound how much an error response can delay the caller. The time limit needs a tokio
 /// runtime with the time driver (as every waiting layer of this crate).
+///
+/// Its error is a [`BoxError`]: the inner service's error, boxed, as every layer of this crate
+/// returns it (and [`PolledAfterCompletion`](crate::error::PolledAfterCompletion) for a future
+/// polled again after it completed).
 ///
 /// # Examples
 ///
@@ -444,14 +449,15 @@ where
 impl<S, ReqB, ResB> Service<Request<ReqB>> for ErrorBody<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
     ResB: http_body::Body<Data = Bytes>,
 {
     type Response = Response<MaybeBuffered<ResB>>;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = super::future::ErrorBodyFuture<S::Future, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {

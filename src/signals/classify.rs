@@ -377,10 +377,6 @@ fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
     if let Some(io) = error.downcast_ref::<std::io::Error>() {
         return io.kind() == std::io::ErrorKind::TimedOut;
     }
-    #[cfg(feature = "sim")]
-    if let Some(e) = error.downcast_ref::<hyper::Error>() {
-        return e.is_timeout();
-    }
     #[cfg(feature = "reqwest")]
     if let Some(e) = error.downcast_ref::<reqwest::Error>() {
         return e.is_timeout();

@@ -11,7 +11,9 @@ use http::{HeaderMap, Response};
 
 use super::usage::{MAX_WATCHED_BODY, UsageWatch};
 use super::{ApiError, Classify, MaybeBuffered, ResponseSignals};
+use crate::BoxError;
 use crate::cost::UsageReport;
+use crate::error::PolledAfterCompletion;
 
 pin_project_lite::pin_project! {
     /// Response future of [`Signals`](super::Signals).
@@ -160,15 +162,16 @@ impl<F, B, E> Future for ErrorBodyFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: http_body::Body<Data = Bytes>,
+    E: Into<BoxError>,
 {
-    type Output = Result<Response<MaybeBuffered<B>>, E>;
+    type Output = Result<Response<MaybeBuffered<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { inner } => {
-                    let response = ready!(inner.poll(cx))?;
+                    let response = ready!(inner.poll(cx)).map_err(Into::into)?;
                     if !should_read(&response, *this.max) {
                         this.state.set(State::Done);
                         let watch = this
@@ -268,9 +271,9 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(Response::from_parts(parts, finished)));
                 }
-                // The error type is the inner service's: there is no error to return (see
-                // `error::PolledAfterCompletion`).
-                StateProj::Done => panic!("ErrorBody response future polled after completion"),
+                StateProj::Done => {
+                    return Poll::Ready(Err(PolledAfterCompletion::boxed("error body")));
+                }
             }
         }
     }

@@ -11,7 +11,8 @@
 //!
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_llm_limits::{preset, sim::{self, Limits, SimApi}};
+//! use tower_llm_limits::preset;
+//! use tower_llm_limits_sim::{self as sim, Limits, SimApi};
 //! use tower_llm_limits::signals::Dimension;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -80,6 +81,5 @@
 mod snapshot;
 
 pub use snapshot::{
-    BreakerState, BreakerStatus, ConcurrencyStatus, DimensionStatus, KeyStatus, RetryBudgetStatus,
-    Snapshot,
+    BreakerStatus, ConcurrencyStatus, DimensionStatus, KeyStatus, RetryBudgetStatus, Snapshot,
 };

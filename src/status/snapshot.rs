@@ -75,12 +75,10 @@ impl Snapshot {
         self.breakers
             .extend(states.into_iter().map(|(key, state)| BreakerStatus {
                 key,
-                state: match state {
-                    breaker::State::Closed => BreakerState::Closed,
-                    breaker::State::HalfOpen => BreakerState::HalfOpen,
-                    breaker::State::Open { until } => {
-                        BreakerState::Open(until.saturating_duration_since(now))
-                    }
+                state,
+                half_open_in: match state {
+                    breaker::State::Open { until } => Some(until.saturating_duration_since(now)),
+                    _ => None,
                 },
             }));
         self
@@ -219,7 +217,7 @@ impl Snapshot {
                 json!({
                     "key": b.key,
                     "state": b.state.as_str(),
-                    "half_open_in_s": b.state.half_open_in().map(secs),
+                    "half_open_in_s": b.half_open_in.map(secs),
                 })
             })
             .collect();
@@ -377,7 +375,8 @@ impl DimensionStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BreakerStatus {
     key: Option<String>,
-    state: BreakerState,
+    state: breaker::State,
+    half_open_in: Option<Duration>,
 }
 
 impl BreakerStatus {
@@ -386,41 +385,15 @@ impl BreakerStatus {
         self.key.as_deref()
     }
 
-    /// Its state.
-    pub fn state(&self) -> BreakerState {
+    /// Its state when the snapshot was taken.
+    pub fn state(&self) -> breaker::State {
         self.state
     }
-}
 
-/// The state of a breaker in a [`Snapshot`]: [`breaker::State`] with the instant turned into a
-/// duration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BreakerState {
-    /// Calls go through.
-    Closed,
-    /// Calls fail at once; probes go through after this long.
-    Open(Duration),
-    /// A few probes go through.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// `closed`, `open` or `half_open`, as [`breaker::State::as_str`].
-    pub const fn as_str(&self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open(_) => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
-    }
-
-    /// How long an open breaker stays open.
+    /// How long an open breaker still stays open, from the moment the snapshot was taken
+    /// (`None` unless [`Open`](breaker::State::Open)).
     pub fn half_open_in(&self) -> Option<Duration> {
-        match self {
-            BreakerState::Open(d) => Some(*d),
-            _ => None,
-        }
+        self.half_open_in
     }
 }
 
@@ -593,8 +566,7 @@ impl Snapshot {
             )?;
             for b in &self.breakers {
                 let reopen = b
-                    .state
-                    .half_open_in()
+                    .half_open_in
                     .map_or_else(|| "-".to_owned(), |d| Human(d).to_string());
                 writeln!(
                     f,

@@ -99,7 +99,7 @@ pub mod drive {
     use tokio::time::Instant;
     use tower::{Layer, ServiceExt};
     use tower_llm_limits::rate_limit::{RateLimitLayer, RateLimitState};
-    use tower_llm_limits::sim::{Limits, SimApi, message_body};
+    use tower_llm_limits_sim::{Limits, SimApi, message_body};
 
     /// The model every request uses (one rate-limit key).
     pub const MODEL: &str = "claude-sonnet-4-5";

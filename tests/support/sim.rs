@@ -1,11 +1,11 @@
-//! Helpers for tests against the simulated API (`tower_llm_limits::sim`).
+//! Helpers for tests against the simulated API (`tower_llm_limits_sim`).
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tower_llm_limits::BoxError;
-use tower_llm_limits::sim::{SimApi, message_body};
+use tower_llm_limits_sim::{SimApi, message_body};
 
 /// `POST http://sim.local/v1/messages` with `body`.
 pub fn post(body: impl Into<Bytes>) -> Request<Full<Bytes>> {

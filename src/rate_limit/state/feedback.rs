@@ -255,6 +255,14 @@ const THROTTLE_RECOVERY: Duration = Duration::from_secs(20);
 const THROTTLE_MIN_RATE: f64 = 0.05;
 /// The longest the rate takes to grow back, however slow the server.
 const THROTTLE_RECOVERY_MAX: Duration = Duration::from_secs(120);
+/// Where a key without rate-limit headers starts, before its first throttle: a request a
+/// second ([`Throttle::slow_start`]).
+const SLOW_START_RATE: f64 = 1.0;
+/// Before the first throttle the rate doubles this often.
+const SLOW_START_DOUBLING: Duration = Duration::from_secs(4);
+/// Past this rate (reached after about half a minute) a slow start ends: the key is not limited
+/// until a throttle comes.
+pub(super) const SLOW_START_END: f64 = 256.0;
 /// Requests a cycle of growing back takes at least (see [`Throttle::recovery`]).
 const RECOVERY_REQUESTS: f64 = 40.0;
 /// The window over which the requests a server accepted bound its rate.
@@ -279,14 +287,33 @@ fn bound(measured: f64, accepted: f64) -> f64 {
 /// the rate drops to [`THROTTLE_BETA`] of what was sent, grows back along a cubic curve to that
 /// rate within [`THROTTLE_RECOVERY`], then probes beyond it, faster the longer no throttle comes.
 /// Requests are spaced at the current rate, never sent in bursts.
+///
+/// Before the first throttle a key starts slowly ([`Throttle::slow_start`]), as TCP does: a
+/// server's bucket can hold a minute of refill, and a fleet of callers that sends unpaced into
+/// it drains it within a second; every request in flight when the first refusal comes back
+/// is refused too. Growing from [`SLOW_START_RATE`], doubling every [`SLOW_START_DOUBLING`],
+/// meets the empty bucket at a rate a few times the server's, not at the callers' full
+/// concurrency, and ends past [`SLOW_START_END`], where the key is no longer paced.
 #[derive(Clone, Debug)]
 pub(super) struct Throttle {
     w_max: f64,
+    /// Set while the rate grows exponentially from `w_max`, before any throttle.
+    slow_start: bool,
     cut_at: Instant,
     /// Dispatches before the last cut: a throttle of one of them is the same episode.
     pub(super) cut_seq: u64,
     next_at: Instant,
+    /// Refusals in a row, each of a request sent after the one before, with nothing accepted
+    /// in between: the server is in debt (a bucket that went below zero refuses whatever the
+    /// pace until its refill catches up), so the gap doubles with each, as TCP's
+    /// retransmission timer does, up to [`MAX_STREAK`] doublings.
+    streak: u32,
+    /// Dispatches before the last refusal counted in the streak.
+    streak_seq: u64,
 }
+
+/// The most doublings of the gap a streak of refusals brings.
+const MAX_STREAK: u32 = 5;
 
 impl Throttle {
     /// The first throttle, when the key was sending at `measured` requests per second and the
@@ -295,9 +322,12 @@ impl Throttle {
         let w_max = bound(measured, accepted).max(THROTTLE_MIN_RATE);
         Throttle {
             w_max,
+            slow_start: false,
             cut_at: now,
             cut_seq: seq,
             next_at: now,
+            streak: 0,
+            streak_seq: seq,
         }
     }
 
@@ -307,19 +337,45 @@ impl Throttle {
     pub(super) fn adopted(rate: f64, seq: u64, next_at: Instant, now: Instant) -> Self {
         let mut t = Throttle {
             w_max: rate.max(THROTTLE_MIN_RATE),
+            slow_start: false,
             cut_at: now,
             cut_seq: seq,
             next_at,
+            streak: 0,
+            streak_seq: seq,
         };
         let k = Duration::from_secs_f64(t.recovery());
         t.cut_at = now.checked_sub(k).unwrap_or(now);
         t
     }
 
+    /// A key found to send no rate-limit headers: a slow start from [`SLOW_START_RATE`].
+    pub(super) fn slow_start(seq: u64, now: Instant) -> Self {
+        Throttle {
+            w_max: SLOW_START_RATE,
+            slow_start: true,
+            cut_at: now,
+            cut_seq: seq,
+            next_at: now,
+            streak: 0,
+            streak_seq: seq,
+        }
+    }
+
+    /// Whether no throttle has come yet (the rate only grows).
+    pub(super) fn starting(&self) -> bool {
+        self.slow_start
+    }
+
     /// The rate at `now`, in requests per second.
     pub(super) fn rate(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.cut_at).as_secs_f64();
+        if self.slow_start {
+            let doublings = (elapsed / SLOW_START_DOUBLING.as_secs_f64()).min(64.0);
+            return (self.w_max * doublings.exp2()).min(SLOW_START_END);
+        }
         let k = self.recovery();
-        let x = (now.saturating_duration_since(self.cut_at).as_secs_f64() - k) / k;
+        let x = (elapsed - k) / k;
         // Past 100 recovery times the cube is astronomical: stop there (the rate is then far
         // above any server's anyway).
         let x = x.min(100.0);
@@ -336,10 +392,44 @@ impl Throttle {
         self.next_at
     }
 
-    /// A request was sent at `now`.
-    pub(super) fn sent(&mut self, now: Instant) {
-        let gap = Duration::from_secs_f64((1.0 / self.rate(now)).min(1.0 / THROTTLE_MIN_RATE));
-        self.next_at = self.next_at.max(now) + gap;
+    /// A request was sent at `now`, the key sending at `pace` requests per second lately.
+    pub(super) fn sent(&mut self, now: Instant, pace: f64) {
+        if self.slow_start {
+            // Grow only while the pace follows: a key held back by something else (a
+            // concurrency cap, few callers) has not shown the server can take more (TCP's
+            // congestion-window validation).
+            let cap = 2.0 * pace.max(SLOW_START_RATE);
+            if self.rate(now) > cap {
+                self.w_max = cap;
+                self.cut_at = now;
+            }
+        }
+        self.next_at = self.next_at.max(now) + self.gap(now);
+    }
+
+    /// The gap between two sends at `now`: one over the rate, doubled by the streak.
+    fn gap(&self, now: Instant) -> Duration {
+        let gap = (1.0 / self.rate(now)).min(1.0 / THROTTLE_MIN_RATE);
+        Duration::from_secs_f64(gap * f64::from(1u32 << self.streak))
+    }
+
+    /// A request sent after dispatch `seq` was refused at `now`, the key at dispatch `last`:
+    /// the streak grows (once per request sent after the previous refusal) and the next send
+    /// waits a doubled gap.
+    pub(super) fn refused(&mut self, seq: u64, last: u64, now: Instant) {
+        if seq > self.streak_seq {
+            self.streak = (self.streak + 1).min(MAX_STREAK);
+            self.streak_seq = last;
+            self.next_at = self.next_at.max(now + self.gap(now));
+        }
+    }
+
+    /// The server accepted the request of dispatch `seq`: one sent after the last refusal ends
+    /// the streak.
+    pub(super) fn accepted(&mut self, seq: u64) {
+        if seq > self.streak_seq {
+            self.streak = 0;
+        }
     }
 
     /// Whether a throttle at `now` may cut again: not within two paced gaps (at least a
@@ -456,6 +546,56 @@ mod tests {
         }
         assert!(r.high() >= 1.2, "high {}", r.high());
         assert!(!r.observe(f64::NAN) && !r.observe(0.0) && !r.observe(-1.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_doubles_while_the_pace_follows_and_ends() {
+        let now = Instant::now();
+        let mut t = Throttle::slow_start(0, now);
+        assert!(t.starting());
+        assert!((t.rate(now) - SLOW_START_RATE).abs() < 1e-9);
+        let later = now + SLOW_START_DOUBLING * 3;
+        assert!((t.rate(later) - 8.0 * SLOW_START_RATE).abs() < 1e-9);
+        // Sends at 1 a second, held back by something else: the rate stays within twice that.
+        t.sent(later, 1.0);
+        assert!((t.rate(later) - 2.0).abs() < 1e-9, "{}", t.rate(later));
+        // Grows again from there, and never past the end of the slow start.
+        assert!((t.rate(later + SLOW_START_DOUBLING) - 4.0).abs() < 1e-9);
+        assert_eq!(t.rate(later + SLOW_START_DOUBLING * 100), SLOW_START_END);
+        // The first throttle ends it: a cut below what was being sent.
+        let c = Throttle::new(3.0, f64::INFINITY, 1, later);
+        assert!(!c.starting());
+        assert!((c.rate(later) - 2.1).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_in_a_row_double_the_gap_until_one_is_accepted() {
+        let now = Instant::now();
+        let mut t = Throttle::new(1.0 / 0.7, f64::INFINITY, 10, now);
+        // The first throttle's own request (dispatch 10) starts no streak.
+        t.refused(10, 10, now);
+        t.sent(now, 1.0);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(1));
+        // A request sent after it refused too: the next gap doubles, then doubles again.
+        t.refused(11, 12, now);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(2));
+        t.refused(12, 12, now);
+        assert_eq!(
+            t.ready_at(),
+            now + Duration::from_secs(2),
+            "sent before: counted once"
+        );
+        t.refused(13, 13, now);
+        t.sent(now, 1.0);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(4 + 4));
+        // An answer to a request sent before the last refusal proves nothing; a later one
+        // ends the streak.
+        t.accepted(13);
+        t.sent(now, 1.0);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(12));
+        t.accepted(14);
+        t.sent(now, 1.0);
+        assert_eq!(t.ready_at(), now + Duration::from_secs(13));
     }
 
     #[tokio::test(start_paused = true)]

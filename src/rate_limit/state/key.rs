@@ -123,8 +123,10 @@ pub(super) struct KeyState {
     pub(super) tightened_seq: u64,
     /// The request rate learned from throttles, for a key without rate-limit headers.
     pub(super) throttle: Option<Throttle>,
-    /// Recent sends, to measure the sending rate when a throttle comes.
+    /// Recent sends (dispatches), to measure the sending rate when a throttle comes.
     pub(super) sends: Recent,
+    /// Requests admitted and not yet sent (a concurrency cap below holds them).
+    pub(super) held: usize,
     /// When the server accepted this key's requests lately.
     pub(super) accepted: Recent,
     /// Dispatches before the current cooldown was set: an answer to a later one (the
@@ -329,10 +331,19 @@ impl KeyState {
         }
         if let Some(t) = &self.throttle
             && !self.any_bucket()
-            && t.ready_at() > at
         {
-            at = t.ready_at();
-            dim = Some(Dimension::Requests);
+            // Paced on sends: while a request admitted earlier is still held below, the next
+            // waits for it to go (its send wakes the queue; the re-check interval bounds the
+            // wait should nothing below ever send).
+            let next = if self.held > 0 {
+                add(now, RECHECK_INTERVAL)
+            } else {
+                t.ready_at()
+            };
+            if next > at {
+                at = next;
+                dim = Some(Dimension::Requests);
+            }
         }
         for d in Dimension::ALL {
             let Some(mut b) = self.buckets.get(d) else {
@@ -432,10 +443,7 @@ impl KeyState {
                 "rate limit: one request goes to ask the server again"
             );
         }
-        self.sends.push(now);
-        if let Some(t) = &mut self.throttle {
-            t.sent(now);
-        }
+        self.held += 1;
         if let Some(r) = self.ramp
             && self
                 .last_admit
@@ -562,7 +570,25 @@ impl KeyState {
     }
 
     /// An admitted request was sent (or will never be).
-    pub(super) fn sent(&mut self, record: &Record) {
+    /// An admitted request was sent (passed the layers below) at `now`: the throttle's pace
+    /// counts sends, not admissions, so a concurrency cap that holds requests below does not
+    /// let them pile up and go together.
+    pub(super) fn sent(&mut self, record: &Record, now: Instant) {
+        self.unhold(record);
+        self.sends.push(now);
+        if let Some(t) = &mut self.throttle {
+            t.sent(now, self.sends.pace(now));
+            if t.starting() && t.rate(now) >= SLOW_START_END {
+                // Started slowly up to a rate no LLM API allows: the server is not limited.
+                self.throttle = None;
+            }
+            self.wake_head();
+        }
+    }
+
+    /// An admitted request is no longer held: sent, or dropped before it was.
+    fn unhold(&mut self, record: &Record) {
+        self.held = self.held.saturating_sub(1);
         for (p, x) in self.pending.iter_mut().zip(record.charge) {
             *p = p.saturating_sub(x);
         }
@@ -570,7 +596,7 @@ impl KeyState {
 
     /// Gives back everything a request charged (admitted but never sent).
     pub(super) fn unadmit(&mut self, record: &Record, now: Instant) {
-        self.sent(record);
+        self.unhold(record);
         self.finish(record, 0);
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
         self.note_refund(record);

@@ -53,6 +53,9 @@ impl KeyState {
             }
         } else if outcome.is_success() {
             self.accepted.push(now);
+            if let Some(t) = &mut self.throttle {
+                t.accepted(record.seq);
+            }
         }
         if !limited
             && record.seq > self.cooldown_seq
@@ -110,7 +113,11 @@ impl KeyState {
                 let ok = outcome.is_success() && !self.any_bucket();
                 if ok {
                     self.probe = Probe::Unlimited;
-                    tracing::debug!(key = %key, "rate limit: no rate-limit headers; not limited");
+                    if self.throttle.is_none() {
+                        self.throttle = Some(Throttle::slow_start(self.dispatch_seq, now));
+                    }
+                    tracing::debug!(key = %key,
+                        "rate limit: no rate-limit headers; starting slowly until a throttle");
                 }
             }
         } else {
@@ -644,6 +651,12 @@ impl KeyState {
         let measured = self.sends.pace(now);
         let accepted = self.accepted.within(ACCEPTED_WINDOW, now);
         match &mut self.throttle {
+            // The first throttle ends the slow start.
+            Some(t) if t.starting() => {
+                *t = Throttle::new(measured, accepted, self.dispatch_seq, now);
+                tracing::info!(key = %key, rate_per_s = t.rate(now),
+                    "rate limit: throttled without rate-limit headers; pacing on a learned rate");
+            }
             // A throttle of a request sent before the last cut, or soon after it, is the same
             // episode: a server whose bucket went into debt refuses for a while whatever the
             // pace, and cutting on each refusal would collapse the rate.
@@ -658,6 +671,9 @@ impl KeyState {
                     "rate limit: throttled without rate-limit headers; pacing on a learned rate");
                 self.throttle = Some(t);
             }
+        }
+        if let Some(t) = &mut self.throttle {
+            t.refused(record.seq, self.dispatch_seq, now);
         }
     }
 }

@@ -17,7 +17,7 @@ mod ticket;
 
 #[cfg(feature = "redis")]
 pub(crate) use feedback::MARGIN_DECAY;
-use feedback::{ACCEPTED_WINDOW, Margin, Others, Ratio, Recent, Throttle};
+use feedback::{ACCEPTED_WINDOW, Margin, Others, Ratio, Recent, SLOW_START_END, Throttle};
 use key::{Anchor, Awaiting, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
 pub use snapshot::{BucketSnapshot, KeySnapshot};
 use ticket::Phase;
@@ -323,6 +323,7 @@ impl RateLimitState {
                 tightened_seq: 0,
                 throttle: None,
                 sends: Recent::sends(),
+                held: 0,
                 accepted: Recent::accepted(),
                 cooldown_seq: 0,
                 cooldown_set: None,

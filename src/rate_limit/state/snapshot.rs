@@ -28,7 +28,7 @@ impl KeyCell {
             throttle_rate: st
                 .throttle
                 .as_ref()
-                .filter(|_| !st.any_bucket())
+                .filter(|t| !st.any_bucket() && !t.starting())
                 .map(|t| t.rate(now)),
         }
     }

@@ -147,7 +147,7 @@ impl Ticket {
         if let Phase::Admitted(mut r) = self.phase {
             // Sent now, not when admitted: a concurrency cap below may have held it since.
             r.at = Instant::now();
-            lock(&self.cell.state).sent(&r);
+            lock(&self.cell.state).sent(&r, r.at);
             if let Some(seq) = &self.seq {
                 seq.store(r.seq, Ordering::Relaxed);
             }

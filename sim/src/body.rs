@@ -45,7 +45,7 @@ fn text_bytes(value: &Value) -> u64 {
 /// Returns `None` when the body is not a JSON object with a `messages` array.
 ///
 /// ```
-/// use tower_llm_limits::sim::{count_input_tokens, message_body};
+/// use tower_llm_limits_sim::{count_input_tokens, message_body};
 ///
 /// let body = message_body("claude-sonnet-4-5", 1_200, 1_024, 300);
 /// assert_eq!(count_input_tokens(&body), Some(1_200));
@@ -181,7 +181,7 @@ pub(crate) fn filler(len: usize) -> String {
 /// `max_tokens` of 0 is sent as 1.
 ///
 /// ```
-/// use tower_llm_limits::sim::message_body;
+/// use tower_llm_limits_sim::message_body;
 ///
 /// let body = message_body("claude-sonnet-4-5", 1_200, 1_024, 300);
 /// let json: serde_json::Value = serde_json::from_slice(&body).unwrap();

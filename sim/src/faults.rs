@@ -107,7 +107,7 @@ impl Window {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_llm_limits::sim::{Fault, Faults, Limits};
+/// use tower_llm_limits_sim::{Fault, Faults, Limits};
 ///
 /// let faults = Faults::new()
 ///     .window(Duration::from_secs(10)..Duration::from_secs(40), Fault::Overloaded { probability: 0.5 })

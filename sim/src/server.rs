@@ -43,7 +43,7 @@ pub struct SimServer {
 ///
 /// # Examples
 /// ```
-/// use tower_llm_limits::sim::{self, Limits, SimApi};
+/// use tower_llm_limits_sim::{self as sim, Limits, SimApi};
 ///
 /// # #[tokio::main]
 /// # async fn main() -> std::io::Result<()> {

@@ -1,5 +1,6 @@
 //! The workload generator: seeded requests, concurrent callers, and the best possible time.
 
+use std::fmt;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +19,6 @@ use super::api::SimApi;
 use super::body::message_body;
 use super::config::{HeaderDialect, OutputAccounting};
 use crate::BoxError;
-use crate::signals::Dimension;
 
 /// The model a [`Workload`] uses unless told otherwise.
 pub const DEFAULT_MODEL: &str = "claude-sonnet-4-5";
@@ -33,7 +33,7 @@ pub const DEFAULT_MODEL: &str = "claude-sonnet-4-5";
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// use tower_llm_limits::sim::{Limits, SimApi, Workload};
+/// use tower_llm_limits_sim::{Limits, SimApi, Workload};
 ///
 /// let api = SimApi::builder()
 ///     .model("claude-sonnet-4-5", Limits::per_minute(50, 30_000, 8_000))
@@ -116,6 +116,39 @@ impl RequestSpec {
             http::HeaderValue::from_static("2023-06-01"),
         );
         req
+    }
+}
+
+/// A bucket of the simulated API's limits, as [`Bound::dimension`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Dimension {
+    /// Requests per minute.
+    Requests,
+    /// Input tokens per minute.
+    InputTokens,
+    /// Output tokens per minute.
+    OutputTokens,
+    /// Input + output tokens per minute (the combined bucket of [`HeaderDialect::Combined`]).
+    Tokens,
+}
+
+impl Dimension {
+    /// A short stable name: `requests`, `input_tokens`, `output_tokens`, `tokens` (the names
+    /// `tower-llm-limits` gives its own dimensions).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Requests => "requests",
+            Dimension::InputTokens => "input_tokens",
+            Dimension::OutputTokens => "output_tokens",
+            Dimension::Tokens => "tokens",
+        }
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

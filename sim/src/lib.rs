@@ -1,5 +1,10 @@
 //! A simulated Claude-like Messages API for tests, demos and benchmarks.
 //!
+//! This crate is to `tower-llm-limits` what `tower-test` is to `tower`: the tool its tests,
+//! examples and benchmarks run against, kept out of the library so the library's docs and API
+//! show the middleware alone. It does not depend on `tower-llm-limits`; any
+//! `tower::Service<http::Request<B>>` client can be tested against it.
+//!
 //! [`SimApi`] is an in-process `tower::Service<http::Request<B>>` that rate-limits like
 //! Anthropic's Messages API: per model, three continuously replenished token buckets, 429s with
 //! an exact `retry-after`, the full `anthropic-ratelimit-*` header set on every response, latency
@@ -18,7 +23,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
-//! use tower_llm_limits::sim::{Limits, SimApi, Workload};
+//! use tower_llm_limits_sim::{Limits, SimApi, Workload};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
@@ -114,6 +119,10 @@
 //! refusals from; it keeps the most recent [`SimApiBuilder::events_capacity`] events. A request
 //! dropped before its answer gives back its output reservation and is charged no output.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
 mod api;
 mod body;
 mod bucket;
@@ -136,4 +145,7 @@ pub use config::{
 pub use counters::Counters;
 pub use faults::{Fault, Faults};
 pub use server::{DEFAULT_GRACE, SimServer, serve, serve_on};
-pub use workload::{Bound, CallRecord, DEFAULT_MODEL, Report, RequestSpec, Workload};
+pub use workload::{Bound, CallRecord, DEFAULT_MODEL, Dimension, Report, RequestSpec, Workload};
+
+/// Alias for a type-erased error type (the same as `tower::BoxError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
