@@ -24,7 +24,9 @@ use std::sync::LazyLock;
 /// `m<d>`/`a<d>` (margin, millionths, set at `a<d>`, decaying); `cd` (cooldown end, µs), `cv`
 /// (its version), `mv`/`mw`/`mb` (model version, writer, JSON).
 ///
-/// While a cooldown runs nothing is granted; a margin is kept free in every grant. Returns a flat
+/// While a cooldown runs nothing is granted; a margin is kept free in every grant; while the
+/// shared bucket is below half full, a process is granted at most what it earned at its share of
+/// the rate (its share of the fleet's demand), so the budget follows demand, not who asks first. Returns a flat
 /// array: per dimension `granted, capacity, window_us, wait_us` (16 numbers; `wait_us` is how
 /// long until the part of `want` not granted is there), then the cooldown's remaining µs (0:
 /// none), its version, the four margins (millionths, decayed to now), the model version, its
@@ -90,6 +92,7 @@ for i = 1, #all, 2 do
   v, at = tonumber(v), tonumber(at)
   if (not at) or now - at > fresh then
     redis.call('HDEL', dk, all[i])
+    redis.call('HDEL', k, 'g0:' .. all[i], 'g1:' .. all[i], 'g2:' .. all[i], 'g3:' .. all[i])
   else
     active = active + 1
     total = total + v
@@ -126,6 +129,19 @@ for d = 0, 3 do
     local level = math.floor(scap - keep - (full - now) / per)
     local granted = 0
     if not cooling then granted = math.max(0, math.min(want, level)) end
+    -- Fairness: while the shared bucket is short, a process takes at most what its share of the
+    -- demand earned at its share of the rate (a bucket per process, `g<d>:<id>` its full
+    -- instant, holding at most two of its asks), not whatever it asks for first.
+    if level < scap / 2 then
+      local gk = 'g' .. d .. ':' .. me
+      local g = tonumber(redis.call('HGET', k, gk)) or 0
+      local mine_per = per / math.max(share / 1000000, 0.001)
+      local burst = math.max(want, 1) * 2
+      g = math.max(g, now - burst * mine_per)
+      local credit = math.floor((now - g) / mine_per)
+      granted = math.max(0, math.min(granted, credit))
+      redis.call('HSET', k, gk, string.format('%.0f', g + granted * mine_per))
+    end
     full = full + granted * per
     local wait = 0
     if granted < want then
