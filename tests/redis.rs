@@ -366,3 +366,60 @@ async fn a_joining_process_paces_on_the_fleets_limits_from_its_first_request() {
     assert_eq!(requests.learned(), Some(120));
     assert!(store.stats().operations() >= 1);
 }
+
+/// Fairness by demand: two processes, one with three times the callers of the other, share a
+/// limit both saturate; each one's admitted share follows its share of the requests waiting or
+/// in flight (3/4 and 1/4), within a fifth of it, not who asked first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_follows_each_process_demand() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("demand");
+    let api = drive::api(RPM);
+    let run = Duration::from_secs(10);
+    let start = tokio::time::Instant::now();
+    let ok = std::sync::Arc::new([
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ]);
+    let mut callers = tokio::task::JoinSet::new();
+    for (process, count) in [12usize, 4].into_iter().enumerate() {
+        let store = RedisStore::builder(server.url())
+            .prefix(prefix.as_str())
+            .build()
+            .expect("valid URL");
+        let service = RateLimitLayer::with_state(limited().store(store).build()).layer(api.clone());
+        for _ in 0..count {
+            let service = service.clone();
+            let ok = ok.clone();
+            callers.spawn(async move {
+                while start.elapsed() < run {
+                    let req = http::Request::post("http://sim.local/v1/messages")
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(
+                            tower_llm_limits_sim::message_body(MODEL, 100, 50, 20),
+                        ))
+                        .expect("request");
+                    let ok_now = service
+                        .clone()
+                        .oneshot(req)
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    // Counted after the first two seconds: the steady state.
+                    if ok_now && start.elapsed() > Duration::from_secs(2) {
+                        ok[process].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+    while callers.join_next().await.is_some() {}
+    let (a, b) = (
+        ok[0].load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ok[1].load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    let share = a / (a + b);
+    eprintln!("demand 12:4 → admitted {a}:{b}, share {share:.3} (demand share 0.75)");
+    assert!((0.6..=0.9).contains(&share), "share {share}");
+}
