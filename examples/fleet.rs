@@ -154,6 +154,8 @@ async fn main() {
         // The server refilled from its start (empty) to the end of the run.
         let t_star = RPM as f64 / 60.0 * (RUN + start_at.saturating_sub(sim_started)).as_secs_f64();
         let ratio = ok as f64 / t_star;
+        // The same against the refill of the run alone (the head start not counted).
+        let run_ratio = ok as f64 / (RPM as f64 / 60.0 * RUN.as_secs_f64());
         let share429 = r429 as f64 / attempts.max(1) as f64;
         let per_request = ops as f64 / ok.max(1) as f64;
         let deviation = workers
@@ -163,7 +165,7 @@ async fn main() {
         let p99 = workers.iter().map(|w| w.p99_ms).max().unwrap_or(0);
         println!(
             "fleet scenario={name} processes={processes} callers={CALLERS} ok={ok} failed={failed} \
-             attempts={attempts} r429={r429} ({:.2} %) ratio={ratio:.3} redis_ops_per_request={per_request:.3} \
+             attempts={attempts} r429={r429} ({:.2} %) ratio={ratio:.3} run_ratio={run_ratio:.3} redis_ops_per_request={per_request:.3} \
              share_deviation={:.1} % p99_wait_ms={p99}",
             100.0 * share429,
             100.0 * deviation

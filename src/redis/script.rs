@@ -131,12 +131,12 @@ for d = 0, 3 do
     if not cooling then granted = math.max(0, math.min(want, level)) end
     -- Fairness: while the shared bucket is short, a process takes at most what its share of the
     -- demand earned at its share of the rate (a bucket per process, `g<d>:<id>` its full
-    -- instant, holding at most two of its asks), not whatever it asks for first.
+    -- instant, holding at most two leases of that rate), not whatever it asks for first.
     if level < scap / 2 then
       local gk = 'g' .. d .. ':' .. me
       local g = tonumber(redis.call('HGET', k, gk)) or 0
       local mine_per = per / math.max(share / 1000000, 0.001)
-      local burst = math.max(want, 1) * 2
+      local burst = math.max(1, math.ceil(2 * lease / mine_per))
       g = math.max(g, now - burst * mine_per)
       local credit = math.floor((now - g) / mine_per)
       granted = math.max(0, math.min(granted, credit))
