@@ -9,8 +9,10 @@ use std::time::Duration;
 use support::redis::RedisServer;
 use support::redis::drive::{self, MODEL};
 use tower::{Layer, ServiceExt, service_fn};
+use tower_llm_limits::rate_limit::RateLimitKey;
 use tower_llm_limits::rate_limit::{Limits, RateLimitLayer, RateLimitState, RateLimitStateBuilder};
 use tower_llm_limits::redis::{FailurePolicy, RedisStore, is_unavailable};
+use tower_llm_limits::signals::Dimension;
 
 const RPM: u64 = 1_200;
 const INSTANCES: usize = 4;
@@ -162,7 +164,7 @@ async fn redis_outage_falls_back_to_local_and_recovers() {
         .await
         .expect("connect");
     let exists: bool = redis::cmd("EXISTS")
-        .arg(format!("{prefix}:{MODEL}"))
+        .arg(format!("{prefix}:{{{MODEL}}}"))
         .query_async(&mut conn)
         .await
         .expect("EXISTS");
@@ -232,4 +234,192 @@ fn the_builder_debug_output_redacts_the_password() {
         shown.contains("redis://default:***@cache:6379/0"),
         "{shown}"
     );
+}
+
+/// A store of the test fleet: short leases and refreshes, so the test's real-clock margins stay
+/// small.
+fn fleet_store(url: &str, prefix: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .prefix(prefix)
+        .lease(Duration::from_millis(100))
+        .refresh(Duration::from_millis(200))
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("valid URL")
+}
+
+fn request() -> http::Request<String> {
+    let mut r = http::Request::new(String::new());
+    r.extensions_mut().insert(RateLimitKey::new(MODEL));
+    r
+}
+
+/// A 429 one process meets pauses another sharing the store: the second one's calls stop
+/// within a round trip of the refusal and resume when the server's `retry-after` has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_in_one_process_pauses_the_others() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("cooldown");
+    let limits = || RateLimitState::builder().limits(Limits::per_minute(600, 1_000_000, 1_000_000));
+    let a = limits().store(fleet_store(&server.url(), &prefix)).build();
+    let b = limits().store(fleet_store(&server.url(), &prefix)).build();
+    let start = tokio::time::Instant::now();
+    let refused = service_fn(|_req: http::Request<String>| async {
+        let response = http::Response::builder()
+            .status(429)
+            .header("retry-after", "2")
+            .body(String::new())?;
+        Ok::<_, tower_llm_limits::BoxError>(response)
+    });
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted = {
+        let sent = sent.clone();
+        service_fn(move |_req: http::Request<String>| {
+            sent.lock().unwrap().push(start.elapsed());
+            async { Ok::<_, tower_llm_limits::BoxError>(http::Response::new(String::new())) }
+        })
+    };
+    let a = RateLimitLayer::with_state(a).layer(refused);
+    let b = RateLimitLayer::with_state(b.clone()).layer(accepted);
+    // `b` sends one request every 50 ms for 4 s; `a` meets its 429 at 1 s.
+    let driver = async move {
+        while start.elapsed() < Duration::from_secs(4) {
+            b.clone().oneshot(request()).await.expect("b's call");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let refuse = async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let response = a.oneshot(request()).await.expect("a's call");
+        assert_eq!(response.status(), 429);
+        start.elapsed()
+    };
+    let ((), refused_at) = tokio::join!(driver, refuse);
+    let sent = sent.lock().unwrap().clone();
+    eprintln!("429 at {refused_at:?}; b sent at {sent:?}");
+    // Within a round trip (the refresh, 200 ms, plus the call in flight) b stops until the
+    // cooldown's end (2 s after the refusal, less the time the answer took to reach Redis).
+    let quiet_from = refused_at + Duration::from_millis(350);
+    let quiet_to = refused_at + Duration::from_millis(1_800);
+    let during: Vec<_> = sent
+        .iter()
+        .filter(|t| **t > quiet_from && **t < quiet_to)
+        .collect();
+    assert!(during.is_empty(), "b sent during the cooldown: {during:?}");
+    assert!(sent.iter().any(|t| *t < refused_at), "b sent before");
+    assert!(
+        sent.iter()
+            .any(|t| *t > refused_at + Duration::from_secs(2)),
+        "b resumed after"
+    );
+}
+
+/// A process joining a fleet reads the key's limits in one round trip and paces from its first
+/// request: its server sends no rate-limit headers, and nothing is configured, yet its first
+/// answer finds it limited by what the fleet learned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_process_paces_on_the_fleets_limits_from_its_first_request() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("join");
+    let with_headers = service_fn(|_req: http::Request<String>| async {
+        let response = http::Response::builder()
+            .header("anthropic-ratelimit-requests-limit", "120")
+            .header("anthropic-ratelimit-requests-remaining", "119")
+            .body(String::new())?;
+        Ok::<_, tower_llm_limits::BoxError>(response)
+    });
+    let first_store = fleet_store(&server.url(), &prefix);
+    let first = RateLimitState::builder().store(first_store.clone()).build();
+    RateLimitLayer::with_state(first)
+        .layer(with_headers)
+        .oneshot(request())
+        .await
+        .expect("first process's call");
+    // Its limit reaches Redis with its next settlement.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let store = fleet_store(&server.url(), &prefix);
+    let joining = RateLimitState::builder().store(store.clone()).build();
+    let no_headers = service_fn(|_req: http::Request<String>| async {
+        Ok::<_, tower_llm_limits::BoxError>(http::Response::new(String::new()))
+    });
+    let service = RateLimitLayer::with_state(joining.clone()).layer(no_headers);
+    let joined_at = tokio::time::Instant::now();
+    service
+        .clone()
+        .oneshot(request())
+        .await
+        .expect("joining call");
+    // One round trip read the limits, the model and a lease before the first request went.
+    assert!(joined_at.elapsed() < Duration::from_secs(1));
+    let snapshot = joining
+        .key_snapshot(&RateLimitKey::new(MODEL))
+        .expect("the key is known");
+    let requests = snapshot
+        .bucket(Dimension::Requests)
+        .expect("the fleet's limit paces the first request");
+    assert_eq!(requests.capacity(), 120);
+    assert_eq!(requests.learned(), Some(120));
+    assert!(store.stats().operations() >= 1);
+}
+
+/// Fairness by demand: two processes, one with three times the callers of the other, share a
+/// limit both saturate; each one's admitted share follows its share of the requests waiting or
+/// in flight (3/4 and 1/4), within a fifth of it, not who asked first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_follows_each_process_demand() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("demand");
+    let api = drive::api(RPM);
+    let run = Duration::from_secs(10);
+    let start = tokio::time::Instant::now();
+    let ok = std::sync::Arc::new([
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ]);
+    let mut callers = tokio::task::JoinSet::new();
+    for (process, count) in [12usize, 4].into_iter().enumerate() {
+        let store = RedisStore::builder(server.url())
+            .prefix(prefix.as_str())
+            .build()
+            .expect("valid URL");
+        let service = RateLimitLayer::with_state(limited().store(store).build()).layer(api.clone());
+        for _ in 0..count {
+            let service = service.clone();
+            let ok = ok.clone();
+            callers.spawn(async move {
+                while start.elapsed() < run {
+                    let req = http::Request::post("http://sim.local/v1/messages")
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(
+                            tower_llm_limits_sim::message_body(MODEL, 100, 50, 20),
+                        ))
+                        .expect("request");
+                    let ok_now = service
+                        .clone()
+                        .oneshot(req)
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    // Counted after the first two seconds: the steady state.
+                    if ok_now && start.elapsed() > Duration::from_secs(2) {
+                        ok[process].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+    while callers.join_next().await.is_some() {}
+    let (a, b) = (
+        ok[0].load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ok[1].load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    let share = a / (a + b);
+    eprintln!("demand 12:4 → admitted {a}:{b}, share {share:.3} (demand share 0.75)");
+    assert!((0.6..=0.9).contains(&share), "share {share}");
 }

@@ -294,8 +294,10 @@ pub use config::{DEFAULT_WINDOW, Limits, MaxWait, Priority, RampUp};
 pub use key::{DefaultKey, HostKey, KeyFn, KeyFnClosure, RateLimitKey, key_fn};
 pub use layer::RateLimitLayer;
 pub use service::RateLimit;
+#[cfg(feature = "redis")]
+pub(crate) use state::MARGIN_DECAY;
 pub use state::{
     BucketSnapshot, DEFAULT_COOLDOWN, DEFAULT_MAX_KEYS, KeySnapshot, RECHECK_INTERVAL,
     RateLimitState, RateLimitStateBuilder, STARTUP_PROBES,
 };
-pub use store::{Buckets, MemoryStore, Store};
+pub use store::{Buckets, Estimate, Learned, MemoryStore, Store};

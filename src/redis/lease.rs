@@ -9,11 +9,15 @@ use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::rate_limit::{Bucket, Buckets, RateLimitKey};
+use crate::rate_limit::{Bucket, Buckets, Estimate, Learned, RateLimitKey};
 use crate::signals::Dimension;
 
 use super::script::SCRIPT;
 use super::{FailurePolicy, Inner};
+use crate::rate_limit::MARGIN_DECAY;
+
+/// How long a joining key's requests wait between looks at whether the shared state was read.
+const LOADING_POLL: Duration = Duration::from_millis(5);
 
 /// How a key's buckets behave right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +44,9 @@ struct Dim {
     announce: bool,
     /// Lease size in units.
     target: u64,
+    /// How many times the fair lease the limiter's head waiter needs (a request larger than a
+    /// lease), doubled while it stalls.
+    boost: u64,
     /// What this process reserved recently and may legitimately get back (output only).
     refundable: u64,
     refundable_at: Instant,
@@ -56,6 +63,7 @@ impl Dim {
             shown: None,
             announce: false,
             target: 1,
+            boost: 1,
             refundable: 0,
             refundable_at: now,
             local: None,
@@ -85,12 +93,35 @@ impl Dim {
             .clamp(1, self.cap)
     }
 
+    /// The lease size by demand: `lease` of the shared rate times the number of processes with
+    /// demand times this process's share of it — a lease of `lease` each when every process
+    /// wants the same, more for a process whose requests wait more — times the stall boost.
+    fn fair_target(&self, lease: Duration, active: u64, share: f64) -> u64 {
+        let base = self.base_target(lease) as f64;
+        let fair = (base * active as f64 * share).ceil();
+        let fair = if fair.is_finite() && fair >= 1.0 {
+            fair.min(self.cap as f64) as u64
+        } else {
+            1
+        };
+        fair.saturating_mul(self.boost).clamp(1, self.cap.max(1))
+    }
+
+    /// Below this many units held, the lease is topped up (half the target: each round trip
+    /// brings at least half a lease).
+    fn low_water(&self) -> u64 {
+        self.target.div_ceil(2).max(1)
+    }
+
     /// The local bucket the limiter sees when sharing: its level is the lease.
     fn leased_bucket(&self, now: Instant) -> Bucket {
         // `cap` is a server's number: `u64::MAX as i64` is -1, and `clamp(0, -1)` panics.
         let held = self.lease.clamp(0, to_i64(self.cap)) as u64;
         let mut b = Bucket::new(self.cap, self.window, now);
-        b.set_full_at(later(now, self.span(self.cap - held)));
+        // Half a unit's refill (at most 0.5 ms) early: the limiter compares with its own `now`,
+        // taken a moment before this one, and must see the whole lease there.
+        let slack = self.span(1).min(Duration::from_millis(1)) / 2;
+        b.set_full_at(later(now, self.span(self.cap - held).saturating_sub(slack)));
         if self.lease < 0 {
             b.charge(self.lease.unsigned_abs(), now);
         }
@@ -119,6 +150,111 @@ pub(super) struct KeyLease {
     /// Last time the limiter looked or spent.
     active_at: Instant,
     closed: bool,
+    /// Whether a settlement has read the key's shared state since the buckets were opened.
+    joined: bool,
+    opened_at: Instant,
+    /// What the fleet knows besides the buckets (see [`Fleet`]).
+    fleet: Fleet,
+}
+
+/// A cooldown change to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CooldownOp {
+    None,
+    /// This process's limiter set a cooldown lasting until then.
+    Raise(Instant),
+    /// This process's limiter ended the fleet's cooldown (its re-check was answered).
+    Clear,
+}
+
+/// The part of a key's state that is not budget: the cooldown, margins, the learned model and
+/// this process's demand, both as this process publishes them and as the fleet has them.
+#[derive(Debug)]
+struct Fleet {
+    /// The model last handed to the store by the limiter, and whether it is still to be sent.
+    model: Option<Model>,
+    model_dirty: bool,
+    /// The latest model version seen in Redis.
+    seen_version: u64,
+    cooldown_op: CooldownOp,
+    /// A raise not yet acknowledged by a settlement: news must not undo it.
+    raising: Option<Instant>,
+    /// The fleet's cooldown as the last settlement read it, and its version.
+    cooldown: Option<Instant>,
+    cooldown_version: u64,
+    /// Margins (share of capacity) to send, and the fleet's as last read.
+    margin_out: [Option<f64>; 4],
+    /// The limiter's margins at its last publication, to tell a raise.
+    local_margins: [f64; 4],
+    margins: [f64; 4],
+    margins_at: Instant,
+    /// What to hand the limiter at its next look.
+    news: Option<Learned>,
+    /// Requests waiting or in flight in this process.
+    demand: u64,
+    /// Processes with demand, and this one's share of it (1.0 alone).
+    active: u64,
+    share: f64,
+}
+
+impl Fleet {
+    fn new(now: Instant) -> Self {
+        Fleet {
+            model: None,
+            model_dirty: false,
+            seen_version: 0,
+            cooldown_op: CooldownOp::None,
+            raising: None,
+            cooldown: None,
+            cooldown_version: 0,
+            margin_out: [None; 4],
+            local_margins: [0.0; 4],
+            margins: [0.0; 4],
+            margins_at: now,
+            news: None,
+            demand: 0,
+            active: 1,
+            share: 1.0,
+        }
+    }
+
+    /// The fleet's margin of dimension `i` at `now` (decayed as the limiter's margins do).
+    fn margin(&self, i: usize, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.margins_at).as_secs_f64();
+        self.margins[i] * (-age / MARGIN_DECAY.as_secs_f64()).exp()
+    }
+}
+
+/// What the learned model looks like in Redis (`mb`, JSON): limits (units, window in µs), the
+/// two ratios (log mean, log variance, samples), the throttle rate.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Model {
+    limits: [Option<(u64, u64)>; 4],
+    input: Option<(f64, f64, u32)>,
+    output: Option<(f64, f64, u32)>,
+    throttle: Option<f64>,
+}
+
+impl Model {
+    fn of(l: &Learned) -> Self {
+        let e = |e: Option<Estimate>| e.map(|e| (e.log_mean, e.log_var, e.samples));
+        Model {
+            limits: l
+                .limits
+                .map(|l| l.map(|(c, w)| (c, u64::try_from(w.as_micros()).unwrap_or(u64::MAX)))),
+            input: e(l.input),
+            output: e(l.output),
+            throttle: l.throttle_rate,
+        }
+    }
+
+    fn estimate(e: Option<(f64, f64, u32)>) -> Option<Estimate> {
+        e.map(|(log_mean, log_var, samples)| Estimate {
+            log_mean,
+            log_var,
+            samples,
+        })
+    }
 }
 
 pub(super) struct Shared {
@@ -167,6 +303,9 @@ impl RedisBuckets {
                 spent: false,
                 active_at: now,
                 closed: false,
+                joined: false,
+                opened_at: now,
+                fleet: Fleet::new(now),
             }),
             notify: Notify::new(),
         });
@@ -175,7 +314,7 @@ impl RedisBuckets {
                 handle.spawn(settle_loop(
                     Arc::downgrade(&shared),
                     inner.clone(),
-                    inner.redis_key(key),
+                    inner.redis_keys(key),
                 ));
             }
             Err(_) => {
@@ -230,7 +369,7 @@ impl Buckets for RedisBuckets {
                 }
                 let b = dim.leased_bucket(now);
                 dim.shown = Some(b);
-                let low = dim.lease < to_i64(dim.target.div_ceil(2).max(1));
+                let low = dim.lease < to_i64(dim.low_water());
                 drop(st);
                 if low {
                     self.shared.notify.notify_one();
@@ -299,6 +438,75 @@ impl Buckets for RedisBuckets {
             st.spent = true;
         }
     }
+
+    fn set_learned(&mut self, learned: &Learned) {
+        let now = Instant::now();
+        let mut st = self.shared.lock();
+        let shared = st.mode == Mode::Shared;
+        let f = &mut st.fleet;
+        // Margins raised here since the last call, beyond the fleet's: news for every process,
+        // at once. Raised while Redis was unreachable (the processes pacing alone meet the
+        // server's refusals of their sum), they say nothing of the shared model: not sent.
+        let mut urgent = false;
+        for (i, m) in learned.margins.iter().enumerate() {
+            let raised = m.is_finite() && *m > f.local_margins[i] * 1.05 + 1e-3;
+            f.local_margins[i] = if m.is_finite() { *m } else { 0.0 };
+            let fleet = f.margin(i, now).max(f.margin_out[i].unwrap_or(0.0));
+            if shared && raised && *m > fleet * 1.05 + 1e-3 {
+                f.margin_out[i] = Some(m.min(0.5));
+                urgent = true;
+            }
+        }
+        if !shared {
+            return;
+        }
+        let model = Model::of(learned);
+        if f.model.as_ref() != Some(&model) {
+            f.model = Some(model);
+            f.model_dirty = true;
+        }
+        // The cooldown: a later one than the fleet's is news for every process, at once; none
+        // while the fleet has one means this process's re-check was answered.
+        match learned.cooldown_until.filter(|c| *c > now) {
+            Some(until)
+                if f.cooldown
+                    .is_none_or(|c| until > later(c, Duration::from_millis(50)))
+                    && f.raising.is_none_or(|r| until > r) =>
+            {
+                f.cooldown_op = CooldownOp::Raise(until);
+                f.raising = Some(until);
+                urgent = true;
+            }
+            None if f.cooldown.is_some_and(|c| c > now) && f.raising.is_none() => {
+                f.cooldown_op = CooldownOp::Clear;
+                urgent = true;
+            }
+            _ => {}
+        }
+        drop(st);
+        if urgent {
+            self.shared.notify.notify_one();
+        }
+    }
+
+    fn learned(&mut self) -> Option<Learned> {
+        self.shared.lock().fleet.news.take()
+    }
+
+    fn loading(&self, now: Instant) -> Option<Instant> {
+        let st = self.shared.lock();
+        let bound = later(st.opened_at, self.inner.timeout.saturating_mul(2));
+        (st.mode == Mode::Shared && !st.joined && now < bound).then(|| later(now, LOADING_POLL))
+    }
+
+    fn refill_at(&self, now: Instant) -> Option<Instant> {
+        let st = self.shared.lock();
+        (st.mode == Mode::Shared && st.joined).then(|| later(now, settle_tick(self.inner.lease)))
+    }
+
+    fn demand(&mut self, requests: usize) {
+        self.shared.lock().fleet.demand = requests as u64;
+    }
 }
 
 /// What one settlement asks for a dimension.
@@ -307,52 +515,94 @@ struct Ask {
     cap: u64,
     window_us: u64,
     want: u64,
+    /// Ask for a lease's worth of the shared rate (the dimension is unknown here: joining).
+    auto: bool,
     debt: u64,
     back: u64,
     used: u64,
 }
 
-/// The background task of a key: keeps its leases topped up, pays debts, returns what is idle,
-/// watches Redis's health. Ends (returning its leases) when the key's buckets are dropped.
-async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_key: String) {
-    let tick = (inner.lease / 2).max(Duration::from_millis(10));
+/// What one settlement sends besides the buckets.
+#[derive(Clone, Debug, Default)]
+struct FleetAsk {
+    /// 0 none, 1 raise (`cooldown_arg` µs from now), 2 clear (`cooldown_arg` = version seen).
+    cooldown_op: u8,
+    cooldown_arg: u64,
+    /// Millionths of the capacity, −1 when there is no news.
+    margins: [i64; 4],
+    model: Option<Model>,
+    seen_version: u64,
+    demand: u64,
+}
+
+/// What one settlement answers besides the buckets.
+#[derive(Debug, Default)]
+struct FleetReply {
+    cooldown_left_us: u64,
+    cooldown_version: u64,
+    margins_ppm: [u64; 4],
+    model_version: u64,
+    model: Option<Model>,
+    active: u64,
+    share_ppm: u64,
+}
+
+/// The background task of a key: reads what the fleet knows as soon as the key opens (its
+/// limits, a lease, the cooldown, margins and model), keeps its leases topped up, pays debts,
+/// returns what is idle, publishes what this process learned and its demand, watches Redis's
+/// health. Ends (returning its leases) when the key's buckets are dropped.
+async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [String; 2]) {
+    let tick = settle_tick(inner.lease);
     let min_gap = (inner.lease / 16).max(Duration::from_millis(2));
     let mut not_before = Instant::now();
+    let mut first = true;
+    let mut settled_at = Instant::now();
     loop {
         let Some(sh) = shared.upgrade() else { return };
         let closed = sh.lock().closed;
-        if !closed {
+        if !closed && !first {
             tokio::select! {
                 _ = sh.notify.notified() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
             tokio::time::sleep_until(not_before).await;
         }
+        first = false;
         let now = Instant::now();
-        let (asks, closing) = {
+        let (asks, fleet_ask, closing, joined, refresh) = {
             let mut st = sh.lock();
             let closing = st.closed;
+            let joined = st.joined;
+            // An active key reads what the fleet knows (a cooldown, margins) at least this
+            // often, even when its lease needs nothing.
+            let refresh = now.saturating_duration_since(st.active_at) < inner.refresh
+                && now.saturating_duration_since(settled_at) >= inner.refresh;
             let idle = now.saturating_duration_since(st.active_at) > inner.lease.saturating_mul(2);
             let stalled = st.looked && !st.spent;
             let mode = st.mode;
+            let (active, share) = (st.fleet.active.max(1), st.fleet.share);
             let asks = st.dims.each_mut().map(|d| {
                 if d.cap == 0 {
-                    return Ask::default();
+                    // Unknown here: a process joining asks for what the fleet knows.
+                    return Ask {
+                        auto: mode == Mode::Shared && !joined && !closing,
+                        ..Ask::default()
+                    };
                 }
                 let mut ask = Ask {
                     cap: if d.announce { d.cap } else { 0 },
                     window_us: d.window.as_micros() as u64,
                     ..Ask::default()
                 };
-                let base = d.base_target(inner.lease);
                 if mode == Mode::Shared {
                     if stalled && d.lease >= to_i64(d.target) {
                         // The limiter looks but does not spend: its head waiter needs more
                         // than one lease.
-                        d.target = d.target.saturating_mul(2).min(d.cap);
-                    } else if !stalled && d.target > base {
-                        d.target = (d.target / 2).max(base);
+                        d.boost = d.boost.saturating_mul(2).min(d.cap.max(1));
+                    } else if !stalled && d.boost > 1 {
+                        d.boost /= 2;
                     }
+                    d.target = d.fair_target(inner.lease, active, share);
                     if d.lease < 0 {
                         ask.debt = d.lease.unsigned_abs();
                     }
@@ -361,7 +611,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
                         ask.back = held;
                     } else if held > d.target.saturating_mul(2) {
                         ask.back = held - d.target;
-                    } else if held < d.target {
+                    } else if held < d.low_water() || (stalled && held < d.target) {
                         ask.want = d.target - held;
                     }
                     ask.used = d.cap;
@@ -374,25 +624,60 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
             });
             st.looked = false;
             st.spent = false;
-            (asks, closing)
+            let f = &mut st.fleet;
+            let mut fleet_ask = FleetAsk {
+                margins: [-1; 4],
+                seen_version: f.seen_version,
+                demand: f.demand,
+                ..FleetAsk::default()
+            };
+            if mode == Mode::Shared {
+                match f.cooldown_op {
+                    CooldownOp::None => {}
+                    CooldownOp::Raise(until) => {
+                        fleet_ask.cooldown_op = 1;
+                        fleet_ask.cooldown_arg =
+                            until.saturating_duration_since(now).as_micros() as u64;
+                    }
+                    CooldownOp::Clear => {
+                        fleet_ask.cooldown_op = 2;
+                        fleet_ask.cooldown_arg = f.cooldown_version;
+                    }
+                }
+                for (m, out) in fleet_ask.margins.iter_mut().zip(&f.margin_out) {
+                    if let Some(share) = out {
+                        *m = (share * 1e6).round() as i64;
+                    }
+                }
+                if f.model_dirty {
+                    fleet_ask.model = f.model.clone();
+                }
+            }
+            (asks, fleet_ask, closing, joined, refresh)
         };
         drop(sh);
-        let idle = |a: &Ask| a.cap == 0 && a.want == 0 && a.debt == 0 && a.back == 0;
-        if asks.iter().all(|a| a.window_us == 0 || idle(a)) {
-            // Nothing known about this key yet, or nothing to settle: no round trip.
+        let idle = |a: &Ask| a.cap == 0 && a.want == 0 && a.debt == 0 && a.back == 0 && !a.auto;
+        let news_to_send = fleet_ask.cooldown_op != 0
+            || fleet_ask.margins.iter().any(|m| *m >= 0)
+            || fleet_ask.model.is_some();
+        if joined && !news_to_send && !refresh && asks.iter().all(|a| a.window_us == 0 || idle(a)) {
+            // Nothing to settle: no round trip.
             if closing {
                 return;
             }
             continue;
         }
-        let result = settle(&inner, &redis_key, &asks).await;
+        let result = settle(&inner, &keys, &asks, &fleet_ask).await;
+        tracing::trace!(key = %keys[0], ?asks, ?fleet_ask, ?result, "redis store: settled");
         let Some(sh) = shared.upgrade() else {
             return;
         };
-        not_before = later(Instant::now(), min_gap);
+        let received = Instant::now();
+        settled_at = received;
+        not_before = later(received, min_gap);
         let mut st = sh.lock();
         match result {
-            Ok(replies) => {
+            Ok((replies, fleet)) => {
                 inner.healthy();
                 let was = st.mode;
                 st.mode = Mode::Shared;
@@ -423,16 +708,21 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
                             .saturating_sub(to_i64(ask.back));
                     }
                     d.lease = d.lease.saturating_add(to_i64(granted));
-                    if granted < ask.want && wait_us > 0 {
-                        // The shared bucket is short: ask again once a lease period has refilled
-                        // it, not sooner (the others compete for the same refill: asking more
-                        // often would only add round trips).
-                        not_before = not_before.max(later(Instant::now(), inner.lease));
+                    let want = if ask.auto { d.target } else { ask.want };
+                    if granted < want && wait_us > 0 {
+                        // The shared bucket is short (or the fleet cools down): ask again when
+                        // the rest is there, within a lease period (the others compete for the
+                        // same refill: asking more often would only add round trips).
+                        let wait = Duration::from_micros(wait_us).clamp(min_gap, inner.lease);
+                        not_before = not_before.max(later(received, wait));
                     }
                 }
                 if was != Mode::Shared {
                     st.looked = true;
                 }
+                let first_join = !st.joined;
+                st.joined = true;
+                st.fleet.read(&fleet_ask, fleet, received, first_join);
                 if closing {
                     return;
                 }
@@ -458,29 +748,121 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, redis_k
     }
 }
 
+impl Fleet {
+    /// Folds in what a settlement read, and prepares the news for the limiter.
+    fn read(&mut self, sent: &FleetAsk, reply: FleetReply, received: Instant, first_join: bool) {
+        let mut changed = first_join;
+        // What was sent is acknowledged (unless it changed since: then it goes next time).
+        if sent.cooldown_op != 0 {
+            if let (1, CooldownOp::Raise(_)) = (sent.cooldown_op, self.cooldown_op) {
+                self.raising = None;
+            }
+            if matches!(
+                (sent.cooldown_op, self.cooldown_op),
+                (1, CooldownOp::Raise(_)) | (2, CooldownOp::Clear)
+            ) {
+                self.cooldown_op = CooldownOp::None;
+            }
+        }
+        for (i, m) in sent.margins.iter().enumerate() {
+            if *m >= 0 && self.margin_out[i].is_some_and(|o| (o * 1e6).round() as i64 == *m) {
+                self.margin_out[i] = None;
+            }
+        }
+        if sent.model.is_some() && sent.model == self.model {
+            self.model_dirty = false;
+        }
+        let cooldown = (reply.cooldown_left_us > 0)
+            .then(|| later(received, Duration::from_micros(reply.cooldown_left_us)));
+        if cooldown.is_some() != self.cooldown.is_some()
+            || reply.cooldown_version != self.cooldown_version
+        {
+            changed = true;
+        }
+        self.cooldown = cooldown;
+        self.cooldown_version = reply.cooldown_version;
+        let margins = reply.margins_ppm.map(|m| m as f64 / 1e6);
+        for (i, m) in margins.iter().enumerate() {
+            if *m > self.margin(i, received) * 1.05 + 1e-3 {
+                changed = true;
+            }
+        }
+        self.margins = margins;
+        self.margins_at = received;
+        // What Redis holds now (lower after a restart: it forgot the model).
+        self.seen_version = reply.model_version;
+        let fresh = reply.model;
+        changed |= fresh.is_some();
+        self.active = reply.active.max(1);
+        self.share = (reply.share_ppm as f64 / 1e6).clamp(0.0, 1.0);
+        if !changed {
+            return;
+        }
+        let cooldown_until = match (self.cooldown, self.raising) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.news = Some(Learned {
+            limits: fresh.as_ref().map_or([None; 4], |m| {
+                m.limits
+                    .map(|l| l.map(|(c, w)| (c, Duration::from_micros(w))))
+            }),
+            cooldown_until,
+            margins,
+            input: fresh.as_ref().and_then(|m| Model::estimate(m.input)),
+            output: fresh.as_ref().and_then(|m| Model::estimate(m.output)),
+            throttle_rate: fresh.as_ref().and_then(|m| m.throttle),
+        });
+    }
+}
+
 /// One round trip: the settlement script, bounded by the store's timeout.
-async fn settle(inner: &Inner, redis_key: &str, asks: &[Ask; 4]) -> Result<[[u64; 4]; 4], ()> {
-    let mut invocation = SCRIPT.key(redis_key);
-    let ttl_ms = asks
+async fn settle(
+    inner: &Inner,
+    keys: &[String; 2],
+    asks: &[Ask; 4],
+    fleet: &FleetAsk,
+) -> Result<([[u64; 4]; 4], FleetReply), ()> {
+    let mut invocation = SCRIPT.key(&keys[0]);
+    invocation.key(&keys[1]);
+    let window_ms = asks
         .iter()
         .map(|a| a.window_us / 1000)
         .max()
-        .unwrap_or(60_000)
-        .saturating_mul(3)
-        .max(1_000);
-    invocation.arg(ttl_ms);
+        .filter(|w| *w > 0)
+        .unwrap_or(60_000);
+    invocation
+        .arg(window_ms.saturating_mul(3).max(1_000))
+        .arg(inner.lease.as_micros() as u64)
+        .arg(&inner.id)
+        .arg(fleet.seen_version)
+        .arg(fleet.cooldown_op)
+        .arg(fleet.cooldown_arg)
+        .arg(MARGIN_DECAY.as_micros() as u64);
+    for m in fleet.margins {
+        invocation.arg(m);
+    }
+    let model = fleet
+        .model
+        .as_ref()
+        .and_then(|m| serde_json::to_string(m).ok())
+        .unwrap_or_default();
+    invocation
+        .arg(model)
+        .arg(fleet.demand)
+        .arg(demand_lifetime(inner.lease).as_micros() as u64);
     for a in asks {
         invocation
             .arg(a.cap)
             .arg(a.window_us)
-            .arg(a.want)
+            .arg(if a.auto { -1 } else { to_i64(a.want) })
             .arg(a.debt)
             .arg(a.back)
             .arg(a.used);
     }
     let mut conn: ConnectionManager = inner.conn.clone();
     inner.ops.fetch_add(1, Ordering::Relaxed);
-    let call = invocation.invoke_async::<Vec<Vec<i64>>>(&mut conn);
+    let call = invocation.invoke_async::<Vec<redis::Value>>(&mut conn);
     let reply = match tokio::time::timeout(inner.timeout, call).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => {
@@ -492,13 +874,46 @@ async fn settle(inner: &Inner, redis_key: &str, asks: &[Ask; 4]) -> Result<[[u64
             return Err(());
         }
     };
+    let int = |i: usize| match reply.get(i) {
+        Some(redis::Value::Int(v)) => (*v).max(0) as u64,
+        _ => 0,
+    };
+    let text = |i: usize| match reply.get(i) {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        _ => String::new(),
+    };
     let mut out = [[0u64; 4]; 4];
-    for (o, r) in out.iter_mut().zip(reply) {
-        for (x, v) in o.iter_mut().zip(r) {
-            *x = v.max(0) as u64;
+    for (d, o) in out.iter_mut().enumerate() {
+        for (j, x) in o.iter_mut().enumerate() {
+            *x = int(d * 4 + j);
         }
     }
-    Ok(out)
+    let model = text(24);
+    let fleet = FleetReply {
+        cooldown_left_us: int(16),
+        cooldown_version: int(17),
+        margins_ppm: [int(18), int(19), int(20), int(21)],
+        model_version: int(22),
+        // A model this version cannot read is ignored (a newer version of the crate may write
+        // more): the limiter keeps its own.
+        model: (!model.is_empty())
+            .then(|| serde_json::from_str(&model).ok())
+            .flatten(),
+        active: int(25),
+        share_ppm: int(26),
+    };
+    Ok((out, fleet))
+}
+
+/// How often a key's background task wakes to settle (when nothing wakes it sooner).
+fn settle_tick(lease: Duration) -> Duration {
+    (lease / 2).max(Duration::from_millis(10))
+}
+
+/// How long a process's demand counts in Redis without being renewed by a settlement.
+fn demand_lifetime(lease: Duration) -> Duration {
+    lease.saturating_mul(8).max(Duration::from_secs(2))
 }
 
 /// `v` as an `i64`, saturating at `i64::MAX` (`as` would wrap a large server number negative).

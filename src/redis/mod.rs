@@ -1,10 +1,16 @@
 //! A Redis-backed [`Store`] so that many processes share one budget.
 //!
 //! An organisation's limits are shared by every worker it runs; each process pacing alone sends
-//! up to N times the limit. [`RedisStore`] keeps each key's four buckets (requests, input, output,
-//! combined tokens) in one Redis hash, `"{prefix}:{key}"`, updated only by one server-side Lua
-//! script, so every change is atomic and every instant is Redis's own clock (`TIME`): host clocks
-//! do not matter. The hash expires three windows after its last settlement (`PEXPIRE`).
+//! up to N times the limit. [`RedisStore`] keeps everything a key's limiter knows in one Redis
+//! hash, `"{prefix}:{<key>}"`: the four buckets (requests, input, output, combined tokens), the
+//! fleet's cooldown and margins, and the learned model of the server (its limits, how it counts
+//! input and output, a throttle rate); a second hash, `"{prefix}:{<key>}:demand"`, holds each
+//! process's demand. Both are updated only by one server-side Lua script, so every change is
+//! atomic and every instant is Redis's own clock (`TIME`): host clocks do not matter. The hashes
+//! expire three windows after their last settlement (`PEXPIRE`).
+//!
+//! The braces in the key names are a hash tag: both hashes of a key live in one slot, so the
+//! script works on Redis Cluster and on Valkey as on a single Redis.
 //!
 //! # Example
 //!
@@ -43,29 +49,61 @@
 //! a **lease** per dimension: units charged to the shared bucket ahead of use, spent locally. The
 //! limiter sees a bucket whose level is the lease; a background task per key tops it up when it
 //! falls under half of its size, pays back debts and returns what sits idle — one script call
-//! settles all four dimensions of a key at once.
+//! settles all four dimensions of a key, and carries the fleet's state both ways.
 //!
-//! - **Lease size** ([`RedisStoreBuilder::lease`], default 500 ms): the units the rate refills in
-//!   that time (at least one). While the limiter's head waiter stays blocked with a full lease in
-//!   hand (a request larger than a lease), the lease doubles, up to the capacity.
-//! - **Overshoot.** Budget is charged to Redis *before* it is spent, so processes never spend the
-//!   same budget twice: the shared limit is not exceeded. The cost is the other way round: budget
-//!   leased by a process that does not use it is idle for the others until it is returned (after
-//!   two lease periods without activity, and whatever exceeds two leases at once). Larger leases
-//!   mean fewer Redis operations per request and more budget stranded; see BENCHMARKS.md for
-//!   measured figures.
-//! - **Learning.** A response's readings bring the limiter's bucket in line with the server, and
+//! - **Lease size follows demand** ([`RedisStoreBuilder::lease`], default 500 ms). Every
+//!   settlement reports this process's demand (its requests waiting or in flight); Redis keeps
+//!   each process's last report for a few seconds. A process's lease is the refill of `lease` at
+//!   the shared rate, times the number of processes with demand, times its share of the fleet's
+//!   demand. **The rule: each process's share of the budget is its share of the requests
+//!   waiting or in flight across the fleet**, not who asked first — equal demand, equal leases
+//!   (one `lease` each); a process with twice the waiting requests holds twice the lease and, as
+//!   every process tops up from the same refill, gets about twice the budget. A process that
+//!   holds more than twice its lease gives the excess back at its next settlement, so a shift in
+//!   demand moves the budget within a round trip. While the limiter's head waiter stays blocked
+//!   with a full lease in hand (a request larger than a lease), the lease doubles, up to the
+//!   capacity.
+//! - **Round trips follow activity.** A key tops up only below half its lease, so each round
+//!   trip brings at least half a lease; a key in use also reads the fleet's state at least every
+//!   [`RedisStoreBuilder::refresh`]; a key idle for two lease periods returns its lease and makes
+//!   no round trip at all. A quiet fleet costs nothing; a busy one about two round trips per
+//!   lease.
+//! - **Leases expire with their process.** Budget is charged to Redis *before* it is spent, so
+//!   processes never spend the same budget twice: the shared limit is not exceeded. A process
+//!   that dies holds at most one lease (about `lease` of refill), which the shared bucket's
+//!   refill makes good within that time: nothing it held is lost for longer, and its demand
+//!   stops counting a few seconds after its last settlement.
+//! - **Levels.** A response's readings bring the limiter's bucket in line with the server, and
 //!   the store reads what changed: budget the server says is *lower* comes off the lease and, past
 //!   zero, becomes a debt charged to the shared bucket, so every process learns it. A reading that
 //!   says there is *more* is not credited: the server counts the leases of every process as free
 //!   budget, so crediting it would spend the others' share. Only output reservations released to
 //!   the true figure come back (at most what this process reserved in the last window).
 //!   Refunds of requests and input tokens (a 429, a cancellation) stay spent: conservative.
+//!
+//! # What the fleet learns together
+//!
+//! - **Joining.** A key's first settlement happens as soon as the key opens, and the key's
+//!   requests wait for it (at most twice the [`timeout`](RedisStoreBuilder::timeout)): one round
+//!   trip brings the limits, a lease, the cooldown, the margins and the model, so a process
+//!   started mid-run paces from its first request instead of probing the server.
 //! - **Limits** known to one process (configured, or a new `*-limit` learned from a response)
-//!   are published with its next settlement; newest wins, and the others adopt it at their next
-//!   settlement. (A process that knows nothing of a key does not fetch it yet: it probes.)
-//! - **Cooldowns** travel as budget: a 429's reading says the bucket is empty, which becomes a
-//!   debt in Redis that holds back every process. The `retry-after` pause itself is per process.
+//!   are published with its next settlement; newest wins.
+//! - **Cooldowns.** A 429 (its `retry-after`, or the limiter's default cooldown) is sent at once
+//!   and kept in Redis as the fleet's cooldown, extended by later ones: while it runs Redis
+//!   grants no lease, and every process adopts it at its next round trip (within
+//!   [`refresh`](RedisStoreBuilder::refresh), sooner when its lease runs low). A re-check
+//!   answered in any process ends it for all. A Redis restart forgets it.
+//! - **Margins: the fleet's answer to an unpredicted 429.** A refusal the model did not predict
+//!   raises the limiter's margin (see [`Store::is_shared`]); the store sends it at once and Redis
+//!   keeps that share of every shared bucket free for all processes, decaying as the limiter's
+//!   margins do. Processes learn no share of "other clients": the fleet is what the shared
+//!   buckets count.
+//! - **The model** (limits, the input and output ratios, a throttle rate for a server without
+//!   rate-limit headers) is published with each settlement once it changed; newest wins, and
+//!   every process adopts another's at its next settlement. A throttle rate is the rate one
+//!   process reached: the fleet adopts it as each process's rate (for header-less servers the
+//!   processes do not divide it).
 //!
 //! # When Redis is slow or down
 //!
@@ -117,6 +155,8 @@ use crate::signals::Dimension;
 pub const DEFAULT_LEASE: Duration = Duration::from_millis(500);
 /// Default [`RedisStoreBuilder::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
+/// Default [`RedisStoreBuilder::refresh`].
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
 /// Default [`RedisStoreBuilder::retry_every`].
 pub const DEFAULT_RETRY_EVERY: Duration = Duration::from_millis(500);
 /// Default [`RedisStoreBuilder::prefix`].
@@ -175,6 +215,7 @@ pub struct RedisStoreBuilder {
     lease: Duration,
     timeout: Duration,
     retry_every: Duration,
+    refresh: Duration,
     policy: FailurePolicy,
 }
 
@@ -186,6 +227,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("lease", &self.lease)
             .field("timeout", &self.timeout)
             .field("retry_every", &self.retry_every)
+            .field("refresh", &self.refresh)
             .field("policy", &self.policy)
             .finish()
     }
@@ -259,6 +301,15 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// How often a key in use reads the fleet's cooldown and margins when its lease needs no
+    /// round trip (default [`DEFAULT_REFRESH`]; at least 1 ms). A cooldown set by another
+    /// process is honoured at this key's next round trip: within this interval, or sooner when
+    /// the lease runs low. Shorter: faster; more round trips per request.
+    pub fn refresh(mut self, every: Duration) -> Self {
+        self.refresh = every.max(Duration::from_millis(1));
+        self
+    }
+
     /// What happens while Redis is unreachable (default [`FailurePolicy::Local`]).
     pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
         self.policy = policy;
@@ -278,11 +329,13 @@ impl RedisStoreBuilder {
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
+                id: format!("{:016x}", fastrand::u64(..)),
                 conn,
                 prefix: self.prefix,
                 lease: self.lease,
                 timeout: self.timeout,
                 retry_every: self.retry_every,
+                refresh: self.refresh,
                 policy: self.policy,
                 degraded: AtomicBool::new(false),
                 ops: AtomicU64::new(0),
@@ -308,6 +361,7 @@ impl RedisStore {
             lease: DEFAULT_LEASE,
             timeout: DEFAULT_TIMEOUT,
             retry_every: DEFAULT_RETRY_EVERY,
+            refresh: DEFAULT_REFRESH,
             policy: FailurePolicy::default(),
         }
     }
@@ -344,12 +398,20 @@ impl Store for RedisStore {
     }
 }
 
+/// The Redis key of a limiter key's hash: `{prefix}:{<key>}` (see [`Inner::redis_keys`]).
+pub(crate) fn redis_key(prefix: &str, key: &RateLimitKey) -> String {
+    format!("{prefix}:{{{}}}", key.as_str())
+}
+
 pub(crate) struct Inner {
+    /// This process's store, as the other processes see it in Redis.
+    id: String,
     conn: ConnectionManager,
     prefix: String,
     lease: Duration,
     timeout: Duration,
     retry_every: Duration,
+    refresh: Duration,
     policy: FailurePolicy,
     degraded: AtomicBool,
     ops: AtomicU64,
@@ -357,8 +419,13 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    fn redis_key(&self, key: &RateLimitKey) -> String {
-        format!("{}:{}", self.prefix, key.as_str())
+    /// The key's hash and the hash of the processes' demands: `{prefix}:{<key>}` and
+    /// `{prefix}:{<key>}:demand`. The braces are a hash tag: on Redis Cluster (and Valkey) both
+    /// live in one slot, so the settlement script may touch both.
+    fn redis_keys(&self, key: &RateLimitKey) -> [String; 2] {
+        let main = redis_key(&self.prefix, key);
+        let demand = format!("{main}:demand");
+        [main, demand]
     }
 
     fn healthy(&self) {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::rate_limit::store::Estimate;
+
 /// How many standard deviations above the mean a reservation covers (about the 98th percentile
 /// of a log-normal error).
 const QUANTILE_Z: f64 = 2.0;
@@ -73,6 +75,24 @@ impl Ratio {
     pub(super) fn samples(&self) -> u32 {
         self.samples
     }
+
+    /// The learned state, for a store.
+    pub(super) fn estimate(&self) -> Estimate {
+        Estimate {
+            log_mean: self.mean,
+            log_var: self.var,
+            samples: self.samples,
+        }
+    }
+
+    /// Adopts a state learned elsewhere (ignored when not finite).
+    pub(super) fn adopt(&mut self, e: Estimate) {
+        if e.log_mean.is_finite() && e.log_var.is_finite() && e.log_var >= 0.0 {
+            self.mean = e.log_mean.clamp(self.min.ln(), self.max.ln());
+            self.var = e.log_var;
+            self.samples = e.samples;
+        }
+    }
 }
 
 /// The least share of a bucket's capacity a refusal sets aside (more when its readings show
@@ -81,7 +101,7 @@ const MARGIN_FIRST: f64 = 0.05;
 /// The most of a bucket's capacity a margin sets aside.
 const MARGIN_MAX: f64 = 0.5;
 /// The margin's time constant: without refusals it falls to 1/e in this time.
-pub(super) const MARGIN_DECAY: Duration = Duration::from_secs(300);
+pub(crate) const MARGIN_DECAY: Duration = Duration::from_secs(300);
 
 /// A share of a bucket's capacity kept free because the server refused a request the model
 /// said would fit.
@@ -105,6 +125,19 @@ impl Margin {
         let age = now.saturating_duration_since(at).as_secs_f64();
         let share = self.share * (-age / MARGIN_DECAY.as_secs_f64()).exp();
         if share.is_finite() { share } else { 0.0 }
+    }
+
+    /// The share set aside at `now`, for a store.
+    pub(super) fn share_at(&self, now: Instant) -> f64 {
+        self.share(now)
+    }
+
+    /// Adopts a share learned elsewhere when it is larger than this one's at `now`.
+    pub(super) fn adopt(&mut self, share: f64, now: Instant) {
+        if share.is_finite() && share > self.share(now) + 1e-6 {
+            self.share = share.clamp(0.0, MARGIN_MAX);
+            self.at = Some(now);
+        }
     }
 
     /// The units of a bucket of `capacity` set aside at `now`, rounded up: a bucket of 20
@@ -296,6 +329,24 @@ impl Throttle {
             streak: 0,
             streak_seq: seq,
         }
+    }
+
+    /// A rate learned elsewhere (another process of a fleet), adopted as the rate reached at
+    /// `now`: it grows from there as after a cut a recovery ago. The next request may go at
+    /// `next_at`.
+    pub(super) fn adopted(rate: f64, seq: u64, next_at: Instant, now: Instant) -> Self {
+        let mut t = Throttle {
+            w_max: rate.max(THROTTLE_MIN_RATE),
+            slow_start: false,
+            cut_at: now,
+            cut_seq: seq,
+            next_at,
+            streak: 0,
+            streak_seq: seq,
+        };
+        let k = Duration::from_secs_f64(t.recovery());
+        t.cut_at = now.checked_sub(k).unwrap_or(now);
+        t
     }
 
     /// A key found to send no rate-limit headers: a slow start from [`SLOW_START_RATE`].

@@ -15,6 +15,7 @@ impl KeyCell {
         let mut st = lock(&self.state);
         if let Some(a) = st.awaiting_usage.remove(&seq) {
             st.settle_usage(&self.key, a, usage, now);
+            st.publish(now);
             st.wake_head();
         }
     }
@@ -329,7 +330,8 @@ impl KeyState {
         ahead: Option<&Charge>,
         now: Instant,
     ) -> (Instant, Option<Dimension>) {
-        let mut at = now;
+        // A store still reading what the fleet knows (a process joining): nothing goes yet.
+        let mut at = self.buckets.loading(now).map_or(now, |t| t.max(now));
         let mut dim = None;
         if let Some(c) = self.cooldown_end(now)
             && c > at
@@ -380,6 +382,11 @@ impl KeyState {
                     s.ready_at(need, s.capacity()).map_or(t, |u| t.max(u))
                 }
                 None => t,
+            };
+            // A store that tops the bucket up in the background says when to look again.
+            let t = match self.buckets.refill_at(now) {
+                Some(r) if t > r => r.max(now),
+                _ => t,
             };
             // Other clients take their share of the refill while this waits (it is charged as
             // it accrues): the wait is longer by that share, and never shorter than a

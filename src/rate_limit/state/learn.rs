@@ -13,6 +13,7 @@ impl KeyState {
         response: Reply<'_>,
     ) -> Option<Instant> {
         let now = Instant::now();
+        self.adopt(key, now);
         self.accrue_others(now);
         let capacities_before = Dimension::ALL.map(|d| self.capacity(d).map(|c| c.0));
         let Reply {
@@ -164,6 +165,7 @@ impl KeyState {
         } else {
             None
         };
+        self.publish(now);
         self.wake_head();
         absorbed
     }

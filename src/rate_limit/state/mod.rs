@@ -9,11 +9,14 @@
 mod feedback;
 mod key;
 mod learn;
+mod share;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 mod ticket;
 
+#[cfg(feature = "redis")]
+pub(crate) use feedback::MARGIN_DECAY;
 use feedback::{ACCEPTED_WINDOW, Margin, Others, Ratio, Recent, SLOW_START_END, Throttle};
 use key::{Anchor, Awaiting, Check, KeyCell, KeyState, OutputAnchor, Probe, Record, Reply, Waiter};
 pub use snapshot::{BucketSnapshot, KeySnapshot};
@@ -39,7 +42,7 @@ use super::RateLimitKey;
 use super::bucket::{Bucket, add, sub};
 use super::config::{Limits, Priority, RampUp};
 use super::error::{CostExceedsLimit, WaitTooLong};
-use super::store::{Buckets, MemoryStore, Store};
+use super::store::{Buckets, Learned, MemoryStore, Store};
 
 /// The default bound on the number of keys a state keeps.
 pub const DEFAULT_MAX_KEYS: usize = 1024;
@@ -350,6 +353,7 @@ impl RateLimitState {
         let cell = self.cell(key);
         let now = Instant::now();
         let mut st = lock(&cell.state);
+        st.adopt(&cell.key, now);
         st.accrue_others(now);
         let (charge, raw) = st.charge_of(cost, exact);
         let class = priority.class();

@@ -75,6 +75,7 @@ impl Ticket {
         };
         let now = Instant::now();
         let mut st = lock(&self.cell.state);
+        st.adopt(&self.cell.key, now);
         st.accrue_others(now);
         let head = st.queue.keys().next() == Some(&id);
         let check = if head {
