@@ -641,7 +641,7 @@ fn stream_watch(c: &mut Criterion) {
         })
     });
     group.bench_function("watched", |b| {
-        let mut svc = tower_llm_limits::signals::ErrorBodyLayer::new()
+        let mut svc = tower_llm_limits::error_body::ErrorBodyLayer::new()
             .layer(tower::service_fn(answer.clone()));
         b.iter_custom(|iters| {
             let svc = &mut svc;

@@ -13,7 +13,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// Polling a completed future is a bug in the caller: the `Future` contract leaves what happens
 /// unspecified, and many futures (an `async` block's among them) panic. Every future of this
 /// crate whose error type is [`BoxError`] (retry, circuit breaker, rate limit, concurrency caps,
-/// fallback, [`ErrorBody`](crate::signals::ErrorBody), the reqwest adapter) answers it with this
+/// fallback, [`ErrorBody`](crate::error_body::ErrorBody), the reqwest adapter) answers it with this
 /// error instead, so such a bug fails one call rather than the task that polls it, and calls
 /// nothing again. [`Signals`](crate::signals::Signals), whose error type is the inner service's
 /// own, hands the poll to the inner future (in a preset, `ErrorBody`'s).

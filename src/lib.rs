@@ -56,6 +56,7 @@
 //! |---|---|
 //! | [`preset`] | every layer below, in order, as one `Layer`; each part adjustable |
 //! | [`signals::SignalsLayer`] | parses every response once: rate-limit headers (Anthropic, OpenAI, IETF, GitHub), `retry-after`, `x-should-retry`, error bodies, outcome |
+//! | [`error_body::ErrorBodyLayer`] | reads small error bodies into an `ApiError`, watches successful answers (JSON `usage`, event streams' first event and outcome) as they pass |
 //! | [`rate_limit::RateLimitLayer`] | header-aware, cost-weighted pacing: learns limits and remaining budget from the headers, paces requests before the server refuses them |
 //! | [`retry::RetryLayer`] | retries what the official SDKs retry, honours `retry-after`/`retry-after-ms`, jittered backoff, bounded attempts, a retry budget |
 //! | [`concurrency::ConcurrencyLimitLayer`], [`concurrency::adaptive`] | a fixed or adaptive (AIMD) concurrency cap |
@@ -91,6 +92,7 @@ pub mod breaker;
 pub mod concurrency;
 pub mod cost;
 pub mod error;
+pub mod error_body;
 pub mod fallback;
 pub mod observe;
 pub mod preset;

@@ -15,11 +15,12 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_llm_limits::BoxError;
 use tower_llm_limits::cost::{Cost, cost_fn};
+use tower_llm_limits::error_body::ErrorBodyLayer;
 use tower_llm_limits::rate_limit::error::CostExceedsLimit;
 use tower_llm_limits::rate_limit::{
     MaxWait, RECHECK_INTERVAL, RateLimitKey, RateLimitLayer, RateLimitState,
 };
-use tower_llm_limits::signals::{Dimension, ErrorBodyLayer};
+use tower_llm_limits::signals::Dimension;
 
 const KEY: &str = "claude-sonnet-4-5";
 const DATE: &str = "Thu, 01 Jan 2026 00:00:00 GMT";

@@ -16,10 +16,10 @@ use tower_llm_limits::breaker::{self, CircuitBreakerLayer};
 use tower_llm_limits::concurrency::ConcurrencyLimitLayer;
 use tower_llm_limits::concurrency::adaptive::{AdaptiveConcurrencyLimitLayer, Aimd};
 use tower_llm_limits::error::PolledAfterCompletion;
+use tower_llm_limits::error_body::ErrorBodyLayer;
 use tower_llm_limits::fallback::FallbackLayer;
 use tower_llm_limits::rate_limit::RateLimitLayer;
 use tower_llm_limits::retry::{Policy, RetryLayer};
-use tower_llm_limits::signals::ErrorBodyLayer;
 
 type Api = tower::util::BoxCloneService<Request<String>, Response<String>, BoxError>;
 

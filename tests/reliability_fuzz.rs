@@ -740,7 +740,7 @@ fn drive(stack: Stack, answers: Vec<(u16, Vec<(&'static str, &'static str)>)>, c
                         .layer(breaker::CircuitBreakerLayer::new(breaker::Policy::new()))
                         .layer(concurrency)
                         .layer(signals::SignalsLayer::new())
-                        .layer(signals::ErrorBodyLayer::new())
+                        .layer(tower_llm_limits::error_body::ErrorBodyLayer::new())
                         .service(server)
                         .oneshot(request)
                         .await

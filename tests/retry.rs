@@ -10,14 +10,14 @@ use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_limits::BoxError;
+use tower_llm_limits::error_body::ErrorBodyLayer;
 use tower_llm_limits::rate_limit::WaitAbsorbed;
 use tower_llm_limits::retry::error::{BudgetExhausted, DeadlineExceeded, ServerWaitTooLong};
 use tower_llm_limits::retry::{
     Attempts, Backoff, Budget, Jitter, Policy, Retry, RetryLayer, SendOnce,
 };
 use tower_llm_limits::signals::{
-    ApiError, Classify, DefaultClassifier, ErrorBodyLayer, Outcome, OutcomeKind, SignalsLayer,
-    classify_fn,
+    ApiError, Classify, DefaultClassifier, Outcome, OutcomeKind, SignalsLayer, classify_fn,
 };
 
 use support::retry::{Scripted, respond, respond_with};

@@ -237,7 +237,8 @@ mod error_body {
     use http_body::{Body, Frame};
     use http_body_util::BodyExt;
     use tower::{Layer, ServiceExt, service_fn};
-    use tower_llm_limits::signals::{ApiError, ErrorBodyLayer, MaybeBuffered};
+    use tower_llm_limits::error_body::{ErrorBodyLayer, MaybeBuffered};
+    use tower_llm_limits::signals::ApiError;
 
     const ERROR: &str = r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down","details":{"error_code":"enforced_spend_limit_reached"}},"request_id":"req_9"}"#;
 
@@ -440,7 +441,7 @@ mod error_body {
         for (layer, limit) in [
             (
                 ErrorBodyLayer::new(),
-                tower_llm_limits::signals::DEFAULT_ERROR_BODY_TIMEOUT,
+                tower_llm_limits::error_body::DEFAULT_ERROR_BODY_TIMEOUT,
             ),
             (
                 ErrorBodyLayer::new().read_timeout(std::time::Duration::from_secs(2)),

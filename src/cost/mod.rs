@@ -158,7 +158,7 @@ impl Cost {
 ///
 /// The rate limiter settles each request's reservation to it and learns from it how the server
 /// counts (see the [`rate_limit`](crate::rate_limit) docs). It comes from the answer's body —
-/// [`ErrorBody`](crate::signals::ErrorBody) (in every preset) reads the `usage` of JSON answers
+/// [`ErrorBody`](crate::error_body::ErrorBody) (in every preset) reads the `usage` of JSON answers
 /// as they pass to the caller ([`Usage::from_json`]) — or from a `Usage` the caller puts in the
 /// **response's** extensions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -250,7 +250,7 @@ impl UsageCounts {
 /// Where a layer that reads an answer's body reports its [`Usage`] once the body has passed.
 ///
 /// The rate limiter puts one in each request's extensions before calling the inner service;
-/// [`ErrorBody`](crate::signals::ErrorBody) takes it and reports the `usage` of a successful
+/// [`ErrorBody`](crate::error_body::ErrorBody) takes it and reports the `usage` of a successful
 /// JSON answer when the caller has read the body to its end. A layer of your own that reads
 /// bodies (a streaming decoder, say) can take it instead and call [`report`](Self::report).
 /// Reporting twice, or for a request the limiter no longer tracks, does nothing.

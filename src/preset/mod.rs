@@ -206,11 +206,10 @@ use crate::breaker::{self, CircuitBreaker, CircuitBreakerLayer};
 use crate::concurrency::PermitBody;
 use crate::concurrency::adaptive::{AdaptiveConcurrencyLimit, AdaptiveConcurrencyLimitLayer, Aimd};
 use crate::cost::DefaultCost;
+use crate::error_body::{ErrorBody, ErrorBodyLayer, MaybeBuffered};
 use crate::rate_limit::{DefaultKey, HostKey, Limits, RateLimit, RateLimitLayer, RateLimitState};
 use crate::retry::{self, Retry, RetryLayer};
-use crate::signals::{
-    ErrorBody, ErrorBodyLayer, MaybeBuffered, OutcomeKind, Signals, SignalsLayer,
-};
+use crate::signals::{OutcomeKind, Signals, SignalsLayer};
 use crate::status::Snapshot;
 
 /// The response body of a [`Preset`] around a client whose response body is `B`: `B` itself,

@@ -129,7 +129,7 @@
 //! The limiter's picture of the server is a hypothesis that every answer tests. Each kind of
 //! evidence moves it the way it is worth, and none can freeze a key.
 //!
-//! **Usage is the truth.** [`ErrorBody`](crate::signals::ErrorBody) (in every preset) copies a
+//! **Usage is the truth.** [`ErrorBody`](crate::error_body::ErrorBody) (in every preset) copies a
 //! successful JSON answer as it passes to the caller — nothing is held back — and when the body
 //! ends reports its `usage` ([`Usage::from_json`](crate::cost::Usage::from_json): Anthropic's
 //! `input_tokens` + `cache_creation_input_tokens`, cache reads excluded; OpenAI's

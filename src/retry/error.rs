@@ -2,7 +2,7 @@
 //!
 //! Each carries what a caller needs to act: the status of the last response (if the last
 //! attempt got one), the wait the server asked for (if it asked), the number of attempts made,
-//! and the provider's error body when an [`ErrorBodyLayer`](crate::signals::ErrorBodyLayer)
+//! and the provider's error body when an [`ErrorBodyLayer`](crate::error_body::ErrorBodyLayer)
 //! below parsed it. When the last attempt failed with an error rather than a response, that
 //! error is the [`source`](std::error::Error::source).
 //!
@@ -63,7 +63,7 @@ macro_rules! last_attempt_getters {
             }
 
             /// The provider's error body of the last response, when an
-            /// [`ErrorBodyLayer`](crate::signals::ErrorBodyLayer) below parsed it.
+            /// [`ErrorBodyLayer`](crate::error_body::ErrorBodyLayer) below parsed it.
             pub fn api_error(&self) -> Option<&ApiError> {
                 self.last.api_error.as_ref()
             }

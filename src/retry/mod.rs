@@ -74,7 +74,7 @@
 //!
 //! An attempt is over when its response head is handed on; a streaming answer
 //! (`text/event-stream`) is handed on once its first event has arrived (the
-//! [`ErrorBody`](crate::signals::ErrorBody) layer below reads it, see
+//! [`ErrorBody`](crate::error_body::ErrorBody) layer below reads it, see
 //! [`signals::stream`](crate::signals::stream)). So:
 //!
 //! - an error **before any byte reached the caller** — an `overloaded_error` as the first

@@ -149,7 +149,7 @@ impl Outcome {
 /// Implement it for your own rules, or wrap a closure with [`classify_fn`].
 pub trait Classify {
     /// Classifies a response from its status, headers, parsed retry hints and (when
-    /// [`ErrorBodyLayer`](super::ErrorBodyLayer) ran) its parsed error body.
+    /// [`ErrorBodyLayer`](crate::error_body::ErrorBodyLayer) ran) its parsed error body.
     fn classify_response(
         &self,
         status: StatusCode,
@@ -180,7 +180,7 @@ pub trait Classify {
 /// 3. a 403 with `x-ratelimit-remaining: 0` or a `retry-after` (GitHub-style primary and
 ///    secondary rate limits) is [`RateLimited`](OutcomeKind::RateLimited);
 /// 4. 429 is [`RateLimited`](OutcomeKind::RateLimited), unless the error body
-///    ([`ApiError`], see [`ErrorBodyLayer`](super::ErrorBodyLayer)) says
+///    ([`ApiError`], see [`ErrorBodyLayer`](crate::error_body::ErrorBodyLayer)) says
 ///    `enforced_spend_limit_reached`, or names a spend or quota cap (`insufficient_quota`,
 ///    `billing_hard_limit_reached`) and no `retry-after` came with it: then
 ///    [`SpendLimit`](OutcomeKind::SpendLimit);

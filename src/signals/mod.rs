@@ -9,14 +9,15 @@
 //!   `x-should-retry`;
 //! - [`Classify`] turns a response or an error into an [`Outcome`] a retry policy, rate limiter and
 //!   circuit breaker can act on; [`DefaultClassifier`] knows Anthropic, OpenAI and AWS Bedrock;
-//! - [`ErrorBodyLayer`] reads small non-2xx bodies into an [`ApiError`] and hands them back
-//!   unchanged;
+//! - [`ApiError`] reads a provider's JSON error body (the
+//!   [`ErrorBodyLayer`](crate::error_body::ErrorBodyLayer) reads small non-2xx bodies into one
+//!   and hands them back unchanged);
 //! - [`ResponseSignals`] is all of that for one response, parsed once, and
 //!   [`ResponseSignals::outcome_or`] the one rule by which every layer decides a response's
 //!   outcome;
 //! - [`StreamOutcome`] is the outcome of a streaming answer (`text/event-stream`), known when
-//!   its stream ends: [`ErrorBody`] watches every successful stream as it passes (see
-//!   [`sse`] for the parser, [`stream`] for what is reported) and the
+//!   its stream ends: [`ErrorBody`](crate::error_body::ErrorBody) watches every successful
+//!   stream as it passes (see [`sse`] for the parser, [`stream`] for what is reported) and the
 //!   breaker and the adaptive cap count a stream's end as they count a head;
 //! - [`SignalsLayer`] parses each response once and stores the [`ResponseSignals`] in its
 //!   extensions, so the layers above read them instead of parsing headers again.
@@ -58,7 +59,7 @@
 //! interface).
 
 mod anthropic;
-mod body;
+mod api_error;
 mod classify;
 mod github;
 mod headers;
@@ -71,16 +72,13 @@ mod response;
 mod service;
 #[cfg(feature = "tower-http")]
 mod tower_http_classify;
-mod usage;
+pub(crate) mod usage;
 
 pub mod future;
 pub mod sse;
 pub mod stream;
 
-pub use body::{
-    ApiError, DEFAULT_ERROR_BODY_TIMEOUT, DEFAULT_MAX_ERROR_BODY, ErrorBody, ErrorBodyLayer,
-    MaybeBuffered,
-};
+pub use api_error::ApiError;
 pub use classify::{Classify, ClassifyFn, DefaultClassifier, Outcome, OutcomeKind, classify_fn};
 pub use headers::{BucketReading, Dialect, Dimension, RateLimitSnapshot};
 pub use hints::{MAX_HINT, MAX_RETRY_AFTER, RetryHints, WaitSource};

@@ -84,8 +84,8 @@ impl ResponseSignals {
     /// classifier given to that layer, so the retry policy, the circuit breaker, the adaptive
     /// concurrency limit and the rate limiter all act on the same reading. Else `classifier`'s
     /// reading of the response's status, headers, retry hints and [`ApiError`] (when an
-    /// [`ErrorBody`](super::ErrorBody) layer stored one). A successful event stream whose
-    /// first event was an error, or that failed before its first event
+    /// [`ErrorBody`](crate::error_body::ErrorBody) layer stored one). A successful event
+    /// stream whose first event was an error, or that failed before its first event
     /// ([`StreamStartFailed`]), has the outcome of that failure (an `overloaded_error` reads as
     /// a 529): nothing of an answer exists yet, so it is retried and counted like a failed head.
     /// What happens later in a stream is its [`StreamOutcome`](super::StreamOutcome).

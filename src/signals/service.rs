@@ -11,8 +11,9 @@ use super::{Classify, DefaultClassifier, SignalsLayer};
 /// Parses each response once into [`ResponseSignals`](super::ResponseSignals) and stores them in
 /// its extensions.
 ///
-/// Put it innermost, right above the HTTP client (below [`ErrorBodyLayer`](super::ErrorBodyLayer)
-/// when you use it, so the classifier sees the error body).
+/// Put it innermost, right above the HTTP client (below
+/// [`ErrorBodyLayer`](crate::error_body::ErrorBodyLayer) when you use it, so the classifier sees
+/// the error body).
 ///
 /// # Examples
 ///

@@ -3,8 +3,8 @@
 //!
 //! A streaming answer's head says `200` before the model has produced anything; what happens
 //! next — usage, an `overloaded_error` in the middle, a cut connection, a stall — only the body
-//! tells. [`ErrorBody`](super::ErrorBody) (in every preset) watches every successful event
-//! stream as it goes to the caller (nothing is held back after the first event; see
+//! tells. [`ErrorBody`](crate::error_body::ErrorBody) (in every preset) watches every successful
+//! event stream as it goes to the caller (nothing is held back after the first event; see
 //! [`sse::SseParser`](super::sse::SseParser)):
 //!
 //! - **Before the head is handed on**, it reads the stream up to its **first event** (within the
@@ -55,13 +55,13 @@ use crate::cost::{Usage, UsageReport};
 /// Anthropic sends `ping` events while it works; a reasoning model behind OpenAI's API may send
 /// nothing for minutes while it thinks, hence a bound well above the seconds a stalled
 /// connection would otherwise be noticed in. Set it with
-/// [`ErrorBodyLayer::stream_idle_timeout`](super::ErrorBodyLayer::stream_idle_timeout).
+/// [`ErrorBodyLayer::stream_idle_timeout`](crate::error_body::ErrorBodyLayer::stream_idle_timeout).
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 type Listener = Box<dyn FnOnce(&Outcome) + Send>;
 
 /// The outcome of a streaming answer, known when its stream ends; in the extensions of every
-/// successful event-stream response [`ErrorBody`](super::ErrorBody) watches.
+/// successful event-stream response [`ErrorBody`](crate::error_body::ErrorBody) watches.
 ///
 /// A layer that counts outcomes takes the stream's outcome instead of the head's with
 /// [`on_end`](Self::on_end). Clones share one stream. See the [module docs](self).
@@ -74,7 +74,8 @@ type Listener = Box<dyn FnOnce(&Outcome) + Send>;
 /// use bytes::Bytes;
 /// use http_body_util::{BodyExt, Full};
 /// use tower::{Layer, ServiceExt, service_fn};
-/// use tower_llm_limits::signals::{ErrorBodyLayer, OutcomeKind, StreamInterrupted, StreamOutcome};
+/// use tower_llm_limits::error_body::ErrorBodyLayer;
+/// use tower_llm_limits::signals::{OutcomeKind, StreamInterrupted, StreamOutcome};
 ///
 /// const STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n\
 ///     event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
