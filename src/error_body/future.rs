@@ -153,21 +153,11 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { inner } => {
                     let response = ready!(inner.poll(cx)).map_err(Into::into)?;
-                    if response.status().is_success() && is_event_stream(&response) {
-                        // Read up to the first event before handing the head on.
-                        let watch = StreamWatch::new(this.usage.take(), *this.idle);
-                        let (parts, body) = response.into_parts();
-                        this.state.set(State::Reading {
-                            parts: Some(parts),
-                            body: Some(Box::pin(body)),
-                            read: Read::default(),
-                            trailers: None,
-                            stall: Box::pin(tokio::time::sleep(*this.timeout)),
-                            stream: Some(Box::new(watch)),
-                        });
-                        continue;
-                    }
-                    if !should_read(&response, *this.max) {
+                    // A successful event stream is read up to its first event before the head
+                    // is handed on; an error body is read whole.
+                    let stream = (response.status().is_success() && is_event_stream(&response))
+                        .then(|| Box::new(StreamWatch::new(this.usage.take(), *this.idle)));
+                    if stream.is_none() && !should_read(&response, *this.max) {
                         this.state.set(State::Done);
                         let watch = this
                             .usage
@@ -185,7 +175,7 @@ where
                         read: Read::default(),
                         trailers: None,
                         stall: Box::pin(tokio::time::sleep(*this.timeout)),
-                        stream: None,
+                        stream,
                     });
                 }
                 StateProj::Reading {
