@@ -1051,3 +1051,67 @@ async fn the_outcome_stored_by_signals_decides_over_the_policy_classifier() {
     let response = send(&server, plain(2)).await.unwrap();
     assert_eq!((response.status().as_u16(), attempts(&response)), (418, 1));
 }
+
+/// A retried call keeps its place in the rate limiter's queue: behind a queue that takes a
+/// refill period per request, a refused call's retry goes before the calls that arrived after it,
+/// instead of waiting the whole queue again behind them.
+#[tokio::test(start_paused = true)]
+async fn a_retry_keeps_the_place_of_its_call_in_the_queue() {
+    use tower_llm_limits::rate_limit::{self, RateLimitLayer};
+    // The first request is refused; every other one is answered.
+    let server = Scripted::new(|i| match i {
+        0 => respond(429, &[]),
+        _ => respond(200, &[]),
+    });
+    // Answers take a second, so that the other calls are in the queue when the refusal comes.
+    let slow =
+        ServiceExt::<Request<Full<Bytes>>>::map_future(server.clone(), |answer| async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            answer.await
+        });
+    // Three requests a minute: one comes back every 20 s.
+    let limiter = RateLimitLayer::with_limits(rate_limit::Limits::new().requests(3));
+    let service = RetryLayer::new(plain(2)).layer(limiter.layer(slow));
+    let start = Instant::now();
+    // Five calls at once: three take the bucket (one of them is refused), two queue for the
+    // refills, and the refused call's retry comes a second later.
+    let mut calls: Vec<_> = (0..5)
+        .map(|_| {
+            let service = service.clone();
+            Some(Box::pin(async move {
+                let response = service.oneshot(request()).await.unwrap();
+                (attempts(&response), start.elapsed())
+            }))
+        })
+        .collect();
+    let mut done = Vec::new();
+    std::future::poll_fn(|cx| {
+        for slot in calls.iter_mut() {
+            if let Some(call) = slot
+                && let std::task::Poll::Ready(d) = call.as_mut().poll(cx)
+            {
+                done.push(d);
+                *slot = None;
+            }
+        }
+        if calls.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    // The refused call's retry came after the others had queued and goes before them, at the
+    // next refill; without its place it would have waited behind them all, the last to go.
+    let retried = done
+        .iter()
+        .find(|(a, _)| *a == 2)
+        .expect("one call retried")
+        .1;
+    let last = done.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(
+        retried < last,
+        "retried call done at {retried:?}, the last at {last:?}"
+    );
+    assert!(retried < Duration::from_secs(25), "{done:?}");
+}

@@ -1,5 +1,7 @@
 //! Configuration values: limits, ramp-up, and the per-request extensions.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::signals::Dimension;
@@ -192,5 +194,24 @@ impl MaxWait {
     /// The maximum wait.
     pub const fn get(&self) -> Duration {
         self.0
+    }
+}
+
+/// A call's place in the rate limiter's queues: the order in which its first attempt arrived.
+/// The retry layer puts one in each call's extensions, so every attempt carries it: a retry
+/// keeps the place of the call's first arrival instead of going to the back of a queue (behind
+/// a queue minutes deep, a refused request's retry would wait it all again).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CallPlace(Arc<AtomicU64>);
+
+impl CallPlace {
+    /// The order of the call's first arrival, once it arrived.
+    pub(crate) fn get(&self) -> Option<u64> {
+        self.0.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Records the order of the call's first arrival.
+    pub(crate) fn set(&self, order: u64) {
+        self.0.store(order.saturating_add(1), Ordering::Relaxed);
     }
 }

@@ -238,6 +238,13 @@
 //! requests can go at the same instant. A reading that changes the state wakes the head to
 //! recompute. Admission is `O(log n)` in the queue length.
 //!
+//! The order is the **call's**: under [`Retry`](crate::retry::Retry) every attempt of a call
+//! keeps the place of its first arrival, so a refused request's retry goes before the calls
+//! that arrived after it instead of waiting the whole queue again (behind a queue minutes deep,
+//! that second wait ran calls past their deadline). On a key paced on throttles alone (no
+//! rate-limit headers) a retry queues at the back: a server in debt refuses in runs, and at
+//! the front one call would take every refusal of a run and exhaust its retries.
+//!
 //! **Maximum wait** ([`RateLimitLayer::max_wait`], or a request's [`MaxWait`]): when a request is
 //! queued its admission instant is projected from the cost queued ahead of it plus its own (exact
 //! under FIFO, as long as the server's readings do not change the picture; a background request
@@ -290,6 +297,7 @@ pub mod future;
 
 pub use absorbed::WaitAbsorbed;
 pub use bucket::Bucket;
+pub(crate) use config::CallPlace;
 pub use config::{DEFAULT_WINDOW, Limits, MaxWait, Priority, RampUp};
 pub use key::{DefaultKey, HostKey, KeyFn, KeyFnClosure, RateLimitKey, key_fn};
 pub use layer::RateLimitLayer;

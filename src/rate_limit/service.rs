@@ -8,7 +8,7 @@ use crate::BoxError;
 use crate::cost::{Cost, DefaultCost, EstimateCost};
 use crate::observe::span::CallSpan;
 
-use super::config::{MaxWait, Priority};
+use super::config::{CallPlace, MaxWait, Priority};
 use super::future::ResponseFuture;
 use super::key::{DefaultKey, KeyFn};
 use super::{RateLimitKey, RateLimitLayer, RateLimitState};
@@ -164,7 +164,11 @@ where
             .get::<MaxWait>()
             .map(MaxWait::get)
             .or(self.max_wait);
-        match self.state.enter(&key, cost, exact, priority, max_wait) {
+        let place = req.extensions().get::<CallPlace>();
+        match self
+            .state
+            .enter(&key, cost, exact, priority, max_wait, place)
+        {
             Ok(mut ticket) => {
                 req.extensions_mut().insert(ticket.usage_report());
                 let clone = self.inner.clone();

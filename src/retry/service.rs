@@ -125,6 +125,10 @@ where
         request
             .extensions_mut()
             .insert(crate::observe::span::CallSpan::new(span.clone()));
+        // Every attempt keeps the place of the call's first arrival in the rate limiter's queue.
+        request
+            .extensions_mut()
+            .insert(crate::rate_limit::CallPlace::default());
         ResponseFuture::new(service, request, Arc::clone(&self.shared), rng, span)
     }
 }

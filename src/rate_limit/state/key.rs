@@ -98,7 +98,6 @@ pub(super) struct KeyState {
     pub(super) queue: BTreeMap<(usize, u64), Waiter>,
     /// Queued charge per priority class.
     pub(super) queued: [Charge; 2],
-    pub(super) next_seq: u64,
     /// What the server charges for input ÷ the raw estimate (1.0 until learned), from `usage`
     /// or, while no answer carried one, from successive input readings. Reservations take its
     /// high quantile.
@@ -237,7 +236,12 @@ impl KeyState {
     /// earlier is still held by a layer below (a concurrency cap), the next waits for it to go
     /// (its send wakes the queue; a caller's `max_wait` still bounds the wait).
     pub(super) fn held_back(&self) -> bool {
-        self.held > 0 && self.throttle.is_some() && !self.any_bucket()
+        self.held > 0 && self.paced_on_throttles()
+    }
+
+    /// Whether the key is paced on a rate learned from throttles (no rate-limit headers).
+    pub(super) fn paced_on_throttles(&self) -> bool {
+        self.throttle.is_some() && !self.any_bucket()
     }
 
     /// Nothing known and every start-up probe out: wait for the first answer.

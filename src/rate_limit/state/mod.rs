@@ -40,7 +40,7 @@ use crate::signals::{
 
 use super::RateLimitKey;
 use super::bucket::{Bucket, add, sub};
-use super::config::{Limits, Priority, RampUp};
+use super::config::{CallPlace, Limits, Priority, RampUp};
 use super::error::{CostExceedsLimit, WaitTooLong};
 use super::store::{Buckets, Learned, MemoryStore, Store};
 
@@ -120,6 +120,8 @@ struct Shared {
     store: Arc<dyn Store>,
     keys: Mutex<HashMap<RateLimitKey, Arc<KeyCell>>>,
     tick: AtomicU64,
+    /// The order of calls' first arrivals, across keys (see `CallPlace`).
+    arrivals: AtomicU64,
 }
 
 impl fmt::Debug for RateLimitState {
@@ -201,6 +203,7 @@ impl RateLimitStateBuilder {
                 store: self.store,
                 keys: Mutex::new(HashMap::new()),
                 tick: AtomicU64::new(0),
+                arrivals: AtomicU64::new(0),
             }),
         }
     }
@@ -312,7 +315,6 @@ impl RateLimitState {
                 in_flight: 0,
                 queue: BTreeMap::new(),
                 queued: [[0; 4]; 2],
-                next_seq: 0,
                 input: Ratio::new(1.0, INPUT_PRIOR_SD, INPUT_RATIO_MIN, INPUT_RATIO_MAX),
                 usage_seen: false,
                 awaiting_usage: BTreeMap::new(),
@@ -349,16 +351,37 @@ impl RateLimitState {
         exact: bool,
         priority: Priority,
         max_wait: Option<Duration>,
+        place: Option<&CallPlace>,
     ) -> Result<Ticket, BoxError> {
         let cell = self.cell(key);
         let now = Instant::now();
+        // The call's place in the queue: its first attempt's arrival (see `CallPlace`).
+        let order = match place.and_then(CallPlace::get) {
+            Some(order) => order,
+            None => {
+                let order = self.shared.arrivals.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = place {
+                    p.set(order);
+                }
+                order
+            }
+        };
         let mut st = lock(&cell.state);
         st.adopt(&cell.key, now);
         st.accrue_others(now);
         let (charge, raw) = st.charge_of(cost, exact);
         let class = priority.class();
-        // Fast path: nobody of the same or a higher class waits.
-        if st.queue.keys().next().is_none_or(|k| k.0 > class) {
+        // A key paced on throttles alone is refused in runs while the server is in debt: there
+        // a retry queues at the back, so that the refusals fall on other calls' first attempts
+        // rather than on this call's last.
+        let order = if st.paced_on_throttles() {
+            self.shared.arrivals.fetch_add(1, Ordering::Relaxed)
+        } else {
+            order
+        };
+        let mut id = (class, order);
+        // Fast path: nobody of the same or a higher class waits ahead of this call.
+        if st.queue.keys().next().is_none_or(|k| *k > id) {
             match st.check(&charge, now) {
                 Check::Fits => {
                     let record = st.admit(charge, raw, exact, now);
@@ -386,8 +409,11 @@ impl RateLimitState {
             crate::observe::emit::rate_limit_refused(&cell.key, "wait_too_long");
             return Err(WaitTooLong::new(dimension, wait, max).into());
         }
-        let id = (class, st.next_seq);
-        st.next_seq += 1;
+        if st.queue.contains_key(&id) {
+            // Two attempts of one call waiting at once (a caller that clones requests, with
+            // their extensions, and sends the copies together): the later one takes a new place.
+            id = (class, self.shared.arrivals.fetch_add(1, Ordering::Relaxed));
+        }
         st.queue.insert(
             id,
             Waiter {

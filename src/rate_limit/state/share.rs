@@ -145,6 +145,7 @@ mod tests {
                 false,
                 Priority::Interactive,
                 None,
+                None,
             )
             .unwrap()
     }

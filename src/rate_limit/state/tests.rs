@@ -6,7 +6,7 @@ fn key() -> RateLimitKey {
 
 fn send(state: &RateLimitState, cost: Cost, exact: bool) -> Ticket {
     let mut t = state
-        .enter(&key(), cost, exact, Priority::Interactive, None)
+        .enter(&key(), cost, exact, Priority::Interactive, None, None)
         .unwrap();
     assert!(t.is_admitted(), "not admitted: {t:?}");
     t.dispatched();
@@ -17,7 +17,7 @@ fn send(state: &RateLimitState, cost: Cost, exact: bool) -> Ticket {
 /// pass.
 async fn send_or_wait(state: &RateLimitState, cost: Cost, exact: bool) -> Option<Ticket> {
     let mut t = state
-        .enter(&key(), cost, exact, Priority::Interactive, None)
+        .enter(&key(), cost, exact, Priority::Interactive, None, None)
         .unwrap();
     if !t.is_admitted() {
         drop(t);
@@ -72,6 +72,7 @@ async fn probe_then_limits_learned_from_anthropic_headers() {
             Cost::new(1, 10, 10),
             true,
             Priority::Interactive,
+            None,
             None,
         )
         .unwrap();
@@ -194,6 +195,7 @@ async fn rate_limited_response_refunds_and_cools_down() {
             true,
             Priority::Interactive,
             None,
+            None,
         )
         .unwrap();
     assert!(!t.is_admitted());
@@ -279,6 +281,7 @@ async fn ceiling_below_server_limit_waits_for_the_server_refill() {
             true,
             Priority::Interactive,
             Some(max),
+            None,
         )
         .expect("a 0.2-0.6 s wait is within a 2 s maximum");
     assert!(!b.is_admitted(), "the server bucket is nearly empty");
