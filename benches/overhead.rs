@@ -613,7 +613,6 @@ impl http_body::Body for Frames {
 /// One streaming answer per iteration, read to its end, bare and through `ErrorBody` (the
 /// watcher); the difference divided by [`STREAM_EVENTS`] is the watcher's CPU cost per event.
 fn stream_watch(c: &mut Criterion) {
-    use http_body_util::BodyExt;
     use tower::Layer;
     let rt = current_thread();
     let events = anthropic_stream();
@@ -626,36 +625,38 @@ fn stream_watch(c: &mut Criterion) {
         ready(Ok::<_, BoxError>(response))
     };
     let mut group = c.benchmark_group("stream_watch");
-    group.bench_function("bare", |b| {
-        let mut svc = tower::service_fn(answer.clone());
-        b.iter_custom(|iters| {
-            let svc = &mut svc;
-            rt.block_on(async move {
-                let start = Cpu::Thread.now();
-                for _ in 0..iters {
-                    let response = svc.call(Request::new(())).await.expect("response");
-                    black_box(response.into_body().collect().await.expect("body"));
-                }
-                Cpu::Thread.since(start)
-            })
-        })
-    });
-    group.bench_function("watched", |b| {
-        let mut svc = tower_llm_limits::error_body::ErrorBodyLayer::new()
-            .layer(tower::service_fn(answer.clone()));
-        b.iter_custom(|iters| {
-            let svc = &mut svc;
-            rt.block_on(async move {
-                let start = Cpu::Thread.now();
-                for _ in 0..iters {
-                    let response = svc.call(Request::new(())).await.expect("response");
-                    black_box(response.into_body().collect().await.expect("body"));
-                }
-                Cpu::Thread.since(start)
-            })
-        })
-    });
+    stream_row(&mut group, &rt, "bare", tower::service_fn(answer.clone()));
+    stream_row(
+        &mut group,
+        &rt,
+        "watched",
+        tower_llm_limits::error_body::ErrorBodyLayer::new().layer(tower::service_fn(answer)),
+    );
     group.finish();
+}
+
+/// One row of [`stream_watch`]: `iters` streams through `svc`, each read to its end.
+fn stream_row<S, B>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, mut svc: S)
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let svc = &mut svc;
+            rt.block_on(async move {
+                let start = Cpu::Thread.now();
+                for _ in 0..iters {
+                    let response = svc.call(Request::new(())).await.expect("response");
+                    black_box(response.into_body().collect().await.expect("body"));
+                }
+                Cpu::Thread.since(start)
+            })
+        })
+    });
 }
 
 fn print_stream_summary(since: SystemTime) {

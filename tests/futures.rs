@@ -32,26 +32,6 @@ fn api(status: u16, calls: &Arc<AtomicUsize>) -> Api {
     }))
 }
 
-/// Calls `service` once, polls the future to its end, then once more: that second result.
-async fn poll_again<S>(mut service: S) -> BoxError
-where
-    S: Service<Request<String>, Response = Response<String>, Error = BoxError>,
-{
-    let future = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Request::new(String::new()));
-    let mut future = pin!(future);
-    let first = poll_fn(|cx| future.as_mut().poll(cx)).await;
-    assert!(first.is_ok(), "{:?}", first.err());
-    match poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
-        Poll::Ready(Err(error)) => error,
-        Poll::Ready(Ok(_)) => panic!("a second response"),
-        Poll::Pending => panic!("pending after completion"),
-    }
-}
-
 #[track_caller]
 fn assert_polled_after_completion(error: BoxError, calls: &AtomicUsize) {
     assert!(error.is::<PolledAfterCompletion>(), "{error}");
@@ -130,8 +110,8 @@ where
     }
 }
 
-/// Like [`poll_again`], for services whose response body is not a `String`: the second result.
-async fn poll_again_any<S, B>(mut service: S) -> BoxError
+/// Calls `service` once, polls the future to its end, then once more: that second result.
+async fn poll_again<S, B>(mut service: S) -> BoxError
 where
     S: Service<Request<String>, Response = Response<B>, Error = BoxError>,
 {
@@ -172,14 +152,14 @@ async fn error_body_and_concurrency_futures_return_the_same_error() {
     for status in [200, 500] {
         let calls = Arc::new(AtomicUsize::new(0));
         let service = ErrorBodyLayer::new().layer(bytes_api(status, &calls));
-        assert_polled_after_completion(poll_again_any(service).await, &calls);
+        assert_polled_after_completion(poll_again(service).await, &calls);
     }
 
     let calls = Arc::new(AtomicUsize::new(0));
     let service = ConcurrencyLimitLayer::new(2).layer(api(200, &calls));
-    assert_polled_after_completion(poll_again_any(service).await, &calls);
+    assert_polled_after_completion(poll_again(service).await, &calls);
 
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = AdaptiveConcurrencyLimitLayer::new(Aimd::new()).unwrap();
-    assert_polled_after_completion(poll_again_any(layer.layer(api(200, &calls))).await, &calls);
+    assert_polled_after_completion(poll_again(layer.layer(api(200, &calls))).await, &calls);
 }
