@@ -22,6 +22,14 @@ const ACCOUNTING_SEED: u64 = 0x5eed_0a11;
 /// The share of points whose server reserves `max_tokens` at admission (the older documented
 /// accounting); the others charge output as produced (the current one).
 const RESERVE_SHARE: f64 = 1.0 / 3.0;
+/// The seed of each point's `max_tokens` style, drawn apart like the accounting.
+const LONG_SEED: u64 = 0x5eed_1096;
+/// The share of points whose callers ask for a long `max_tokens` ([`LONG_MAX_TOKENS`], up to
+/// twice Tier 1's output limit) and use a small part of it ([`LONG_OUTPUT_SHARE`]), as
+/// applications that set `max_tokens` to the model's ceiling do.
+const LONG_SHARE: f64 = 0.25;
+const LONG_MAX_TOKENS: std::ops::RangeInclusive<u64> = 4_096..=16_000;
+const LONG_OUTPUT_SHARE: (f64, f64) = (0.02, 0.3);
 
 /// Targets of a point with rate-limit headers: no failed call, 429s under 1 % of attempts,
 /// T*/T at least 0.95; the median T*/T of those points at least 0.97.
@@ -138,6 +146,7 @@ pub fn points(stream_share: f64) -> Vec<Point> {
         .expect("runtime");
     let mut rng = fastrand::Rng::with_seed(SWEEP_SEED);
     let mut accounting_rng = fastrand::Rng::with_seed(ACCOUNTING_SEED);
+    let mut long_rng = fastrand::Rng::with_seed(LONG_SEED);
     (0..HEADER_POINTS + HEADERLESS_POINTS)
         .map(|i| {
             let headerless = i >= HEADER_POINTS;
@@ -190,6 +199,22 @@ pub fn points(stream_share: f64) -> Vec<Point> {
             } else {
                 OutputAccounting::AsProduced
             };
+            let long = long_rng.f64() < LONG_SHARE;
+            // A server reserving `max_tokens` refuses a request above its output limit for
+            // ever: long requests go to servers counting output as produced.
+            let accounting = if long {
+                OutputAccounting::AsProduced
+            } else {
+                accounting
+            };
+            // Output shares drawn in 0.1..1 are moved into the long requests' range.
+            let (out_lo, out_hi) = if long {
+                let (lo, hi) = LONG_OUTPUT_SHARE;
+                let scale = |x: f64| lo + (x - 0.1) / 0.9 * (hi - lo);
+                (scale(out_lo), scale(out_hi))
+            } else {
+                (out_lo, out_hi)
+            };
 
             let server = Server {
                 timing,
@@ -207,7 +232,11 @@ pub fn points(stream_share: f64) -> Vec<Point> {
             let in_hi = rng.u64(in_hi * 3 / 4..=in_hi * 3 / 2);
             let sizes = Sizes {
                 input_tokens: in_lo..=in_hi,
-                max_tokens: tier.max_tokens.clone(),
+                max_tokens: if long {
+                    LONG_MAX_TOKENS
+                } else {
+                    tier.max_tokens.clone()
+                },
                 output_fraction: out_lo..=out_hi,
                 stream_share,
             };
@@ -320,6 +349,13 @@ pub fn points(stream_share: f64) -> Vec<Point> {
             );
             if accounting == OutputAccounting::ReserveMaxTokens {
                 params.push_str(",accounting:reserve");
+            }
+            if long {
+                params.push_str(&format!(
+                    ",max_tokens:{}-{}",
+                    LONG_MAX_TOKENS.start(),
+                    LONG_MAX_TOKENS.end()
+                ));
             }
             if stream_share > 0.0 {
                 params.push_str(&format!(",streams:{stream_share:.2}"));
