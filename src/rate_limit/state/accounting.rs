@@ -23,7 +23,7 @@
 //!   `max_tokens` this key's answers use (learned from `usage`), and each is settled to the
 //!   true figure when the answer comes.
 //! - **Reserved at admission** once a 429 shows every bucket with room for the request with its
-//!   output counted as produced, but not with its `max_tokens`: then `max_tokens` is reserved
+//!   output counted as produced (and twice its estimated input), but not with its `max_tokens`: then `max_tokens` is reserved
 //!   again, and a request whose `max_tokens` exceeds the output limit fails at once with
 //!   `CostExceedsLimit`. A refusal of the output bucket that proves neither (it read empty)
 //!   sends the key back to reserving `max_tokens` until new proof comes, one more proof needed
@@ -157,7 +157,9 @@ impl Accounting {
         } else {
             0
         };
-        let input = record.charge[IN];
+        // The input charge is an estimate: twice it must fit, so that an input bucket the
+        // estimate understated is not taken for room.
+        let input = record.charge[IN].saturating_mul(2);
         let room = |d: Dimension, need: u64| {
             snapshot
                 .get(d)
