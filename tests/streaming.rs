@@ -258,6 +258,59 @@ async fn complete_streams_count_as_successes_and_settle_usage_exactly() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_input_is_settled_at_message_start_while_the_stream_runs() {
+    const PING: &str = "event: ping\ndata: {\"type\": \"ping\"}\n\n";
+    // `message_start` first (read before the head goes on), or after a ping (read as it passes).
+    for ping_first in [false, true] {
+        let server = Server::new(move |_| {
+            let mut steps = complete();
+            if ping_first {
+                steps.insert(0, Step::Data(PING));
+            }
+            // The output comes much later: the stream is still running when the input settles.
+            steps.insert(4, Step::Wait(Duration::from_secs(30)));
+            steps
+        });
+        let layer = layer();
+        let client = ServiceBuilder::new().layer(layer.clone()).service(server);
+        let input = || {
+            layer
+                .snapshot()
+                .rate_limit(MODEL)
+                .unwrap()
+                .bucket(Dimension::InputTokens)
+                .unwrap()
+                .level()
+        };
+        let output = || {
+            layer
+                .snapshot()
+                .rate_limit(MODEL)
+                .unwrap()
+                .bucket(Dimension::OutputTokens)
+                .unwrap()
+                .level()
+        };
+        let response = client.oneshot(request()).await.unwrap();
+        let mut body = response.into_body();
+        // Up to the end of `message_start` (the clock has not moved: no refill).
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("\"input_tokens\":1234") {
+            let frame = body.frame().await.unwrap().unwrap();
+            seen.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(
+            input(),
+            1_000_000 - 1_234,
+            "ping first: {ping_first}: the server's input count, not the estimate"
+        );
+        assert_ne!(output(), 100_000 - 321, "the output is not known yet");
+        let (_, error) = drain(body).await;
+        assert!(error.is_none(), "{error:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn pauses_shorter_than_the_idle_bound_are_not_a_stall() {
     let pause = tower_llm_limits::signals::DEFAULT_STREAM_IDLE_TIMEOUT - Duration::from_secs(1);
     let server = Server::new(move |_| {
