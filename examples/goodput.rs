@@ -63,7 +63,8 @@ use http_body_util::{BodyExt, Full};
 use tower::timeout::Timeout;
 use tower::{Service, ServiceExt};
 use tower_llm_limits_sim::{
-    Fault, Faults, HeaderDialect, HeaderTiming, InputCounting, Limits, Report, SimApi, Workload,
+    CallRecord, Fault, Faults, HeaderDialect, HeaderTiming, InputCounting, Limits, Report, SimApi,
+    Workload,
 };
 
 use peers::{BoxError, BoxFut, Req};
@@ -225,12 +226,15 @@ fn scenarios() -> Vec<Scenario> {
 impl Scenario {
     fn api(&self) -> SimApi {
         let server = &self.server;
-        let mut faults = self.faults.clone();
+        // The server's 529s first: the scenario's own faults (a sweep point's broken streams)
+        // do not change which requests they refuse.
+        let mut faults = Faults::new();
         if server.overloaded > 0.0 {
             faults = faults.always(Fault::Overloaded {
                 probability: server.overloaded,
             });
         }
+        let faults = faults.then(self.faults.clone());
         let mut builder = SimApi::builder()
             .faults(faults)
             .seed(SEED)
@@ -360,7 +364,11 @@ struct Row {
     scenario: String,
     strategy: &'static str,
     ok: usize,
+    /// Calls that ended without a 2xx, except the broken streams.
     failed: usize,
+    /// Streams the server broke after the caller had part of the answer (they end in
+    /// `StreamInterrupted`, nothing is re-sent): the server's failures, not the client's.
+    broken: usize,
     attempts: u64,
     r429: u64,
     r529: u64,
@@ -401,6 +409,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// Whether a call ended in a stream the server broke after the head: `StreamInterrupted`
+/// (its message, at the end of the error chain). Such a call is not re-sent (the caller had
+/// part of the answer), so it counts apart from `failed`: the server broke it.
+fn is_broken(r: &CallRecord) -> bool {
+    !r.is_ok()
+        && r.error()
+            .is_some_and(|e| e.contains("event stream interrupted"))
+}
+
+/// T: until the end of the last call, not counting the broken streams' (a stalled stream ends
+/// at the idle bound, 120 s after its last event: the server's stall, not the client's pace).
+fn elapsed(report: &Report) -> Duration {
+    if !report.records().iter().any(is_broken) {
+        return report.elapsed();
+    }
+    report
+        .records()
+        .iter()
+        .filter(|r| !is_broken(r))
+        .map(|r| r.finished())
+        .max()
+        .unwrap_or_default()
 }
 
 /// Runs `scenario` with `strategy` on a fresh paused current-thread runtime; `None` when the
@@ -465,8 +497,13 @@ fn run(scenario: &Scenario, strategy: &'static str) -> Option<Row> {
                 visitor.run?.await
             }
         };
+        let broken = report.records().iter().filter(|r| is_broken(r)).count();
         let mut failures: HashMap<String, usize> = HashMap::new();
-        for r in report.records().iter().filter(|r| !r.is_ok()) {
+        for r in report
+            .records()
+            .iter()
+            .filter(|r| !r.is_ok() && !is_broken(r))
+        {
             let reason = match (r.status(), r.error()) {
                 (Some(status), _) => format!("HTTP {}", status.as_u16()),
                 (None, Some(e)) => without_numbers(e),
@@ -483,11 +520,12 @@ fn run(scenario: &Scenario, strategy: &'static str) -> Option<Row> {
             scenario: scenario.name.clone(),
             strategy,
             ok: report.ok(),
-            failed: report.failed(),
+            failed: report.failed() - broken,
+            broken,
             attempts: counters.received(),
             r429: counters.rate_limited(),
             r529: counters.overloaded(),
-            elapsed: report.elapsed(),
+            elapsed: elapsed(&report),
             best,
             p50: percentile(&latencies, 0.50),
             p99: percentile(&latencies, 0.99),
@@ -679,10 +717,9 @@ fn named(check: bool) -> bool {
 fn run_sweep(check: bool, jobs: usize) -> bool {
     let started = std::time::Instant::now();
     let only_point = arg("--point");
-    // `--stream-share 0.3`: that share of every point's requests stream (none by default).
-    let stream_share = arg("--stream-share")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
+    // `--stream-share 0.3`: that share of every point's requests stream (drawn per point by
+    // default; `0`: no streams).
+    let stream_share = arg("--stream-share").and_then(|s| s.parse().ok());
     let points = sweep::points(stream_share);
     let next = AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Row>>> =
@@ -702,12 +739,13 @@ fn run_sweep(check: bool, jobs: usize) -> bool {
                     let row = run(&point.scenario, "ours");
                     if let Some(r) = &row {
                         eprintln!(
-                            "goodput: {} ok={} failed={} r429={} ratio={:.3}",
+                            "goodput: {} ok={} failed={} r429={} ratio={:.3} broken={}",
                             r.scenario,
                             r.ok,
                             r.failed,
                             r.r429,
-                            r.ratio()
+                            r.ratio(),
+                            r.broken
                         );
                     }
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = row;
@@ -724,7 +762,7 @@ fn run_sweep(check: bool, jobs: usize) -> bool {
         };
         println!(
             "goodput scenario={} strategy=ours ok={} failed={} attempts={} r429={} r529={} \
-             ratio={:.3} params={}",
+             ratio={:.3} params={} broken={}",
             r.scenario,
             r.ok,
             r.failed,
@@ -732,7 +770,8 @@ fn run_sweep(check: bool, jobs: usize) -> bool {
             r.r429,
             r.r529,
             r.ratio(),
-            point.params
+            point.params,
+            r.broken
         );
         rows.push((r, point.headerless, point.params));
     }
