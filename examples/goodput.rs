@@ -63,8 +63,8 @@ use http_body_util::{BodyExt, Full};
 use tower::timeout::Timeout;
 use tower::{Service, ServiceExt};
 use tower_llm_limits_sim::{
-    CallRecord, Fault, Faults, HeaderDialect, HeaderTiming, InputCounting, Limits, Report, SimApi,
-    Workload,
+    CallRecord, Fault, Faults, HeaderDialect, HeaderTiming, InputCounting, Limits,
+    OutputAccounting, Report, SimApi, Workload,
 };
 
 use peers::{BoxError, BoxFut, Req};
@@ -158,6 +158,8 @@ struct Server {
     latency: Option<(Duration, Duration)>,
     /// Share of requests answered 529, all along.
     overloaded: f64,
+    /// How the output bucket is charged (the sim's default: as produced).
+    accounting: OutputAccounting,
 }
 
 /// Request sizes of a workload.
@@ -241,7 +243,8 @@ impl Scenario {
             .header_timing(server.timing)
             .header_dialect(server.dialect)
             .input_counting(server.counting)
-            .other_clients(server.other_clients);
+            .other_clients(server.other_clients)
+            .output_accounting(server.accounting);
         if let Some((base, per_token)) = server.latency {
             builder = builder.latency(base, per_token);
         }

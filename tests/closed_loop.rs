@@ -428,3 +428,45 @@ async fn join_all<F: std::future::Future<Output = ()> + Unpin>(mut futures: Vec<
     })
     .await
 }
+
+/// Anthropic counts output as it is produced: `max_tokens` does not count against the output
+/// limit, so a `max_tokens` above it (Tier 1's 8,000 OTPM, a common `max_tokens` of 16,000) is
+/// admitted by the server. Once the readings show the server counts that way, the limiter
+/// reserves the output the key's answers are learned to use, not `max_tokens`: 20 calls of 400
+/// output tokens (8,000 in all, a minute of the bucket) finish in about that minute, where
+/// reserving `max_tokens` would fail each call up front (or, holding a full bucket per call,
+/// take twenty).
+#[tokio::test(start_paused = true)]
+async fn max_tokens_above_the_output_limit_is_not_reserved_when_output_is_counted_as_produced() {
+    use tower_llm_limits::preset;
+    use tower_llm_limits_sim as sim;
+    let api = sim::SimApi::builder()
+        .model(KEY, sim::Limits::per_minute(50, 30_000, 8_000))
+        .seed(1)
+        .build();
+    let client = ServiceBuilder::new()
+        .layer(preset::anthropic())
+        .service(api.clone());
+    let start = Instant::now();
+    let calls = (0..4).map(|_| {
+        let client = client.clone();
+        Box::pin(async move {
+            for _ in 0..5 {
+                let body = sim::message_body(KEY, 1_000, 16_000, 400);
+                let req = Request::post("https://api.anthropic.com/v1/messages")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .unwrap();
+                let response = client.clone().oneshot(req).await.expect("call");
+                assert_eq!(response.status(), 200);
+                response.into_body().collect().await.unwrap();
+            }
+        })
+    });
+    join_all(calls.collect()).await;
+    let counters = api.counters();
+    assert_eq!(counters.ok(), 20);
+    assert_eq!(counters.rate_limited(), 0, "429s");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+}

@@ -1,5 +1,5 @@
 //! The robustness sweep: seeded server behaviours drawn across everything the simulated API can
-//! be (when headers are computed, their dialect, how input is counted, output shares, other
+//! be (when headers are computed, their dialect, how input and output are counted, output shares, other
 //! clients, limits of several tiers, latency, 529s, concurrency, workload size), each run with
 //! `ours` only, and the targets `--check` holds every point to.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tower_llm_limits_sim::Dimension;
 use tower_llm_limits_sim::{Fault, Faults, StreamBreak};
-use tower_llm_limits_sim::{HeaderDialect, HeaderTiming, InputCounting};
+use tower_llm_limits_sim::{HeaderDialect, HeaderTiming, InputCounting, OutputAccounting};
 
 use super::{Model, Row, SONNET, Scenario, Server, Sizes};
 
@@ -17,6 +17,12 @@ pub const HEADER_POINTS: usize = 64;
 pub const HEADERLESS_POINTS: usize = 8;
 /// The seed of the draws.
 const SWEEP_SEED: u64 = 0x5eed_0017;
+/// The seed of each point's output accounting, drawn apart from the other draws (added after
+/// them: the points' other parameters stay what they were).
+const ACCOUNTING_SEED: u64 = 0x5eed_0a11;
+/// The share of points whose server reserves `max_tokens` at admission (the older documented
+/// accounting); the others charge output as produced (the current one).
+const RESERVE_SHARE: f64 = 1.0 / 3.0;
 
 /// Targets of a point with rate-limit headers: no failed call, 429s under 1 % of attempts,
 /// T*/T at least 0.95; the median T*/T of those points at least 0.97.
@@ -133,6 +139,7 @@ pub fn points(stream_share: Option<f64>) -> Vec<Point> {
         .build()
         .expect("runtime");
     let mut rng = fastrand::Rng::with_seed(SWEEP_SEED);
+    let mut accounting_rng = fastrand::Rng::with_seed(ACCOUNTING_SEED);
     (0..HEADER_POINTS + HEADERLESS_POINTS)
         .map(|i| {
             let headerless = i >= HEADER_POINTS;
@@ -181,6 +188,11 @@ pub fn points(stream_share: Option<f64>) -> Vec<Point> {
             let callers = rng.usize(8..=64);
             let requests = rng.usize(200..=600);
             let streams = streams(i, stream_share);
+            let accounting = if accounting_rng.f64() < RESERVE_SHARE {
+                OutputAccounting::ReserveMaxTokens
+            } else {
+                OutputAccounting::AsProduced
+            };
 
             let server = Server {
                 timing,
@@ -189,6 +201,7 @@ pub fn points(stream_share: Option<f64>) -> Vec<Point> {
                 other_clients: others,
                 latency: Some((base, per_token)),
                 overloaded: r529,
+                accounting,
             };
             // The prompts: a range drawn around the tier's (the smallest from 1 to 3 times its
             // smallest, the largest from 0.75 to 1.5 times its largest).
@@ -308,6 +321,9 @@ pub fn points(stream_share: Option<f64>) -> Vec<Point> {
                 concurrency.as_secs_f64(),
                 queue(refill).as_secs_f64(),
             );
+            if accounting == OutputAccounting::ReserveMaxTokens {
+                params.push_str(",accounting:reserve");
+            }
             if streams.share > 0.0 {
                 params.push_str(&format!(
                     ",streams:{:.2},broken:{:.3}",

@@ -172,6 +172,20 @@
 //! limit, OpenAI's `tokens`, a gateway that reports only `tokens`) it is a combined bucket
 //! charged input + output.
 //!
+//! **How the server charges output is learned too.** Anthropic's current documentation counts
+//! output as it is produced (`max_tokens` does not count against the output limit); an older
+//! version reserved `max_tokens` at admission, and gateways may still. A key starts by
+//! reserving `max_tokens` for each request in flight — safe under both — but never more than
+//! the whole bucket, so a `max_tokens` above the output limit (16,000 against Tier 1's 8,000 a
+//! minute) waits for a full bucket and goes rather than failing. Proof that the server counts
+//! output as produced — a request whose `max_tokens` exceeds the limit was answered, or a
+//! reading showing less used than this key's own `max_tokens` in flight would hold under the
+//! older accounting — switches its requests to reserving the high quantile of the share of
+//! `max_tokens` its answers use; proof of the older accounting (a 429 with room for the request
+//! but not for its `max_tokens`) switches them back, and then a `max_tokens` above the limit
+//! fails at once with [`CostExceedsLimit`](error::CostExceedsLimit).
+//! [`KeySnapshot::output_counted_as_produced`] says what a key learned.
+//!
 //! **Implausible readings are dropped**, each field on its own: a limit of 0, a `remaining`
 //! above the limit, a reset further ahead than the bucket's window (plus 5 s) — which is also
 //! what a `date` years off produces. Fixed-window dialects (IETF, GitHub): the reset is the end of

@@ -106,10 +106,12 @@ pub(super) struct KeyState {
     pub(super) known_output: u64,
     /// Cumulative reservation of finished requests whose output is unknown.
     pub(super) unknown_reserved: u64,
-    /// The share of its reservation a request produces (1.0 until learned), from `usage` or,
+    /// The share of its `max_tokens` a request produces (1.0 until learned), from `usage` or,
     /// while no answer carried one, from successive output readings: a finished request whose
     /// output is unknown is taken to have charged its high quantile.
     pub(super) output: Ratio,
+    /// How the server charges output (`max_tokens` at admission, or as produced), learned.
+    pub(super) accounting: Accounting,
     pub(super) output_anchor: Option<OutputAnchor>,
     pub(super) in_flight: usize,
     pub(super) queue: BTreeMap<(usize, u64), Waiter>,
@@ -200,6 +202,22 @@ pub(crate) struct Record {
     pub(super) raw: u64,
     /// Whether the caller gave the cost (then it is not an estimate to learn from).
     pub(super) exact: bool,
+    /// The request's `max_tokens` (its output charge is [`KeyState::reservation`] of it).
+    pub(super) max_output: u64,
+    /// What each accounting shadow had used right after this request was sent.
+    pub(super) shadow_used: [Option<u64>; 4],
+}
+
+impl Record {
+    /// The charge with the output at the request's `max_tokens`.
+    pub(super) fn nominal(&self) -> Charge {
+        let mut c = self.charge;
+        c[OUT] = self.max_output;
+        c[TOK] = c[TOK]
+            .saturating_sub(self.charge[OUT])
+            .saturating_add(self.max_output);
+        c
+    }
 }
 
 /// An answered request whose body may still bring its `usage`: what its head settled.
@@ -210,7 +228,7 @@ pub(crate) struct Awaiting {
     pub(super) raw: u64,
     pub(super) exact: bool,
     pub(super) output_settled: u64,
-    pub(super) output_reserved: u64,
+    pub(super) max_output: u64,
     /// Whether the input usage already settled the input (and taught the input ratio).
     pub(super) input_settled: bool,
 }
@@ -300,12 +318,13 @@ impl KeyState {
     }
 
     pub(super) fn check(&self, charge: &Charge, now: Instant) -> Check {
+        let reserved = self.reservation(charge);
         for d in Dimension::ALL {
             if let Some(b) = self.buckets.get(d)
-                && charge[d.index()] > b.capacity()
+                && reserved[d.index()] > b.capacity()
                 && !self.recheck_limit(d, now)
             {
-                return Check::Never(CostExceedsLimit::new(d, charge[d.index()], b.capacity()));
+                return Check::Never(CostExceedsLimit::new(d, reserved[d.index()], b.capacity()));
             }
         }
         if self.probing() || self.held_back() {
@@ -349,13 +368,15 @@ impl KeyState {
         Some(until.min(add(since, RECHECK_INTERVAL)))
     }
 
-    /// The instant `charge` fits after `ahead` (queued charge before it) is admitted.
+    /// The instant `charge` (output at `max_tokens`) fits after `ahead` (queued charge before
+    /// it) is admitted.
     pub(super) fn ready_at(
         &self,
         charge: &Charge,
         ahead: Option<&Charge>,
         now: Instant,
     ) -> (Instant, Option<Dimension>) {
+        let charge = &self.reservation(charge);
         // A store still reading what the fleet knows (a process joining): nothing goes yet.
         let mut at = self.buckets.loading(now).map_or(now, |t| t.max(now));
         let mut dim = None;
@@ -452,7 +473,8 @@ impl KeyState {
         self.ready_at(charge, Some(&ahead), now)
     }
 
-    pub(super) fn admit(&mut self, charge: Charge, raw: u64, exact: bool, now: Instant) -> Record {
+    pub(super) fn admit(&mut self, nominal: Charge, raw: u64, exact: bool, now: Instant) -> Record {
+        let charge = self.reservation(&nominal);
         // A request that goes while a cooldown holds the key, or whose cost exceeds a limit, is
         // the re-check: the next one waits another interval.
         let cooling = self.cooldown_until.is_some_and(|c| c > now);
@@ -505,6 +527,7 @@ impl KeyState {
         self.dispatch_seq += 1;
         self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
         self.in_flight += 1;
+        let shadow_used = self.accounting.sent(nominal[OUT], now);
         let probe = !self.any_bucket() && self.probe != Probe::Unlimited;
         if probe {
             self.probe = Probe::InFlight;
@@ -522,6 +545,8 @@ impl KeyState {
             probe,
             raw,
             exact,
+            max_output: nominal[OUT],
+            shadow_used,
         }
     }
 
@@ -559,7 +584,8 @@ impl KeyState {
     }
 
     /// The request is no longer in flight; the server may have charged `output` for it.
-    pub(super) fn finish(&mut self, record: &Record, output: u64) {
+    pub(super) fn finish(&mut self, record: &Record, output: u64, now: Instant) {
+        self.accounting.ended(record.max_output, now);
         self.in_flight = self.in_flight.saturating_sub(1);
         self.outstanding_output = self.outstanding_output.saturating_sub(record.charge[OUT]);
         self.completed_output = self.completed_output.saturating_add(output);
@@ -568,7 +594,7 @@ impl KeyState {
     /// Gives back the output reserved by a request that will never report (an error, or a
     /// future dropped while the call was in flight).
     pub(super) fn release_output(&mut self, record: &Record, now: Instant) {
-        self.finish(record, 0);
+        self.finish(record, 0, now);
         let out = record.charge[OUT];
         self.refund(&[OUT, TOK], &[0, 0, out, out], now);
         if record.probe {
@@ -623,7 +649,7 @@ impl KeyState {
     /// Gives back everything a request charged (admitted but never sent).
     pub(super) fn unadmit(&mut self, record: &Record, now: Instant) {
         self.unhold(record);
-        self.finish(record, 0);
+        self.finish(record, 0, now);
         self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
         self.note_refund(record);
         if record.probe {

@@ -68,26 +68,31 @@ impl KeyState {
         }
         // What the server charged (or will charge) for this request's output: nothing when it
         // refused it or failed (no answer was produced), the true figure when a `Usage` says,
-        // else the high quantile of the learned share of the reservation.
+        // else the high quantile of the learned share of its `max_tokens`.
         let success = outcome.is_success();
         let reserved = record.charge[OUT];
+        let max = record.max_output;
         let own_output = match (success, usage) {
             (false, _) => 0,
-            (true, Some(u)) => u.output_tokens().min(reserved),
-            (true, None) => ((reserved as f64 * self.output.high()).ceil() as u64).min(reserved),
+            (true, Some(u)) => u.output_tokens().min(max),
+            (true, None) => ((max as f64 * self.output.high()).ceil() as u64).min(max),
         };
         if !success || usage.is_some() {
             self.known_output = self.known_output.saturating_add(own_output);
         } else {
-            self.unknown_reserved = self.unknown_reserved.saturating_add(reserved);
+            self.unknown_reserved = self.unknown_reserved.saturating_add(max);
         }
-        self.finish(record, own_output);
-        if !limited {
+        self.finish(record, own_output, now);
+        if limited {
+            if self.accounting.refused(snapshot, record) {
+                tracing::info!(key = %key, counting = ?self.accounting.counting,
+                    "rate limit: the refusal shows how the server counts output");
+            }
+        } else {
             // Settle the reservation at once, before the reading is compared (neither
             // accounting charges the unused part of `max_tokens` for long); the body's `usage`
             // or the next readings correct what this leaves.
-            let back = reserved - own_output;
-            self.refund(&[OUT, TOK], &[0, 0, back, back], now);
+            self.move_charge(OUT, reserved, own_output, now);
         }
         if success {
             let mut awaiting = Awaiting {
@@ -96,7 +101,7 @@ impl KeyState {
                 raw: record.raw,
                 exact: record.exact,
                 output_settled: own_output,
-                output_reserved: reserved,
+                max_output: max,
                 input_settled: false,
             };
             match usage {
@@ -155,6 +160,15 @@ impl KeyState {
                 );
             }
         }
+        if success
+            && self
+                .accounting
+                .answered(record.max_output, self.learned.map(|l| l.map(|l| l.0)))
+        {
+            tracing::info!(key = %key, max_tokens = record.max_output,
+                "rate limit: a max_tokens above the output limit was answered: the server counts \
+                 output as produced; reserving what answers use instead of max_tokens");
+        }
         // A retry of a refused request is held until the key may send again — unless the server
         // asked for longer than the re-check: then the retry honours the server's wait itself
         // (the SDKs' rule), while the key's other requests re-check.
@@ -167,7 +181,7 @@ impl KeyState {
             });
             self.tighten(key, record, snapshot, lowered, now);
             let asked = outcome.retry_after().unwrap_or_default();
-            (asked <= RECHECK_INTERVAL).then(|| self.ready_at(&record.charge, None, now).0)
+            (asked <= RECHECK_INTERVAL).then(|| self.ready_at(&record.nominal(), None, now).0)
         } else {
             None
         };
@@ -269,6 +283,20 @@ impl KeyState {
         } else {
             0
         };
+        if matches!(d, Dimension::OutputTokens | Dimension::Tokens)
+            && let Some(r) = remaining
+        {
+            let used = server_cap.saturating_sub(r);
+            let at_dispatch = record.shadow_used[i];
+            if self
+                .accounting
+                .reading(i, server_cap, server_window, used, tol, at_dispatch, now)
+            {
+                tracing::info!(key = %key, dimension = d.as_str(), server_remaining = r,
+                    "rate limit: the server counts output as produced; reserving what answers \
+                     use instead of max_tokens");
+            }
+        }
         // `remaining` is the level right after the server charged this request, at an instant
         // the providers do not document: when it admitted the request (about our dispatch) or
         // when it sent the answer (our receipt, which for a long generation is seconds and
@@ -546,11 +574,11 @@ impl KeyState {
         self.usage_seen = true;
         self.settle_input(key, &mut a, usage.input_tokens(), now);
         // Output: the true figure replaces what the head settled.
-        let output = usage.output_tokens().min(a.output_reserved);
+        let output = usage.output_tokens().min(a.max_output);
         self.adjust(OUT, a.output_settled, output, now);
-        if a.output_reserved > 0 {
+        if a.max_output > 0 {
             self.output
-                .observe(output.max(1) as f64 / a.output_reserved as f64);
+                .observe(output.max(1) as f64 / a.max_output as f64);
         }
     }
 
@@ -581,8 +609,18 @@ impl KeyState {
         }
     }
 
-    /// Moves dimension `i` (and the combined tokens) from a charge of `was` to `is`.
+    /// Moves dimension `i` (and the combined tokens) from a charge of `was` to `is`, and counts
+    /// a larger output as completed.
     fn adjust(&mut self, i: usize, was: u64, is: u64, now: Instant) {
+        self.move_charge(i, was, is, now);
+        if i == OUT {
+            self.completed_output = self.completed_output.saturating_add(is.saturating_sub(was));
+        }
+    }
+
+    /// Moves the buckets of dimension `i` (and the combined tokens) from a charge of `was` to
+    /// `is`.
+    fn move_charge(&mut self, i: usize, was: u64, is: u64, now: Instant) {
         let dims = [i, TOK];
         if is > was {
             let more = is - was;
@@ -602,9 +640,6 @@ impl KeyState {
             amounts[i] = back;
             amounts[TOK] = back;
             self.refund(&dims, &amounts, now);
-        }
-        if i == OUT {
-            self.completed_output = self.completed_output.saturating_add(is.saturating_sub(was));
         }
     }
 

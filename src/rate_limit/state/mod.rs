@@ -6,6 +6,7 @@
 //! - `ticket`: a request's place, from queued to answered;
 //! - `snapshot`: what the limiter shows of a key.
 
+mod accounting;
 mod feedback;
 mod key;
 mod learn;
@@ -15,6 +16,7 @@ mod snapshot;
 mod tests;
 mod ticket;
 
+use accounting::{Accounting, OutputCounting};
 #[cfg(feature = "redis")]
 pub(crate) use feedback::MARGIN_DECAY;
 use feedback::{ACCEPTED_WINDOW, Margin, Others, Ratio, Recent, SLOW_START_END, Throttle};
@@ -311,6 +313,7 @@ impl RateLimitState {
                 known_output: 0,
                 unknown_reserved: 0,
                 output: Ratio::new(1.0, 0.0, OUTPUT_SHARE_MIN, 1.0),
+                accounting: Accounting::default(),
                 output_anchor: None,
                 in_flight: 0,
                 queue: BTreeMap::new(),

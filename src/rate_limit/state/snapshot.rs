@@ -30,6 +30,11 @@ impl KeyCell {
             input_correction: st.input.mean(),
             input_reservation: st.input.high(),
             output_share: st.output.mean(),
+            output_counted_as_produced: match st.accounting.counting {
+                OutputCounting::Unknown => None,
+                OutputCounting::AsProduced => Some(true),
+                OutputCounting::Reserved => Some(false),
+            },
             throttle_rate: st
                 .throttle
                 .as_ref()
@@ -56,6 +61,7 @@ pub struct KeySnapshot {
     pub(super) input_correction: f64,
     pub(super) input_reservation: f64,
     pub(super) output_share: f64,
+    pub(super) output_counted_as_produced: Option<bool>,
     pub(super) throttle_rate: Option<f64>,
 }
 
@@ -126,6 +132,14 @@ impl KeySnapshot {
     /// carries no [`Usage`] (1.0 until learned).
     pub fn output_share(&self) -> f64 {
         self.output_share
+    }
+
+    /// What the key learned of how its server charges output: `Some(true)` counted as
+    /// produced (requests in flight reserve the share of `max_tokens` answers use),
+    /// `Some(false)` `max_tokens` reserved at admission, `None` not known yet (`max_tokens` is
+    /// reserved, at most the whole bucket). See the rate limiter's "Output accounting" docs.
+    pub fn output_counted_as_produced(&self) -> Option<bool> {
+        self.output_counted_as_produced
     }
 }
 

@@ -352,3 +352,80 @@ async fn output_share_is_learned() {
         assert!(range.contains(&share), "produced {produced}: share {share}");
     }
 }
+
+/// A server counting output as produced shows less used than the `max_tokens` in flight:
+/// impossible under a reservation at admission.
+#[tokio::test(start_paused = true)]
+async fn a_reading_below_the_max_tokens_in_flight_proves_output_counted_as_produced() {
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    let counted = |state: &RateLimitState| {
+        state
+            .key_snapshot(&key())
+            .unwrap()
+            .output_counted_as_produced()
+    };
+    let full = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+    let mut a = send(&state, Cost::new(1, 0, 2_000), true);
+    reply(&mut a, &full, Outcome::success());
+    assert_eq!(counted(&state), None);
+    // Two requests of 2,000 in flight; the server, read at either instant, has used none.
+    let mut b = send(&state, Cost::new(1, 0, 2_000), true);
+    let _c = send(&state, Cost::new(1, 0, 2_000), true);
+    reply(&mut b, &full, Outcome::success());
+    assert_eq!(counted(&state), Some(true));
+}
+
+/// Under a reservation at admission the same readings show the `max_tokens` in flight used:
+/// nothing is proved.
+#[tokio::test(start_paused = true)]
+async fn readings_that_hold_the_max_tokens_in_flight_prove_nothing() {
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    let mut a = send(&state, Cost::new(1, 0, 2_000), true);
+    let first =
+        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 6_000));
+    reply(&mut a, &first, Outcome::success());
+    let mut b = send(&state, Cost::new(1, 0, 2_000), true);
+    let _c = send(&state, Cost::new(1, 0, 2_000), true);
+    // Read at b's admission: a's 2,000 came back, b's are held.
+    let second =
+        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 6_000));
+    reply(&mut b, &second, Outcome::success());
+    let snapshot = state.key_snapshot(&key()).unwrap();
+    assert_eq!(snapshot.output_counted_as_produced(), None);
+}
+
+/// A 429 with room for the request's input and one output token but not for its
+/// `max_tokens` proves a reservation at admission: a `max_tokens` above the output limit then
+/// fails at once, where before it waited for a full bucket.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_with_room_but_not_for_max_tokens_proves_a_reservation() {
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    let mut big = state
+        .enter(
+            &key(),
+            Cost::new(1, 0, 9_000),
+            true,
+            Priority::Interactive,
+            None,
+            None,
+        )
+        .unwrap();
+    assert!(big.is_admitted(), "at most the whole bucket is reserved");
+    big.dispatched();
+    let refused =
+        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 6_000));
+    reply(&mut big, &refused, Outcome::new(OutcomeKind::RateLimited));
+    let snapshot = state.key_snapshot(&key()).unwrap();
+    assert_eq!(snapshot.output_counted_as_produced(), Some(false));
+    let e = state
+        .enter(
+            &key(),
+            Cost::new(1, 0, 9_000),
+            true,
+            Priority::Interactive,
+            None,
+            None,
+        )
+        .unwrap_err();
+    assert!(e.is::<CostExceedsLimit>(), "{e}");
+}

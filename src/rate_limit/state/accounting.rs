@@ -1,0 +1,218 @@
+//! How the server charges output: `max_tokens` reserved at admission, or the output counted as
+//! it is produced. Learned per key from the readings, since providers document both.
+//!
+//! Anthropic's current documentation counts output tokens as they are produced: `max_tokens`
+//! does not count against the output limit, and a request is admitted while the bucket is not
+//! in debt. An older version estimated output from `max_tokens` at admission, and gateways may
+//! still do so. Reserving `max_tokens` for every request in flight is safe under both, and costly
+//! under the first: a `max_tokens` of 16,000 against Tier 1's 8,000 output tokens per minute
+//! could never be admitted, and a request whose answer uses a tenth of its `max_tokens` holds ten
+//! times its share of the bucket while in flight.
+//!
+//! So a key starts by reserving `max_tokens` (never more than the whole bucket: a larger one
+//! waits for a full bucket and goes), and watches for proof that its server does not:
+//!
+//! - **Counted as produced** once a request whose `max_tokens` exceeds the output limit is
+//!   answered, or once a reading shows the server holds less in reserve than this
+//!   key's own requests in flight would under the older accounting. A *shadow* bucket per
+//!   output reading charges each request's `max_tokens` when it is sent and gives it all back
+//!   when it ends; it ignores other clients and what answers produced, so under the older
+//!   accounting the server has used at least as much as the shadow (less its readings'
+//!   rounding and answers on their way). A reading that has used less by more than that is
+//!   impossible under it. Reservations then cover the high quantile of the share of
+//!   `max_tokens` this key's answers use (learned from `usage`), and each is settled to the
+//!   true figure when the answer comes.
+//! - **Reserved at admission** once a 429 shows every bucket with room for the request with its
+//!   output counted as produced, but not with its `max_tokens`: then `max_tokens` is reserved
+//!   again, and a request whose `max_tokens` exceeds the output limit fails at once with
+//!   `CostExceedsLimit`. A refusal of the output bucket that proves neither (it read empty)
+//!   sends the key back to reserving `max_tokens` until new proof comes, one more proof needed
+//!   each time, so a server that keeps contradicting the belief ends up reserving.
+
+use super::*;
+
+/// How many output usages a key learns before reserving their share instead of `max_tokens`.
+const SHARE_SAMPLES: u32 = 3;
+/// What answers on their way may have given back at the server before their readings reach us,
+/// as a share of the bucket, on top of the readings' rounding.
+const SHADOW_SLACK: f64 = 0.05;
+
+/// What a key believes of its server's output accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum OutputCounting {
+    /// No proof either way: reserve `max_tokens`, at most the whole bucket.
+    #[default]
+    Unknown,
+    /// Output is counted as produced: reserve its expected share.
+    AsProduced,
+    /// `max_tokens` is reserved at admission: reserve it, and fail what can never fit.
+    Reserved,
+}
+
+/// The output accounting a key has learned, and the evidence for it.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Accounting {
+    pub(super) counting: OutputCounting,
+    /// Readings that proved output counted as produced since the belief last fell back.
+    proofs: u32,
+    /// Times the belief fell back: that many proofs (plus one) are needed again.
+    fallbacks: u32,
+    /// Per dimension read (output, or a combined tokens bucket): `max_tokens` of the requests in
+    /// flight, refilled at the server's rate.
+    shadow: [Option<Bucket>; 4],
+}
+
+impl Accounting {
+    /// The dimensions whose readings test the accounting.
+    const DIMS: [usize; 2] = [OUT, TOK];
+
+    /// Charges a request's `max_tokens` to the shadows; returns what each had used after it.
+    pub(super) fn sent(&mut self, max_output: u64, now: Instant) -> [Option<u64>; 4] {
+        let mut used = [None; 4];
+        for i in Self::DIMS {
+            if let Some(s) = &mut self.shadow[i] {
+                s.charge(max_output, now);
+                used[i] = Some(s.span_units(s.full_at().saturating_duration_since(now)));
+            }
+        }
+        used
+    }
+
+    /// A request ended (answered, refused, failed or dropped): its `max_tokens` is no longer
+    /// held under either accounting.
+    pub(super) fn ended(&mut self, max_output: u64, now: Instant) {
+        for s in self.shadow.iter_mut().flatten() {
+            s.refund(max_output, now);
+        }
+    }
+
+    /// A reading of dimension `i` (output or combined tokens): `used` units of a bucket of
+    /// `capacity` per `window`, give or take `tol`. `at_dispatch` is what the shadow had used
+    /// right after the request was sent (a reading taken at admission), the shadow's level now
+    /// stands for one taken at the answer. Returns whether this reading changed the belief.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reading(
+        &mut self,
+        i: usize,
+        capacity: u64,
+        window: Duration,
+        used: u64,
+        tol: u64,
+        at_dispatch: Option<u64>,
+        now: Instant,
+    ) -> bool {
+        let Some(shadow) = &mut self.shadow[i] else {
+            self.shadow[i] = Some(Bucket::new(capacity, window, now));
+            return false;
+        };
+        if (shadow.capacity(), shadow.window()) != (capacity, window) {
+            shadow.resize(capacity, window, now);
+        }
+        if self.counting != OutputCounting::Unknown {
+            return false;
+        }
+        // The reading was taken at admission or at the answer: it must contradict both. A
+        // request sent before the shadow existed cannot be judged at admission.
+        let Some(at_dispatch) = at_dispatch else {
+            return false;
+        };
+        let now_used = shadow.span_units(shadow.full_at().saturating_duration_since(now));
+        let least = at_dispatch.min(now_used);
+        let slack = tol.saturating_add((capacity as f64 * SHADOW_SLACK) as u64);
+        if least <= used.saturating_add(slack) {
+            return false;
+        }
+        self.proofs += 1;
+        if self.proofs > self.fallbacks {
+            self.counting = OutputCounting::AsProduced;
+            return true;
+        }
+        false
+    }
+
+    /// A request whose `max_tokens` exceeds the output limit the server reports (or its combined
+    /// tokens limit) was answered: only a server counting output as produced admits it.
+    /// Returns whether the belief changed.
+    pub(super) fn answered(&mut self, max_output: u64, limits: [Option<u64>; 4]) -> bool {
+        let beyond = Self::DIMS
+            .iter()
+            .any(|&i| limits[i].is_some_and(|l| max_output > l));
+        if beyond && self.counting != OutputCounting::AsProduced {
+            self.counting = OutputCounting::AsProduced;
+            return true;
+        }
+        false
+    }
+
+    /// A 429 whose readings leave every bucket room for the request with its output counted as
+    /// produced (one token) but not with its `max_tokens`: proof of a reservation at admission.
+    /// A refusal by the output bucket that proves nothing while output is believed counted as
+    /// produced sends the belief back to unknown. Returns whether the belief changed.
+    pub(super) fn refused(&mut self, snapshot: &RateLimitSnapshot, record: &Record) -> bool {
+        if self.counting == OutputCounting::Reserved {
+            return false;
+        }
+        let tol = if snapshot.dialect() == Some(Dialect::Anthropic) {
+            TOKENS_REMAINING_TOLERANCE
+        } else {
+            0
+        };
+        let input = record.charge[IN];
+        let room = |d: Dimension, need: u64| {
+            snapshot
+                .get(d)
+                .and_then(BucketReading::remaining)
+                .map(|r| r >= need.saturating_add(if d == Dimension::Requests { 0 } else { tol }))
+        };
+        let max = record.max_output;
+        let (output_dim, other) = if snapshot.get(Dimension::OutputTokens).is_some() {
+            (Dimension::OutputTokens, 0)
+        } else {
+            (Dimension::Tokens, input)
+        };
+        let fits_produced = room(output_dim, other.saturating_add(1));
+        let fits_reserved = room(output_dim, other.saturating_add(max));
+        let others_fit = room(Dimension::Requests, 1) != Some(false)
+            && (output_dim == Dimension::Tokens
+                || room(Dimension::InputTokens, input) != Some(false));
+        if others_fit && fits_produced == Some(true) && fits_reserved == Some(false) {
+            self.counting = OutputCounting::Reserved;
+            return true;
+        }
+        if self.counting == OutputCounting::AsProduced && fits_produced == Some(false) {
+            self.counting = OutputCounting::Unknown;
+            self.proofs = 0;
+            self.fallbacks = self.fallbacks.saturating_add(1);
+            return true;
+        }
+        false
+    }
+}
+
+impl KeyState {
+    /// What a request whose nominal charge is `nominal` (output at its `max_tokens`) reserves
+    /// under what the key knows of its server's output accounting.
+    pub(super) fn reservation(&self, nominal: &Charge) -> Charge {
+        let max = nominal[OUT];
+        let input = nominal[TOK].saturating_sub(max);
+        let counting = self.accounting.counting;
+        let mut out =
+            if counting == OutputCounting::AsProduced && self.output.samples() >= SHARE_SAMPLES {
+                ((max as f64 * self.output.high()).ceil() as u64).clamp(max.min(1), max)
+            } else {
+                max
+            };
+        if counting != OutputCounting::Reserved {
+            // Never more than the whole bucket: the server admits it once it is not in debt
+            // (or, reserving, proves it with a refusal).
+            let cap = |d: Dimension| self.buckets.get(d).map(|b| b.capacity());
+            if let Some(c) = cap(Dimension::OutputTokens) {
+                out = out.min(c);
+            }
+            if let Some(c) = cap(Dimension::Tokens) {
+                out = out.min(c.saturating_sub(input));
+            }
+        }
+        [nominal[REQ], nominal[IN], out, input.saturating_add(out)]
+    }
+}
