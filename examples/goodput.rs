@@ -7,6 +7,7 @@
 //! cargo run --release --example goodput -- --strategy ours       # one strategy
 //! cargo run --release --example goodput -- --check                # exit 1 if `ours` misses a target
 //! cargo run --release --example goodput -- --sweep --check        # the robustness sweep only
+//! cargo run --release --example goodput -- --sweep --streams      # the sweep with streams
 //! cargo run --release --example goodput -- --all --check          # the scenarios, then the sweep
 //! ```
 //!
@@ -35,6 +36,15 @@
 //! to 0 failed calls, under 5 % throttled and T*/T ≥ 0.85; `--min-ratio R` replaces the 0.95
 //! (CI passes 0.90 while one point misses 0.95, see BENCHMARKS.md). T* counts what the server
 //! charges (its input counting, its combined bucket, the budget other clients leave).
+//!
+//! Streams in the sweep: `--streams` makes each point draw its streaming mix from a seed of its
+//! own (0–60 % of its requests stream; 0–5 % of those the server breaks after 1–8 events, in
+//! equal parts an in-stream `overloaded_error`, a dropped connection and a stall), `--stream-share
+//! S` gives every point that share (with the same breaks); without either, nothing streams. A
+//! stream broken after the caller had part of it ends in `StreamInterrupted` and is not re-sent:
+//! the server broke the call, so it counts as `broken=` (at the end of the line), not `failed=`,
+//! and T ends with the last call that was not broken (a stalled stream ends at the 120 s idle
+//! bound, not at the client's pace).
 //!
 //! Give-up rules, the same for all: a call ends when its strategy returns (a response, 429s and
 //! 529s included, or an error); a call is `ok` only when it ends with a 2xx. Every strategy runs
@@ -720,9 +730,13 @@ fn named(check: bool) -> bool {
 fn run_sweep(check: bool, jobs: usize) -> bool {
     let started = std::time::Instant::now();
     let only_point = arg("--point");
-    // `--stream-share 0.3`: that share of every point's requests stream (drawn per point by
-    // default; `0`: no streams).
-    let stream_share = arg("--stream-share").and_then(|s| s.parse().ok());
+    // `--streams`: each point draws its streaming mix (streams and broken streams);
+    // `--stream-share 0.3`: that share of every point's requests stream. Neither: no streams.
+    let stream_share = match arg("--stream-share").and_then(|s| s.parse().ok()) {
+        Some(share) => Some(share),
+        None if std::env::args().any(|a| a == "--streams") => None,
+        None => Some(0.0),
+    };
     let points = sweep::points(stream_share);
     let next = AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Row>>> =

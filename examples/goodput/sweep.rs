@@ -478,9 +478,11 @@ pub fn summarise(rows: &[(Row, bool, String)], min_ratio: Option<f64>) -> Vec<St
         println!(
             "sweep {label}: {} points, {any} miss a target: {failing} with failed calls, \
              {refused} with ≥ {:.0} % of attempts 429, {slow} with T*/T < {min_ratio}; \
-             median T*/T {median_ratio:.3}",
+             median T*/T {median_ratio:.3}; {} calls broken by the server (streams, not \
+             counted as failed)",
             group.len(),
-            100.0 * max_429
+            100.0 * max_429,
+            group.iter().map(|(r, _, _)| r.broken).sum::<usize>()
         );
         let worst = |key: &dyn Fn(&Row) -> f64, what: &str, all: bool| {
             let worst = group
