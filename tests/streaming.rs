@@ -258,6 +258,59 @@ async fn complete_streams_count_as_successes_and_settle_usage_exactly() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_input_is_settled_at_message_start_while_the_stream_runs() {
+    const PING: &str = "event: ping\ndata: {\"type\": \"ping\"}\n\n";
+    // `message_start` first (read before the head goes on), or after a ping (read as it passes).
+    for ping_first in [false, true] {
+        let server = Server::new(move |_| {
+            let mut steps = complete();
+            if ping_first {
+                steps.insert(0, Step::Data(PING));
+            }
+            // The output comes much later: the stream is still running when the input settles.
+            steps.insert(4, Step::Wait(Duration::from_secs(30)));
+            steps
+        });
+        let layer = layer();
+        let client = ServiceBuilder::new().layer(layer.clone()).service(server);
+        let input = || {
+            layer
+                .snapshot()
+                .rate_limit(MODEL)
+                .unwrap()
+                .bucket(Dimension::InputTokens)
+                .unwrap()
+                .level()
+        };
+        let output = || {
+            layer
+                .snapshot()
+                .rate_limit(MODEL)
+                .unwrap()
+                .bucket(Dimension::OutputTokens)
+                .unwrap()
+                .level()
+        };
+        let response = client.oneshot(request()).await.unwrap();
+        let mut body = response.into_body();
+        // Up to the end of `message_start` (the clock has not moved: no refill).
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("\"input_tokens\":1234") {
+            let frame = body.frame().await.unwrap().unwrap();
+            seen.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(
+            input(),
+            1_000_000 - 1_234,
+            "ping first: {ping_first}: the server's input count, not the estimate"
+        );
+        assert_ne!(output(), 100_000 - 321, "the output is not known yet");
+        let (_, error) = drain(body).await;
+        assert!(error.is_none(), "{error:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn pauses_shorter_than_the_idle_bound_are_not_a_stall() {
     let pause = tower_llm_limits::signals::DEFAULT_STREAM_IDLE_TIMEOUT - Duration::from_secs(1);
     let server = Server::new(move |_| {
@@ -613,5 +666,149 @@ mod against_the_sim {
         assert!(broken > 0);
         assert_eq!(report.ok(), 80 - broken);
         assert_eq!(broken_api.counters().received(), 80, "nothing re-sent");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI chat completions streams, through the OpenAI preset, against the simulated API
+
+mod openai {
+    use super::*;
+    use tower_llm_limits_sim::{Fault, Faults, SimApi, StreamBreak};
+
+    const GPT: &str = "gpt-4o-mini";
+
+    /// A chat completions request the sim counts as `input` tokens and answers with `output`,
+    /// streamed, with the final usage chunk when `include_usage`.
+    fn chat(output: u64, include_usage: bool) -> Request<Full<Bytes>> {
+        let body = sim::message_body(GPT, 2_000, 1_000, output);
+        let mut json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["stream"] = serde_json::Value::Bool(true);
+        if include_usage {
+            json["stream_options"] = serde_json::json!({"include_usage": true});
+        }
+        Request::post("https://api.openai.com/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(&json).unwrap())))
+            .unwrap()
+    }
+
+    /// Header-less, reserving `max_tokens` at admission: the limiter's level moves only by its
+    /// reservation and the usage the stream reports, so it can be compared with the server's.
+    /// The whole answer comes with the head (no per-token latency): no refill while a stream
+    /// is read.
+    fn api(faults: Faults) -> SimApi {
+        SimApi::builder()
+            .model(GPT, sim::Limits::per_minute(1_000, 400_000, 8_000))
+            .latency(Duration::from_millis(600), Duration::ZERO)
+            .output_accounting(sim::OutputAccounting::ReserveMaxTokens)
+            .header_dialect(sim::HeaderDialect::Bedrock)
+            .faults(faults)
+            .seed(3)
+            .build()
+    }
+
+    fn layer() -> PresetLayer {
+        preset::openai().limits(Limits::per_minute(1_000, 400_000, 8_000))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_usage_chunk_settles_the_reservation_exactly() {
+        let api = api(Faults::new());
+        let layer = layer();
+        let client = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(api.clone());
+        let first = client.clone().oneshot(chat(40, true)).await.unwrap();
+        drain(first.into_body()).await;
+        let response = client.clone().oneshot(chat(300, true)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let (data, error) = drain(response.into_body()).await;
+        assert!(error.is_none(), "{error:?}");
+        let text = String::from_utf8(data).unwrap();
+        // The role, a delta per 8 tokens, the finish reason, the usage, `[DONE]`.
+        let chunks: Vec<&str> = text
+            .split("\n\n")
+            .filter(|c| !c.is_empty())
+            .map(|c| c.strip_prefix("data: ").unwrap())
+            .collect();
+        assert_eq!(chunks.len(), 1 + 300_usize.div_ceil(8) + 3);
+        assert_eq!(chunks.last(), Some(&"[DONE]"));
+        let json = |c: &str| serde_json::from_str::<serde_json::Value>(c).unwrap();
+        let first = json(chunks[0]);
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        let usage = json(chunks[chunks.len() - 2]);
+        assert_eq!(usage["choices"], serde_json::json!([]));
+        assert_eq!(
+            usage["usage"],
+            serde_json::json!({"prompt_tokens": 2000, "completion_tokens": 300, "total_tokens": 2300})
+        );
+        let key = layer.snapshot().rate_limit(GPT).unwrap().clone();
+        let server = api.levels(GPT).unwrap();
+        assert!(server.output_tokens() < 8_000.0 - 100.0, "{server:?}");
+        for (d, theirs) in [
+            (Dimension::OutputTokens, server.output_tokens()),
+            (Dimension::InputTokens, server.input_tokens()),
+        ] {
+            let ours = key.bucket(d).unwrap().level() as f64;
+            assert!(
+                (ours - theirs).abs() <= 1.0,
+                "{d:?}: ours {ours}, the server's {theirs}"
+            );
+        }
+        assert_eq!(api.counters().ok(), 2);
+
+        // Without `include_usage` the stream says nothing of its usage: it still ends cleanly
+        // with `[DONE]`, and what the head settled stands.
+        let before = layer.snapshot().rate_limit(GPT).unwrap().clone();
+        let response = client.oneshot(chat(300, false)).await.unwrap();
+        let at_head = layer.snapshot().rate_limit(GPT).unwrap().clone();
+        let (data, error) = drain(response.into_body()).await;
+        assert!(error.is_none(), "{error:?}");
+        assert!(!String::from_utf8(data).unwrap().contains("\"usage\""));
+        let after = layer.snapshot().rate_limit(GPT).unwrap().clone();
+        let output = |k: &tower_llm_limits::rate_limit::KeySnapshot| {
+            k.bucket(Dimension::OutputTokens).unwrap().level()
+        };
+        assert_eq!(output(&after), output(&at_head));
+        assert!(output(&after) < output(&before));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_chat_stream_is_a_typed_error_and_nothing_is_resent() {
+        for (how, kind) in [
+            (StreamBreak::Truncate, OutcomeKind::Connection),
+            (StreamBreak::Disconnect, OutcomeKind::Connection),
+            (StreamBreak::Overloaded, OutcomeKind::Overloaded),
+            (StreamBreak::Stall, OutcomeKind::Timeout),
+        ] {
+            let api = api(Faults::new().always(Fault::StreamBreak {
+                after_events: 6,
+                how,
+                probability: 1.0,
+            }));
+            let layer = layer();
+            let client = ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(api.clone());
+            let response = client.oneshot(chat(200, true)).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let (data, error) = drain(response.into_body()).await;
+            let text = String::from_utf8(data.clone()).unwrap();
+            assert!(!text.contains("[DONE]"), "{how:?}");
+            let e = interrupted(&error);
+            assert_eq!(e.outcome().kind(), kind, "{how:?}");
+            assert_eq!(e.bytes(), data.len() as u64);
+            assert!(e.events() >= 6, "{how:?}: {e}");
+            if how == StreamBreak::Overloaded {
+                assert_eq!(
+                    e.api_error().and_then(|e| e.kind()),
+                    Some("overloaded_error")
+                );
+            }
+            assert_eq!(api.counters().received(), 1, "{how:?}: nothing re-sent");
+            assert_eq!(layer.get_concurrency().limiter().in_flight(), 0);
+        }
     }
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tower_llm_limits_sim::Dimension;
+use tower_llm_limits_sim::{Fault, Faults, StreamBreak};
 use tower_llm_limits_sim::{HeaderDialect, HeaderTiming, InputCounting, OutputAccounting};
 
 use super::{Model, Row, SONNET, Scenario, Server, Sizes};
@@ -136,9 +137,10 @@ fn uniform(rng: &mut fastrand::Rng, lo: f64, hi: f64) -> f64 {
 /// (which does not count concurrency) would be out of reach for any client. The scaling stops
 /// before a bucket gets smaller than 2.5 of the largest request. Limits are scaled up when a
 /// call would have to wait its turn longer than [`MAX_QUEUE`] even at the best pace.
-/// The sweep's points; `stream_share` of every point's requests stream (drawn apart from the
-/// other draws, so the points are the same whatever the share).
-pub fn points(stream_share: f64) -> Vec<Point> {
+/// The sweep's points. Each point's streaming mix is drawn apart from its other draws
+/// ([`streams`]); `stream_share` replaces its share of streaming requests for every point (`0`:
+/// the sweep without streams).
+pub fn points(stream_share: Option<f64>) -> Vec<Point> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -194,6 +196,7 @@ pub fn points(stream_share: f64) -> Vec<Point> {
             let r529 = uniform(&mut rng, 0.0, 0.03);
             let callers = rng.usize(8..=64);
             let requests = rng.usize(200..=600);
+            let streams = streams(i, stream_share);
             let accounting = if accounting_rng.f64() < RESERVE_SHARE {
                 OutputAccounting::ReserveMaxTokens
             } else {
@@ -238,7 +241,7 @@ pub fn points(stream_share: f64) -> Vec<Point> {
                     tier.max_tokens.clone()
                 },
                 output_fraction: out_lo..=out_hi,
-                stream_share,
+                stream_share: streams.share,
             };
             let scenario = |scale: f64| {
                 let scaled = |x: u64| ((x as f64 * scale).round() as u64).max(1);
@@ -252,7 +255,7 @@ pub fn points(stream_share: f64) -> Vec<Point> {
                     }],
                     requests,
                     callers,
-                    faults: Default::default(),
+                    faults: streams.faults(),
                     upgrade: None,
                     server: server.clone(),
                     sizes: sizes.clone(),
@@ -357,8 +360,11 @@ pub fn points(stream_share: f64) -> Vec<Point> {
                     LONG_MAX_TOKENS.end()
                 ));
             }
-            if stream_share > 0.0 {
-                params.push_str(&format!(",streams:{stream_share:.2}"));
+            if streams.share > 0.0 {
+                params.push_str(&format!(
+                    ",streams:{:.2},broken:{:.3}",
+                    streams.share, streams.broken
+                ));
             }
             Point {
                 scenario,
@@ -367,6 +373,60 @@ pub fn points(stream_share: f64) -> Vec<Point> {
             }
         })
         .collect()
+}
+
+/// A point's streaming mix: the share of its requests that stream, and the share of those the
+/// server breaks after the head (each stream breaks at most once).
+struct Streams {
+    share: f64,
+    broken: f64,
+    /// Events sent before the break, per way of breaking.
+    after: [usize; 3],
+}
+
+/// The most of a point's requests that stream.
+const MAX_STREAM_SHARE: f64 = 0.6;
+/// The most of a point's streams the server breaks mid-way.
+const MAX_BROKEN_SHARE: f64 = 0.05;
+
+/// Point `i`'s streaming mix, from a generator of its own (the point's other draws do not
+/// depend on it): up to [`MAX_STREAM_SHARE`] of its requests stream (`share` instead, when
+/// given), and up to [`MAX_BROKEN_SHARE`] of those break after 1 to 8 events, in equal parts an
+/// in-stream `overloaded_error`, a dropped connection and a stall.
+fn streams(i: usize, share: Option<f64>) -> Streams {
+    let mut rng = fastrand::Rng::with_seed(SWEEP_SEED ^ 0x5713_ea35_0000_0018 ^ ((i as u64) << 32));
+    let drawn = uniform(&mut rng, 0.0, MAX_STREAM_SHARE);
+    let broken = uniform(&mut rng, 0.0, MAX_BROKEN_SHARE);
+    let after = [rng.usize(1..=8), rng.usize(1..=8), rng.usize(1..=8)];
+    Streams {
+        share: share.unwrap_or(drawn).clamp(0.0, 1.0),
+        broken,
+        after,
+    }
+}
+
+impl Streams {
+    /// The server's faults that break the streams (none without streams: the sim's fault draws
+    /// of a point without streams stay those of the sweep before streams).
+    fn faults(&self) -> Faults {
+        if self.share <= 0.0 || self.broken <= 0.0 {
+            return Faults::new();
+        }
+        let hows = [
+            StreamBreak::Overloaded,
+            StreamBreak::Disconnect,
+            StreamBreak::Stall,
+        ];
+        hows.iter()
+            .zip(self.after)
+            .fold(Faults::new(), |faults, (&how, after_events)| {
+                faults.always(Fault::StreamBreak {
+                    after_events,
+                    how,
+                    probability: self.broken / 3.0,
+                })
+            })
+    }
 }
 
 fn share_429(r: &Row) -> f64 {
@@ -454,9 +514,11 @@ pub fn summarise(rows: &[(Row, bool, String)], min_ratio: Option<f64>) -> Vec<St
         println!(
             "sweep {label}: {} points, {any} miss a target: {failing} with failed calls, \
              {refused} with ≥ {:.0} % of attempts 429, {slow} with T*/T < {min_ratio}; \
-             median T*/T {median_ratio:.3}",
+             median T*/T {median_ratio:.3}; {} calls broken by the server (streams, not \
+             counted as failed)",
             group.len(),
-            100.0 * max_429
+            100.0 * max_429,
+            group.iter().map(|(r, _, _)| r.broken).sum::<usize>()
         );
         let worst = |key: &dyn Fn(&Row) -> f64, what: &str, all: bool| {
             let worst = group

@@ -656,7 +656,8 @@ where
         };
         return Ok(shared.answer(seq, None, arrived, answer, &none));
     }
-    if parts.method != Method::POST || parts.uri.path() != "/v1/messages" {
+    let chat = parts.uri.path() == "/v1/chat/completions";
+    if parts.method != Method::POST || !(chat || parts.uri.path() == "/v1/messages") {
         let msg = format!("Not found: {} {}", parts.method, parts.uri.path());
         let answer = Answer::error(StatusCode::NOT_FOUND, "not_found_error", msg);
         return Ok(shared.answer(seq, None, arrived, answer, &none));
@@ -823,16 +824,24 @@ where
                 ended,
             );
         });
-        let body = stream::anthropic(
+        let format = if chat {
+            stream::Format::OpenAiChat {
+                include_usage: stream::wants_usage(&bytes),
+            }
+        } else {
+            stream::Format::Anthropic
+        };
+        let answer = stream::Answer {
+            format,
             seq,
-            &parsed.model,
-            parsed.input_tokens,
-            parsed.max_tokens,
+            model: &parsed.model,
+            input_tokens: parsed.input_tokens,
+            max_tokens: parsed.max_tokens,
             produced,
             per_token,
-            decisions.stream_break,
-            settle,
-        );
+            brk: decisions.stream_break,
+        };
+        let body = stream::events(answer, settle);
         let answer = Answer {
             status: StatusCode::OK,
             body: json!({}),
@@ -874,16 +883,30 @@ where
     {
         snapshot = fresh;
     }
-    let body = json!({
+    let text = body::filler(usize::try_from(produced * 4).unwrap_or(0));
+    let finished = produced >= parsed.max_tokens;
+    let body = if chat {
+        json!({
+            "id": format!("chatcmpl-sim{seq:08}"),
+            "object": "chat.completion",
+            "model": parsed.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                "logprobs": null, "finish_reason": if finished { "length" } else { "stop" }}],
+            "usage": {"prompt_tokens": parsed.input_tokens, "completion_tokens": produced,
+                "total_tokens": parsed.input_tokens.saturating_add(produced)},
+        })
+    } else {
+        json!({
         "id": format!("msg_sim_{seq:08}"),
         "type": "message",
         "role": "assistant",
         "model": parsed.model,
-        "content": [{"type": "text", "text": body::filler(usize::try_from(produced * 4).unwrap_or(0))}],
-        "stop_reason": if produced >= parsed.max_tokens { "max_tokens" } else { "end_turn" },
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": if finished { "max_tokens" } else { "end_turn" },
         "stop_sequence": null,
         "usage": {"input_tokens": parsed.input_tokens, "output_tokens": produced},
-    });
+        })
+    };
     let answer = Answer {
         status: StatusCode::OK,
         body,

@@ -117,8 +117,10 @@ pub(crate) fn parse(body: &[u8], counting: InputCounting, seed: u64) -> Result<P
         .and_then(Value::as_str)
         .ok_or("model: field required")?
         .to_owned();
+    // Chat completions may name it `max_completion_tokens`.
     let max_tokens = value
         .get("max_tokens")
+        .or_else(|| value.get("max_completion_tokens"))
         .and_then(Value::as_u64)
         .ok_or("max_tokens: field required (a positive integer)")?;
     if max_tokens == 0 {

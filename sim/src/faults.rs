@@ -157,6 +157,14 @@ impl Faults {
         self.from(Duration::ZERO, fault)
     }
 
+    /// These faults, then `others` (faults are drawn in declaration order, each from the
+    /// request's seeded generator: a fault declared later does not change the draws of those
+    /// before it).
+    pub fn then(mut self, others: Faults) -> Self {
+        self.windows.extend(others.windows);
+        self
+    }
+
     /// `true` when no fault is scripted.
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty()

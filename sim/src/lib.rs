@@ -104,9 +104,9 @@
 //!
 //! Errors use Anthropic's body `{"type":"error","error":{"type":..,"message":..},"request_id":..}`:
 //! 400 `invalid_request_error` (bad JSON, missing fields, prompt above the context window), 404
-//! `not_found_error` (unknown model, any path other than `POST /v1/messages` and
-//! `POST /v1/messages/count_tokens`, which answers `{"input_tokens": n}` without touching the
-//! buckets), 413
+//! `not_found_error` (unknown model, any path other than `POST /v1/messages`,
+//! `POST /v1/chat/completions` and `POST /v1/messages/count_tokens`, which answers
+//! `{"input_tokens": n}` without touching the buckets), 413
 //! `request_too_large`, 429 `rate_limit_error`, 529 `overloaded_error`, scripted 5xx.
 //!
 //! # Streaming
@@ -122,6 +122,17 @@
 //! reservation is given back, as for a dropped non-streaming call. [`Fault::StreamBreak`] breaks
 //! streams after a number of events: an `overloaded_error` or `api_error` event, a stall, or a
 //! dropped connection ([`StreamBreak`]). Over [`serve`] the stream is sent chunked.
+//!
+//! # OpenAI chat completions
+//!
+//! `POST /v1/chat/completions` takes the same body (`model`, `messages`, `max_tokens` or
+//! `max_completion_tokens`), is limited, counted and faulted the same, and answers in OpenAI's
+//! shape: a `chat.completion` with `usage.prompt_tokens` / `completion_tokens`, or, streaming,
+//! `data:` chunks of `chat.completion.chunk` (the role, one content delta per 8 tokens, the
+//! `finish_reason`), then — when the request says `"stream_options": {"include_usage": true}` —
+//! a final chunk with empty `choices` and the `usage`, and `data: [DONE]`. A broken stream's
+//! error is a `data: {"error":{…}}` chunk. Headers, refusals and error bodies stay as above
+//! (choose the dialect with [`SimApiBuilder::header_dialect`]).
 //!
 //! # Time
 //!

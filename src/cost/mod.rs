@@ -254,18 +254,43 @@ impl UsageCounts {
 /// JSON answer when the caller has read the body to its end. A layer of your own that reads
 /// bodies (a streaming decoder, say) can take it instead and call [`report`](Self::report).
 /// Reporting twice, or for a request the limiter no longer tracks, does nothing.
+///
+/// A stream states its input before its output: Anthropic's `message_start` carries the input
+/// usage, the output comes with `message_delta` at the end. [`report_input`](Self::report_input)
+/// settles the input reservation at once (the watcher of event streams calls it at
+/// `message_start`), the output waiting for [`report`](Self::report).
 #[derive(Clone)]
-pub struct UsageReport(std::sync::Arc<dyn Fn(Usage) + Send + Sync>);
+pub struct UsageReport {
+    full: std::sync::Arc<dyn Fn(Usage) + Send + Sync>,
+    input: Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
+}
 
 impl UsageReport {
-    /// A report that calls `f`.
+    /// A report that calls `f` (and ignores an input reported alone).
     pub fn new(f: impl Fn(Usage) + Send + Sync + 'static) -> Self {
-        UsageReport(std::sync::Arc::new(f))
+        UsageReport {
+            full: std::sync::Arc::new(f),
+            input: None,
+        }
+    }
+
+    /// Calls `f` with the input tokens reported alone ([`report_input`](Self::report_input)).
+    pub fn with_input(mut self, f: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.input = Some(std::sync::Arc::new(f));
+        self
     }
 
     /// Reports the answer's usage.
     pub fn report(&self, usage: Usage) {
-        (self.0)(usage)
+        (self.full)(usage)
+    }
+
+    /// Reports the input the server counted (as counted towards its input limit, cache writes
+    /// included), before the output is known.
+    pub fn report_input(&self, input_tokens: u64) {
+        if let Some(f) = &self.input {
+            f(input_tokens)
+        }
     }
 }
 

@@ -135,9 +135,10 @@
 //! `input_tokens` + `cache_creation_input_tokens`, cache reads excluded; OpenAI's
 //! `prompt_tokens`/`completion_tokens`) through a [`UsageReport`](crate::cost::UsageReport) the
 //! limiter put in the request; a streaming answer's usage is read from its events
-//! (`message_start`, `message_delta`, OpenAI's final usage chunk) and reported when the stream
-//! ends ([`signals::stream`](crate::signals::stream)). The request's reservation is then settled to what the server
-//! charged, and two ratios are learned per key, in log space with their spread: what the server
+//! ([`signals::stream`](crate::signals::stream)): the input of `message_start` settles the input
+//! reservation as it passes (with the head), the output of `message_delta` or OpenAI's final
+//! usage chunk the output reservation when the stream ends. The request's reservation is then
+//! settled to what the server charged, and two ratios are learned per key, in log space with their spread: what the server
 //! charges for input ÷ the raw estimate, and the share of `max_tokens` an answer produces. The
 //! first answers are averaged (an estimate 40 % off is corrected within a few), later ones
 //! weighted 0.1. A reservation takes the ratio's **high quantile** (mean + 2 standard

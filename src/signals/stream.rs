@@ -29,11 +29,13 @@
 //!   | the body fails (connection reset) | the classifier's reading of the error | [`StreamInterrupted`] with it as source |
 //!   | the caller drops the body | none: nothing is counted | — |
 //!
-//! - **Usage**: the input from `message_start` (or the final OpenAI usage chunk), the output
-//!   from the last `message_delta` (cumulative) are reported once, when the stream ends, through
-//!   the rate limiter's [`UsageReport`]: the reservation is settled to what the server counted.
-//!   A stream cut before any output count arrived reports nothing; its reservation stays as the
-//!   head settled it.
+//! - **Usage**, through the rate limiter's [`UsageReport`]: the input of `message_start` is
+//!   reported as it passes ([`UsageReport::report_input`]), so the input reservation is settled
+//!   to the server's count while the answer is still being generated (with the head: the first
+//!   event is read before the head goes on); the whole usage — that input, the output of the
+//!   last `message_delta` (cumulative), or an OpenAI stream's final usage chunk — once, when the
+//!   stream ends, which settles the output reservation. A stream cut before any output count
+//!   arrived reports no output; its output reservation stays as the head settled it.
 //!
 //! Nothing is re-sent once the response was handed on: what comes after the first event is the
 //! caller's ([`StreamInterrupted`] says how many events and bytes it had received).
@@ -397,6 +399,7 @@ impl StreamWatch {
             error,
             events,
             error_after,
+            report,
             ..
         } = self;
         parser.feed(data, |event| {
@@ -413,6 +416,10 @@ impl StreamWatch {
                     *expect = Expect::Terminal;
                     // Its output count is the answer's start (1), not the answer's.
                     usage.input_tokens = u.input_tokens.or(usage.input_tokens);
+                    // The input is settled now; the output when the stream ends.
+                    if let (Some(report), Some(input)) = (report.as_ref(), u.input_tokens) {
+                        report.report_input(input);
+                    }
                 }
                 StreamEvent::ChatChunk(u) => {
                     *expect = Expect::Terminal;

@@ -19,6 +19,23 @@ impl KeyCell {
             st.wake_head();
         }
     }
+
+    /// The input usage of the request dispatched at `seq` arrived before its output: settled
+    /// now when its head was answered, else kept in `early` for the head's answer (under the
+    /// key's lock, so that the two cannot miss each other).
+    pub(super) fn input_usage(&self, seq: u64, input: u64, early: &Mutex<Option<u64>>) {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        match st.awaiting_usage.get(&seq).copied() {
+            Some(mut a) => {
+                st.settle_input(&self.key, &mut a, input, now);
+                st.awaiting_usage.insert(seq, a);
+                st.publish(now);
+                st.wake_head();
+            }
+            None => *lock(early) = Some(input),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +178,9 @@ pub(super) struct Reply<'a> {
     pub(super) outcome: &'a Outcome,
     pub(super) received: Instant,
     pub(super) usage: Option<Usage>,
+    /// The input usage alone, reported before the head was answered (a stream's
+    /// `message_start`).
+    pub(super) input: Option<u64>,
 }
 
 /// How many given-back requests a key remembers for [`KeyState::refunded_after`].
@@ -209,6 +229,8 @@ pub(crate) struct Awaiting {
     pub(super) exact: bool,
     pub(super) output_settled: u64,
     pub(super) max_output: u64,
+    /// Whether the input usage already settled the input (and taught the input ratio).
+    pub(super) input_settled: bool,
 }
 
 impl KeyState {

@@ -21,6 +21,7 @@ impl KeyState {
             outcome,
             received,
             usage,
+            input,
         } = response;
         let limited = outcome.kind() == OutcomeKind::RateLimited;
         if limited {
@@ -94,17 +95,22 @@ impl KeyState {
             self.move_charge(OUT, reserved, own_output, now);
         }
         if success {
-            let awaiting = Awaiting {
+            let mut awaiting = Awaiting {
                 seq: record.seq,
                 input_charged: record.charge[IN],
                 raw: record.raw,
                 exact: record.exact,
                 output_settled: own_output,
                 max_output: max,
+                input_settled: false,
             };
             match usage {
                 Some(u) => self.settle_usage(key, awaiting, u, now),
                 None => {
+                    if let Some(input) = input {
+                        // A stream's `message_start`: the input is known, the output to come.
+                        self.settle_input(key, &mut awaiting, input, now);
+                    }
                     if self.awaiting_usage.len() >= MAX_AWAITING {
                         self.awaiting_usage.pop_first();
                     }
@@ -561,15 +567,37 @@ impl KeyState {
     pub(super) fn settle_usage(
         &mut self,
         key: &RateLimitKey,
-        a: Awaiting,
+        mut a: Awaiting,
         usage: Usage,
         now: Instant,
     ) {
         self.usage_seen = true;
-        // Input: the server's count replaces our estimate, unless a reading already did.
-        let input = usage.input_tokens();
+        self.settle_input(key, &mut a, usage.input_tokens(), now);
+        // Output: the true figure replaces what the head settled.
+        let output = usage.output_tokens().min(a.max_output);
+        self.adjust(OUT, a.output_settled, output, now);
+        if a.max_output > 0 {
+            self.output
+                .observe(output.max(1) as f64 / a.max_output as f64);
+        }
+    }
+
+    /// A request's input usage arrived (alone, from a stream's `message_start`, or with its
+    /// output): the server's count replaces what `a` charged for input, unless a reading
+    /// already did, and teaches the input ratio once.
+    pub(super) fn settle_input(
+        &mut self,
+        key: &RateLimitKey,
+        a: &mut Awaiting,
+        input: u64,
+        now: Instant,
+    ) {
         if a.seq > self.input_read_through {
             self.adjust(IN, a.input_charged, input, now);
+        }
+        a.input_charged = input;
+        if std::mem::replace(&mut a.input_settled, true) {
+            return;
         }
         if !a.exact && a.raw > 0 && input > 0 {
             let sample = input as f64 / a.raw as f64;
@@ -578,13 +606,6 @@ impl KeyState {
                 tracing::debug!(key = %key, old, new = self.input.mean(), sample,
                     reservation = self.input.high(), "rate limit: input ratio learned from usage");
             }
-        }
-        // Output: the true figure replaces what the head settled.
-        let output = usage.output_tokens().min(a.max_output);
-        self.adjust(OUT, a.output_settled, output, now);
-        if a.max_output > 0 {
-            self.output
-                .observe(output.max(1) as f64 / a.max_output as f64);
         }
     }
 

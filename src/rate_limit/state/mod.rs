@@ -392,7 +392,7 @@ impl RateLimitState {
                     return Ok(Ticket {
                         cell,
                         phase: Phase::Admitted(record),
-                        seq: None,
+                        reported: None,
                     });
                 }
                 Check::Never(e) => return Err(cost_exceeds(&cell.key, e)),
@@ -444,7 +444,7 @@ impl RateLimitState {
                 max_wait,
                 reason,
             },
-            seq: None,
+            reported: None,
         })
     }
 }

@@ -173,6 +173,7 @@ mod tests {
             outcome: &outcome,
             received: Instant::now(),
             usage: None,
+            input: None,
         });
         let published = lock(&board.0).published.last().cloned().expect("published");
         assert_eq!(

@@ -34,6 +34,7 @@ fn reply(t: &mut Ticket, snapshot: &RateLimitSnapshot, outcome: Outcome) -> Opti
         outcome: &outcome,
         received: Instant::now(),
         usage: None,
+        input: None,
     })
 }
 
@@ -145,6 +146,7 @@ async fn output_over_reservation_is_given_back_by_later_readings() {
         outcome: &Outcome::success(),
         received: Instant::now(),
         usage: Some(Usage::new(0, 100)),
+        input: None,
     });
     assert_eq!(level(&state, Dimension::OutputTokens), 6_600);
 }
@@ -166,6 +168,7 @@ async fn usage_settles_the_output_reservation_at_the_response() {
         outcome: &Outcome::success(),
         received: Instant::now(),
         usage: Some(Usage::new(0, 300)),
+        input: None,
     });
     assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
     b.complete_with(Reply {
@@ -173,6 +176,7 @@ async fn usage_settles_the_output_reservation_at_the_response() {
         outcome: &Outcome::success(),
         received: Instant::now(),
         usage: Some(Usage::new(0, 1_000)),
+        input: None,
     });
     assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
 }

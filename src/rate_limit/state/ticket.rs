@@ -7,9 +7,19 @@ use super::*;
 pub(crate) struct Ticket {
     pub(super) cell: Arc<KeyCell>,
     pub(super) phase: Phase,
-    /// The request's dispatch position, for a [`UsageReport`] handed out before dispatch (0
-    /// until then).
-    pub(super) seq: Option<Arc<AtomicU64>>,
+    /// What the request's [`UsageReport`] (handed out before dispatch) shares with it.
+    pub(super) reported: Option<Arc<Reported>>,
+}
+
+/// What a request's [`UsageReport`] shares with its ticket.
+#[derive(Default)]
+pub(super) struct Reported {
+    /// The request's dispatch position (0 until dispatched).
+    seq: AtomicU64,
+    /// Input reported alone before the head was answered (a stream's `message_start` is read
+    /// before its head goes on), for [`Ticket::complete_with`] to settle. Written and read
+    /// under the key's lock.
+    input: Mutex<Option<u64>>,
 }
 
 pub(super) enum Phase {
@@ -148,8 +158,8 @@ impl Ticket {
             // Sent now, not when admitted: a concurrency cap below may have held it since.
             r.at = Instant::now();
             lock(&self.cell.state).sent(&r, r.at);
-            if let Some(seq) = &self.seq {
-                seq.store(r.seq, Ordering::Relaxed);
+            if let Some(reported) = &self.reported {
+                reported.seq.store(r.seq, Ordering::Relaxed);
             }
             self.phase = Phase::Dispatched(r);
         }
@@ -157,16 +167,23 @@ impl Ticket {
 
     /// Where a body-reading layer below reports this request's usage once its answer's body
     /// has passed: it settles what the head left and teaches the key how the server counts.
+    /// The input reported alone (a stream's `message_start`) settles the input at once: when
+    /// the head has been answered, else with the head.
     pub(crate) fn usage_report(&mut self) -> UsageReport {
-        let seq = self
-            .seq
-            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
-            .clone();
+        let reported = self.reported.get_or_insert_with(Default::default).clone();
+        let early = reported.clone();
         let cell = self.cell.clone();
+        let input_cell = self.cell.clone();
         UsageReport::new(move |usage| {
-            let seq = seq.load(Ordering::Relaxed);
+            let seq = reported.seq.load(Ordering::Relaxed);
             if seq != 0 {
                 cell.usage(seq, usage);
+            }
+        })
+        .with_input(move |input| {
+            let seq = early.seq.load(Ordering::Relaxed);
+            if seq != 0 {
+                input_cell.input_usage(seq, input, &early.input);
             }
         })
     }
@@ -182,6 +199,7 @@ impl Ticket {
             outcome: signals.outcome(),
             received: signals.received_at(),
             usage,
+            input: None,
         })
     }
 
@@ -190,7 +208,18 @@ impl Ticket {
             return None;
         };
         let kind = reply.outcome.kind();
-        let absorbed = lock(&self.cell.state).complete(&self.cell.key, &record, reply);
+        let mut st = lock(&self.cell.state);
+        // Under the key's lock, as the report writes it.
+        let input = self.reported.as_ref().and_then(|r| lock(&r.input).take());
+        let absorbed = st.complete(
+            &self.cell.key,
+            &record,
+            Reply {
+                input: input.or(reply.input),
+                ..reply
+            },
+        );
+        drop(st);
         // Outside the key's lock.
         crate::observe::emit::rate_limit_response(&self.cell.key, kind.as_str());
         if let Some(until) = absorbed {
