@@ -1,4 +1,4 @@
-//! Errors returned by [`CircuitBreaker`](super::CircuitBreaker).
+//! The circuit breaker's decision, re-exported as [`breaker::error`](crate::breaker::error).
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 /// request to its secondary service. A [`Retry`](crate::retry::Retry) layer above waits until
 /// [`until`](Self::until) and sends the call again, within
 /// [`Policy::max_breaker_wait`](crate::retry::Policy::max_breaker_wait), unless the request
-/// carries [`FailFast`](super::FailFast).
+/// carries [`FailFast`](crate::breaker::FailFast).
 #[derive(Clone, Debug)]
 pub struct Open {
     key: Option<Arc<str>>,

@@ -1,5 +1,4 @@
-//! Errors of the rate limiter. Both are decisions of the limiter (never sent to the server) and
-//! final: retrying the same request cannot help.
+//! The rate limiter's decisions, re-exported as [`rate_limit::error`](crate::rate_limit::error).
 
 use std::fmt;
 use std::time::Duration;
@@ -7,7 +6,7 @@ use std::time::Duration;
 use crate::signals::Dimension;
 
 /// The request would wait longer than its maximum wait (the layer's
-/// [`max_wait`](super::RateLimitLayer::max_wait) or the request's [`MaxWait`](super::MaxWait)).
+/// [`max_wait`](crate::rate_limit::RateLimitLayer::max_wait) or the request's [`MaxWait`](crate::rate_limit::MaxWait)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WaitTooLong {
     dimension: Option<Dimension>,

@@ -1,13 +1,5 @@
-//! Errors of the [`Retry`](super::Retry) layer: the cases where the layer itself ends a call.
-//!
-//! Each carries what a caller needs to act: the status of the last response (if the last
-//! attempt got one), the wait the server asked for (if it asked), the number of attempts made,
-//! and the provider's error body when an [`ErrorBodyLayer`](crate::error_body::ErrorBodyLayer)
-//! below parsed it. When the last attempt failed with an error rather than a response, that
-//! error is the [`source`](std::error::Error::source).
-//!
-//! The last response's body is dropped (which frees its connection): the caller gets these
-//! facts instead of a response it would have to drain.
+//! The retry layer's decisions, re-exported as [`retry::error`](crate::retry::error) (and
+//! [`ReplayRefused`] as [`retry::ReplayRefused`](crate::retry::ReplayRefused)).
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -143,7 +135,7 @@ impl fmt::Display for DeadlineExceeded {
 last_attempt_getters!(DeadlineExceeded);
 
 /// The server asked for a wait longer than the configured ceiling
-/// ([`Policy::max_server_wait`](super::Policy::max_server_wait)).
+/// ([`Policy::max_server_wait`](crate::retry::Policy::max_server_wait)).
 #[derive(Debug)]
 pub struct ServerWaitTooLong {
     last: LastAttempt,
@@ -181,23 +173,23 @@ impl fmt::Display for ServerWaitTooLong {
 last_attempt_getters!(ServerWaitTooLong);
 
 /// A retry was wanted but the request body refused to be copied
-/// ([`ReplayBody::try_replay`](super::ReplayBody::try_replay)): for a
-/// [`Replayable`](super::Replayable), its clones share one stream, so the next attempt would have
+/// ([`ReplayBody::try_replay`](crate::retry::ReplayBody::try_replay)): for a
+/// [`Replayable`](crate::retry::Replayable), its clones share one stream, so the next attempt would have
 /// sent only what the previous one left of it. The call ends here instead; the
 /// [`source`](StdError::source) is the last attempt's error when it ended with one.
 #[derive(Debug)]
 pub struct BodyNotReplayable {
     last: LastAttempt,
-    reason: super::ReplayRefused,
+    reason: ReplayRefused,
 }
 
 impl BodyNotReplayable {
-    pub(crate) fn new(last: LastAttempt, reason: super::ReplayRefused) -> Self {
+    pub(crate) fn new(last: LastAttempt, reason: ReplayRefused) -> Self {
         BodyNotReplayable { last, reason }
     }
 
     /// Why the body could not be copied.
-    pub fn reason(&self) -> &super::ReplayRefused {
+    pub fn reason(&self) -> &ReplayRefused {
         &self.reason
     }
 }
@@ -218,3 +210,31 @@ pub(crate) fn is_retry_decision(error: &(dyn StdError + 'static)) -> bool {
         || error.is::<ServerWaitTooLong>()
         || error.is::<BodyNotReplayable>()
 }
+
+/// Why a body that claims to be replayable cannot be sent again; see
+/// [`ReplayBody::try_replay`](crate::retry::ReplayBody::try_replay). The [`Retry`](crate::retry::Retry) layer wraps it in
+/// [`error::BodyNotReplayable`](BodyNotReplayable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayRefused {
+    reason: &'static str,
+}
+
+impl ReplayRefused {
+    /// A refusal for `reason`.
+    pub fn new(reason: &'static str) -> Self {
+        ReplayRefused { reason }
+    }
+
+    /// Why the body cannot be replayed.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl std::fmt::Display for ReplayRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason)
+    }
+}
+
+impl std::error::Error for ReplayRefused {}
