@@ -9,6 +9,8 @@ use http_body_util::{Empty, Full};
 
 use crate::cost::BodyBytes;
 
+pub use crate::signals::decision::retry::ReplayRefused;
+
 /// A request body the [`Retry`](super::Retry) layer can send again.
 ///
 /// [`replay`](Self::replay) returns a fresh body with the same bytes, or `None` when this body
@@ -38,8 +40,6 @@ pub trait ReplayBody: Sized {
         Ok(self.replay())
     }
 }
-
-pub use crate::signals::decision::retry::ReplayRefused;
 
 impl<D: Buf + Clone> ReplayBody for Full<D> {
     fn replay(&self) -> Option<Self> {
