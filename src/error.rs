@@ -61,23 +61,3 @@ impl fmt::Display for PolledAfterCompletion {
 }
 
 impl StdError for PolledAfterCompletion {}
-
-/// `true` when `error` (or one of its sources) is a decision taken by a layer of this crate
-/// rather than a failure of the network or the server: such errors are final and are never
-/// counted against the server.
-pub(crate) fn is_local_decision(error: &(dyn StdError + 'static)) -> bool {
-    // Each layer's typed errors are listed here as they are added.
-    use crate::rate_limit::error::{CostExceedsLimit, WaitTooLong};
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<crate::breaker::error::Open>()
-            || e.is::<WaitTooLong>()
-            || e.is::<CostExceedsLimit>()
-            || crate::retry::error::is_retry_decision(e)
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}

@@ -238,13 +238,6 @@ impl UsageCounts {
     pub(crate) fn output(&self) -> Option<u64> {
         self.output_tokens.or(self.completion_tokens)
     }
-
-    pub(crate) fn event_usage(&self) -> crate::signals::sse::EventUsage {
-        crate::signals::sse::EventUsage {
-            input_tokens: self.input(),
-            output_tokens: self.output(),
-        }
-    }
 }
 
 /// Where a layer that reads an answer's body reports its [`Usage`] once the body has passed.

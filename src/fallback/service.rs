@@ -77,7 +77,7 @@ impl Config {
         match &self.when_error {
             Some(f) => f(error),
             None => {
-                crate::error::is_local_decision(error)
+                crate::signals::decision::is_local_decision(error)
                     || self
                         .kinds
                         .contains(&DefaultClassifier::new().classify_error(error).kind())

@@ -9,6 +9,8 @@ use http_body_util::{Empty, Full};
 
 use crate::cost::BodyBytes;
 
+pub use crate::signals::decision::retry::ReplayRefused;
+
 /// A request body the [`Retry`](super::Retry) layer can send again.
 ///
 /// [`replay`](Self::replay) returns a fresh body with the same bytes, or `None` when this body
@@ -38,34 +40,6 @@ pub trait ReplayBody: Sized {
         Ok(self.replay())
     }
 }
-
-/// Why a body that claims to be replayable cannot be sent again; see
-/// [`ReplayBody::try_replay`]. The [`Retry`](super::Retry) layer wraps it in
-/// [`error::BodyNotReplayable`](super::error::BodyNotReplayable).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplayRefused {
-    reason: &'static str,
-}
-
-impl ReplayRefused {
-    /// A refusal for `reason`.
-    pub fn new(reason: &'static str) -> Self {
-        ReplayRefused { reason }
-    }
-
-    /// Why the body cannot be replayed.
-    pub fn reason(&self) -> &'static str {
-        self.reason
-    }
-}
-
-impl std::fmt::Display for ReplayRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.reason)
-    }
-}
-
-impl std::error::Error for ReplayRefused {}
 
 impl<D: Buf + Clone> ReplayBody for Full<D> {
     fn replay(&self) -> Option<Self> {

@@ -51,15 +51,22 @@ pub(super) fn read<'a>(
     dated: bool,
     snapshot: &mut RateLimitSnapshot,
 ) {
-    let reset = |(name, value): (&'a HeaderName, &'a HeaderValue)| {
-        match parse::rfc3339_utc_seconds(value.as_bytes()) {
-            // The usual shape against the `date` header, straight from the bytes (it has no
-            // whitespace to trim and is plain ASCII): what `reset_uncached` reads it as. The
-            // same timestamp comes on several lines, and is remembered.
-            Some(secs) if dated => Some(parse::until_unix_nanos(
-                i128::from(secs) * 1_000_000_000,
-                reference,
-            )),
+    // The usual shape against the `date` header is read straight from the bytes (it has no
+    // whitespace to trim and is plain ASCII): what `reset_uncached` reads it as. Every line of a
+    // response usually carries the same timestamp: it is read once.
+    let mut last: Option<(&'a [u8], Duration)> = None;
+    let mut reset = |(name, value): (&'a HeaderName, &'a HeaderValue)| {
+        let bytes = value.as_bytes();
+        match last {
+            Some((seen, read)) if seen == bytes => return Some(read),
+            _ => {}
+        }
+        match parse::rfc3339_utc_seconds(bytes) {
+            Some(secs) if dated => {
+                let read = parse::until_unix_nanos(i128::from(secs) * 1_000_000_000, reference);
+                last = Some((bytes, read));
+                Some(read)
+            }
             _ => parse::read(name.as_str(), value, |s| {
                 reset_uncached(s, reference, dated)
             })
@@ -67,11 +74,12 @@ pub(super) fn read<'a>(
         }
     };
     for dimension in Dimension::ALL {
-        if let Some(reading) = bucket_with(&raw.anthropic[dimension.index()], reset) {
+        if let Some(reading) = bucket_with(&raw.anthropic[dimension.index()], &mut reset) {
             snapshot.offer(Dialect::Anthropic, dimension, reading.with_window(MINUTE));
         }
     }
     let [input, output] = &raw.priority;
-    let priority = |slots| bucket_with(slots, reset).map(|r| r.with_window(MINUTE));
-    snapshot.offer_priority(priority(input), priority(output));
+    let mut priority = |slots| bucket_with(slots, &mut reset).map(|r| r.with_window(MINUTE));
+    let input = priority(input);
+    snapshot.offer_priority(input, priority(output));
 }

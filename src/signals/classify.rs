@@ -280,7 +280,7 @@ impl Classify for DefaultClassifier {
         let mut kind = OutcomeKind::Connection;
         let mut current = Some(error);
         while let Some(e) = current {
-            if crate::error::is_local_decision(e) {
+            if super::decision::is_local_decision(e) {
                 return Outcome::new(OutcomeKind::Rejected);
             }
             if is_timeout(e) {

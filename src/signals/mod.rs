@@ -8,7 +8,10 @@
 //! - [`RetryHints`] reads `retry-after-ms`, `retry-after` (seconds or HTTP-date) and
 //!   `x-should-retry`;
 //! - [`Classify`] turns a response or an error into an [`Outcome`] a retry policy, rate limiter and
-//!   circuit breaker can act on; [`DefaultClassifier`] knows Anthropic, OpenAI and AWS Bedrock;
+//!   circuit breaker can act on; [`DefaultClassifier`] knows Anthropic, OpenAI and AWS Bedrock,
+//!   and the errors by which a layer of this crate ends a call itself (an open breaker, a wait
+//!   too long, a retry given up), which it classifies as [`OutcomeKind::Rejected`] (they are
+//!   defined here, below the layers, and each layer re-exports its own);
 //! - [`ApiError`] reads a provider's JSON error body (the
 //!   [`ErrorBodyLayer`](crate::error_body::ErrorBodyLayer) reads small non-2xx bodies into one
 //!   and hands them back unchanged);
@@ -61,6 +64,7 @@
 mod anthropic;
 mod api_error;
 mod classify;
+pub(crate) mod decision;
 mod github;
 mod headers;
 mod hints;

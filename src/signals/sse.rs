@@ -248,6 +248,16 @@ pub struct EventUsage {
     pub output_tokens: Option<u64>,
 }
 
+impl EventUsage {
+    /// The counts of a `usage` object as the limits count them.
+    fn of(counts: &crate::cost::UsageCounts) -> Self {
+        EventUsage {
+            input_tokens: counts.input(),
+            output_tokens: counts.output(),
+        }
+    }
+}
+
 /// What one event of an LLM answer stream says; see [`StreamEvent::read`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -342,7 +352,7 @@ fn read_unnamed(data: &[u8]) -> StreamEvent {
     if chunk.error.is_some() {
         return StreamEvent::Error(super::ApiError::from_json(data).unwrap_or_default());
     }
-    let usage = chunk.usage.map(|u| u.event_usage()).unwrap_or_default();
+    let usage = chunk.usage.as_ref().map(EventUsage::of).unwrap_or_default();
     if chunk.object.as_deref() == Some("chat.completion.chunk") {
         StreamEvent::ChatChunk(usage)
     } else {
@@ -372,7 +382,7 @@ fn usage_of(data: &[u8]) -> Option<EventUsage> {
         .usage
         .or(event.message.and_then(|m| m.usage))
         .or(event.response.and_then(|r| r.usage))?;
-    Some(counts.event_usage())
+    Some(EventUsage::of(&counts))
 }
 
 /// OpenAI responses' `response.failed`: `{"response":{"error":{"code","message"}}}`.

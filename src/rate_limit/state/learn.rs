@@ -15,7 +15,6 @@ impl KeyState {
         let now = Instant::now();
         self.adopt(key, now);
         self.accrue_others(now);
-        let capacities_before = Dimension::ALL.map(|d| self.capacity(d).map(|c| c.0));
         let Reply {
             snapshot,
             outcome,
@@ -24,6 +23,9 @@ impl KeyState {
             input,
         } = response;
         let limited = outcome.kind() == OutcomeKind::RateLimited;
+        // Only a refusal compares the limits before and after its readings.
+        let capacities_before =
+            limited.then(|| Dimension::ALL.map(|d| self.capacity(d).map(|c| c.0)));
         if limited {
             // The server refused the request: it charged nothing for it.
             self.refund(&[REQ, IN, OUT, TOK], &record.charge, now);
@@ -175,9 +177,10 @@ impl KeyState {
         let absorbed = if limited {
             // Evidence: the model said it would fit, judged with what the refusal's readings
             // just taught (a limit they lowered explains the refusal).
+            let before = capacities_before.unwrap_or_default();
             let lowered = Dimension::ALL.map(|d| {
                 let after = self.capacity(d).map(|c| c.0);
-                matches!((capacities_before[d.index()], after), (Some(b), Some(a)) if a < b)
+                matches!((before[d.index()], after), (Some(b), Some(a)) if a < b)
             });
             self.tighten(key, record, snapshot, lowered, now);
             let asked = outcome.retry_after().unwrap_or_default();
