@@ -52,6 +52,11 @@ struct Dim {
     refundable_at: Instant,
     /// The local bucket while Redis is unreachable.
     local: Option<Bucket>,
+    /// Redis's count of the units granted to the fleet, as the last settlement read it.
+    grants_seen: u64,
+    /// The server's last reading (its bucket at the reading's most pessimistic) and the count of
+    /// grants read before it, to send with the next settlement.
+    reading: Option<(Bucket, u64, Instant)>,
 }
 
 impl Dim {
@@ -67,6 +72,8 @@ impl Dim {
             refundable: 0,
             refundable_at: now,
             local: None,
+            grants_seen: 0,
+            reading: None,
         }
     }
 
@@ -186,6 +193,8 @@ struct Fleet {
     margin_out: [Option<f64>; 4],
     /// The limiter's margins at its last publication, to tell a raise.
     local_margins: [f64; 4],
+    /// The limiter's cooldown as it last published it (to give Redis again after a restart).
+    local_cooldown: Option<Instant>,
     margins: [f64; 4],
     margins_at: Instant,
     /// What to hand the limiter at its next look.
@@ -209,6 +218,7 @@ impl Fleet {
             cooldown_version: 0,
             margin_out: [None; 4],
             local_margins: [0.0; 4],
+            local_cooldown: None,
             margins: [0.0; 4],
             margins_at: now,
             news: None,
@@ -226,7 +236,8 @@ impl Fleet {
 }
 
 /// What the learned model looks like in Redis (`mb`, JSON): limits (units, window in µs), the
-/// two ratios (log mean, log variance, samples), the throttle rate.
+/// two ratios (log mean, log variance, samples), the throttle rate (the fleet's: requests per
+/// second across all processes).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Model {
     limits: [Option<(u64, u64)>; 4],
@@ -236,7 +247,9 @@ struct Model {
 }
 
 impl Model {
-    fn of(l: &Learned) -> Self {
+    /// The model of `l`, learned by a process whose share of the fleet's demand is `share`: its
+    /// throttle rate is its share of the fleet's.
+    fn of(l: &Learned, share: f64) -> Self {
         let e = |e: Option<Estimate>| e.map(|e| (e.log_mean, e.log_var, e.samples));
         Model {
             limits: l
@@ -244,7 +257,7 @@ impl Model {
                 .map(|l| l.map(|(c, w)| (c, u64::try_from(w.as_micros()).unwrap_or(u64::MAX)))),
             input: e(l.input),
             output: e(l.output),
-            throttle: l.throttle_rate,
+            throttle: l.throttle_rate.map(|r| r / share.max(1e-3)),
         }
     }
 
@@ -460,7 +473,8 @@ impl Buckets for RedisBuckets {
         if !shared {
             return;
         }
-        let model = Model::of(learned);
+        f.local_cooldown = learned.cooldown_until.filter(|c| *c > now);
+        let model = Model::of(learned, f.share);
         if f.model.as_ref() != Some(&model) {
             f.model = Some(model);
             f.model_dirty = true;
@@ -507,6 +521,15 @@ impl Buckets for RedisBuckets {
     fn demand(&mut self, requests: usize) {
         self.shared.lock().fleet.demand = requests as u64;
     }
+
+    fn server_reading(&mut self, dimension: Dimension, server: Bucket) {
+        let now = Instant::now();
+        let mut st = self.shared.lock();
+        if st.mode == Mode::Shared {
+            let d = &mut st.dims[dimension.index()];
+            d.reading = Some((server, d.grants_seen, now));
+        }
+    }
 }
 
 /// What one settlement asks for a dimension.
@@ -520,6 +543,12 @@ struct Ask {
     debt: u64,
     back: u64,
     used: u64,
+    /// Units of the lease held now.
+    held: u64,
+    /// The server's units used as its last reading says, now (−1: no reading), and the count of
+    /// grants read before that reading.
+    seen_used: i64,
+    seen_grants: u64,
 }
 
 /// What one settlement sends besides the buckets.
@@ -586,12 +615,14 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                     // Unknown here: a process joining asks for what the fleet knows.
                     return Ask {
                         auto: mode == Mode::Shared && !joined && !closing,
+                        seen_used: -1,
                         ..Ask::default()
                     };
                 }
                 let mut ask = Ask {
                     cap: if d.announce { d.cap } else { 0 },
                     window_us: d.window.as_micros() as u64,
+                    seen_used: -1,
                     ..Ask::default()
                 };
                 if mode == Mode::Shared {
@@ -615,6 +646,15 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                         ask.want = d.target - held;
                     }
                     ask.used = d.cap;
+                    ask.held = held;
+                    // A reading younger than a lease, in the units of the shared bucket.
+                    if let Some((b, n, at)) = d.reading.take()
+                        && now.saturating_duration_since(at) <= inner.lease
+                        && (b.capacity(), b.window()) == (d.cap, d.window)
+                    {
+                        ask.seen_used = to_i64(d.cap.saturating_sub(b.level(now)));
+                        ask.seen_grants = n;
+                    }
                 } else {
                     // Degraded: probe Redis, publishing the limits again.
                     ask.cap = d.cap;
@@ -656,6 +696,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
             (asks, fleet_ask, closing, joined, refresh)
         };
         drop(sh);
+        // A reading rides along with a settlement that is due anyway: it makes none.
         let idle = |a: &Ask| a.cap == 0 && a.want == 0 && a.debt == 0 && a.back == 0 && !a.auto;
         let news_to_send = fleet_ask.cooldown_op != 0
             || fleet_ask.margins.iter().any(|m| *m >= 0)
@@ -687,7 +728,8 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                         d.local = None;
                         d.shown = None;
                     }
-                    let [granted, cap, window_us, wait_us] = reply;
+                    let [granted, cap, window_us, wait_us, grants] = reply;
+                    d.grants_seen = grants;
                     if cap > 0 && window_us > 0 {
                         if ask.cap > 0 || !d.announce {
                             d.announce = false;
@@ -772,6 +814,21 @@ impl Fleet {
         if sent.model.is_some() && sent.model == self.model {
             self.model_dirty = false;
         }
+        // Redis forgot the key (a restart without persistence): what this process knows goes
+        // back with its next settlement — the cooldown it honours, its margins, the model.
+        if reply.cooldown_version < self.cooldown_version || reply.model_version < self.seen_version
+        {
+            if let Some(until) = self.local_cooldown.filter(|c| *c > received) {
+                self.cooldown_op = CooldownOp::Raise(until);
+                self.raising = Some(until);
+            }
+            for (out, m) in self.margin_out.iter_mut().zip(self.local_margins) {
+                if m > 0.0 {
+                    *out = Some(m.min(0.5));
+                }
+            }
+            self.model_dirty = self.model.is_some();
+        }
         let cooldown = (reply.cooldown_left_us > 0)
             .then(|| later(received, Duration::from_micros(reply.cooldown_left_us)));
         if cooldown.is_some() != self.cooldown.is_some()
@@ -811,7 +868,11 @@ impl Fleet {
             margins,
             input: fresh.as_ref().and_then(|m| Model::estimate(m.input)),
             output: fresh.as_ref().and_then(|m| Model::estimate(m.output)),
-            throttle_rate: fresh.as_ref().and_then(|m| m.throttle),
+            // The fleet's rate, divided by demand: this process's share of it.
+            throttle_rate: fresh
+                .as_ref()
+                .and_then(|m| m.throttle)
+                .map(|r| r * self.share),
         });
     }
 }
@@ -822,7 +883,7 @@ async fn settle(
     keys: &[String; 2],
     asks: &[Ask; 4],
     fleet: &FleetAsk,
-) -> Result<([[u64; 4]; 4], FleetReply), ()> {
+) -> Result<([[u64; 5]; 4], FleetReply), ()> {
     let mut invocation = SCRIPT.key(&keys[0]);
     invocation.key(&keys[1]);
     let window_ms = asks
@@ -858,7 +919,10 @@ async fn settle(
             .arg(if a.auto { -1 } else { to_i64(a.want) })
             .arg(a.debt)
             .arg(a.back)
-            .arg(a.used);
+            .arg(a.used)
+            .arg(a.held)
+            .arg(a.seen_used)
+            .arg(a.seen_grants);
     }
     let mut conn: ConnectionManager = inner.conn.clone();
     inner.ops.fetch_add(1, Ordering::Relaxed);
@@ -883,11 +947,12 @@ async fn settle(
         Some(redis::Value::SimpleString(s)) => s.clone(),
         _ => String::new(),
     };
-    let mut out = [[0u64; 4]; 4];
+    let mut out = [[0u64; 5]; 4];
     for (d, o) in out.iter_mut().enumerate() {
-        for (j, x) in o.iter_mut().enumerate() {
+        for (j, x) in o.iter_mut().take(4).enumerate() {
             *x = int(d * 4 + j);
         }
+        o[4] = int(27 + d);
     }
     let model = text(24);
     let fleet = FleetReply {

@@ -55,19 +55,27 @@
 //!   settlement reports this process's demand (its requests waiting or in flight); Redis keeps
 //!   each process's last report for a few seconds. A process's lease is the refill of `lease` at
 //!   the shared rate, times the number of processes with demand, times its share of the fleet's
-//!   demand. **The rule: each process's share of the budget is its share of the requests
-//!   waiting or in flight across the fleet**, not who asked first — equal demand, equal leases
-//!   (one `lease` each); a process with twice the waiting requests holds twice the lease and, as
-//!   every process tops up from the same refill, gets about twice the budget. A process that
-//!   holds more than twice its lease gives the excess back at its next settlement, so a shift in
-//!   demand moves the budget within a round trip. While the limiter's head waiter stays blocked
-//!   with a full lease in hand (a request larger than a lease), the lease doubles, up to the
-//!   capacity.
+//!   demand: equal demand, equal leases. A process that holds more than twice its lease gives
+//!   the excess back at its next settlement. While the limiter's head waiter stays blocked with a
+//!   full lease in hand (a request larger than a lease), the lease doubles, up to the capacity.
+//! - **Fairness: each process's share of the budget is its share of the requests waiting or in
+//!   flight across the fleet**, not who asks first or most often. While the shared bucket is
+//!   below half full (the fleet wants more than the limit), each process has a *credit* in Redis
+//!   that refills at its demand share times the shared rate and holds at most two leases of
+//!   that rate; a grant is at most the credit, plus the process's demand share of what the
+//!   shared level holds beyond every process's credit (a head start, budget a quiet process left).
+//!   A new process's credit starts empty. As the shares add up to one, the credits together
+//!   never exceed the shared level: a process finds its credit there whenever it asks, so
+//!   asking first or more often gains nothing. A process whose grant came back short is told
+//!   when its credit will hold a lease of its own rate, and asks again then (not later; it asks
+//!   earlier only if something else is due). With the bucket above half full every process gets
+//!   what it asks for.
 //! - **Round trips follow activity.** A key tops up only below half its lease, so each round
 //!   trip brings at least half a lease; a key in use also reads the fleet's state at least every
 //!   [`RedisStoreBuilder::refresh`]; a key idle for two lease periods returns its lease and makes
 //!   no round trip at all. A quiet fleet costs nothing; a busy one about two round trips per
-//!   lease.
+//!   lease, and a saturated one (grants limited by credits) about one per lease per process: N
+//!   processes at a shared rate R make about N ÷ (R × lease) round trips per request.
 //! - **Leases expire with their process.** Budget is charged to Redis *before* it is spent, so
 //!   processes never spend the same budget twice: the shared limit is not exceeded. A process
 //!   that dies holds at most one lease (about `lease` of refill), which the shared bucket's
@@ -75,12 +83,22 @@
 //!   stops counting a few seconds after its last settlement.
 //! - **Levels.** A response's readings bring the limiter's bucket in line with the server, and
 //!   the store reads what changed: budget the server says is *lower* comes off the lease and, past
-//!   zero, becomes a debt charged to the shared bucket, so every process learns it. A reading that
-//!   says there is *more* is not credited: the server counts the leases of every process as free
-//!   budget, so crediting it would spend the others' share. Only output reservations released to
-//!   the true figure come back (at most what this process reserved in the last window).
-//!   Refunds of requests and input tokens (a 429, a cancellation) stay spent: conservative.
-//!
+//!   zero, becomes a debt charged to the shared bucket, so every process learns it. Budget the
+//!   server says is *higher* is not credited to the lease (the server counts every process's
+//!   leases as free budget; crediting it would spend the others' share); only output reservations
+//!   released to the true figure come back (at most what this process reserved in the last
+//!   window). Refunds of requests and input tokens (a 429, a cancellation) stay spent.
+//! - **The server's level raises the shared one.** Each reading also goes, with the next
+//!   settlement, to Redis as the server's units used (the limiter's most pessimistic reading of
+//!   it, this process's sends since taken off). Redis raises the shared level to it — never
+//!   lowers it — less what the reading cannot count: every process's largest lease of the last
+//!   few seconds (what they may have held, unspent, when it was taken), every grant since the
+//!   reading process last read the count of grants, and 1 % of the capacity for readings'
+//!   resolution. So a fleet whose server had budget before its first request (a head start, a
+//!   quiet night) spends it instead of waiting a window for the shared bucket to refill, and a
+//!   restarted Redis learns the level from the first answer. A reading older than a lease is
+//!   dropped; one in the units of another limit (a configured ceiling below the server's) too.
+
 //! # What the fleet learns together
 //!
 //! - **Joining.** A key's first settlement happens as soon as the key opens, and the key's
@@ -93,7 +111,9 @@
 //!   and kept in Redis as the fleet's cooldown, extended by later ones: while it runs Redis
 //!   grants no lease, and every process adopts it at its next round trip (within
 //!   [`refresh`](RedisStoreBuilder::refresh), sooner when its lease runs low). A re-check
-//!   answered in any process ends it for all. A Redis restart forgets it.
+//!   answered in any process ends it for all. A Redis restart forgets it, and the processes
+//!   give it back: a settlement that finds the versions Redis keeps lower than it read before
+//!   sends the cooldown its limiter still honours, its margins and its model.
 //! - **Margins: the fleet's answer to an unpredicted 429.** A refusal the model did not predict
 //!   raises the limiter's margin (see [`Store::is_shared`]); the store sends it at once and Redis
 //!   keeps that share of every shared bucket free for all processes, decaying as the limiter's
@@ -101,9 +121,10 @@
 //!   buckets count.
 //! - **The model** (limits, the input and output ratios, a throttle rate for a server without
 //!   rate-limit headers) is published with each settlement once it changed; newest wins, and
-//!   every process adopts another's at its next settlement. A throttle rate is the rate one
-//!   process reached: the fleet adopts it as each process's rate (for header-less servers the
-//!   processes do not divide it).
+//!   every process adopts another's at its next settlement. A throttle rate (a server without
+//!   rate-limit headers) is kept as the fleet's: a process publishes the rate it reached divided
+//!   by its share of the fleet's demand, and adopts the fleet's times its own share, so the
+//!   processes together pace at the rate one learned for all.
 //!
 //! # When Redis is slow or down
 //!
@@ -126,8 +147,8 @@
 //! **empty** and refills at the limit's rate: the server's level is unknown, and after an outage
 //! the processes pacing alone have usually emptied it (measured: starting from the processes'
 //! local levels instead kept 10–20% of attempts answered 429 for seconds after a restart;
-//! starting empty, none). The price is the starting burst of a fresh key, one window's capacity
-//! at most.
+//! starting empty, none). The first reading of the server's level then raises it (see
+//! *Levels* above), so what the server really holds is not lost.
 //!
 //! # Why `redis` rather than `fred`
 //!
