@@ -647,9 +647,10 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                     }
                     ask.used = d.cap;
                     ask.held = held;
-                    // A reading younger than a lease, in the units of the shared bucket.
+                    // A reading younger than half the span of the peaks Redis keeps (see
+                    // `demand_lifetime`), in the units of the shared bucket.
                     if let Some((b, n, at)) = d.reading.take()
-                        && now.saturating_duration_since(at) <= inner.lease
+                        && now.saturating_duration_since(at) <= demand_lifetime(inner.lease) / 2
                         && (b.capacity(), b.window()) == (d.cap, d.window)
                     {
                         ask.seen_used = to_i64(d.cap.saturating_sub(b.level(now)));
@@ -1027,5 +1028,69 @@ mod tests {
         assert_eq!(to_i64(u64::MAX), i64::MAX);
         assert_eq!(to_i64(7), 7);
         assert!(later(now, Duration::MAX) > now);
+    }
+
+    /// A throttle rate (a server without rate-limit headers) is the fleet's: published as the
+    /// rate a process reached divided by its demand share, adopted times the adopter's share.
+    #[tokio::test(start_paused = true)]
+    async fn the_throttle_rate_is_divided_by_demand() {
+        let now = Instant::now();
+        let learned = Learned {
+            limits: [None; 4],
+            cooldown_until: None,
+            margins: [0.0; 4],
+            input: None,
+            output: None,
+            throttle_rate: Some(10.0),
+        };
+        // A process with a quarter of the fleet's demand paced at 10/s: the fleet, at 40/s.
+        let model = Model::of(&learned, 0.25);
+        assert_eq!(model.throttle, Some(40.0));
+        // A process with half of the demand adopts 20/s of it.
+        let mut fleet = Fleet::new(now);
+        let reply = FleetReply {
+            model_version: 1,
+            model: Some(model),
+            active: 3,
+            share_ppm: 500_000,
+            ..FleetReply::default()
+        };
+        fleet.read(&FleetAsk::default(), reply, now, false);
+        let news = fleet.news.take().expect("news");
+        assert_eq!(news.throttle_rate, Some(20.0));
+    }
+
+    /// After a Redis restart (the versions it keeps are lower than read before), a process gives
+    /// back the cooldown its limiter honours, its margins and its model.
+    #[tokio::test(start_paused = true)]
+    async fn a_forgetful_redis_gets_the_fleets_state_back() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(3);
+        let mut fleet = Fleet::new(now);
+        fleet.cooldown_version = 2;
+        fleet.seen_version = 5;
+        fleet.cooldown = Some(until);
+        fleet.local_cooldown = Some(until);
+        fleet.local_margins = [0.1, 0.0, 0.0, 0.0];
+        fleet.model = Some(Model::of(
+            &Learned {
+                limits: [None; 4],
+                cooldown_until: None,
+                margins: [0.0; 4],
+                input: None,
+                output: None,
+                throttle_rate: None,
+            },
+            1.0,
+        ));
+        fleet.read(&FleetAsk::default(), FleetReply::default(), now, false);
+        assert_eq!(fleet.cooldown_op, CooldownOp::Raise(until));
+        assert_eq!(fleet.margin_out[0], Some(0.1));
+        assert!(fleet.model_dirty);
+        // The limiter is not told the cooldown ended.
+        assert_eq!(
+            fleet.news.take().and_then(|n| n.cooldown_until),
+            Some(until)
+        );
     }
 }

@@ -96,8 +96,9 @@
 //!   reading process last read the count of grants, and 1 % of the capacity for readings'
 //!   resolution. So a fleet whose server had budget before its first request (a head start, a
 //!   quiet night) spends it instead of waiting a window for the shared bucket to refill, and a
-//!   restarted Redis learns the level from the first answer. A reading older than a lease is
-//!   dropped; one in the units of another limit (a configured ceiling below the server's) too.
+//!   restarted Redis learns the level from the first answer. A reading older than half the time
+//!   Redis keeps a demand is dropped; one in the units of another limit (a configured ceiling
+//!   below the server's) too.
 
 //! # What the fleet learns together
 //!
