@@ -823,8 +823,11 @@ impl Fleet {
                 self.cooldown_op = CooldownOp::Raise(until);
                 self.raising = Some(until);
             }
-            for (out, m) in self.margin_out.iter_mut().zip(self.local_margins) {
-                if m > 0.0 {
+            // The fleet's margins as last read (this process's own, raised while it paced alone
+            // through an outage, say nothing of the shared model).
+            let fleet: [f64; 4] = std::array::from_fn(|i| self.margin(i, received));
+            for (out, m) in self.margin_out.iter_mut().zip(fleet) {
+                if m > 1e-6 && out.is_none() {
                     *out = Some(m.min(0.5));
                 }
             }
@@ -1071,7 +1074,9 @@ mod tests {
         fleet.seen_version = 5;
         fleet.cooldown = Some(until);
         fleet.local_cooldown = Some(until);
-        fleet.local_margins = [0.1, 0.0, 0.0, 0.0];
+        fleet.margins = [0.1, 0.0, 0.0, 0.0];
+        // Raised while pacing alone: not the fleet's.
+        fleet.local_margins = [0.3, 0.3, 0.0, 0.0];
         fleet.model = Some(Model::of(
             &Learned {
                 limits: [None; 4],
@@ -1085,7 +1090,7 @@ mod tests {
         ));
         fleet.read(&FleetAsk::default(), FleetReply::default(), now, false);
         assert_eq!(fleet.cooldown_op, CooldownOp::Raise(until));
-        assert_eq!(fleet.margin_out[0], Some(0.1));
+        assert_eq!(fleet.margin_out, [Some(0.1), None, None, None]);
         assert!(fleet.model_dirty);
         // The limiter is not told the cooldown ended.
         assert_eq!(

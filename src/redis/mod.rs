@@ -93,8 +93,8 @@
 //!   it, this process's sends since taken off). Redis raises the shared level to it — never
 //!   lowers it — less what the reading cannot count: every process's largest lease of the last
 //!   few seconds (what they may have held, unspent, when it was taken), every grant since the
-//!   reading process last read the count of grants, and 1 % of the capacity for readings'
-//!   resolution. So a fleet whose server had budget before its first request (a head start, a
+//!   reading process last read the count of grants, and a thousandth of the capacity for
+//!   requests in transit (the reading's own resolution is in the limiter's pessimistic edge). So a fleet whose server had budget before its first request (a head start, a
 //!   quiet night) spends it instead of waiting a window for the shared bucket to refill, and a
 //!   restarted Redis learns the level from the first answer. A reading older than half the time
 //!   Redis keeps a demand is dropped; one in the units of another limit (a configured ceiling
@@ -114,7 +114,8 @@
 //!   [`refresh`](RedisStoreBuilder::refresh), sooner when its lease runs low). A re-check
 //!   answered in any process ends it for all. A Redis restart forgets it, and the processes
 //!   give it back: a settlement that finds the versions Redis keeps lower than it read before
-//!   sends the cooldown its limiter still honours, its margins and its model.
+//!   sends the cooldown its limiter still honours, the fleet's margins as it last read them and
+//!   its model.
 //! - **Margins: the fleet's answer to an unpredicted 429.** A refusal the model did not predict
 //!   raises the limiter's margin (see [`Store::is_shared`]); the store sends it at once and Redis
 //!   keeps that share of every shared bucket free for all processes, decaying as the limiter's

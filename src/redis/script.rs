@@ -148,15 +148,17 @@ for d = 0, 3 do
     full = math.max(now, full - back * per)
     -- A server's reading (its units used, now, at its most pessimistic): the shared level is
     -- raised to it, less what the fleet may have held when it was taken (each process's most
-    -- held lately), what was granted since (`n<d>` counts every grant) and one per cent for
-    -- readings' resolution; never lowered (spending is charged here before it happens).
+    -- held lately), what was granted since (`n<d>` counts every grant) and a thousandth of the
+    -- capacity for what reached the server after the reading though sent before it; never
+    -- lowered (spending is charged here before it happens). The reading's own resolution is
+    -- in it already: it is the latest `full_at` the limiter finds the reading allows.
     if seen_used >= 0 then
       local hold = 0
       for _, p in ipairs(procs) do hold = hold + held_lately(p[3], d) end
       hold = hold + held
       local since = n - seen_n
       if since < 0 then since = n end
-      local u = seen_used + hold + since + math.max(1, math.ceil(scap / 100))
+      local u = seen_used + hold + since + math.max(1, math.ceil(scap / 1000))
       local reading = now + u * per
       if reading < full then full = reading end
     end
