@@ -254,17 +254,29 @@ fn request() -> http::Request<String> {
     r
 }
 
-/// A 429 one process meets pauses another sharing the store: the second one's calls stop
-/// within a round trip of the refusal and resume when the server's `retry-after` has passed.
+/// A 429 one process meets pauses another sharing the store at once — Redis pushes the raised
+/// cooldown to every process, no round trip needed: the stores here read the fleet's state only
+/// every 5 s and settle about once a second — and the other resumes when the server's
+/// `retry-after` has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_in_one_process_pauses_the_others() {
     let Some(server) = RedisServer::start() else {
         return;
     };
     let prefix = prefix("cooldown");
-    let limits = || RateLimitState::builder().limits(Limits::per_minute(600, 1_000_000, 1_000_000));
-    let a = limits().store(fleet_store(&server.url(), &prefix)).build();
-    let b = limits().store(fleet_store(&server.url(), &prefix)).build();
+    let limits =
+        || RateLimitState::builder().limits(Limits::per_minute(600, 1_000_000_000, 1_000_000_000));
+    let slow_store = || {
+        RedisStore::builder(server.url())
+            .prefix(prefix.as_str())
+            .lease(Duration::from_secs(1))
+            .refresh(Duration::from_secs(5))
+            .timeout(Duration::from_millis(500))
+            .build()
+            .expect("valid URL")
+    };
+    let a = limits().store(slow_store()).build();
+    let b = limits().store(slow_store()).build();
     let start = tokio::time::Instant::now();
     let refused = service_fn(|_req: http::Request<String>| async {
         let response = http::Response::builder()
@@ -274,24 +286,34 @@ async fn a_429_in_one_process_pauses_the_others() {
         Ok::<_, tower_llm_limits::BoxError>(response)
     });
     let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // b's server says it has plenty (590 of 600 left): the shared bucket is raised above half
+    // full, where b is granted whole leases and spends from them between settlements.
     let accepted = {
         let sent = sent.clone();
         service_fn(move |_req: http::Request<String>| {
             sent.lock().unwrap().push(start.elapsed());
-            async { Ok::<_, tower_llm_limits::BoxError>(http::Response::new(String::new())) }
+            async {
+                let response = http::Response::builder()
+                    .header("anthropic-ratelimit-requests-limit", "600")
+                    .header("anthropic-ratelimit-requests-remaining", "590")
+                    .body(String::new())?;
+                Ok::<_, tower_llm_limits::BoxError>(response)
+            }
         })
     };
     let a = RateLimitLayer::with_state(a).layer(refused);
     let b = RateLimitLayer::with_state(b.clone()).layer(accepted);
-    // `b` sends one request every 50 ms for 4 s; `a` meets its 429 at 1 s.
+    // `b` sends one request every 200 ms for 6 s, half the limit: it holds budget, and settles
+    // about once a second. `a` meets its 429 at 2 s or a little later (the shared
+    // bucket starts empty: a's first grant comes after up to a second).
     let driver = async move {
-        while start.elapsed() < Duration::from_secs(4) {
+        while start.elapsed() < Duration::from_secs(6) {
             b.clone().oneshot(request()).await.expect("b's call");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
     let refuse = async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let response = a.oneshot(request()).await.expect("a's call");
         assert_eq!(response.status(), 429);
         start.elapsed()
@@ -299,9 +321,9 @@ async fn a_429_in_one_process_pauses_the_others() {
     let ((), refused_at) = tokio::join!(driver, refuse);
     let sent = sent.lock().unwrap().clone();
     eprintln!("429 at {refused_at:?}; b sent at {sent:?}");
-    // Within a round trip (the refresh, 200 ms, plus the call in flight) b stops until the
-    // cooldown's end (2 s after the refusal, less the time the answer took to reach Redis).
-    let quiet_from = refused_at + Duration::from_millis(350);
+    // At once (the answer reaching Redis, the push, b's next call: 200 ms apart) b stops until
+    // the cooldown's end (2 s after the refusal, less the time the answer took to reach Redis).
+    let quiet_from = refused_at + Duration::from_millis(100);
     let quiet_to = refused_at + Duration::from_millis(1_800);
     let during: Vec<_> = sent
         .iter()

@@ -1,8 +1,9 @@
 //! A key's buckets backed by Redis: leases spent locally, settled in the background.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -157,6 +158,9 @@ pub(super) struct KeyLease {
     /// Last time the limiter looked or spent.
     active_at: Instant,
     closed: bool,
+    /// News that must go at once (a cooldown or a margin raised here): the next settlement does
+    /// not wait out a short grant's wait.
+    urgent: bool,
     /// Whether a settlement has read the key's shared state since the buckets were opened.
     joined: bool,
     opened_at: Instant,
@@ -207,6 +211,30 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// A cooldown another process raised, pushed by Redis as it was raised: the limiter
+    /// honours it at its next decision, without waiting for a round trip.
+    fn pushed(&mut self, version: u64, until: Instant, now: Instant) {
+        if version <= self.cooldown_version || until <= now {
+            return;
+        }
+        self.cooldown = Some(self.cooldown.map_or(until, |c| c.max(until)));
+        self.cooldown_version = version;
+        let cooldown_until = self.cooldown.max(self.raising);
+        match &mut self.news {
+            Some(news) => news.cooldown_until = news.cooldown_until.max(cooldown_until),
+            None => {
+                self.news = Some(Learned {
+                    limits: [None; 4],
+                    cooldown_until,
+                    margins: std::array::from_fn(|i| self.margin(i, now)),
+                    input: None,
+                    output: None,
+                    throttle_rate: None,
+                })
+            }
+        }
+    }
+
     fn new(now: Instant) -> Self {
         Fleet {
             model: None,
@@ -275,9 +303,66 @@ pub(super) struct Shared {
     notify: Notify,
 }
 
+/// The keys of a store by cooldown channel, for the subscriber connection's messages.
+#[derive(Clone, Default)]
+pub(super) struct Channels(Arc<Mutex<HashMap<String, Vec<Weak<Shared>>>>>);
+
+impl Channels {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Weak<Shared>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, channel: &str, shared: &Arc<Shared>) {
+        let mut map = self.lock();
+        let keys = map.entry(channel.to_owned()).or_default();
+        keys.retain(|k| k.strong_count() > 0);
+        keys.push(Arc::downgrade(shared));
+    }
+
+    /// A message of the subscriber connection: a key's cooldown raised by some process
+    /// (`<version>:<µs left>`), honoured here at once.
+    pub(super) fn deliver(&self, push: redis::PushInfo) {
+        if push.kind != redis::PushKind::Message {
+            return;
+        }
+        let text = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(redis::Value::SimpleString(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let channel = text(push.data.first());
+        let payload = text(push.data.get(1));
+        let Some((version, left)) = payload
+            .split_once(':')
+            .and_then(|(v, l)| Some((v.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
+        else {
+            return;
+        };
+        let keys: Vec<Arc<Shared>> = self
+            .lock()
+            .get(&channel)
+            .map(|keys| keys.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        let now = Instant::now();
+        for key in keys {
+            let mut st = key.lock();
+            if st.mode == Mode::Shared {
+                st.fleet
+                    .pushed(version, later(now, Duration::from_micros(left)), now);
+            }
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, KeyLease> {
         self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the next settlement must go now (urgent news, or the buckets were dropped).
+    fn must_go(&self) -> bool {
+        let st = self.lock();
+        st.urgent || st.closed
     }
 }
 
@@ -316,6 +401,7 @@ impl RedisBuckets {
                 spent: false,
                 active_at: now,
                 closed: false,
+                urgent: false,
                 joined: false,
                 opened_at: now,
                 fleet: Fleet::new(now),
@@ -324,6 +410,10 @@ impl RedisBuckets {
         });
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
+                let keys = inner.redis_keys(key);
+                inner
+                    .channels
+                    .register(&Inner::cooldown_channel(&keys[0]), &shared);
                 handle.spawn(settle_loop(
                     Arc::downgrade(&shared),
                     inner.clone(),
@@ -497,6 +587,9 @@ impl Buckets for RedisBuckets {
             }
             _ => {}
         }
+        if urgent {
+            st.urgent = true;
+        }
         drop(st);
         if urgent {
             self.shared.notify.notify_one();
@@ -585,6 +678,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
     let min_gap = (inner.lease / 16).max(Duration::from_millis(2));
     let mut not_before = Instant::now();
     let mut first = true;
+    let mut subscribed = false;
     let mut settled_at = Instant::now();
     loop {
         let Some(sh) = shared.upgrade() else { return };
@@ -594,12 +688,19 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                 _ = sh.notify.notified() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
-            tokio::time::sleep_until(not_before).await;
+            // A short grant's wait, cut short by news that must go at once.
+            while Instant::now() < not_before && !sh.must_go() {
+                tokio::select! {
+                    _ = sh.notify.notified() => {}
+                    _ = tokio::time::sleep_until(not_before) => {}
+                }
+            }
         }
         first = false;
         let now = Instant::now();
         let (asks, fleet_ask, closing, joined, refresh) = {
             let mut st = sh.lock();
+            st.urgent = false;
             let closing = st.closed;
             let joined = st.joined;
             // An active key reads what the fleet knows (a cooldown, margins) at least this
@@ -717,75 +818,93 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
         let received = Instant::now();
         settled_at = received;
         not_before = later(received, min_gap);
-        let mut st = sh.lock();
-        match result {
-            Ok((replies, fleet)) => {
-                inner.healthy();
-                let was = st.mode;
-                st.mode = Mode::Shared;
-                for ((d, ask), reply) in st.dims.iter_mut().zip(asks).zip(replies) {
+        let shared_now = {
+            let mut st = sh.lock();
+            match result {
+                Ok((replies, fleet)) => {
+                    inner.healthy();
+                    let was = st.mode;
+                    st.mode = Mode::Shared;
+                    for ((d, ask), reply) in st.dims.iter_mut().zip(asks).zip(replies) {
+                        if was != Mode::Shared {
+                            d.lease = 0;
+                            d.local = None;
+                            d.shown = None;
+                        }
+                        let [granted, cap, window_us, wait_us, grants] = reply;
+                        d.grants_seen = grants;
+                        if cap > 0 && window_us > 0 {
+                            if ask.cap > 0 || !d.announce {
+                                d.announce = false;
+                            }
+                            if (cap, window_us) != (d.cap, d.window.as_micros() as u64) {
+                                d.cap = cap;
+                                d.window = Duration::from_micros(window_us);
+                                d.target = d.base_target(inner.lease);
+                            }
+                        } else if d.cap > 0 {
+                            // Redis forgot the key (restart, expiry): publish ours again.
+                            d.announce = true;
+                        }
+                        if was == Mode::Shared {
+                            d.lease = d
+                                .lease
+                                .saturating_add(to_i64(ask.debt))
+                                .saturating_sub(to_i64(ask.back));
+                        }
+                        d.lease = d.lease.saturating_add(to_i64(granted));
+                        let want = if ask.auto { d.target } else { ask.want };
+                        if granted < want && wait_us > 0 {
+                            // The shared bucket is short (or the fleet cools down): ask again when
+                            // the rest is there, within a lease period (the others compete for the
+                            // same refill: asking more often would only add round trips).
+                            let wait = Duration::from_micros(wait_us).clamp(min_gap, inner.lease);
+                            not_before = not_before.max(later(received, wait));
+                        }
+                    }
                     if was != Mode::Shared {
-                        d.lease = 0;
-                        d.local = None;
-                        d.shown = None;
+                        st.looked = true;
                     }
-                    let [granted, cap, window_us, wait_us, grants] = reply;
-                    d.grants_seen = grants;
-                    if cap > 0 && window_us > 0 {
-                        if ask.cap > 0 || !d.announce {
-                            d.announce = false;
-                        }
-                        if (cap, window_us) != (d.cap, d.window.as_micros() as u64) {
-                            d.cap = cap;
-                            d.window = Duration::from_micros(window_us);
-                            d.target = d.base_target(inner.lease);
-                        }
-                    } else if d.cap > 0 {
-                        // Redis forgot the key (restart, expiry): publish ours again.
-                        d.announce = true;
-                    }
-                    if was == Mode::Shared {
-                        d.lease = d
-                            .lease
-                            .saturating_add(to_i64(ask.debt))
-                            .saturating_sub(to_i64(ask.back));
-                    }
-                    d.lease = d.lease.saturating_add(to_i64(granted));
-                    let want = if ask.auto { d.target } else { ask.want };
-                    if granted < want && wait_us > 0 {
-                        // The shared bucket is short (or the fleet cools down): ask again when
-                        // the rest is there, within a lease period (the others compete for the
-                        // same refill: asking more often would only add round trips).
-                        let wait = Duration::from_micros(wait_us).clamp(min_gap, inner.lease);
-                        not_before = not_before.max(later(received, wait));
+                    let first_join = !st.joined;
+                    st.joined = true;
+                    st.fleet.read(&fleet_ask, fleet, received, first_join);
+                    if closing {
+                        return;
                     }
                 }
-                if was != Mode::Shared {
-                    st.looked = true;
-                }
-                let first_join = !st.joined;
-                st.joined = true;
-                st.fleet.read(&fleet_ask, fleet, received, first_join);
-                if closing {
-                    return;
+                Err(()) => {
+                    if closing {
+                        return;
+                    }
+                    let mode = inner.policy.degraded_mode();
+                    if st.mode == Mode::Shared {
+                        let now = Instant::now();
+                        for d in st.dims.iter_mut().filter(|d| d.cap > 0) {
+                            // Pace alone from what this process held, at the full rate.
+                            d.local = Some(d.leased_bucket(now));
+                            d.shown = None;
+                            d.lease = 0;
+                        }
+                    }
+                    st.mode = mode;
+                    not_before = later(Instant::now(), inner.retry_every);
                 }
             }
-            Err(()) => {
-                if closing {
-                    return;
+            st.mode == Mode::Shared
+        };
+        drop(sh);
+        if shared_now && !subscribed {
+            // Once Redis answers: the subscription to the key's cooldowns (the subscriber
+            // connection renews it after a reconnection). A server that refuses it (no RESP3)
+            // is asked again at the next settlement; cooldowns travel with settlements anyway.
+            let mut sub = inner.subscriber.clone();
+            let channel = Inner::cooldown_channel(&keys[0]);
+            match tokio::time::timeout(inner.timeout, sub.subscribe(&channel)).await {
+                Ok(Ok(())) => subscribed = true,
+                Ok(Err(e)) => {
+                    tracing::debug!(channel, error = %e, "redis store: no cooldown subscription");
                 }
-                let mode = inner.policy.degraded_mode();
-                if st.mode == Mode::Shared {
-                    let now = Instant::now();
-                    for d in st.dims.iter_mut().filter(|d| d.cap > 0) {
-                        // Pace alone from what this process held, at the full rate.
-                        d.local = Some(d.leased_bucket(now));
-                        d.shown = None;
-                        d.lease = 0;
-                    }
-                }
-                st.mode = mode;
-                not_before = later(Instant::now(), inner.retry_every);
+                Err(_) => tracing::debug!(channel, "redis store: cooldown subscription timed out"),
             }
         }
     }

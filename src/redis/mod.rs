@@ -168,6 +168,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::rate_limit::error::CostExceedsLimit;
@@ -349,11 +350,31 @@ impl RedisStoreBuilder {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(self.retry_every);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config.clone())?;
+        // A second connection, RESP3, for the fleet's cooldowns pushed as they are raised (a
+        // server without RESP3, before Redis 6, refuses the subscription: cooldowns then travel
+        // with the settlements alone).
+        let info = self.url.as_str().into_connection_info()?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let sub_client = redis::Client::open(info.set_redis_settings(resp3))?;
+        let channels = lease::Channels::default();
+        let pushed = channels.clone();
+        let sub_config = config
+            .set_push_sender(move |push: redis::PushInfo| {
+                pushed.deliver(push);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .set_automatic_resubscription();
+        let subscriber = ConnectionManager::new_lazy_with_config(sub_client, sub_config)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 id: format!("{:016x}", fastrand::u64(..)),
                 conn,
+                subscriber,
+                channels,
                 prefix: self.prefix,
                 lease: self.lease,
                 timeout: self.timeout,
@@ -430,6 +451,9 @@ pub(crate) struct Inner {
     /// This process's store, as the other processes see it in Redis.
     id: String,
     conn: ConnectionManager,
+    /// The RESP3 connection subscribed to the keys' cooldown channels, and where its messages go.
+    subscriber: ConnectionManager,
+    channels: lease::Channels,
     prefix: String,
     lease: Duration,
     timeout: Duration,
@@ -449,6 +473,12 @@ impl Inner {
         let main = redis_key(&self.prefix, key);
         let demand = format!("{main}:demand");
         [main, demand]
+    }
+
+    /// The channel on which the settlement script publishes a key's raised cooldown (same hash
+    /// tag as the key: `{prefix}:{<key>}:cooldown`).
+    fn cooldown_channel(main: &str) -> String {
+        format!("{main}:cooldown")
     }
 
     fn healthy(&self) {

@@ -29,7 +29,8 @@ use std::sync::LazyLock;
 /// `demand:at:since:p0..p3:q0..q3`: its demand, when it was reported, and the most it held of
 /// each dimension since `since` (`p`) and in the period before (`q`).
 ///
-/// While a cooldown runs nothing is granted; a margin is kept free in every grant; a reading
+/// A raised cooldown is also published on `{prefix}:{<key>}:cooldown` (`version:µs left`),
+/// which every process subscribes to. While a cooldown runs nothing is granted; a margin is kept free in every grant; a reading
 /// raises the level (never lowers it); while the shared bucket is below half full, a process is
 /// granted at most its credit (its share of the demand times the shared rate, since it last
 /// spent it) and its share of what the level holds beyond every process's credit (see the
@@ -74,6 +75,8 @@ if op == 1 then
     cd = untl
     cv = cv + 1
     redis.call('HSET', k, 'cd', string.format('%.0f', cd), 'cv', cv)
+    -- Every process subscribed honours it at once (version, µs left).
+    redis.call('PUBLISH', k .. ':cooldown', string.format('%.0f:%.0f', cv, arg))
   end
 elseif op == 2 then
   if cv == arg and cd > now then
