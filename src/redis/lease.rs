@@ -678,7 +678,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
     let min_gap = (inner.lease / 16).max(Duration::from_millis(2));
     let mut not_before = Instant::now();
     let mut first = true;
-    let mut subscribed = false;
+    let subscription = Arc::new(std::sync::atomic::AtomicU8::new(SUB_NONE));
     let mut settled_at = Instant::now();
     loop {
         let Some(sh) = shared.upgrade() else { return };
@@ -893,22 +893,49 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
             st.mode == Mode::Shared
         };
         drop(sh);
-        if shared_now && !subscribed {
-            // Once Redis answers: the subscription to the key's cooldowns (the subscriber
-            // connection renews it after a reconnection). A server that refuses it (no RESP3)
-            // is asked again at the next settlement; cooldowns travel with settlements anyway.
-            let mut sub = inner.subscriber.clone();
+        if shared_now && subscription.load(Ordering::Relaxed) == SUB_NONE {
+            // Once Redis answers: the subscription to the key's cooldowns, in its own task (a
+            // slow or refusing server must not hold settlements up; the subscriber connection
+            // renews it after a reconnection). Tried again after the next settlement when the
+            // connection failed; not after the server refused it (no RESP3, before Redis 6):
+            // cooldowns travel with settlements anyway.
+            subscription.store(SUB_PENDING, Ordering::Relaxed);
+            let (inner, subscription) = (inner.clone(), subscription.clone());
             let channel = Inner::cooldown_channel(&keys[0]);
-            match tokio::time::timeout(inner.timeout, sub.subscribe(&channel)).await {
-                Ok(Ok(())) => subscribed = true,
-                Ok(Err(e)) => {
-                    tracing::debug!(channel, error = %e, "redis store: no cooldown subscription");
-                }
-                Err(_) => tracing::debug!(channel, "redis store: cooldown subscription timed out"),
-            }
+            tokio::spawn(async move {
+                let mut sub = inner.subscriber.clone();
+                let next = match tokio::time::timeout(inner.timeout, sub.subscribe(&channel)).await
+                {
+                    Ok(Ok(())) => SUB_DONE,
+                    Ok(Err(e))
+                        if e.is_io_error()
+                            || e.is_connection_refusal()
+                            || e.is_connection_dropped()
+                            || e.is_timeout() =>
+                    {
+                        tracing::debug!(channel, error = %e, "redis store: no cooldown subscription yet");
+                        SUB_NONE
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(channel, error = %e,
+                            "redis store: no cooldown subscription; cooldowns travel with settlements");
+                        SUB_DONE
+                    }
+                    Err(_) => {
+                        tracing::debug!(channel, "redis store: cooldown subscription timed out");
+                        SUB_NONE
+                    }
+                };
+                subscription.store(next, Ordering::Relaxed);
+            });
         }
     }
 }
+
+/// The states of a key's cooldown subscription.
+const SUB_NONE: u8 = 0;
+const SUB_PENDING: u8 = 1;
+const SUB_DONE: u8 = 2;
 
 impl Fleet {
     /// Folds in what a settlement read, and prepares the news for the limiter.
