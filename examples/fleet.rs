@@ -8,6 +8,7 @@
 //! cargo run --release --features redis,reqwest --example fleet             # the figures
 //! cargo run --release --features redis,reqwest --example fleet -- --check  # exit 1 on a miss
 //! cargo run --release --features redis,reqwest --example fleet -- --check failed,429
+//! cargo run --release --features redis,reqwest --example fleet -- --only fleet-16
 //! ```
 //!
 //! One `fleet scenario=…` line per run: goodput against T* (the limit's refill over the run:
@@ -73,6 +74,9 @@ async fn main() {
                 .to_vec(),
         }
     });
+    // `--only fleet-16`: the runs named (comma-separated) alone.
+    let only: Option<Vec<String>> =
+        arg(&args, "--only").map(|list| list.split(',').map(str::to_owned).collect());
     let Some(mut redis) = redis_server::RedisServer::start() else {
         std::process::exit(1);
     };
@@ -82,6 +86,9 @@ async fn main() {
         ("fleet-16", 16, false),
         ("fleet-4-outage", 4, true),
     ] {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
+            continue;
+        }
         let api = SimApi::builder()
             .model(
                 MODEL,

@@ -254,17 +254,29 @@ fn request() -> http::Request<String> {
     r
 }
 
-/// A 429 one process meets pauses another sharing the store: the second one's calls stop
-/// within a round trip of the refusal and resume when the server's `retry-after` has passed.
+/// A 429 one process meets pauses another sharing the store at once — Redis pushes the raised
+/// cooldown to every process, no round trip needed: the stores here read the fleet's state only
+/// every 5 s and settle about once a second — and the other resumes when the server's
+/// `retry-after` has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_in_one_process_pauses_the_others() {
     let Some(server) = RedisServer::start() else {
         return;
     };
     let prefix = prefix("cooldown");
-    let limits = || RateLimitState::builder().limits(Limits::per_minute(600, 1_000_000, 1_000_000));
-    let a = limits().store(fleet_store(&server.url(), &prefix)).build();
-    let b = limits().store(fleet_store(&server.url(), &prefix)).build();
+    let limits =
+        || RateLimitState::builder().limits(Limits::per_minute(600, 1_000_000_000, 1_000_000_000));
+    let slow_store = || {
+        RedisStore::builder(server.url())
+            .prefix(prefix.as_str())
+            .lease(Duration::from_secs(1))
+            .refresh(Duration::from_secs(5))
+            .timeout(Duration::from_millis(500))
+            .build()
+            .expect("valid URL")
+    };
+    let a = limits().store(slow_store()).build();
+    let b = limits().store(slow_store()).build();
     let start = tokio::time::Instant::now();
     let refused = service_fn(|_req: http::Request<String>| async {
         let response = http::Response::builder()
@@ -274,24 +286,34 @@ async fn a_429_in_one_process_pauses_the_others() {
         Ok::<_, tower_llm_limits::BoxError>(response)
     });
     let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // b's server says it has plenty (590 of 600 left): the shared bucket is raised above half
+    // full, where b is granted whole leases and spends from them between settlements.
     let accepted = {
         let sent = sent.clone();
         service_fn(move |_req: http::Request<String>| {
             sent.lock().unwrap().push(start.elapsed());
-            async { Ok::<_, tower_llm_limits::BoxError>(http::Response::new(String::new())) }
+            async {
+                let response = http::Response::builder()
+                    .header("anthropic-ratelimit-requests-limit", "600")
+                    .header("anthropic-ratelimit-requests-remaining", "590")
+                    .body(String::new())?;
+                Ok::<_, tower_llm_limits::BoxError>(response)
+            }
         })
     };
     let a = RateLimitLayer::with_state(a).layer(refused);
     let b = RateLimitLayer::with_state(b.clone()).layer(accepted);
-    // `b` sends one request every 50 ms for 4 s; `a` meets its 429 at 1 s.
+    // `b` sends one request every 200 ms for 6 s, half the limit: it holds budget, and settles
+    // about once a second. `a` meets its 429 at 2 s or a little later (the shared
+    // bucket starts empty: a's first grant comes after up to a second).
     let driver = async move {
-        while start.elapsed() < Duration::from_secs(4) {
+        while start.elapsed() < Duration::from_secs(6) {
             b.clone().oneshot(request()).await.expect("b's call");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
     let refuse = async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let response = a.oneshot(request()).await.expect("a's call");
         assert_eq!(response.status(), 429);
         start.elapsed()
@@ -299,9 +321,9 @@ async fn a_429_in_one_process_pauses_the_others() {
     let ((), refused_at) = tokio::join!(driver, refuse);
     let sent = sent.lock().unwrap().clone();
     eprintln!("429 at {refused_at:?}; b sent at {sent:?}");
-    // Within a round trip (the refresh, 200 ms, plus the call in flight) b stops until the
-    // cooldown's end (2 s after the refusal, less the time the answer took to reach Redis).
-    let quiet_from = refused_at + Duration::from_millis(350);
+    // At once (the answer reaching Redis, the push, b's next call: 200 ms apart) b stops until
+    // the cooldown's end (2 s after the refusal, less the time the answer took to reach Redis).
+    let quiet_from = refused_at + Duration::from_millis(100);
     let quiet_to = refused_at + Duration::from_millis(1_800);
     let during: Vec<_> = sent
         .iter()
@@ -314,6 +336,131 @@ async fn a_429_in_one_process_pauses_the_others() {
             .any(|t| *t > refused_at + Duration::from_secs(2)),
         "b resumed after"
     );
+}
+
+/// A Redis restart (no persistence) does not end the fleet's cooldown: the processes give it
+/// back to Redis with their next settlement, so one that was pausing keeps pausing and one
+/// joining after the restart honours it from its first request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_keeps_the_fleets_cooldown() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("restart-cooldown");
+    let url = server.url();
+    let limits = || RateLimitState::builder().limits(Limits::per_minute(600, 1_000_000, 1_000_000));
+    let a = limits().store(fleet_store(&url, &prefix)).build();
+    let b = limits().store(fleet_store(&url, &prefix)).build();
+    let start = tokio::time::Instant::now();
+    let refused = service_fn(|_req: http::Request<String>| async {
+        let response = http::Response::builder()
+            .status(429)
+            .header("retry-after", "3")
+            .body(String::new())?;
+        Ok::<_, tower_llm_limits::BoxError>(response)
+    });
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted = |who: &'static str| {
+        let sent = sent.clone();
+        service_fn(move |_req: http::Request<String>| {
+            sent.lock().unwrap().push((who, start.elapsed()));
+            async { Ok::<_, tower_llm_limits::BoxError>(http::Response::new(String::new())) }
+        })
+    };
+    let a = RateLimitLayer::with_state(a).layer(refused);
+    let b = RateLimitLayer::with_state(b).layer(accepted("b"));
+    // `b` sends one request every 50 ms for 5 s; `a` meets its 429 (3 s) at about 1 s; Redis
+    // restarts at 2 s; `c` joins at 2.6 s.
+    let driver = async move {
+        while start.elapsed() < Duration::from_secs(5) {
+            b.clone().oneshot(request()).await.expect("b's call");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let refuse = async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let response = a.clone().oneshot(request()).await.expect("a's call");
+        assert_eq!(response.status(), 429);
+        let refused_at = start.elapsed();
+        // `a` keeps a request waiting through the cooldown (it is answered 429 again after it).
+        let _ = a.oneshot(request()).await;
+        refused_at
+    };
+    let restart = async move {
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        server.kill();
+        server.restart();
+        server
+    };
+    let join = {
+        let c = limits().store(fleet_store(&url, &prefix)).build();
+        let c = RateLimitLayer::with_state(c).layer(accepted("c"));
+        async move {
+            tokio::time::sleep(Duration::from_millis(2_600)).await;
+            c.oneshot(request()).await.expect("c's call");
+        }
+    };
+    let ((), refused_at, server, ()) = tokio::join!(driver, refuse, restart, join);
+    let sent = sent.lock().unwrap().clone();
+    eprintln!("429 at {refused_at:?}; sent at {sent:?}");
+    let quiet_from = refused_at + Duration::from_millis(350);
+    let quiet_to = refused_at + Duration::from_millis(2_700);
+    let during: Vec<_> = sent
+        .iter()
+        .filter(|(_, t)| *t > quiet_from && *t < quiet_to)
+        .collect();
+    assert!(during.is_empty(), "sent during the cooldown: {during:?}");
+    assert!(
+        sent.iter().any(|(who, _)| *who == "c"),
+        "c sent after the cooldown"
+    );
+    drop(server);
+}
+
+/// A fleet whose server had budget before its first request spends it: the shared bucket in
+/// Redis starts empty, and the first answers' readings (about 600 of 600 left) raise it, so 60
+/// requests go within about a second instead of waiting six for the refill (600 a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_reading_raises_the_shared_level() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("reading");
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let api = {
+        let count = count.clone();
+        service_fn(move |_req: http::Request<String>| {
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            async move {
+                let response = http::Response::builder()
+                    .header("anthropic-ratelimit-requests-limit", "600")
+                    .header(
+                        "anthropic-ratelimit-requests-remaining",
+                        600u64.saturating_sub(n).to_string(),
+                    )
+                    .body(String::new())?;
+                Ok::<_, tower_llm_limits::BoxError>(response)
+            }
+        })
+    };
+    let store = RedisStore::builder(server.url())
+        .prefix(prefix.as_str())
+        .lease(Duration::from_secs(1))
+        .build()
+        .expect("valid URL");
+    // Tokens do not bind (a request without a body reserves the default output).
+    let state = RateLimitState::builder()
+        .limits(Limits::per_minute(600, 1_000_000_000, 1_000_000_000))
+        .store(store)
+        .build();
+    let service = RateLimitLayer::with_state(state).layer(api);
+    let start = tokio::time::Instant::now();
+    for _ in 0..60 {
+        service.clone().oneshot(request()).await.expect("call");
+    }
+    let took = start.elapsed();
+    eprintln!("60 requests in {took:?}");
+    assert!(took < Duration::from_millis(3_500), "took {took:?}");
 }
 
 /// A process joining a fleet reads the key's limits in one round trip and paces from its first

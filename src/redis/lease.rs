@@ -1,8 +1,9 @@
 //! A key's buckets backed by Redis: leases spent locally, settled in the background.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -52,6 +53,11 @@ struct Dim {
     refundable_at: Instant,
     /// The local bucket while Redis is unreachable.
     local: Option<Bucket>,
+    /// Redis's count of the units granted to the fleet, as the last settlement read it.
+    grants_seen: u64,
+    /// The server's last reading (its bucket at the reading's most pessimistic) and the count of
+    /// grants read before it, to send with the next settlement.
+    reading: Option<(Bucket, u64, Instant)>,
 }
 
 impl Dim {
@@ -67,6 +73,8 @@ impl Dim {
             refundable: 0,
             refundable_at: now,
             local: None,
+            grants_seen: 0,
+            reading: None,
         }
     }
 
@@ -150,6 +158,9 @@ pub(super) struct KeyLease {
     /// Last time the limiter looked or spent.
     active_at: Instant,
     closed: bool,
+    /// News that must go at once (a cooldown or a margin raised here): the next settlement does
+    /// not wait out a short grant's wait.
+    urgent: bool,
     /// Whether a settlement has read the key's shared state since the buckets were opened.
     joined: bool,
     opened_at: Instant,
@@ -186,6 +197,8 @@ struct Fleet {
     margin_out: [Option<f64>; 4],
     /// The limiter's margins at its last publication, to tell a raise.
     local_margins: [f64; 4],
+    /// The limiter's cooldown as it last published it (to give Redis again after a restart).
+    local_cooldown: Option<Instant>,
     margins: [f64; 4],
     margins_at: Instant,
     /// What to hand the limiter at its next look.
@@ -198,6 +211,30 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// A cooldown another process raised, pushed by Redis as it was raised: the limiter
+    /// honours it at its next decision, without waiting for a round trip.
+    fn pushed(&mut self, version: u64, until: Instant, now: Instant) {
+        if version <= self.cooldown_version || until <= now {
+            return;
+        }
+        self.cooldown = Some(self.cooldown.map_or(until, |c| c.max(until)));
+        self.cooldown_version = version;
+        let cooldown_until = self.cooldown.max(self.raising);
+        match &mut self.news {
+            Some(news) => news.cooldown_until = news.cooldown_until.max(cooldown_until),
+            None => {
+                self.news = Some(Learned {
+                    limits: [None; 4],
+                    cooldown_until,
+                    margins: std::array::from_fn(|i| self.margin(i, now)),
+                    input: None,
+                    output: None,
+                    throttle_rate: None,
+                })
+            }
+        }
+    }
+
     fn new(now: Instant) -> Self {
         Fleet {
             model: None,
@@ -209,6 +246,7 @@ impl Fleet {
             cooldown_version: 0,
             margin_out: [None; 4],
             local_margins: [0.0; 4],
+            local_cooldown: None,
             margins: [0.0; 4],
             margins_at: now,
             news: None,
@@ -226,7 +264,8 @@ impl Fleet {
 }
 
 /// What the learned model looks like in Redis (`mb`, JSON): limits (units, window in µs), the
-/// two ratios (log mean, log variance, samples), the throttle rate.
+/// two ratios (log mean, log variance, samples), the throttle rate (the fleet's: requests per
+/// second across all processes).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Model {
     limits: [Option<(u64, u64)>; 4],
@@ -236,7 +275,9 @@ struct Model {
 }
 
 impl Model {
-    fn of(l: &Learned) -> Self {
+    /// The model of `l`, learned by a process whose share of the fleet's demand is `share`: its
+    /// throttle rate is its share of the fleet's.
+    fn of(l: &Learned, share: f64) -> Self {
         let e = |e: Option<Estimate>| e.map(|e| (e.log_mean, e.log_var, e.samples));
         Model {
             limits: l
@@ -244,7 +285,7 @@ impl Model {
                 .map(|l| l.map(|(c, w)| (c, u64::try_from(w.as_micros()).unwrap_or(u64::MAX)))),
             input: e(l.input),
             output: e(l.output),
-            throttle: l.throttle_rate,
+            throttle: l.throttle_rate.map(|r| r / share.max(1e-3)),
         }
     }
 
@@ -262,9 +303,66 @@ pub(super) struct Shared {
     notify: Notify,
 }
 
+/// The keys of a store by cooldown channel, for the subscriber connection's messages.
+#[derive(Clone, Default)]
+pub(super) struct Channels(Arc<Mutex<HashMap<String, Vec<Weak<Shared>>>>>);
+
+impl Channels {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Weak<Shared>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, channel: &str, shared: &Arc<Shared>) {
+        let mut map = self.lock();
+        let keys = map.entry(channel.to_owned()).or_default();
+        keys.retain(|k| k.strong_count() > 0);
+        keys.push(Arc::downgrade(shared));
+    }
+
+    /// A message of the subscriber connection: a key's cooldown raised by some process
+    /// (`<version>:<µs left>`), honoured here at once.
+    pub(super) fn deliver(&self, push: redis::PushInfo) {
+        if push.kind != redis::PushKind::Message {
+            return;
+        }
+        let text = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(redis::Value::SimpleString(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let channel = text(push.data.first());
+        let payload = text(push.data.get(1));
+        let Some((version, left)) = payload
+            .split_once(':')
+            .and_then(|(v, l)| Some((v.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
+        else {
+            return;
+        };
+        let keys: Vec<Arc<Shared>> = self
+            .lock()
+            .get(&channel)
+            .map(|keys| keys.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        let now = Instant::now();
+        for key in keys {
+            let mut st = key.lock();
+            if st.mode == Mode::Shared {
+                st.fleet
+                    .pushed(version, later(now, Duration::from_micros(left)), now);
+            }
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, KeyLease> {
         self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the next settlement must go now (urgent news, or the buckets were dropped).
+    fn must_go(&self) -> bool {
+        let st = self.lock();
+        st.urgent || st.closed
     }
 }
 
@@ -303,6 +401,7 @@ impl RedisBuckets {
                 spent: false,
                 active_at: now,
                 closed: false,
+                urgent: false,
                 joined: false,
                 opened_at: now,
                 fleet: Fleet::new(now),
@@ -311,6 +410,10 @@ impl RedisBuckets {
         });
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
+                let keys = inner.redis_keys(key);
+                inner
+                    .channels
+                    .register(&Inner::cooldown_channel(&keys[0]), &shared);
                 handle.spawn(settle_loop(
                     Arc::downgrade(&shared),
                     inner.clone(),
@@ -460,7 +563,8 @@ impl Buckets for RedisBuckets {
         if !shared {
             return;
         }
-        let model = Model::of(learned);
+        f.local_cooldown = learned.cooldown_until.filter(|c| *c > now);
+        let model = Model::of(learned, f.share);
         if f.model.as_ref() != Some(&model) {
             f.model = Some(model);
             f.model_dirty = true;
@@ -482,6 +586,9 @@ impl Buckets for RedisBuckets {
                 urgent = true;
             }
             _ => {}
+        }
+        if urgent {
+            st.urgent = true;
         }
         drop(st);
         if urgent {
@@ -507,6 +614,15 @@ impl Buckets for RedisBuckets {
     fn demand(&mut self, requests: usize) {
         self.shared.lock().fleet.demand = requests as u64;
     }
+
+    fn server_reading(&mut self, dimension: Dimension, server: Bucket) {
+        let now = Instant::now();
+        let mut st = self.shared.lock();
+        if st.mode == Mode::Shared {
+            let d = &mut st.dims[dimension.index()];
+            d.reading = Some((server, d.grants_seen, now));
+        }
+    }
 }
 
 /// What one settlement asks for a dimension.
@@ -520,6 +636,12 @@ struct Ask {
     debt: u64,
     back: u64,
     used: u64,
+    /// Units of the lease held now.
+    held: u64,
+    /// The server's units used as its last reading says, now (−1: no reading), and the count of
+    /// grants read before that reading.
+    seen_used: i64,
+    seen_grants: u64,
 }
 
 /// What one settlement sends besides the buckets.
@@ -556,6 +678,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
     let min_gap = (inner.lease / 16).max(Duration::from_millis(2));
     let mut not_before = Instant::now();
     let mut first = true;
+    let subscription = Arc::new(std::sync::atomic::AtomicU8::new(SUB_NONE));
     let mut settled_at = Instant::now();
     loop {
         let Some(sh) = shared.upgrade() else { return };
@@ -565,12 +688,19 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                 _ = sh.notify.notified() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
-            tokio::time::sleep_until(not_before).await;
+            // A short grant's wait, cut short by news that must go at once.
+            while Instant::now() < not_before && !sh.must_go() {
+                tokio::select! {
+                    _ = sh.notify.notified() => {}
+                    _ = tokio::time::sleep_until(not_before) => {}
+                }
+            }
         }
         first = false;
         let now = Instant::now();
         let (asks, fleet_ask, closing, joined, refresh) = {
             let mut st = sh.lock();
+            st.urgent = false;
             let closing = st.closed;
             let joined = st.joined;
             // An active key reads what the fleet knows (a cooldown, margins) at least this
@@ -586,12 +716,14 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                     // Unknown here: a process joining asks for what the fleet knows.
                     return Ask {
                         auto: mode == Mode::Shared && !joined && !closing,
+                        seen_used: -1,
                         ..Ask::default()
                     };
                 }
                 let mut ask = Ask {
                     cap: if d.announce { d.cap } else { 0 },
                     window_us: d.window.as_micros() as u64,
+                    seen_used: -1,
                     ..Ask::default()
                 };
                 if mode == Mode::Shared {
@@ -615,6 +747,16 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                         ask.want = d.target - held;
                     }
                     ask.used = d.cap;
+                    ask.held = held;
+                    // A reading younger than half the span of the peaks Redis keeps (see
+                    // `demand_lifetime`), in the units of the shared bucket.
+                    if let Some((b, n, at)) = d.reading.take()
+                        && now.saturating_duration_since(at) <= demand_lifetime(inner.lease) / 2
+                        && (b.capacity(), b.window()) == (d.cap, d.window)
+                    {
+                        ask.seen_used = to_i64(d.cap.saturating_sub(b.level(now)));
+                        ask.seen_grants = n;
+                    }
                 } else {
                     // Degraded: probe Redis, publishing the limits again.
                     ask.cap = d.cap;
@@ -656,6 +798,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
             (asks, fleet_ask, closing, joined, refresh)
         };
         drop(sh);
+        // A reading rides along with a settlement that is due anyway: it makes none.
         let idle = |a: &Ask| a.cap == 0 && a.want == 0 && a.debt == 0 && a.back == 0 && !a.auto;
         let news_to_send = fleet_ask.cooldown_op != 0
             || fleet_ask.margins.iter().any(|m| *m >= 0)
@@ -675,78 +818,124 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
         let received = Instant::now();
         settled_at = received;
         not_before = later(received, min_gap);
-        let mut st = sh.lock();
-        match result {
-            Ok((replies, fleet)) => {
-                inner.healthy();
-                let was = st.mode;
-                st.mode = Mode::Shared;
-                for ((d, ask), reply) in st.dims.iter_mut().zip(asks).zip(replies) {
+        let shared_now = {
+            let mut st = sh.lock();
+            match result {
+                Ok((replies, fleet)) => {
+                    inner.healthy();
+                    let was = st.mode;
+                    st.mode = Mode::Shared;
+                    for ((d, ask), reply) in st.dims.iter_mut().zip(asks).zip(replies) {
+                        if was != Mode::Shared {
+                            d.lease = 0;
+                            d.local = None;
+                            d.shown = None;
+                        }
+                        let [granted, cap, window_us, wait_us, grants] = reply;
+                        d.grants_seen = grants;
+                        if cap > 0 && window_us > 0 {
+                            if ask.cap > 0 || !d.announce {
+                                d.announce = false;
+                            }
+                            if (cap, window_us) != (d.cap, d.window.as_micros() as u64) {
+                                d.cap = cap;
+                                d.window = Duration::from_micros(window_us);
+                                d.target = d.base_target(inner.lease);
+                            }
+                        } else if d.cap > 0 {
+                            // Redis forgot the key (restart, expiry): publish ours again.
+                            d.announce = true;
+                        }
+                        if was == Mode::Shared {
+                            d.lease = d
+                                .lease
+                                .saturating_add(to_i64(ask.debt))
+                                .saturating_sub(to_i64(ask.back));
+                        }
+                        d.lease = d.lease.saturating_add(to_i64(granted));
+                        let want = if ask.auto { d.target } else { ask.want };
+                        if granted < want && wait_us > 0 {
+                            // The shared bucket is short (or the fleet cools down): ask again when
+                            // the rest is there, within a lease period (the others compete for the
+                            // same refill: asking more often would only add round trips).
+                            let wait = Duration::from_micros(wait_us).clamp(min_gap, inner.lease);
+                            not_before = not_before.max(later(received, wait));
+                        }
+                    }
                     if was != Mode::Shared {
-                        d.lease = 0;
-                        d.local = None;
-                        d.shown = None;
+                        st.looked = true;
                     }
-                    let [granted, cap, window_us, wait_us] = reply;
-                    if cap > 0 && window_us > 0 {
-                        if ask.cap > 0 || !d.announce {
-                            d.announce = false;
-                        }
-                        if (cap, window_us) != (d.cap, d.window.as_micros() as u64) {
-                            d.cap = cap;
-                            d.window = Duration::from_micros(window_us);
-                            d.target = d.base_target(inner.lease);
-                        }
-                    } else if d.cap > 0 {
-                        // Redis forgot the key (restart, expiry): publish ours again.
-                        d.announce = true;
-                    }
-                    if was == Mode::Shared {
-                        d.lease = d
-                            .lease
-                            .saturating_add(to_i64(ask.debt))
-                            .saturating_sub(to_i64(ask.back));
-                    }
-                    d.lease = d.lease.saturating_add(to_i64(granted));
-                    let want = if ask.auto { d.target } else { ask.want };
-                    if granted < want && wait_us > 0 {
-                        // The shared bucket is short (or the fleet cools down): ask again when
-                        // the rest is there, within a lease period (the others compete for the
-                        // same refill: asking more often would only add round trips).
-                        let wait = Duration::from_micros(wait_us).clamp(min_gap, inner.lease);
-                        not_before = not_before.max(later(received, wait));
+                    let first_join = !st.joined;
+                    st.joined = true;
+                    st.fleet.read(&fleet_ask, fleet, received, first_join);
+                    if closing {
+                        return;
                     }
                 }
-                if was != Mode::Shared {
-                    st.looked = true;
-                }
-                let first_join = !st.joined;
-                st.joined = true;
-                st.fleet.read(&fleet_ask, fleet, received, first_join);
-                if closing {
-                    return;
+                Err(()) => {
+                    if closing {
+                        return;
+                    }
+                    let mode = inner.policy.degraded_mode();
+                    if st.mode == Mode::Shared {
+                        let now = Instant::now();
+                        for d in st.dims.iter_mut().filter(|d| d.cap > 0) {
+                            // Pace alone from what this process held, at the full rate.
+                            d.local = Some(d.leased_bucket(now));
+                            d.shown = None;
+                            d.lease = 0;
+                        }
+                    }
+                    st.mode = mode;
+                    not_before = later(Instant::now(), inner.retry_every);
                 }
             }
-            Err(()) => {
-                if closing {
-                    return;
-                }
-                let mode = inner.policy.degraded_mode();
-                if st.mode == Mode::Shared {
-                    let now = Instant::now();
-                    for d in st.dims.iter_mut().filter(|d| d.cap > 0) {
-                        // Pace alone from what this process held, at the full rate.
-                        d.local = Some(d.leased_bucket(now));
-                        d.shown = None;
-                        d.lease = 0;
+            st.mode == Mode::Shared
+        };
+        drop(sh);
+        if shared_now && subscription.load(Ordering::Relaxed) == SUB_NONE {
+            // Once Redis answers: the subscription to the key's cooldowns, in its own task (a
+            // slow or refusing server must not hold settlements up; the subscriber connection
+            // renews it after a reconnection). Tried again after the next settlement when the
+            // connection failed; not after the server refused it (no RESP3, before Redis 6):
+            // cooldowns travel with settlements anyway.
+            subscription.store(SUB_PENDING, Ordering::Relaxed);
+            let (inner, subscription) = (inner.clone(), subscription.clone());
+            let channel = Inner::cooldown_channel(&keys[0]);
+            tokio::spawn(async move {
+                let mut sub = inner.subscriber.clone();
+                let next = match tokio::time::timeout(inner.timeout, sub.subscribe(&channel)).await
+                {
+                    Ok(Ok(())) => SUB_DONE,
+                    Ok(Err(e))
+                        if e.is_io_error()
+                            || e.is_connection_refusal()
+                            || e.is_connection_dropped()
+                            || e.is_timeout() =>
+                    {
+                        tracing::debug!(channel, error = %e, "redis store: no cooldown subscription yet");
+                        SUB_NONE
                     }
-                }
-                st.mode = mode;
-                not_before = later(Instant::now(), inner.retry_every);
-            }
+                    Ok(Err(e)) => {
+                        tracing::info!(channel, error = %e,
+                            "redis store: no cooldown subscription; cooldowns travel with settlements");
+                        SUB_DONE
+                    }
+                    Err(_) => {
+                        tracing::debug!(channel, "redis store: cooldown subscription timed out");
+                        SUB_NONE
+                    }
+                };
+                subscription.store(next, Ordering::Relaxed);
+            });
         }
     }
 }
+
+/// The states of a key's cooldown subscription.
+const SUB_NONE: u8 = 0;
+const SUB_PENDING: u8 = 1;
+const SUB_DONE: u8 = 2;
 
 impl Fleet {
     /// Folds in what a settlement read, and prepares the news for the limiter.
@@ -771,6 +960,24 @@ impl Fleet {
         }
         if sent.model.is_some() && sent.model == self.model {
             self.model_dirty = false;
+        }
+        // Redis forgot the key (a restart without persistence): what this process knows goes
+        // back with its next settlement — the cooldown it honours, its margins, the model.
+        if reply.cooldown_version < self.cooldown_version || reply.model_version < self.seen_version
+        {
+            if let Some(until) = self.local_cooldown.filter(|c| *c > received) {
+                self.cooldown_op = CooldownOp::Raise(until);
+                self.raising = Some(until);
+            }
+            // The fleet's margins as last read (this process's own, raised while it paced alone
+            // through an outage, say nothing of the shared model).
+            let fleet: [f64; 4] = std::array::from_fn(|i| self.margin(i, received));
+            for (out, m) in self.margin_out.iter_mut().zip(fleet) {
+                if m > 1e-6 && out.is_none() {
+                    *out = Some(m.min(0.5));
+                }
+            }
+            self.model_dirty = self.model.is_some();
         }
         let cooldown = (reply.cooldown_left_us > 0)
             .then(|| later(received, Duration::from_micros(reply.cooldown_left_us)));
@@ -811,7 +1018,11 @@ impl Fleet {
             margins,
             input: fresh.as_ref().and_then(|m| Model::estimate(m.input)),
             output: fresh.as_ref().and_then(|m| Model::estimate(m.output)),
-            throttle_rate: fresh.as_ref().and_then(|m| m.throttle),
+            // The fleet's rate, divided by demand: this process's share of it.
+            throttle_rate: fresh
+                .as_ref()
+                .and_then(|m| m.throttle)
+                .map(|r| r * self.share),
         });
     }
 }
@@ -822,7 +1033,7 @@ async fn settle(
     keys: &[String; 2],
     asks: &[Ask; 4],
     fleet: &FleetAsk,
-) -> Result<([[u64; 4]; 4], FleetReply), ()> {
+) -> Result<([[u64; 5]; 4], FleetReply), ()> {
     let mut invocation = SCRIPT.key(&keys[0]);
     invocation.key(&keys[1]);
     let window_ms = asks
@@ -858,7 +1069,10 @@ async fn settle(
             .arg(if a.auto { -1 } else { to_i64(a.want) })
             .arg(a.debt)
             .arg(a.back)
-            .arg(a.used);
+            .arg(a.used)
+            .arg(a.held)
+            .arg(a.seen_used)
+            .arg(a.seen_grants);
     }
     let mut conn: ConnectionManager = inner.conn.clone();
     inner.ops.fetch_add(1, Ordering::Relaxed);
@@ -883,11 +1097,12 @@ async fn settle(
         Some(redis::Value::SimpleString(s)) => s.clone(),
         _ => String::new(),
     };
-    let mut out = [[0u64; 4]; 4];
+    let mut out = [[0u64; 5]; 4];
     for (d, o) in out.iter_mut().enumerate() {
-        for (j, x) in o.iter_mut().enumerate() {
+        for (j, x) in o.iter_mut().take(4).enumerate() {
             *x = int(d * 4 + j);
         }
+        o[4] = int(27 + d);
     }
     let model = text(24);
     let fleet = FleetReply {
@@ -962,5 +1177,71 @@ mod tests {
         assert_eq!(to_i64(u64::MAX), i64::MAX);
         assert_eq!(to_i64(7), 7);
         assert!(later(now, Duration::MAX) > now);
+    }
+
+    /// A throttle rate (a server without rate-limit headers) is the fleet's: published as the
+    /// rate a process reached divided by its demand share, adopted times the adopter's share.
+    #[tokio::test(start_paused = true)]
+    async fn the_throttle_rate_is_divided_by_demand() {
+        let now = Instant::now();
+        let learned = Learned {
+            limits: [None; 4],
+            cooldown_until: None,
+            margins: [0.0; 4],
+            input: None,
+            output: None,
+            throttle_rate: Some(10.0),
+        };
+        // A process with a quarter of the fleet's demand paced at 10/s: the fleet, at 40/s.
+        let model = Model::of(&learned, 0.25);
+        assert_eq!(model.throttle, Some(40.0));
+        // A process with half of the demand adopts 20/s of it.
+        let mut fleet = Fleet::new(now);
+        let reply = FleetReply {
+            model_version: 1,
+            model: Some(model),
+            active: 3,
+            share_ppm: 500_000,
+            ..FleetReply::default()
+        };
+        fleet.read(&FleetAsk::default(), reply, now, false);
+        let news = fleet.news.take().expect("news");
+        assert_eq!(news.throttle_rate, Some(20.0));
+    }
+
+    /// After a Redis restart (the versions it keeps are lower than read before), a process gives
+    /// back the cooldown its limiter honours, its margins and its model.
+    #[tokio::test(start_paused = true)]
+    async fn a_forgetful_redis_gets_the_fleets_state_back() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(3);
+        let mut fleet = Fleet::new(now);
+        fleet.cooldown_version = 2;
+        fleet.seen_version = 5;
+        fleet.cooldown = Some(until);
+        fleet.local_cooldown = Some(until);
+        fleet.margins = [0.1, 0.0, 0.0, 0.0];
+        // Raised while pacing alone: not the fleet's.
+        fleet.local_margins = [0.3, 0.3, 0.0, 0.0];
+        fleet.model = Some(Model::of(
+            &Learned {
+                limits: [None; 4],
+                cooldown_until: None,
+                margins: [0.0; 4],
+                input: None,
+                output: None,
+                throttle_rate: None,
+            },
+            1.0,
+        ));
+        fleet.read(&FleetAsk::default(), FleetReply::default(), now, false);
+        assert_eq!(fleet.cooldown_op, CooldownOp::Raise(until));
+        assert_eq!(fleet.margin_out, [Some(0.1), None, None, None]);
+        assert!(fleet.model_dirty);
+        // The limiter is not told the cooldown ended.
+        assert_eq!(
+            fleet.news.take().and_then(|n| n.cooldown_until),
+            Some(until)
+        );
     }
 }

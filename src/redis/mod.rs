@@ -55,19 +55,27 @@
 //!   settlement reports this process's demand (its requests waiting or in flight); Redis keeps
 //!   each process's last report for a few seconds. A process's lease is the refill of `lease` at
 //!   the shared rate, times the number of processes with demand, times its share of the fleet's
-//!   demand. **The rule: each process's share of the budget is its share of the requests
-//!   waiting or in flight across the fleet**, not who asked first — equal demand, equal leases
-//!   (one `lease` each); a process with twice the waiting requests holds twice the lease and, as
-//!   every process tops up from the same refill, gets about twice the budget. A process that
-//!   holds more than twice its lease gives the excess back at its next settlement, so a shift in
-//!   demand moves the budget within a round trip. While the limiter's head waiter stays blocked
-//!   with a full lease in hand (a request larger than a lease), the lease doubles, up to the
-//!   capacity.
+//!   demand: equal demand, equal leases. A process that holds more than twice its lease gives
+//!   the excess back at its next settlement. While the limiter's head waiter stays blocked with a
+//!   full lease in hand (a request larger than a lease), the lease doubles, up to the capacity.
+//! - **Fairness: each process's share of the budget is its share of the requests waiting or in
+//!   flight across the fleet**, not who asks first or most often. While the shared bucket is
+//!   below half full (the fleet wants more than the limit), each process has a *credit* in Redis
+//!   that refills at its demand share times the shared rate and holds at most two leases of
+//!   that rate; a grant is at most the credit, plus the process's demand share of what the
+//!   shared level holds beyond every process's credit (a head start, budget a quiet process left).
+//!   A new process's credit starts empty. As the shares add up to one, the credits together
+//!   never exceed the shared level: a process finds its credit there whenever it asks, so
+//!   asking first or more often gains nothing. A process whose grant came back short is told
+//!   when its credit will hold a lease of its own rate, and asks again then (not later; it asks
+//!   earlier only if something else is due). With the bucket above half full every process gets
+//!   what it asks for.
 //! - **Round trips follow activity.** A key tops up only below half its lease, so each round
 //!   trip brings at least half a lease; a key in use also reads the fleet's state at least every
 //!   [`RedisStoreBuilder::refresh`]; a key idle for two lease periods returns its lease and makes
 //!   no round trip at all. A quiet fleet costs nothing; a busy one about two round trips per
-//!   lease.
+//!   lease, and a saturated one (grants limited by credits) about one per lease per process: N
+//!   processes at a shared rate R make about N ÷ (R × lease) round trips per request.
 //! - **Leases expire with their process.** Budget is charged to Redis *before* it is spent, so
 //!   processes never spend the same budget twice: the shared limit is not exceeded. A process
 //!   that dies holds at most one lease (about `lease` of refill), which the shared bucket's
@@ -75,12 +83,23 @@
 //!   stops counting a few seconds after its last settlement.
 //! - **Levels.** A response's readings bring the limiter's bucket in line with the server, and
 //!   the store reads what changed: budget the server says is *lower* comes off the lease and, past
-//!   zero, becomes a debt charged to the shared bucket, so every process learns it. A reading that
-//!   says there is *more* is not credited: the server counts the leases of every process as free
-//!   budget, so crediting it would spend the others' share. Only output reservations released to
-//!   the true figure come back (at most what this process reserved in the last window).
-//!   Refunds of requests and input tokens (a 429, a cancellation) stay spent: conservative.
-//!
+//!   zero, becomes a debt charged to the shared bucket, so every process learns it. Budget the
+//!   server says is *higher* is not credited to the lease (the server counts every process's
+//!   leases as free budget; crediting it would spend the others' share); only output reservations
+//!   released to the true figure come back (at most what this process reserved in the last
+//!   window). Refunds of requests and input tokens (a 429, a cancellation) stay spent.
+//! - **The server's level raises the shared one.** Each reading also goes, with the next
+//!   settlement, to Redis as the server's units used (the limiter's most pessimistic reading of
+//!   it, this process's sends since taken off). Redis raises the shared level to it — never
+//!   lowers it — less what the reading cannot count: every process's largest lease of the last
+//!   few seconds (what they may have held, unspent, when it was taken), every grant since the
+//!   reading process last read the count of grants, and a thousandth of the capacity for
+//!   requests in transit (the reading's own resolution is in the limiter's pessimistic edge). So a fleet whose server had budget before its first request (a head start, a
+//!   quiet night) spends it instead of waiting a window for the shared bucket to refill, and a
+//!   restarted Redis learns the level from the first answer. A reading older than half the time
+//!   Redis keeps a demand is dropped; one in the units of another limit (a configured ceiling
+//!   below the server's) too.
+
 //! # What the fleet learns together
 //!
 //! - **Joining.** A key's first settlement happens as soon as the key opens, and the key's
@@ -91,9 +110,18 @@
 //!   are published with its next settlement; newest wins.
 //! - **Cooldowns.** A 429 (its `retry-after`, or the limiter's default cooldown) is sent at once
 //!   and kept in Redis as the fleet's cooldown, extended by later ones: while it runs Redis
-//!   grants no lease, and every process adopts it at its next round trip (within
+//!   grants no lease. Redis also **pushes** it: the script publishes a raised cooldown on the
+//!   key's channel (`{prefix}:{<key>}:cooldown`, same hash tag), to which every store subscribes
+//!   over a second connection (RESP3, Redis 6 or later, resubscribed after a reconnection), and
+//!   every process's limiter honours it at its next decision — within milliseconds, without a
+//!   round trip (measured: a process holding budget stopped within 100 ms of another's 429; it
+//!   sent for 1.5 s more without the push). Where the subscription is refused (no RESP3) or lost,
+//!   each process adopts the cooldown at its next round trip (within
 //!   [`refresh`](RedisStoreBuilder::refresh), sooner when its lease runs low). A re-check
-//!   answered in any process ends it for all. A Redis restart forgets it.
+//!   answered in any process ends it for all, at their next round trip. A Redis restart forgets it, and the processes
+//!   give it back: a settlement that finds the versions Redis keeps lower than it read before
+//!   sends the cooldown its limiter still honours, the fleet's margins as it last read them and
+//!   its model.
 //! - **Margins: the fleet's answer to an unpredicted 429.** A refusal the model did not predict
 //!   raises the limiter's margin (see [`Store::is_shared`]); the store sends it at once and Redis
 //!   keeps that share of every shared bucket free for all processes, decaying as the limiter's
@@ -101,9 +129,10 @@
 //!   buckets count.
 //! - **The model** (limits, the input and output ratios, a throttle rate for a server without
 //!   rate-limit headers) is published with each settlement once it changed; newest wins, and
-//!   every process adopts another's at its next settlement. A throttle rate is the rate one
-//!   process reached: the fleet adopts it as each process's rate (for header-less servers the
-//!   processes do not divide it).
+//!   every process adopts another's at its next settlement. A throttle rate (a server without
+//!   rate-limit headers) is kept as the fleet's: a process publishes the rate it reached divided
+//!   by its share of the fleet's demand, and adopts the fleet's times its own share, so the
+//!   processes together pace at the rate one learned for all.
 //!
 //! # When Redis is slow or down
 //!
@@ -126,8 +155,8 @@
 //! **empty** and refills at the limit's rate: the server's level is unknown, and after an outage
 //! the processes pacing alone have usually emptied it (measured: starting from the processes'
 //! local levels instead kept 10–20% of attempts answered 429 for seconds after a restart;
-//! starting empty, none). The price is the starting burst of a fresh key, one window's capacity
-//! at most.
+//! starting empty, none). The first reading of the server's level then raises it (see
+//! *Levels* above), so what the server really holds is not lost.
 //!
 //! # Why `redis` rather than `fred`
 //!
@@ -145,6 +174,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::rate_limit::error::CostExceedsLimit;
@@ -190,7 +220,7 @@ pub struct RedisStats {
 }
 
 impl RedisStats {
-    /// Round trips to Redis so far (script calls).
+    /// Round trips to Redis so far (script calls; the one subscription per key is not counted).
     pub fn operations(&self) -> u64 {
         self.operations
     }
@@ -326,11 +356,31 @@ impl RedisStoreBuilder {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(self.retry_every);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config.clone())?;
+        // A second connection, RESP3, for the fleet's cooldowns pushed as they are raised (a
+        // server without RESP3, before Redis 6, refuses the subscription: cooldowns then travel
+        // with the settlements alone).
+        let info = self.url.as_str().into_connection_info()?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let sub_client = redis::Client::open(info.set_redis_settings(resp3))?;
+        let channels = lease::Channels::default();
+        let pushed = channels.clone();
+        let sub_config = config
+            .set_push_sender(move |push: redis::PushInfo| {
+                pushed.deliver(push);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .set_automatic_resubscription();
+        let subscriber = ConnectionManager::new_lazy_with_config(sub_client, sub_config)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 id: format!("{:016x}", fastrand::u64(..)),
                 conn,
+                subscriber,
+                channels,
                 prefix: self.prefix,
                 lease: self.lease,
                 timeout: self.timeout,
@@ -407,6 +457,9 @@ pub(crate) struct Inner {
     /// This process's store, as the other processes see it in Redis.
     id: String,
     conn: ConnectionManager,
+    /// The RESP3 connection subscribed to the keys' cooldown channels, and where its messages go.
+    subscriber: ConnectionManager,
+    channels: lease::Channels,
     prefix: String,
     lease: Duration,
     timeout: Duration,
@@ -426,6 +479,12 @@ impl Inner {
         let main = redis_key(&self.prefix, key);
         let demand = format!("{main}:demand");
         [main, demand]
+    }
+
+    /// The channel on which the settlement script publishes a key's raised cooldown (same hash
+    /// tag as the key: `{prefix}:{<key>}:cooldown`).
+    fn cooldown_channel(main: &str) -> String {
+        format!("{main}:cooldown")
     }
 
     fn healthy(&self) {

@@ -14,24 +14,32 @@ use std::sync::LazyLock;
 /// margins' time constant (µs), 8–11 margin per dimension in millionths of the capacity (−1: no
 /// news), 12 the model (JSON, empty: no news), 13 this process's demand (requests waiting or in
 /// flight), 14 how long a demand counts without being renewed (µs). Then, per dimension
-/// (requests, input, output, tokens), six numbers: `cap` (0 = no news: keep the shared one),
+/// (requests, input, output, tokens), nine numbers: `cap` (0 = no news: keep the shared one),
 /// `window` (µs), `want` (units to lease; −1: a lease's worth of the shared rate), `debt` (units
 /// spent beyond the lease, charged unconditionally), `back` (unused lease returned), `used`
-/// (units used, to initialise a bucket Redis does not know, e.g. after a restart).
+/// (units used, to initialise a bucket Redis does not know, e.g. after a restart), `held` (units
+/// of lease this process holds), `seen` (the server's units used as a reading of this process
+/// says, now; −1: none), `seen_n` (the count of grants this process read before that reading).
 ///
 /// The hash holds per dimension `c<d>` (capacity), `w<d>` (window, µs), `f<d>` (the instant the
 /// bucket is full again, µs on Redis's own clock, `TIME`; GCRA: `level = c − (f − now)·c/w`),
-/// `m<d>`/`a<d>` (margin, millionths, set at `a<d>`, decaying); `cd` (cooldown end, µs), `cv`
-/// (its version), `mv`/`mw`/`mb` (model version, writer, JSON).
+/// `m<d>`/`a<d>` (margin, millionths, set at `a<d>`, decaying), `n<d>` (units granted so far),
+/// `g<d>:<id>` (a process's credit, below); `cd` (cooldown end, µs), `cv` (its version),
+/// `mv`/`mw`/`mb` (model version, writer, JSON). The demand hash holds per process
+/// `demand:at:since:p0..p3:q0..q3`: its demand, when it was reported, and the most it held of
+/// each dimension since `since` (`p`) and in the period before (`q`).
 ///
-/// While a cooldown runs nothing is granted; a margin is kept free in every grant; while the
-/// shared bucket is below half full, a process is granted at most what it earned at its share of
-/// the rate (its share of the fleet's demand), so the budget follows demand, not who asks first. Returns a flat
-/// array: per dimension `granted, capacity, window_us, wait_us` (16 numbers; `wait_us` is how
-/// long until the part of `want` not granted is there), then the cooldown's remaining µs (0:
-/// none), its version, the four margins (millionths, decayed to now), the model version, its
-/// writer, the model (empty unless newer than seen and written by another process), the
-/// processes with demand, this process's share of the demand (millionths).
+/// A raised cooldown is also published on `{prefix}:{<key>}:cooldown` (`version:µs left`),
+/// which every process subscribes to. While a cooldown runs nothing is granted; a margin is kept free in every grant; a reading
+/// raises the level (never lowers it); while the shared bucket is below half full, a process is
+/// granted at most its credit (its share of the demand times the shared rate, since it last
+/// spent it) and its share of what the level holds beyond every process's credit (see the
+/// module docs). Returns a flat array: per dimension `granted, capacity, window_us, wait_us`
+/// (16 numbers; `wait_us` is how long until a useful part of what was not granted is there),
+/// then the cooldown's remaining µs (0: none), its version, the four margins (millionths,
+/// decayed to now), the model version, its writer, the model (empty unless newer than seen and
+/// written by another process), the processes with demand, this process's share of the demand
+/// (millionths), and per dimension the count of grants (`n<d>`).
 pub(super) const SETTLE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -67,6 +75,8 @@ if op == 1 then
     cd = untl
     cv = cv + 1
     redis.call('HSET', k, 'cd', string.format('%.0f', cd), 'cv', cv)
+    -- Every process subscribed honours it at once (version, µs left).
+    redis.call('PUBLISH', k .. ':cooldown', string.format('%.0f:%.0f', cv, arg))
   end
 elseif op == 2 then
   if cv == arg and cd > now then
@@ -80,33 +90,47 @@ if ARGV[12] ~= '' then
   redis.call('HSET', k, 'mv', mv, 'mw', me, 'mb', ARGV[12])
 end
 local cooling = cd > now
--- Demand: each process's requests waiting or in flight, renewed by its settlements.
+-- Demand: each process's requests waiting or in flight, renewed by its settlements, and the
+-- most it held of each dimension lately (`pat`: since when; `p`: that peak; `q`: the one before).
 local dk = KEYS[2]
 local fresh = tonumber(ARGV[14])
 local mine = tonumber(ARGV[13])
-redis.call('HSET', dk, me, string.format('%.0f:%.0f', mine, now))
 local all = redis.call('HGETALL', dk)
-local total, active = 0, 0
+local total, active = mine, 1
+local procs = {}
+local before = {}
 for i = 1, #all, 2 do
-  local v, at = string.match(all[i + 1], '^(%d+):(%d+)$')
-  v, at = tonumber(v), tonumber(at)
+  local f = {}
+  for n in string.gmatch(all[i + 1], '%d+') do f[#f + 1] = tonumber(n) end
+  local v, at = f[1], f[2]
   if (not at) or now - at > fresh then
     redis.call('HDEL', dk, all[i])
     redis.call('HDEL', k, 'g0:' .. all[i], 'g1:' .. all[i], 'g2:' .. all[i], 'g3:' .. all[i])
+  elseif all[i] == me then
+    before = f
   else
     active = active + 1
     total = total + v
+    procs[#procs + 1] = { all[i], v, f }
   end
+end
+procs[#procs + 1] = { me, mine, before }
+-- The most a process may have held since `fresh` ago, of dimension `d`.
+local function held_lately(f, d)
+  return math.max(f[4 + d] or 0, f[8 + d] or 0)
 end
 local share = 1000000
 if total > 0 then share = math.floor(1000000 * mine / total) elseif active > 0 then share = math.floor(1000000 / active) end
-redis.call('PEXPIRE', dk, ttl)
 local out = {}
+local held_after = {}
 for d = 0, 3 do
-  local a = 15 + d * 6
+  local a = 15 + d * 9
   local cap, win = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local want, debt = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local back, used = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local held, seen_used, seen_n = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+  local n = tonumber(redis.call('HGET', k, 'n' .. d)) or 0
+  held_after[d] = math.max(0, held - back)
   local b = redis.call('HMGET', k, 'c' .. d, 'w' .. d, 'f' .. d)
   local scap, swin, full = tonumber(b[1]), tonumber(b[2]), tonumber(b[3])
   if cap > 0 and win > 0 then
@@ -125,27 +149,73 @@ for d = 0, 3 do
     if full < now then full = now end
     full = full + debt * per
     full = math.max(now, full - back * per)
+    -- A server's reading (its units used, now, at its most pessimistic): the shared level is
+    -- raised to it, less what the fleet may have held when it was taken (each process's most
+    -- held lately), what was granted since (`n<d>` counts every grant) and a thousandth of the
+    -- capacity for what reached the server after the reading though sent before it; never
+    -- lowered (spending is charged here before it happens). The reading's own resolution is
+    -- in it already: it is the latest `full_at` the limiter finds the reading allows.
+    if seen_used >= 0 then
+      local hold = 0
+      for _, p in ipairs(procs) do hold = hold + held_lately(p[3], d) end
+      hold = hold + held
+      local since = n - seen_n
+      if since < 0 then since = n end
+      local u = seen_used + hold + since + math.max(1, math.ceil(scap / 1000))
+      local reading = now + u * per
+      if reading < full then full = reading end
+    end
     local keep = margin[d] * scap / 1000000
     local level = math.floor(scap - keep - (full - now) / per)
     local granted = 0
     if not cooling then granted = math.max(0, math.min(want, level)) end
-    -- Fairness: while the shared bucket is short, a process takes at most what its share of the
-    -- demand earned at its share of the rate (a bucket per process, `g<d>:<id>` its full
-    -- instant, holding at most two leases of that rate), not whatever it asks for first.
+    local wait = 0
+    local need = want - granted
+    -- Fairness: while the shared bucket is short, each process has a credit that refills at its
+    -- share of the demand times the shared rate (`g<d>:<id>`: the instant its credit was
+    -- empty; it holds at most two leases of that rate, and starts empty). Since the shares add
+    -- up to one, the credits together never exceed the level: every process finds its credit
+    -- there whenever it asks, whoever asked first. What the level holds beyond all the credits
+    -- (a head start, a process gone quiet) is shared by the same shares.
     if level < scap / 2 then
-      local gk = 'g' .. d .. ':' .. me
-      local g = tonumber(redis.call('HGET', k, gk)) or 0
-      local mine_per = per / math.max(share / 1000000, 0.001)
-      local burst = math.max(1, math.ceil(2 * lease / mine_per))
-      g = math.max(g, now - burst * mine_per)
-      local credit = math.floor((now - g) / mine_per)
-      granted = math.max(0, math.min(granted, credit))
-      redis.call('HSET', k, gk, string.format('%.0f', g + granted * mine_per))
+      local function credit_of(id, s)
+        local pp = per / math.max(s, 0.001)
+        local burst = math.max(1, math.ceil(2 * lease / pp))
+        local g = tonumber(redis.call('HGET', k, 'g' .. d .. ':' .. id))
+        if not g then return 0, pp, burst, nil end
+        g = math.max(g, now - burst * pp)
+        return math.floor((now - g) / pp), pp, burst, g
+      end
+      local sum = 0
+      for _, p in ipairs(procs) do
+        if p[1] ~= me then
+          local s = 1 / math.max(active, 1)
+          if total > 0 then s = p[2] / total end
+          sum = sum + credit_of(p[1], s)
+        end
+      end
+      local s = share / 1000000
+      local credit, mine_per, burst, g = credit_of(me, s)
+      g = g or now
+      sum = sum + credit
+      local extra = math.floor(math.max(0, level - sum) * s)
+      local allowed = credit + extra
+      granted = math.max(0, math.min(granted, allowed))
+      local from_credit = math.min(granted, credit)
+      redis.call('HSET', k, 'g' .. d .. ':' .. me, string.format('%.0f', g + from_credit * mine_per))
+      if granted < want and not cooling then
+        -- Ask again when the credit holds a lease of this process's rate (or the rest).
+        need = math.min(want - granted, math.max(1, math.ceil(lease / mine_per)))
+        local left = credit - from_credit
+        wait = math.ceil(math.max(0, (need - left) * mine_per - ((now - g) - credit * mine_per)))
+      end
     end
     full = full + granted * per
-    local wait = 0
+    n = n + granted
+    held_after[d] = held_after[d] + granted
+    redis.call('HSET', k, 'n' .. d, string.format('%.0f', n))
     if granted < want then
-      wait = math.ceil(math.max(0, (full - now) - (scap - keep - (want - granted)) * per))
+      wait = math.max(wait, math.ceil(math.max(0, (full - now) - (scap - keep - need) * per)))
       if cooling then wait = math.max(wait, cd - now) end
     end
     redis.call('HSET', k, 'c' .. d, string.format('%.0f', scap),
@@ -154,7 +224,20 @@ for d = 0, 3 do
   else
     out[o], out[o + 1], out[o + 2], out[o + 3] = 0, 0, 0, 0
   end
+  out[28 + d] = n
 end
+local pat, p, q = before[3], {}, {}
+for d = 0, 3 do
+  p[d], q[d] = before[4 + d] or 0, before[8 + d] or 0
+end
+if (not pat) or now - pat > fresh then
+  pat = now
+  for d = 0, 3 do p[d], q[d] = 0, p[d] end
+end
+for d = 0, 3 do p[d] = math.max(p[d], held_after[d]) end
+redis.call('HSET', dk, me, string.format('%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f',
+  mine, now, pat, p[0], p[1], p[2], p[3], q[0], q[1], q[2], q[3]))
+redis.call('PEXPIRE', dk, ttl)
 redis.call('PEXPIRE', k, ttl)
 local left = 0
 if cooling then left = cd - now end

@@ -14,10 +14,18 @@ pub struct RedisServer {
     dir: PathBuf,
 }
 
+/// The server binary: `$REDIS_SERVER` when set (a path or a name on `PATH`, e.g.
+/// `valkey-server`: `.ci/run` runs the Redis tests against Valkey too when Debian has it),
+/// else `redis-server` on `PATH`.
 fn binary() -> Option<PathBuf> {
+    let name = std::env::var_os("REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
+    let named = PathBuf::from(&name);
+    if named.components().count() > 1 {
+        return named.is_file().then_some(named);
+    }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|p| p.join("redis-server"))
+        .map(|p| p.join(&name))
         .find(|p| p.is_file())
 }
 
@@ -26,7 +34,7 @@ impl RedisServer {
     pub fn start() -> Option<Self> {
         if binary().is_none() {
             eprintln!(
-                "SKIPPED: redis-server is not installed; install it to run the Redis tests \
+                "SKIPPED: redis-server (or $REDIS_SERVER) is not installed; install it to run the Redis tests \
                  (Debian/Ubuntu: `sudo apt-get install redis-server`, macOS: `brew install redis`)"
             );
             return None;
