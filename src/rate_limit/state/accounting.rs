@@ -31,9 +31,12 @@
 //! - **Reserved at admission** once a 429 shows every bucket with room for the request with its
 //!   output counted as produced (and twice its estimated input), but not with its `max_tokens`: then `max_tokens` is reserved
 //!   again, and a request whose `max_tokens` exceeds the output limit fails at once with
-//!   `CostExceedsLimit`. A refusal of the output bucket that proves neither (it read empty)
-//!   sends the key back to reserving `max_tokens` until new proof comes, one more proof needed
-//!   each time, so a server that keeps contradicting the belief ends up reserving.
+//!   `CostExceedsLimit` (until such a request, let through to re-check the limit, is
+//!   answered). A refusal that proves neither (the output bucket read empty: a server counting
+//!   output as produced refuses when it is in debt) changes nothing in the belief; the margin
+//!   it raises is the answer to it. Falling back to reserving `max_tokens` on it held each
+//!   request of a long-`max_tokens` key to a whole bucket for ten minutes, until a request
+//!   above the limit was answered again, and calls ran past their deadlines.
 
 use super::*;
 
@@ -59,10 +62,6 @@ pub(crate) enum OutputCounting {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Accounting {
     pub(super) counting: OutputCounting,
-    /// Readings that proved output counted as produced since the belief last fell back.
-    proofs: u32,
-    /// Times the belief fell back: that many proofs (plus one) are needed again.
-    fallbacks: u32,
     /// Per dimension read (output, or a combined tokens bucket): `max_tokens` of the requests in
     /// flight, refilled at the server's rate.
     shadow: [Option<Bucket>; 4],
@@ -128,12 +127,8 @@ impl Accounting {
         if least <= used.saturating_add(slack) {
             return false;
         }
-        self.proofs += 1;
-        if self.proofs > self.fallbacks {
-            self.counting = OutputCounting::AsProduced;
-            return true;
-        }
-        false
+        self.counting = OutputCounting::AsProduced;
+        true
     }
 
     /// A request whose `max_tokens` exceeds the output limit the server reports (or its combined
@@ -152,8 +147,7 @@ impl Accounting {
 
     /// A 429 whose readings leave every bucket room for the request with its output counted as
     /// produced (one token) but not with its `max_tokens`: proof of a reservation at admission.
-    /// A refusal by the output bucket that proves nothing while output is believed counted as
-    /// produced sends the belief back to unknown. Returns whether the belief changed.
+    /// Returns whether the belief changed.
     pub(super) fn refused(&mut self, snapshot: &RateLimitSnapshot, record: &Record) -> bool {
         if self.counting == OutputCounting::Reserved {
             return false;
@@ -185,12 +179,6 @@ impl Accounting {
                 || room(Dimension::InputTokens, input) != Some(false));
         if others_fit && fits_produced == Some(true) && fits_reserved == Some(false) {
             self.counting = OutputCounting::Reserved;
-            return true;
-        }
-        if self.counting == OutputCounting::AsProduced && fits_produced == Some(false) {
-            self.counting = OutputCounting::Unknown;
-            self.proofs = 0;
-            self.fallbacks = self.fallbacks.saturating_add(1);
             return true;
         }
         false

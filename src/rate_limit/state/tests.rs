@@ -429,3 +429,27 @@ async fn a_refusal_with_room_but_not_for_max_tokens_proves_a_reservation() {
         .unwrap_err();
     assert!(e.is::<CostExceedsLimit>(), "{e}");
 }
+
+/// A refusal with the output bucket read empty is what a server counting output as produced
+/// sends when it is in debt: it proves neither accounting, and the belief stays (going back to
+/// reserving `max_tokens` held a long-`max_tokens` key to one request per bucket for minutes).
+#[tokio::test(start_paused = true)]
+async fn a_refusal_with_the_output_bucket_empty_keeps_output_counted_as_produced() {
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    let counted = |state: &RateLimitState| {
+        state
+            .key_snapshot(&key())
+            .unwrap()
+            .output_counted_as_produced()
+    };
+    let full = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+    let mut a = send(&state, Cost::new(1, 0, 2_000), true);
+    reply(&mut a, &full, Outcome::success());
+    let mut b = send(&state, Cost::new(1, 0, 2_000), true);
+    let mut c = send(&state, Cost::new(1, 0, 2_000), true);
+    reply(&mut b, &full, Outcome::success());
+    assert_eq!(counted(&state), Some(true));
+    let empty = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 0));
+    reply(&mut c, &empty, Outcome::new(OutcomeKind::RateLimited));
+    assert_eq!(counted(&state), Some(true));
+}
