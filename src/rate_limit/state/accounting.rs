@@ -29,14 +29,14 @@
 //!   goodput sweep: 0.945 of T\* → 0.962); reserving the bare mean made outputs above it read
 //!   as other clients' use (`sweep-18`: 0.996 → 0.908).
 //! - **Reserved at admission** once a 429 shows every bucket with room for the request with its
-//!   output counted as produced (and twice its estimated input), but not with its `max_tokens`: then `max_tokens` is reserved
-//!   again, and a request whose `max_tokens` exceeds the output limit fails at once with
-//!   `CostExceedsLimit` (until such a request, let through to re-check the limit, is
-//!   answered). A refusal that proves neither (the output bucket read empty: a server counting
-//!   output as produced refuses when it is in debt) changes nothing in the belief; the margin
-//!   it raises is the answer to it. Falling back to reserving `max_tokens` on it held each
-//!   request of a long-`max_tokens` key to a whole bucket for ten minutes, until a request
-//!   above the limit was answered again, and calls ran past their deadlines.
+//!   output counted as produced (and twice its estimated input), but not with its `max_tokens`: then
+//!   `max_tokens` is reserved again, and a request whose `max_tokens` exceeds the output limit fails
+//!   at once with `CostExceedsLimit` (until such a request, let through to re-check the limit, is
+//!   answered). A refusal that proves neither (the output bucket read empty: a server counting output
+//!   as produced refuses when it is in debt) changes nothing in the belief; the margin it raises is
+//!   the answer to it. Falling back to reserving `max_tokens` on it held each request of a
+//!   long-`max_tokens` key to a whole bucket for ten minutes, until a request above the limit was
+//!   answered again, and calls ran past their deadlines.
 
 use super::*;
 
