@@ -1,8 +1,8 @@
 //! A fleet of real OS processes sharing one organisation's limit through Redis: this binary
 //! started N times (`--worker`), each process 8 callers through its own limiter and its own
 //! [`RedisStore`] connection, against one loopback simulated API and one `redis-server` that this
-//! binary starts (it must be installed). Runs 4 and 16 processes, then 4 with Redis killed and
-//! restarted mid-run.
+//! binary starts (it must be installed). Runs 4 and 16 processes, 4 with Redis killed and
+//! restarted mid-run, and 4 of which the last starts halfway through the run (`fleet-4-join`).
 //!
 //! ```sh
 //! cargo run --release --features redis,reqwest --example fleet             # the figures
@@ -18,8 +18,9 @@
 //! its demand share is 1/N), and the 99th percentile of a call's time (waits and retries
 //! included). `--check` holds every run to: 0 failed calls, < 1 % of attempts 429, ≥ 0.95 of
 //! T*, ≤ 0.2 Redis round trips per request and shares within ±20 % of demand (the outage run:
-//! 0 failed calls only, since processes pace alone while Redis is down); `--check failed,429`
-//! only the targets named. T* counts the server's refill from its start (empty) to the end of
+//! 0 failed calls only, since processes pace alone while Redis is down), and the process that
+//! joins mid-run to no request refused (`join`; its share is not checked, it ran half the time);
+//! `--check failed,429` only the targets named. T* counts the server's refill from its start (empty) to the end of
 //! the run, the seconds the workers take to start included.
 
 #[path = "../tests/support/redis.rs"]
@@ -65,11 +66,11 @@ async fn main() {
         return;
     }
     // `--check` holds every target; `--check failed,429` only those named (targets: failed,
-    // 429, goodput, ops, share).
+    // 429, goodput, ops, share, join).
     let check: Option<Vec<String>> = args.iter().position(|a| a == "--check").map(|i| {
         match args.get(i + 1).filter(|a| !a.starts_with("--")) {
             Some(list) => list.split(',').map(str::to_owned).collect(),
-            None => ["failed", "429", "goodput", "ops", "share"]
+            None => ["failed", "429", "goodput", "ops", "share", "join"]
                 .map(str::to_owned)
                 .to_vec(),
         }
@@ -81,10 +82,13 @@ async fn main() {
         std::process::exit(1);
     };
     let mut missed = Vec::new();
-    for (name, processes, outage) in [
-        ("fleet-4", 4, false),
-        ("fleet-16", 16, false),
-        ("fleet-4-outage", 4, true),
+    // `join`: the last process starts halfway through the run (its callers run the second
+    // half), and must have no request refused: it paces on what the fleet knows from its first.
+    for (name, processes, outage, join) in [
+        ("fleet-4", 4, false, false),
+        ("fleet-16", 16, false, false),
+        ("fleet-4-outage", 4, true, false),
+        ("fleet-4-join", 4, false, true),
     ] {
         if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
             continue;
@@ -111,11 +115,18 @@ async fn main() {
             + Duration::from_millis(300 * processes as u64);
         let children: Vec<_> = (0..processes)
             .map(|i| {
+                let late = join && i + 1 == processes;
+                let (starts, runs) = if late {
+                    (start_at + RUN / 2, RUN - RUN / 2)
+                } else {
+                    (start_at, RUN)
+                };
                 Command::new(&exe)
                     .args(["--worker", "--sim", &server.base_uri(), "--redis"])
                     .arg(redis.url())
                     .args(["--prefix", name, "--id", &i.to_string()])
-                    .args(["--start-at", &start_at.as_millis().to_string()])
+                    .args(["--start-at", &starts.as_millis().to_string()])
+                    .args(["--run-ms", &runs.as_millis().to_string()])
                     .stdout(Stdio::piped())
                     .spawn()
                     .expect("a worker starts")
@@ -170,6 +181,14 @@ async fn main() {
             .map(|w| (w.ok as f64 / ok.max(1) as f64 * processes as f64 - 1.0).abs())
             .fold(0.0, f64::max);
         let p99 = workers.iter().map(|w| w.p99_ms).max().unwrap_or(0);
+        // The process that joined halfway (the last one), in a `join` run.
+        let joined = workers.last().filter(|_| join);
+        if let Some(j) = joined {
+            println!(
+                "fleet scenario={name} joined: ok={} failed={} attempts={} r429={}",
+                j.ok, j.failed, j.attempts, j.r429
+            );
+        }
         println!(
             "fleet scenario={name} processes={processes} callers={CALLERS} ok={ok} failed={failed} \
              attempts={attempts} r429={r429} ({:.2} %) ratio={ratio:.3} run_ratio={run_ratio:.3} redis_ops_per_request={per_request:.3} \
@@ -191,7 +210,16 @@ async fn main() {
                 "Redis round trips per request > 0.2",
                 per_request > 0.2,
             );
-            miss("share", "a share beyond ±20 % of demand", deviation > 0.2);
+            if !join {
+                miss("share", "a share beyond ±20 % of demand", deviation > 0.2);
+            }
+        }
+        if let Some(j) = joined {
+            miss(
+                "join",
+                "the process that joined mid-run had a request refused",
+                j.r429 > 0 || j.failed > 0,
+            );
         }
     }
     drop(redis);
@@ -270,7 +298,10 @@ async fn worker(args: &[String]) {
         .as_millis() as u64;
     tokio::time::sleep(Duration::from_millis(start_at.saturating_sub(now_ms))).await;
     let figures = Arc::new(Mutex::new((Figures::default(), Vec::new())));
-    let deadline = Instant::now() + RUN;
+    let run = arg(args, "--run-ms")
+        .and_then(|s| s.parse().ok())
+        .map_or(RUN, Duration::from_millis);
+    let deadline = Instant::now() + run;
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..CALLERS {
         let service = service.clone();
