@@ -47,6 +47,14 @@ fn level(state: &RateLimitState, d: Dimension) -> u64 {
         .level()
 }
 
+/// What the key learned of its server's output accounting (`Some(true)`: counted as produced).
+fn counted_as_produced(state: &RateLimitState) -> Option<bool> {
+    state
+        .key_snapshot(&key())
+        .unwrap()
+        .output_counted_as_produced()
+}
+
 fn reading(limit: u64, remaining: u64, reset_ms: u64) -> BucketReading {
     BucketReading::new(
         Some(limit),
@@ -358,21 +366,15 @@ async fn output_share_is_learned() {
 #[tokio::test(start_paused = true)]
 async fn a_reading_below_the_max_tokens_in_flight_proves_output_counted_as_produced() {
     let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
-    let counted = |state: &RateLimitState| {
-        state
-            .key_snapshot(&key())
-            .unwrap()
-            .output_counted_as_produced()
-    };
     let full = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
     let mut a = send(&state, Cost::new(1, 0, 2_000), true);
     reply(&mut a, &full, Outcome::success());
-    assert_eq!(counted(&state), None);
+    assert_eq!(counted_as_produced(&state), None);
     // Two requests of 2,000 in flight; the server, read at either instant, has used none.
     let mut b = send(&state, Cost::new(1, 0, 2_000), true);
     let _c = send(&state, Cost::new(1, 0, 2_000), true);
     reply(&mut b, &full, Outcome::success());
-    assert_eq!(counted(&state), Some(true));
+    assert_eq!(counted_as_produced(&state), Some(true));
 }
 
 /// Under a reservation at admission the same readings show the `max_tokens` in flight used:
@@ -390,8 +392,7 @@ async fn readings_that_hold_the_max_tokens_in_flight_prove_nothing() {
     let second =
         RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 6_000));
     reply(&mut b, &second, Outcome::success());
-    let snapshot = state.key_snapshot(&key()).unwrap();
-    assert_eq!(snapshot.output_counted_as_produced(), None);
+    assert_eq!(counted_as_produced(&state), None);
 }
 
 /// A 429 with room for the request's input and one output token but not for its
@@ -415,8 +416,7 @@ async fn a_refusal_with_room_but_not_for_max_tokens_proves_a_reservation() {
     let refused =
         RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 6_000));
     reply(&mut big, &refused, Outcome::new(OutcomeKind::RateLimited));
-    let snapshot = state.key_snapshot(&key()).unwrap();
-    assert_eq!(snapshot.output_counted_as_produced(), Some(false));
+    assert_eq!(counted_as_produced(&state), Some(false));
     let e = state
         .enter(
             &key(),
@@ -436,20 +436,14 @@ async fn a_refusal_with_room_but_not_for_max_tokens_proves_a_reservation() {
 #[tokio::test(start_paused = true)]
 async fn a_refusal_with_the_output_bucket_empty_keeps_output_counted_as_produced() {
     let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
-    let counted = |state: &RateLimitState| {
-        state
-            .key_snapshot(&key())
-            .unwrap()
-            .output_counted_as_produced()
-    };
     let full = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
     let mut a = send(&state, Cost::new(1, 0, 2_000), true);
     reply(&mut a, &full, Outcome::success());
     let mut b = send(&state, Cost::new(1, 0, 2_000), true);
     let mut c = send(&state, Cost::new(1, 0, 2_000), true);
     reply(&mut b, &full, Outcome::success());
-    assert_eq!(counted(&state), Some(true));
+    assert_eq!(counted_as_produced(&state), Some(true));
     let empty = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 0));
     reply(&mut c, &empty, Outcome::new(OutcomeKind::RateLimited));
-    assert_eq!(counted(&state), Some(true));
+    assert_eq!(counted_as_produced(&state), Some(true));
 }
