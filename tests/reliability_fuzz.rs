@@ -822,6 +822,27 @@ fn a_u64_max_limit_then_a_reading_does_not_overflow_the_rate_limiter() {
     );
 }
 
+/// A case the property found in release: a `max_tokens` of `u64::MAX` is reserved as the whole
+/// of a combined `tokens` bucket (4,294,967,295, read empty on every answer): the rate limiter
+/// waited for a full bucket while the other clients its readings taught it about kept taking
+/// their share of the refill, a millisecond at a time, so the bucket was never full and the
+/// call spun on the paused clock for ever.
+#[test]
+fn a_request_needing_the_whole_bucket_is_not_held_for_ever_by_other_clients() {
+    drive(
+        Stack::Preset(0),
+        vec![(
+            529,
+            vec![
+                ("anthropic-ratelimit-tokens-remaining", "0"),
+                ("anthropic-ratelimit-tokens-limit", "4294967295"),
+                ("anthropic-ratelimit-tokens-reset", "1e308"),
+            ],
+        )],
+        3,
+    );
+}
+
 /// This file runs with overflow checks on (the `test` profile inherits `dev`'s, and `.ci/run`
 /// also runs it in release with `-C overflow-checks=on`): arithmetic overflow panics here rather
 /// than wrapping silently.

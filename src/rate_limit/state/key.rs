@@ -409,7 +409,17 @@ impl KeyState {
             } else {
                 self.margin[i].get(b.capacity(), now)
             };
-            let need = charge[i].saturating_add(margin).min(b.capacity());
+            // Other clients take their share of the refill all the time (charged as it accrues,
+            // waits are a millisecond at least): a bucket they share is never quite full, so a
+            // cost of the whole bucket waits for all but a millisecond of refill, or for ever.
+            let share = self.others[i].share();
+            let most = if share > 0.0 {
+                let ms = b.span_units(Duration::from_millis(1));
+                b.capacity().saturating_sub(ms).max(1)
+            } else {
+                b.capacity()
+            };
+            let need = charge[i].saturating_add(margin).min(most);
             let t = match b.ready_at(need, self.usable(b.capacity(), now)) {
                 Some(t) => t,
                 // Only a ramp makes a cost that fits the capacity not fit the usable share:
@@ -438,7 +448,6 @@ impl KeyState {
             // Other clients take their share of the refill while this waits (it is charged as
             // it accrues): the wait is longer by that share, and never shorter than a
             // millisecond, so a waiter does not wake again and again for the last sliver.
-            let share = self.others[i].share();
             let t = if t > now && share > 0.0 {
                 let wait = t.saturating_duration_since(now).as_secs_f64() / (1.0 - share);
                 add(
