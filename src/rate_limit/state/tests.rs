@@ -136,15 +136,13 @@ async fn output_over_reservation_is_given_back_by_later_readings() {
     let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
     let mut a = send(&state, Cost::new(1, 0, 1_000), true);
     // Read at admission: no output counted yet. a's reservation stays.
-    let first =
-        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
+    let first = output_left(8_000);
     reply(&mut a, &first, Outcome::success());
     assert_eq!(level(&state, Dimension::OutputTokens), 7_000);
     // b's reading shows a's true output (300): 700 come back.
     let mut b = send(&state, Cost::new(1, 0, 1_000), true);
     assert_eq!(level(&state, Dimension::OutputTokens), 6_000);
-    let second =
-        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 7_700));
+    let second = output_left(7_700);
     reply(&mut b, &second, Outcome::success());
     assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
     // A response without headers but with a known usage gives back the rest.
@@ -361,19 +359,42 @@ async fn output_share_is_learned() {
     }
 }
 
+/// A bucket of 8,000 output tokens with `remaining` left.
+fn output_left(remaining: u64) -> RateLimitSnapshot {
+    RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, remaining))
+}
+
+/// Enters a request of `max_tokens` output on a key with no other cost.
+fn enter_output(state: &RateLimitState, max_tokens: u64) -> Result<Ticket, BoxError> {
+    state.enter(
+        &key(),
+        Cost::new(1, 0, max_tokens),
+        true,
+        Priority::Interactive,
+        None,
+        None,
+    )
+}
+
+/// Proves to a key that its server counts output as produced (a reading that shows none of the
+/// `max_tokens` in flight used); returns the key's state and a request still in flight.
+fn prove_counted_as_produced() -> (RateLimitState, Ticket) {
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    let mut a = send(&state, Cost::new(1, 0, 2_000), true);
+    reply(&mut a, &output_left(8_000), Outcome::success());
+    assert_eq!(counted_as_produced(&state), None);
+    // Two requests of 2,000 in flight; the server, read at either instant, has used none.
+    let mut b = send(&state, Cost::new(1, 0, 2_000), true);
+    let c = send(&state, Cost::new(1, 0, 2_000), true);
+    reply(&mut b, &output_left(8_000), Outcome::success());
+    (state, c)
+}
+
 /// A server counting output as produced shows less used than the `max_tokens` in flight:
 /// impossible under a reservation at admission.
 #[tokio::test(start_paused = true)]
 async fn a_reading_below_the_max_tokens_in_flight_proves_output_counted_as_produced() {
-    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
-    let full = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
-    let mut a = send(&state, Cost::new(1, 0, 2_000), true);
-    reply(&mut a, &full, Outcome::success());
-    assert_eq!(counted_as_produced(&state), None);
-    // Two requests of 2,000 in flight; the server, read at either instant, has used none.
-    let mut b = send(&state, Cost::new(1, 0, 2_000), true);
-    let _c = send(&state, Cost::new(1, 0, 2_000), true);
-    reply(&mut b, &full, Outcome::success());
+    let (state, _c) = prove_counted_as_produced();
     assert_eq!(counted_as_produced(&state), Some(true));
 }
 
@@ -383,15 +404,11 @@ async fn a_reading_below_the_max_tokens_in_flight_proves_output_counted_as_produ
 async fn readings_that_hold_the_max_tokens_in_flight_prove_nothing() {
     let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
     let mut a = send(&state, Cost::new(1, 0, 2_000), true);
-    let first =
-        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 6_000));
-    reply(&mut a, &first, Outcome::success());
+    reply(&mut a, &output_left(6_000), Outcome::success());
     let mut b = send(&state, Cost::new(1, 0, 2_000), true);
     let _c = send(&state, Cost::new(1, 0, 2_000), true);
     // Read at b's admission: a's 2,000 came back, b's are held.
-    let second =
-        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 6_000));
-    reply(&mut b, &second, Outcome::success());
+    reply(&mut b, &output_left(6_000), Outcome::success());
     assert_eq!(counted_as_produced(&state), None);
 }
 
@@ -401,32 +418,16 @@ async fn readings_that_hold_the_max_tokens_in_flight_prove_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_refusal_with_room_but_not_for_max_tokens_proves_a_reservation() {
     let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
-    let mut big = state
-        .enter(
-            &key(),
-            Cost::new(1, 0, 9_000),
-            true,
-            Priority::Interactive,
-            None,
-            None,
-        )
-        .unwrap();
+    let mut big = enter_output(&state, 9_000).unwrap();
     assert!(big.is_admitted(), "at most the whole bucket is reserved");
     big.dispatched();
-    let refused =
-        RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 6_000));
-    reply(&mut big, &refused, Outcome::new(OutcomeKind::RateLimited));
+    reply(
+        &mut big,
+        &output_left(6_000),
+        Outcome::new(OutcomeKind::RateLimited),
+    );
     assert_eq!(counted_as_produced(&state), Some(false));
-    let e = state
-        .enter(
-            &key(),
-            Cost::new(1, 0, 9_000),
-            true,
-            Priority::Interactive,
-            None,
-            None,
-        )
-        .unwrap_err();
+    let e = enter_output(&state, 9_000).unwrap_err();
     assert!(e.is::<CostExceedsLimit>(), "{e}");
 }
 
@@ -435,15 +436,12 @@ async fn a_refusal_with_room_but_not_for_max_tokens_proves_a_reservation() {
 /// reserving `max_tokens` held a long-`max_tokens` key to one request per bucket for minutes).
 #[tokio::test(start_paused = true)]
 async fn a_refusal_with_the_output_bucket_empty_keeps_output_counted_as_produced() {
-    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
-    let full = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
-    let mut a = send(&state, Cost::new(1, 0, 2_000), true);
-    reply(&mut a, &full, Outcome::success());
-    let mut b = send(&state, Cost::new(1, 0, 2_000), true);
-    let mut c = send(&state, Cost::new(1, 0, 2_000), true);
-    reply(&mut b, &full, Outcome::success());
+    let (state, mut c) = prove_counted_as_produced();
     assert_eq!(counted_as_produced(&state), Some(true));
-    let empty = RateLimitSnapshot::new().with(Dimension::OutputTokens, remaining_only(8_000, 0));
-    reply(&mut c, &empty, Outcome::new(OutcomeKind::RateLimited));
+    reply(
+        &mut c,
+        &output_left(0),
+        Outcome::new(OutcomeKind::RateLimited),
+    );
     assert_eq!(counted_as_produced(&state), Some(true));
 }
