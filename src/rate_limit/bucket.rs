@@ -57,8 +57,12 @@ impl Bucket {
 
     /// The units available at `now`.
     pub fn level(&self, now: Instant) -> u64 {
-        let debt = self.full_at.saturating_duration_since(now);
-        self.capacity.saturating_sub(self.units(debt))
+        self.capacity.saturating_sub(self.used(now))
+    }
+
+    /// The units used at `now` (more than the capacity when charged beyond it).
+    pub(crate) fn used(&self, now: Instant) -> u64 {
+        self.units(self.full_at.saturating_duration_since(now))
     }
 
     /// Units worth `d` of replenishment, rounded up.
@@ -99,8 +103,7 @@ impl Bucket {
     /// Changes capacity and window at `now`, keeping the units used (a raised limit gives the
     /// difference at once, a lowered one takes it away).
     pub fn resize(&mut self, capacity: u64, window: Duration, now: Instant) {
-        let debt = self.full_at.saturating_duration_since(now);
-        let used = self.units(debt);
+        let used = self.used(now);
         self.capacity = capacity;
         self.window = window.max(Duration::from_nanos(1));
         self.full_at = add(now, self.span(used));

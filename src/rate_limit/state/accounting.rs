@@ -77,7 +77,7 @@ impl Accounting {
         for i in Self::DIMS {
             if let Some(s) = &mut self.shadow[i] {
                 s.charge(max_output, now);
-                used[i] = Some(s.span_units(s.full_at().saturating_duration_since(now)));
+                used[i] = Some(s.used(now));
             }
         }
         used
@@ -121,7 +121,7 @@ impl Accounting {
         let Some(at_dispatch) = at_dispatch else {
             return false;
         };
-        let now_used = shadow.span_units(shadow.full_at().saturating_duration_since(now));
+        let now_used = shadow.used(now);
         let least = at_dispatch.min(now_used);
         let slack = tol.saturating_add((capacity as f64 * SHADOW_SLACK) as u64);
         if least <= used.saturating_add(slack) {
