@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 use http_body::{Body, Frame, SizeHint};
 
 use super::limiter::Permit;
+use crate::signals::stream::is_event_stream;
 
 /// When a call's permit goes back to the cap.
 ///
@@ -49,17 +50,6 @@ impl Release {
             Release::Auto => is_event_stream(response.headers()),
         }
     }
-}
-
-/// `content-type: text/event-stream` (parameters allowed, case-insensitive).
-pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    const SSE: &[u8] = b"text/event-stream";
-    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes().trim_ascii_start();
-        v.len() >= SSE.len()
-            && v[..SSE.len()].eq_ignore_ascii_case(SSE)
-            && matches!(v.get(SSE.len()), None | Some(b';' | b' ' | b'\t'))
-    })
 }
 
 pin_project_lite::pin_project! {

@@ -13,7 +13,7 @@ use super::body::MaybeBuffered;
 use crate::BoxError;
 use crate::cost::UsageReport;
 use crate::error::PolledAfterCompletion;
-use crate::signals::stream::StreamWatch;
+use crate::signals::stream::{StreamWatch, is_event_stream};
 use crate::signals::usage::{MAX_WATCHED_BODY, UsageWatch};
 use crate::signals::{ApiError, Classify, DefaultClassifier, OutcomeKind, StreamStartFailed};
 
@@ -106,7 +106,7 @@ fn should_read<B: http_body::Body>(response: &Response<B>, max: usize) -> bool {
     if response.status().is_success() || max == 0 {
         return false;
     }
-    if is_event_stream(response) {
+    if is_event_stream(response.headers()) {
         return false;
     }
     response
@@ -120,22 +120,12 @@ fn should_read<B: http_body::Body>(response: &Response<B>, max: usize) -> bool {
 /// stream (streams report usage in their events) and not announced larger than the watch keeps.
 fn should_watch<B: http_body::Body>(response: &Response<B>) -> bool {
     response.status().is_success()
-        && !is_event_stream(response)
+        && !is_event_stream(response.headers())
         && response
             .body()
             .size_hint()
             .upper()
             .is_none_or(|upper| upper <= MAX_WATCHED_BODY as u64)
-}
-
-fn is_event_stream<B>(response: &Response<B>) -> bool {
-    response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| {
-            let v = v.as_bytes();
-            v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream")
-        })
 }
 
 impl<F, B, E> Future for ResponseFuture<F, B>
@@ -155,8 +145,9 @@ where
                     let response = ready!(inner.poll(cx)).map_err(Into::into)?;
                     // A successful event stream is read up to its first event before the head
                     // is handed on; an error body is read whole.
-                    let stream = (response.status().is_success() && is_event_stream(&response))
-                        .then(|| Box::new(StreamWatch::new(this.usage.take(), *this.idle)));
+                    let stream = (response.status().is_success()
+                        && is_event_stream(response.headers()))
+                    .then(|| Box::new(StreamWatch::new(this.usage.take(), *this.idle)));
                     if stream.is_none() && !should_read(&response, *this.max) {
                         this.state.set(State::Done);
                         let watch = this

@@ -13,6 +13,7 @@ use crate::BoxError;
 use crate::cost::Usage;
 use crate::error::PolledAfterCompletion;
 use crate::signals::ResponseSignals;
+use crate::signals::stream::is_event_stream;
 
 use super::WaitAbsorbed;
 use super::state::{Admission, Ticket};
@@ -159,7 +160,9 @@ where
                         Ok(mut response) => {
                             if let Some(t) = ticket.as_mut() {
                                 let usage = response.extensions().get::<Usage>().copied();
-                                let absorbed = t.complete(&ResponseSignals::of(&response), usage);
+                                let streaming = is_event_stream(response.headers());
+                                let absorbed =
+                                    t.complete(&ResponseSignals::of(&response), usage, streaming);
                                 if let Some(until) = absorbed {
                                     response.extensions_mut().insert(WaitAbsorbed::new(until));
                                 }

@@ -511,6 +511,17 @@ impl StreamWatch {
     }
 }
 
+/// `content-type: text/event-stream` (parameters allowed, case-insensitive).
+pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes().trim_ascii_start();
+        v.len() >= SSE.len()
+            && v[..SSE.len()].eq_ignore_ascii_case(SSE)
+            && matches!(v.get(SSE.len()), None | Some(b';' | b' ' | b'\t'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

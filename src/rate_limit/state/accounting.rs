@@ -37,6 +37,13 @@
 //!   the answer to it. Falling back to reserving `max_tokens` on it held each request of a
 //!   long-`max_tokens` key to a whole bucket for ten minutes, until a request above the limit was
 //!   answered again, and calls ran past their deadlines.
+//!
+//! A whole answer's head comes when its output is done, and its reservation is settled there
+//! (to the learned share until its `usage` is read). A stream's head comes before any output:
+//! a server reserving at admission holds `max_tokens` until the stream ends, so unless output is
+//! proved counted as produced the reservation stays until the stream's `usage` settles it.
+//! Settling it at the head admitted requests into a bucket the server still held (`sweep-02`
+//! of the goodput sweep with streams: an output refusal before the accounting was learned).
 
 use super::*;
 

@@ -181,6 +181,8 @@ pub(super) struct Reply<'a> {
     /// The input usage alone, reported before the head was answered (a stream's
     /// `message_start`).
     pub(super) input: Option<u64>,
+    /// The answer is an event stream: its head came before the model produced anything.
+    pub(super) streaming: bool,
 }
 
 /// How many given-back requests a key remembers for [`KeyState::refunded_after`].

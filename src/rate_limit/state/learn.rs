@@ -21,6 +21,7 @@ impl KeyState {
             received,
             usage,
             input,
+            streaming,
         } = response;
         let limited = outcome.kind() == OutcomeKind::RateLimited;
         // Only a refusal compares the limits before and after its readings.
@@ -70,13 +71,17 @@ impl KeyState {
         }
         // What the server charged (or will charge) for this request's output: nothing when it
         // refused it or failed (no answer was produced), the true figure when a `Usage` says,
-        // else the high quantile of the learned share of its `max_tokens`.
+        // else the high quantile of the learned share of its `max_tokens` — unless the answer is
+        // a stream whose output is still to come and the server may hold `max_tokens` until it
+        // ends: then the reservation stays until the stream's usage settles it.
         let success = outcome.is_success();
         let reserved = record.charge[OUT];
         let max = record.max_output;
+        let held = streaming && self.accounting.counting != OutputCounting::AsProduced;
         let own_output = match (success, usage) {
             (false, _) => 0,
             (true, Some(u)) => u.output_tokens().min(max),
+            (true, None) if held => reserved,
             (true, None) => ((max as f64 * self.output.high()).ceil() as u64).min(max),
         };
         if !success || usage.is_some() {

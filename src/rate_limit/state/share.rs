@@ -174,6 +174,7 @@ mod tests {
             received: Instant::now(),
             usage: None,
             input: None,
+            streaming: false,
         });
         let published = lock(&board.0).published.last().cloned().expect("published");
         assert_eq!(

@@ -35,6 +35,7 @@ fn reply(t: &mut Ticket, snapshot: &RateLimitSnapshot, outcome: Outcome) -> Opti
         received: Instant::now(),
         usage: None,
         input: None,
+        streaming: false,
     })
 }
 
@@ -153,6 +154,7 @@ async fn output_over_reservation_is_given_back_by_later_readings() {
         received: Instant::now(),
         usage: Some(Usage::new(0, 100)),
         input: None,
+        streaming: false,
     });
     assert_eq!(level(&state, Dimension::OutputTokens), 6_600);
 }
@@ -175,6 +177,7 @@ async fn usage_settles_the_output_reservation_at_the_response() {
         received: Instant::now(),
         usage: Some(Usage::new(0, 300)),
         input: None,
+        streaming: false,
     });
     assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
     b.complete_with(Reply {
@@ -183,8 +186,66 @@ async fn usage_settles_the_output_reservation_at_the_response() {
         received: Instant::now(),
         usage: Some(Usage::new(0, 1_000)),
         input: None,
+        streaming: false,
     });
     assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
+}
+
+/// The head of a stream comes before its output. While the server may hold `max_tokens` until
+/// the stream ends (its output accounting not proved), the reservation stays until the stream's
+/// usage settles it; a whole answer's head settles it at once to the learned share. Once output
+/// is known to be counted as produced, a stream's head settles it like a whole answer's.
+#[tokio::test(start_paused = true)]
+async fn a_streams_output_reservation_is_held_until_its_usage() {
+    fn answer(t: &mut Ticket, usage: Option<Usage>, streaming: bool) {
+        t.complete_with(Reply {
+            snapshot: &RateLimitSnapshot::new(),
+            outcome: &Outcome::success(),
+            received: Instant::now(),
+            usage,
+            input: None,
+            streaming,
+        });
+    }
+    // Answers that use 300 of their 2,000 teach the share; returns what a head gives back.
+    async fn given_back(state: &RateLimitState, streaming: bool) -> u64 {
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let mut t = send(state, Cost::new(1, 0, 2_000), true);
+            answer(&mut t, Some(Usage::new(0, 300)), false);
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let before = level(state, Dimension::OutputTokens);
+        let mut t = send(state, Cost::new(1, 0, 2_000), true);
+        answer(&mut t, None, streaming);
+        level(state, Dimension::OutputTokens) + 2_000 - before
+    }
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    assert!(
+        given_back(&state, false).await > 0,
+        "a whole answer settles at its head"
+    );
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    assert_eq!(
+        given_back(&state, true).await,
+        0,
+        "a stream's head holds it"
+    );
+    // The stream's usage settles it.
+    let mut a = enter_output(&state, 2_000).unwrap();
+    assert!(a.is_admitted());
+    let report = a.usage_report();
+    a.dispatched();
+    answer(&mut a, None, true);
+    let held = level(&state, Dimension::OutputTokens);
+    report.report(Usage::new(0, 300));
+    assert_eq!(level(&state, Dimension::OutputTokens), held + 1_700);
+
+    let (state, _c) = prove_counted_as_produced();
+    assert!(
+        given_back(&state, true).await > 0,
+        "counted as produced: settled at the head"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -193,6 +193,7 @@ impl Ticket {
         &mut self,
         signals: &ResponseSignals,
         usage: Option<Usage>,
+        streaming: bool,
     ) -> Option<Instant> {
         self.complete_with(Reply {
             snapshot: signals.rate_limits(),
@@ -200,6 +201,7 @@ impl Ticket {
             received: signals.received_at(),
             usage,
             input: None,
+            streaming,
         })
     }
 
