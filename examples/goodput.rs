@@ -738,7 +738,12 @@ fn run_sweep(check: bool, jobs: usize) -> bool {
         None if std::env::args().any(|a| a == "--streams") => None,
         None => Some(0.0),
     };
-    let points = sweep::points(stream_share);
+    // `--seed N`: another draw of the sweep's servers (0, the default, is the one CI checks).
+    let seed = arg("--seed").and_then(|s| s.parse().ok()).unwrap_or(0);
+    if seed != 0 {
+        println!("sweep seed {seed}: servers drawn apart from the ones CI checks");
+    }
+    let points = sweep::points(stream_share, seed);
     let next = AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<Row>>> =
         std::sync::Mutex::new((0..points.len()).map(|_| None).collect());
@@ -765,6 +770,9 @@ fn run_sweep(check: bool, jobs: usize) -> bool {
                             r.ratio(),
                             r.broken
                         );
+                        for (reason, n) in &r.failures {
+                            eprintln!("goodput: {} failed {n}× {reason}", r.scenario);
+                        }
                     }
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = row;
                 }

@@ -316,6 +316,56 @@ async fn the_share_other_clients_take_is_learned_from_the_readings() {
     );
 }
 
+/// Input tokens bind, the server counts content of varying density (2–5 bytes a token, so each
+/// reservation holds a cushion the server never charges) and its headers are computed when it
+/// admits a request. The cushion is not taken for other clients: with none the learned share
+/// stays near 0, and with 25 % of the refill taken by others it is learned near that — and few
+/// requests are refused either way.
+#[tokio::test(start_paused = true)]
+async fn the_share_other_clients_take_is_told_from_the_reservations_cushion() {
+    use tower_llm_limits::preset;
+    use tower_llm_limits_sim::{self as sim, HeaderTiming, InputCounting, SimApi, Workload};
+
+    for (others, expected) in [(0.0, 0.0..=0.06), (0.25, 0.15..=0.35)] {
+        let api = SimApi::builder()
+            .model(KEY, sim::Limits::per_minute(1_000, 150_000, 1_000_000))
+            .other_clients(others)
+            .input_counting(InputCounting::VaryingDensity {
+                min_bytes_per_token: 2.0,
+                max_bytes_per_token: 5.0,
+            })
+            .header_timing(HeaderTiming::AtAdmission)
+            .latency(Duration::from_millis(800), Duration::ZERO)
+            .seed(5)
+            .build();
+        let state = RateLimitState::new();
+        let client = ServiceBuilder::new()
+            .layer(preset::anthropic().rate_limit_state(state.clone()))
+            .service(api.clone());
+        let report = Workload::new(400, 24)
+            .models([KEY])
+            .input_tokens(3_000..=6_000)
+            .max_tokens(64..=64)
+            .run(client)
+            .await;
+        assert_eq!(report.failed(), 0);
+        let share = state
+            .key_snapshot(&RateLimitKey::new(KEY))
+            .unwrap()
+            .bucket(Dimension::InputTokens)
+            .unwrap()
+            .others_share();
+        assert!(expected.contains(&share), "others {others}: share {share}");
+        let counters = api.counters();
+        assert!(
+            counters.rate_limited() * 100 < counters.received(),
+            "others {others}: {} of {} refused",
+            counters.rate_limited(),
+            counters.received()
+        );
+    }
+}
+
 /// A server without rate-limit headers that refuses beyond 60 requests a minute (a bucket of 60
 /// refilled at one a second), and 40 callers at once: the key starts slowly instead of sending
 /// everything into the bucket, so the first episode of throttles is a few requests, not the

@@ -139,16 +139,19 @@ fn uniform(rng: &mut fastrand::Rng, lo: f64, hi: f64) -> f64 {
 /// call would have to wait its turn longer than [`MAX_QUEUE`] even at the best pace.
 /// The sweep's points. Each point's streaming mix is drawn apart from its other draws
 /// ([`streams`]); `stream_share` replaces its share of streaming requests for every point (`0`:
-/// the sweep without streams).
-pub fn points(stream_share: Option<f64>) -> Vec<Point> {
+/// the sweep without streams). `seed` 0 draws the points CI checks; any other draws as many
+/// other servers, to check the limiter on behaviours it was not built against.
+pub fn points(stream_share: Option<f64>, seed: u64) -> Vec<Point> {
+    // 0 leaves every seed as it is.
+    let seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .expect("runtime");
-    let mut rng = fastrand::Rng::with_seed(SWEEP_SEED);
-    let mut accounting_rng = fastrand::Rng::with_seed(ACCOUNTING_SEED);
-    let mut long_rng = fastrand::Rng::with_seed(LONG_SEED);
+    let mut rng = fastrand::Rng::with_seed(SWEEP_SEED ^ seed);
+    let mut accounting_rng = fastrand::Rng::with_seed(ACCOUNTING_SEED ^ seed);
+    let mut long_rng = fastrand::Rng::with_seed(LONG_SEED ^ seed);
     (0..HEADER_POINTS + HEADERLESS_POINTS)
         .map(|i| {
             let headerless = i >= HEADER_POINTS;
@@ -196,7 +199,7 @@ pub fn points(stream_share: Option<f64>) -> Vec<Point> {
             let r529 = uniform(&mut rng, 0.0, 0.03);
             let callers = rng.usize(8..=64);
             let requests = rng.usize(200..=600);
-            let streams = streams(i, stream_share);
+            let streams = streams(i, stream_share, seed);
             let accounting = if accounting_rng.f64() < RESERVE_SHARE {
                 OutputAccounting::ReserveMaxTokens
             } else {
@@ -393,8 +396,9 @@ const MAX_BROKEN_SHARE: f64 = 0.05;
 /// depend on it): up to [`MAX_STREAM_SHARE`] of its requests stream (`share` instead, when
 /// given), and up to [`MAX_BROKEN_SHARE`] of those break after 1 to 8 events, in equal parts an
 /// in-stream `overloaded_error`, a dropped connection and a stall.
-fn streams(i: usize, share: Option<f64>) -> Streams {
-    let mut rng = fastrand::Rng::with_seed(SWEEP_SEED ^ 0x5713_ea35_0000_0018 ^ ((i as u64) << 32));
+fn streams(i: usize, share: Option<f64>, seed: u64) -> Streams {
+    let mut rng =
+        fastrand::Rng::with_seed(SWEEP_SEED ^ seed ^ 0x5713_ea35_0000_0018 ^ ((i as u64) << 32));
     let drawn = uniform(&mut rng, 0.0, MAX_STREAM_SHARE);
     let broken = uniform(&mut rng, 0.0, MAX_BROKEN_SHARE);
     let after = [rng.usize(1..=8), rng.usize(1..=8), rng.usize(1..=8)];

@@ -141,9 +141,10 @@
 //! settled to what the server charged, and two ratios are learned per key, in log space with their spread: what the server
 //! charges for input ÷ the raw estimate, and the share of `max_tokens` an answer produces. The
 //! first answers are averaged (an estimate 40 % off is corrected within a few), later ones
-//! weighted 0.1. A reservation takes the ratio's **high quantile** (mean + 2 standard
-//! deviations), not its mean, so it is rarely below what the server will charge; the gap is
-//! given back at settlement. A [`Usage`](crate::cost::Usage) in the response's extensions works
+//! weighted 0.1; the spread of the first answers is their own (the distance from the prior is
+//! the prior's error, not a spread of the server's counts). A reservation takes the ratio's
+//! **high quantile** (mean + 2 standard deviations), not its mean, so it is rarely below what
+//! the server will charge; the gap is given back at settlement. A [`Usage`](crate::cost::Usage) in the response's extensions works
 //! the same. Without usage (a body never read, a stack without `ErrorBody`), the ratios are
 //! learned from successive readings (below).
 //!
@@ -164,6 +165,18 @@
 //! error never becomes a burst. Monotone per-key counters of the cost dispatched and finished
 //! make "what came after this request" one subtraction; an answer that arrives out of order is
 //! read correctly.
+//!
+//! **Other clients of the organisation** (another service, a batch job) take a share of every
+//! bucket's refill that only the readings show. The model charges the learned share as time
+//! passes, as if it were one more client, and a reading taken at admission is moved on by what
+//! the others took since its instant. The share is learned from how far each reading puts the
+//! server from what the model *expects* — its level without the cushion its input reservations
+//! hold beyond their expected charge, which the server never charged (counted as other clients'
+//! use, that cushion hid a quarter of the refill taken by others) — less what the previous
+//! reading left uncorrected, so an error the model keeps is counted once. Only readings whose
+//! interval is not much wider than their resolution are evidence, each at most what the most
+//! other clients could take since the last one; the share moves by each one's evidence over a
+//! minute ([`BucketSnapshot::others_share`]).
 //!
 //! The errors these corrections leave are offsets of the bucket's level, not rates: while the
 //! binding bucket never fills, requests still go out at the server's refill rate. Anthropic's
@@ -195,8 +208,10 @@
 //! **A 429 is proof the model was too optimistic.** Every refusal of a request the limiter
 //! admitted raises a **margin** on the dimension the refusal's readings name (the bucket whose
 //! `remaining` is below the request's cost), or on every known one when they name none: a
-//! share of the bucket kept free, doubled on each refusal (from 5 % of the capacity, at most
-//! 50 %), decaying with a 300 s time constant while no refusal comes. Refusals of requests sent
+//! share of the bucket kept free, doubled on each refusal (at most 50 %), decaying with a 300 s
+//! time constant while no refusal comes. Its first step is what the refusal lacked, and at least
+//! the readings' resolution — a second of refill, or the rounding of `remaining` when that is
+//! coarser — since the model cannot be kept closer to the server than that. Refusals of requests sent
 //! before the last raise are the same episode and raise nothing again. A margin is an offset of
 //! the level, not a rate: it costs one delay of `margin / rate`, not throughput, which is why it
 //! may be generous and relax slowly. Each bucket's margin is in

@@ -23,7 +23,11 @@ const RATIO_ALPHA: f64 = 0.1;
 ///
 /// The first samples are averaged (the prior counts as one sample), later ones weighted
 /// [`RATIO_ALPHA`]: a few answers correct an estimate that is 40 % off, and one odd answer later
-/// moves it only a little.
+/// moves it only a little. The spread of the first samples is their own, around their own mean,
+/// with the prior's spread counted as one sample: the distance between the prior and the
+/// samples is an error of the prior, not a spread of the server's counts (an output share
+/// that starts at 1.0 and is 0.15 in every answer would otherwise keep its high quantile near
+/// 1.0 for dozens of answers, and each request would hold a whole bucket).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Ratio {
     mean: f64,
@@ -31,17 +35,27 @@ pub(super) struct Ratio {
     samples: u32,
     min: f64,
     max: f64,
+    /// The prior, and the mean and sum of squared deviations of the samples, while they are
+    /// averaged.
+    prior: (f64, f64),
+    sample_mean: f64,
+    m2: f64,
 }
 
 impl Ratio {
     /// A ratio of `prior` with a log-space spread of `prior_sd`, bounded to `min..=max`.
     pub(super) fn new(prior: f64, prior_sd: f64, min: f64, max: f64) -> Self {
+        let mean = prior.clamp(min, max).ln();
+        let var = prior_sd * prior_sd;
         Ratio {
-            mean: prior.clamp(min, max).ln(),
-            var: prior_sd * prior_sd,
+            mean,
+            var,
             samples: 0,
             min,
             max,
+            prior: (mean, var),
+            sample_mean: 0.0,
+            m2: 0.0,
         }
     }
 
@@ -51,10 +65,21 @@ impl Ratio {
             return false;
         }
         let x = sample.clamp(self.min, self.max).ln();
-        let a = (1.0 / (f64::from(self.samples) + 2.0)).max(RATIO_ALPHA);
-        let d = x - self.mean;
-        self.mean += a * d;
-        self.var = (1.0 - a) * (self.var + a * d * d);
+        let a = 1.0 / (f64::from(self.samples) + 2.0);
+        if a > RATIO_ALPHA {
+            // Averaged with the prior (Welford's running mean and squared deviations).
+            let n = f64::from(self.samples) + 1.0;
+            let d = x - self.sample_mean;
+            self.sample_mean += d / n;
+            self.m2 += d * (x - self.sample_mean);
+            let (prior_mean, prior_var) = self.prior;
+            self.mean = (prior_mean + n * self.sample_mean) / (n + 1.0);
+            self.var = (prior_var + self.m2) / n;
+        } else {
+            let d = x - self.mean;
+            self.mean += RATIO_ALPHA * d;
+            self.var = (1.0 - RATIO_ALPHA) * (self.var + RATIO_ALPHA * d * d);
+        }
         self.samples = self.samples.saturating_add(1);
         true
     }
@@ -91,13 +116,14 @@ impl Ratio {
             self.mean = e.log_mean.clamp(self.min.ln(), self.max.ln());
             self.var = e.log_var;
             self.samples = e.samples;
+            // What is averaged from here on starts from what was adopted.
+            self.prior = (self.mean, self.var);
+            self.sample_mean = self.mean;
+            self.m2 = self.var * f64::from(e.samples);
         }
     }
 }
 
-/// The least share of a bucket's capacity a refusal sets aside (more when its readings show
-/// more was lacking).
-const MARGIN_FIRST: f64 = 0.05;
 /// The most of a bucket's capacity a margin sets aside.
 const MARGIN_MAX: f64 = 0.5;
 /// The margin's time constant: without refusals it falls to 1/e in this time.
@@ -106,9 +132,11 @@ pub(crate) const MARGIN_DECAY: Duration = Duration::from_secs(300);
 /// A share of a bucket's capacity kept free because the server refused a request the model
 /// said would fit.
 ///
-/// A refusal the model did not predict proves the model optimistic: the margin doubles (at
-/// least [`MARGIN_FIRST`] of the capacity or what the refusal lacked, at most [`MARGIN_MAX`]) and decays exponentially
-/// while no refusal comes, like a congestion window after a loss. It is an offset of the
+/// A refusal the model did not predict proves the model optimistic: the margin doubles and
+/// decays exponentially while no refusal comes, like a congestion window after a loss. Its first
+/// step is what the refusal lacked, and at least the resolution of the readings that keep the
+/// model (a second of refill, or the rounding of `remaining`): the model cannot be kept closer
+/// to the server than that. It is at most [`MARGIN_MAX`] of the capacity. It is an offset of the
 /// bucket's level, not a rate: while the bucket is the binding one requests still leave at its
 /// refill rate, so a margin costs one delay of `margin / rate`, not throughput. Kept as a share,
 /// it follows the capacity when a limit changes.
@@ -152,16 +180,19 @@ impl Margin {
         }
     }
 
-    /// A refusal: doubles the margin within its bounds — at least [`MARGIN_FIRST`], and at
-    /// least the share the refusal showed lacking (`at_least`, when its readings say). Returns
-    /// the new share.
-    pub(super) fn raise(&mut self, at_least: Option<f64>, now: Instant) -> f64 {
+    /// A refusal: doubles the margin within its bounds — at least `resolution` (the readings'
+    /// resolution, as a share of the capacity), and at least the share the refusal showed
+    /// lacking (`at_least`, when its readings say). Returns the new share.
+    pub(super) fn raise(&mut self, at_least: Option<f64>, resolution: f64, now: Instant) -> f64 {
+        let floor = if resolution.is_finite() {
+            resolution.clamp(0.0, MARGIN_MAX)
+        } else {
+            MARGIN_MAX
+        };
         let first = at_least
             .filter(|s| s.is_finite())
-            .map_or(MARGIN_FIRST, |s| s.max(MARGIN_FIRST));
-        self.share = (self.share(now) * 2.0)
-            .max(first)
-            .clamp(MARGIN_FIRST, MARGIN_MAX);
+            .map_or(floor, |s| s.max(floor));
+        self.share = (self.share(now) * 2.0).max(first).clamp(floor, MARGIN_MAX);
         self.at = Some(now);
         self.share
     }
@@ -169,25 +200,36 @@ impl Margin {
 
 /// The most of a bucket's refill other clients are taken to use.
 const OTHERS_MAX: f64 = 0.5;
-/// Readings are summed over at least this long before they move the share.
-const OTHERS_PERIOD: Duration = Duration::from_secs(10);
+/// The time constant of the share's average: a reading's error moves the share by its size over
+/// this. Readings are coarse (tokens rounded to the thousand, resets to the second: about a
+/// second of refill), so one reading's error over a minute is a share of under 2 %; a change in
+/// what other clients take is followed within a minute or two, and a refusal meanwhile raises
+/// the margin at once.
+const OTHERS_TAU: Duration = Duration::from_secs(60);
 
 /// The share of a bucket's refill that other clients of the organisation (another service, a
 /// batch job) take: only the server's readings show it. Between readings the model would refill
 /// at the whole rate and drift optimistic by that share; instead the share is charged to the
 /// local bucket as time passes, as if it were one more client.
 ///
-/// Evidence: over each [`OTHERS_PERIOD`], how far the readings put the server below the model
-/// (beyond even their optimistic edge) or above it (beyond their conservative edge), in seconds
-/// of refill per second. Half of each period's evidence is folded in; the share stays within
-/// `0..=`[`OTHERS_MAX`].
+/// Evidence: how far each reading puts the server below the model (positive) or above it, in
+/// seconds of refill, less what the previous reading left uncorrected (an error the model keeps
+/// is counted once, not at every reading that sees it again). That drift happened at the share
+/// the model already charged, so it is the error of the share times the time between readings:
+/// the share moves by it over [`OTHERS_TAU`], a continuous average whose noise does not grow
+/// with the number of readings. The share stays within `0..=`[`OTHERS_MAX`].
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Others {
     share: f64,
     accrued_to: Instant,
     carry: f64,
-    off: f64,
-    since: Instant,
+    residual: f64,
+    /// The bucket (capacity, window) the residual is measured in: seconds of another rate
+    /// compare with nothing.
+    scale: Option<(u64, Duration)>,
+    /// The last precise reading.
+    last: Option<Instant>,
+    reported: f64,
 }
 
 impl Others {
@@ -196,8 +238,10 @@ impl Others {
             share: 0.0,
             accrued_to: now,
             carry: 0.0,
-            off: 0.0,
-            since: now,
+            residual: 0.0,
+            scale: None,
+            last: None,
+            reported: 0.0,
         }
     }
 
@@ -220,22 +264,48 @@ impl Others {
         }
     }
 
-    /// A reading put the server `off` seconds of refill below the model (negative: above).
-    /// Returns the new share when a period ended.
-    pub(super) fn observe(&mut self, off: f64, now: Instant) -> Option<f64> {
-        if off.is_finite() {
-            self.off += off;
-        }
-        let elapsed = now.saturating_duration_since(self.since);
-        if elapsed < OTHERS_PERIOD {
+    /// A reading put the server `off` seconds of refill below the model (negative: above) of a
+    /// bucket of `scale` (capacity, window), and the model then moved `jump` seconds towards it
+    /// (0 when the reading was within the model's tolerance). Only a `precise` reading (its
+    /// resolution, in seconds) is evidence, and only against an earlier one of the same bucket;
+    /// every reading's jump is remembered. Returns the new share when it moved by more than half a percent since it was
+    /// last returned.
+    pub(super) fn observe(
+        &mut self,
+        off: f64,
+        jump: f64,
+        precise: Option<f64>,
+        scale: (u64, Duration),
+        now: Instant,
+    ) -> Option<f64> {
+        if !(off.is_finite() && jump.is_finite()) {
             return None;
         }
-        let sample = (self.share + self.off / elapsed.as_secs_f64()).clamp(0.0, OTHERS_MAX);
-        let old = self.share;
-        self.share = (0.5 * old + 0.5 * sample).clamp(0.0, OTHERS_MAX);
-        self.off = 0.0;
-        self.since = now;
-        ((self.share - old).abs() > 0.005).then_some(self.share)
+        if self.scale != Some(scale) {
+            // A limit changed: nothing before it compares; this reading starts over.
+            self.scale = precise.map(|_| scale);
+            self.last = precise.map(|_| now);
+            self.residual = off - jump;
+            return None;
+        }
+        if let Some(resolution) = precise {
+            // A reading shows at most what the most other clients could take since the last
+            // one, give or take its resolution: an outlier (an estimate settled since, a burst
+            // of answers) is evidence of that much and no more.
+            let since = self
+                .last
+                .map_or(0.0, |l| now.saturating_duration_since(l).as_secs_f64());
+            let bound = resolution + OTHERS_MAX * since;
+            let drift = (off - self.residual).clamp(-bound, bound);
+            self.last = Some(now);
+            self.share = (self.share + drift / OTHERS_TAU.as_secs_f64()).clamp(0.0, OTHERS_MAX);
+            self.residual = off;
+        }
+        self.residual -= jump;
+        ((self.share - self.reported).abs() > 0.005).then(|| {
+            self.reported = self.share;
+            self.share
+        })
     }
 
     /// The share of the refill other clients are taken to use.
@@ -539,6 +609,24 @@ mod tests {
         assert!(r.high() >= r.mean());
     }
 
+    /// An output share that starts at the whole `max_tokens` (a placeholder, no spread) and is
+    /// 0.15–0.19 in every answer: after four answers its high quantile is near what answers use,
+    /// not near the placeholder (it was 0.79 when the distance from the placeholder counted as
+    /// spread, and each request then held most of a bucket).
+    #[test]
+    fn ratio_spread_is_the_samples_own() {
+        let mut r = Ratio::new(1.0, 0.0, 0.01, 1.0);
+        for i in 0..4 {
+            r.observe(if i % 2 == 0 { 0.15 } else { 0.19 });
+        }
+        assert!(r.high() < 0.35, "high {}", r.high());
+        assert!(r.high() >= 0.19 * 0.99, "high {}", r.high());
+        // A genuine prior's spread still counts while there are few samples.
+        let mut r = Ratio::new(1.0, 0.2, 0.1, 10.0);
+        r.observe(1.0);
+        assert!(r.high() > 1.2, "high {}", r.high());
+    }
+
     #[test]
     fn ratio_high_quantile_covers_the_spread() {
         let mut r = Ratio::new(1.0, 0.2, 0.1, 10.0);
@@ -604,12 +692,14 @@ mod tests {
         let mut m = Margin::default();
         let now = Instant::now();
         assert_eq!(m.get(10_000, now), 0);
-        m.raise(None, now);
+        m.raise(None, 0.05, now);
         assert_eq!(m.get(10_000, now), 500);
-        m.raise(None, now);
+        m.raise(None, 0.05, now);
         assert_eq!(m.get(10_000, now), 1_000);
+        m.raise(Some(0.15), 0.05, now);
+        assert_eq!(m.get(10_000, now), 2_000, "doubles, as it lacked less");
         for _ in 0..5 {
-            m.raise(None, now);
+            m.raise(None, 0.05, now);
         }
         assert_eq!(m.get(100, now), 50, "at most half the capacity");
         let later = now + MARGIN_DECAY;

@@ -98,9 +98,16 @@ pub(super) struct KeyState {
     pub(super) raw_input: u64,
     /// Output reserved by requests in flight.
     pub(super) outstanding_output: u64,
-    /// Cumulative output of finished requests (their true output when known, else their
-    /// reservation): what a server counting output as produced may have charged since.
+    /// Cumulative output of finished requests as their heads settled it (their true output when
+    /// known, else their reservation): what a server counting output as produced may have
+    /// charged since. When a body's `usage` shows less, the difference goes to
+    /// `output_given_back` instead, so that a reading never counts a settled figure twice.
     pub(super) completed_output: u64,
+    /// Finished requests so far: each one's place in the order of completion.
+    pub(super) completions: u64,
+    /// What later `usage` showed finished requests did not produce of what their heads
+    /// settled, by their place in the order of completion (the latest [`MAX_REFUNDS`]).
+    pub(super) output_given_back: VecDeque<(u64, u64)>,
     /// Cumulative true output of finished requests whose output is known (a [`Usage`], or
     /// refused: none).
     pub(super) known_output: u64,
@@ -129,6 +136,10 @@ pub(super) struct KeyState {
     pub(super) input_read_through: u64,
     /// Answered requests whose `usage` may still come with the body (by dispatch position).
     pub(super) awaiting_usage: BTreeMap<u64, Awaiting>,
+    /// What each request whose input is not settled yet reserved beyond its expected charge
+    /// (the high quantile of the input ratio over its mean), by dispatch position: the model
+    /// holds it, the server never charged it. The readings are compared with the model less it.
+    pub(super) cushions: BTreeMap<u64, u64>,
     /// The share of each bucket's refill other clients of the organisation take, learned from
     /// the readings, and charged to the local bucket as it accrues.
     pub(super) others: [Others; 4],
@@ -196,6 +207,8 @@ pub(crate) struct Record {
     pub(super) after: Charge,
     pub(super) raw_after: u64,
     pub(super) completed_before: u64,
+    /// Requests finished before this one was dispatched.
+    pub(super) completions_before: u64,
     pub(super) known_before: u64,
     pub(super) unknown_before: u64,
     pub(super) at: Instant,
@@ -230,6 +243,8 @@ pub(crate) struct Awaiting {
     pub(super) raw: u64,
     pub(super) exact: bool,
     pub(super) output_settled: u64,
+    /// Its place in the order of completion.
+    pub(super) completion: u64,
     pub(super) max_output: u64,
     /// Whether the input usage already settled the input (and taught the input ratio).
     pub(super) input_settled: bool,
@@ -539,6 +554,19 @@ impl KeyState {
         self.outstanding_output = self.outstanding_output.saturating_add(charge[OUT]);
         self.in_flight += 1;
         let shadow_used = self.accounting.sent(nominal[OUT], now);
+        if !exact {
+            let expected = (raw as f64 * self.input.mean()).round();
+            let expected = if expected.is_finite() {
+                expected.min(u64::MAX as f64) as u64
+            } else {
+                u64::MAX
+            };
+            if self.cushions.len() >= MAX_AWAITING {
+                self.cushions.pop_first();
+            }
+            self.cushions
+                .insert(self.dispatch_seq, charge[IN].saturating_sub(expected));
+        }
         let probe = !self.any_bucket() && self.probe != Probe::Unlimited;
         if probe {
             self.probe = Probe::InFlight;
@@ -550,6 +578,7 @@ impl KeyState {
             after: self.dispatched,
             raw_after: self.raw_input,
             completed_before: self.completed_output,
+            completions_before: self.completions,
             known_before: self.known_output,
             unknown_before: self.unknown_reserved,
             at: now,
@@ -564,6 +593,7 @@ impl KeyState {
     /// Notes that `record`'s whole charge was given back, for the readings of requests
     /// dispatched before it.
     pub(super) fn note_refund(&mut self, record: &Record) {
+        self.cushions.remove(&record.seq);
         if self.refunds.len() == MAX_REFUNDS {
             self.refunds.pop_front();
         }
@@ -595,11 +625,28 @@ impl KeyState {
     }
 
     /// The request is no longer in flight; the server may have charged `output` for it.
-    pub(super) fn finish(&mut self, record: &Record, output: u64, now: Instant) {
+    /// Returns its place in the order of completion.
+    pub(super) fn finish(&mut self, record: &Record, output: u64, now: Instant) -> u64 {
         self.accounting.ended(record.max_output, now);
         self.in_flight = self.in_flight.saturating_sub(1);
         self.outstanding_output = self.outstanding_output.saturating_sub(record.charge[OUT]);
         self.completed_output = self.completed_output.saturating_add(output);
+        self.completions += 1;
+        self.completions
+    }
+
+    /// The output finished requests produced since `record` was dispatched, as best known now:
+    /// what their heads settled, less what their `usage` showed they did not produce.
+    pub(super) fn output_completed_after(&self, record: &Record) -> u64 {
+        let given_back = self
+            .output_given_back
+            .iter()
+            .filter(|(completion, _)| *completion > record.completions_before)
+            .map(|(_, back)| *back)
+            .fold(0, u64::saturating_add);
+        self.completed_output
+            .saturating_sub(record.completed_before)
+            .saturating_sub(given_back)
     }
 
     /// Gives back the output reserved by a request that will never report (an error, or a

@@ -89,7 +89,7 @@ impl KeyState {
         } else {
             self.unknown_reserved = self.unknown_reserved.saturating_add(max);
         }
-        self.finish(record, own_output, now);
+        let completion = self.finish(record, own_output, now);
         if limited {
             if self.accounting.refused(snapshot, record) {
                 tracing::info!(key = %key, counting = ?self.accounting.counting,
@@ -108,6 +108,7 @@ impl KeyState {
                 raw: record.raw,
                 exact: record.exact,
                 output_settled: own_output,
+                completion,
                 max_output: max,
                 input_settled: false,
             };
@@ -395,10 +396,9 @@ impl KeyState {
         let after_input = self.dispatched[IN]
             .saturating_sub(record.after[IN])
             .saturating_sub(refunded[IN]);
-        let output = self.outstanding_output.saturating_add(
-            self.completed_output
-                .saturating_sub(record.completed_before),
-        );
+        let output = self
+            .outstanding_output
+            .saturating_add(self.output_completed_after(record));
         // Admitted and not yet sent (held by a concurrency cap below): in no reading.
         let pending = self.pending;
         let (missing_dispatch, missing_receipt) = match d {
@@ -419,6 +419,23 @@ impl KeyState {
         };
         // The target has the server's capacity and window (the server's own bucket, or a local
         // bucket without a ceiling below the server's limit): add what the reading misses.
+        // Other clients kept taking their share of the refill since the reading's instant: the
+        // reading holds none of it, and the model charges it only from now on.
+        let others_share = if self.shared_store {
+            0.0
+        } else {
+            self.others[i].share()
+        };
+        let others_since = |t: Instant| {
+            let units = others_share * target.span_units(now.saturating_duration_since(t)) as f64;
+            if units.is_finite() && units > 0.0 {
+                units.min(u64::MAX as f64) as u64
+            } else {
+                0
+            }
+        };
+        let missing_dispatch = missing_dispatch.saturating_add(others_since(dispatched));
+        let missing_receipt = missing_receipt.saturating_add(others_since(received));
         let shift = |(lo, hi): (Instant, Instant), missing: u64| {
             (
                 add(lo.max(now), target.span(missing)),
@@ -449,29 +466,38 @@ impl KeyState {
         seen.set_full_at(hi_at);
         self.buckets.server_reading(d, seen);
         let old = target.full_at();
-        // How far off the model was, as evidence of what other clients take: measured from the
-        // middle of what the readings allow, so that the edges' tolerances do not bias it.
-        if !created && !self.shared_store {
-            let mid = lo_at + hi_at.saturating_duration_since(lo_at) / 2;
-            let off = if old < mid {
-                mid.saturating_duration_since(old).as_secs_f64()
-            } else {
-                -old.saturating_duration_since(mid).as_secs_f64()
-            };
-            if let Some(share) = self.others[i].observe(off, now) {
-                tracing::debug!(key = %key, dimension = d.as_str(), share,
-                    "rate limit: share of the refill other clients take learned");
-            }
-        }
+        // How far off the model was, as evidence of what other clients take (see [`Others`]):
+        // the middle of what the readings allow against what the model expects — its level
+        // without the cushion its input reservations hold, which the server never charges.
+        let learning = !created && !self.shared_store;
+        let expected_before = learning.then(|| self.expected_full_at(d, &target, now));
+        let mid = lo_at + hi_at.saturating_duration_since(lo_at) / 2;
         if old < lo_at || old > hi_at || created {
             target.set_full_at(hi_at);
             if matches!(d, Dimension::InputTokens | Dimension::Tokens) {
                 self.input_read_through = self.input_read_through.max(record.seq);
+                // The reading holds the server's count of every request up to this one.
+                self.cushions = self.cushions.split_off(&(self.input_read_through + 1));
             }
             tracing::debug!(key = %key, dimension = d.as_str(), ceiling,
                 old_level = Bucket::new(server_cap, server_window, old).level(now),
                 new_level = target.level(now), server_remaining = ?reading.remaining(),
                 "rate limit: level corrected from the server's reading");
+        }
+        if let Some(before) = expected_before {
+            let after = self.expected_full_at(d, &target, now);
+            // A reading is evidence when its instant hardly matters: what it allows is not much
+            // wider than its resolution.
+            let resolution = resolution(&target, tol) * 2;
+            let precise = (hi_at.saturating_duration_since(lo_at) <= resolution)
+                .then_some(resolution.as_secs_f64());
+            let (off, jump) = (secs(mid, before), secs(after, before));
+            if let Some(share) =
+                self.others[i].observe(off, jump, precise, (server_cap, server_window), now)
+            {
+                tracing::debug!(key = %key, dimension = d.as_str(), share,
+                    "rate limit: share of the refill other clients take learned");
+            }
         }
         if ceiling {
             self.server[i] = Some(target);
@@ -489,6 +515,21 @@ impl KeyState {
             self.cooldown_seq = self.dispatch_seq;
             self.cooldown_set = Some(now);
         }
+    }
+
+    /// When `target` (the bucket of dimension `d` a reading corrects) would be full without
+    /// the cushion of the input reservations not settled yet; never before `now` (a full
+    /// bucket's `full_at` is any earlier instant).
+    fn expected_full_at(&self, d: Dimension, target: &Bucket, now: Instant) -> Instant {
+        let cushion = if matches!(d, Dimension::InputTokens | Dimension::Tokens) {
+            self.cushions
+                .range(self.input_read_through + 1..)
+                .map(|(_, c)| *c)
+                .fold(0, u64::saturating_add)
+        } else {
+            0
+        };
+        sub(target.full_at(), target.span(cushion)).max(now)
     }
 
     /// Compares what the server charged between two readings (`full_at`: `None` when the
@@ -587,6 +628,13 @@ impl KeyState {
         // Output: the true figure replaces what the head settled.
         let output = usage.output_tokens().min(a.max_output);
         self.adjust(OUT, a.output_settled, output, now);
+        if output < a.output_settled {
+            if self.output_given_back.len() == super::key::MAX_REFUNDS {
+                self.output_given_back.pop_front();
+            }
+            self.output_given_back
+                .push_back((a.completion, a.output_settled - output));
+        }
         if a.max_output > 0 {
             self.output
                 .observe(output.max(1) as f64 / a.max_output as f64);
@@ -603,6 +651,7 @@ impl KeyState {
         input: u64,
         now: Instant,
     ) {
+        self.cushions.remove(&a.seq);
         if a.seq > self.input_read_through {
             self.adjust(IN, a.input_charged, input, now);
         }
@@ -700,8 +749,11 @@ impl KeyState {
             if lowered[i] {
                 continue;
             }
-            let at_least = lack.map(|l| l as f64 / b.capacity().max(1) as f64);
-            let share = self.margin[i].raise(at_least, now);
+            let capacity = b.capacity().max(1) as f64;
+            let at_least = lack.map(|l| l as f64 / capacity);
+            let tol = if i == REQ { 0 } else { tol };
+            let resolution = b.span_units(resolution(&b, tol)).max(1) as f64 / capacity;
+            let share = self.margin[i].raise(at_least, resolution, now);
             raised = true;
             tracing::info!(key = %key, dimension = Dimension::ALL[i].as_str(), margin = share,
                 lacked = ?lack, capacity = b.capacity(),
@@ -755,4 +807,21 @@ pub(super) fn duplicates_a_token_bucket(
         && [Dimension::InputTokens, Dimension::OutputTokens]
             .iter()
             .any(|d| snapshot.get(*d).and_then(BucketReading::limit) == reading.limit())
+}
+
+/// How finely readings show a bucket's level: a second of refill (resets are whole seconds), or
+/// the rounding of `remaining` (`± tol`) when that is coarser. The model cannot be kept closer to
+/// the server than this; a refusal's first margin is one of it, and a reading that allows a
+/// much wider interval is no evidence of what other clients take.
+fn resolution(bucket: &Bucket, tol: u64) -> Duration {
+    Duration::from_secs(1).max(bucket.span(tol.saturating_mul(2)))
+}
+
+/// `a − b` in seconds, negative when `a` is earlier.
+fn secs(a: Instant, b: Instant) -> f64 {
+    if a >= b {
+        a.saturating_duration_since(b).as_secs_f64()
+    } else {
+        -b.saturating_duration_since(a).as_secs_f64()
+    }
 }

@@ -248,6 +248,38 @@ async fn a_streams_output_reservation_is_held_until_its_usage() {
     );
 }
 
+/// A head settles an unknown output at its reservation; when the body's `usage` shows less,
+/// a later reading taken before that answer ended counts the true figure, not the settled one
+/// (counting the settled one put a key with `max_tokens` above the output limit minutes in debt
+/// at start-up, and its callers past their deadlines).
+#[tokio::test(start_paused = true)]
+async fn a_reading_counts_what_usage_showed_not_what_the_head_settled() {
+    let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
+    let mut a = enter_output(&state, 2_000).unwrap();
+    let report = a.usage_report();
+    a.dispatched();
+    let mut b = send(&state, Cost::new(1, 0, 2_000), true);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    reply(&mut a, &RateLimitSnapshot::new(), Outcome::success());
+    report.report(Usage::new(0, 300));
+    // Read when b was admitted, 10 s ago: 4,000 left (others used them), full in 30 s (the
+    // reset rules out a reading taken at the answer). Since then a produced 300 and b 500:
+    // full 6 s later, at the pessimistic edge of the rounding (± 500: 3.75 s).
+    let snapshot = RateLimitSnapshot::new()
+        .with_dialect(Dialect::Anthropic)
+        .with(Dimension::OutputTokens, reading(8_000, 4_000, 20_000));
+    b.complete_with(Reply {
+        snapshot: &snapshot,
+        outcome: &Outcome::success(),
+        received: Instant::now(),
+        usage: Some(Usage::new(0, 500)),
+        input: None,
+        streaming: false,
+    });
+    // Full 27 s from now (20 s, the rounding's 1 s and 6 s): 3,600 used.
+    assert_eq!(level(&state, Dimension::OutputTokens), 4_400);
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limited_response_refunds_and_cools_down() {
     let state = RateLimitState::with_limits(Limits::new().requests(10));
