@@ -276,11 +276,39 @@ async fn an_unpredicted_refusal_tightens_and_a_quiet_period_relaxes() {
     );
 }
 
+/// Runs `workload` through the preset against `api`: no call may fail and under 1 % of the
+/// attempts may be refused. Returns the share of `dimension`'s refill the key learned other
+/// clients take.
+async fn learned_others_share(
+    api: &tower_llm_limits_sim::SimApi,
+    workload: tower_llm_limits_sim::Workload,
+    dimension: Dimension,
+) -> f64 {
+    let state = RateLimitState::new();
+    let client = ServiceBuilder::new()
+        .layer(tower_llm_limits::preset::anthropic().rate_limit_state(state.clone()))
+        .service(api.clone());
+    let report = workload.models([KEY]).max_tokens(64..=64).run(client).await;
+    assert_eq!(report.failed(), 0);
+    let counters = api.counters();
+    assert!(
+        counters.rate_limited() * 100 < counters.received(),
+        "{} of {} refused",
+        counters.rate_limited(),
+        counters.received()
+    );
+    state
+        .key_snapshot(&RateLimitKey::new(KEY))
+        .unwrap()
+        .bucket(dimension)
+        .unwrap()
+        .others_share()
+}
+
 /// Other clients of the organisation take 30 % of the requests' refill: the readings show it,
 /// the limiter learns the share and paces at what is left, so the server seldom refuses.
 #[tokio::test(start_paused = true)]
 async fn the_share_other_clients_take_is_learned_from_the_readings() {
-    use tower_llm_limits::preset;
     use tower_llm_limits_sim::{self as sim, SimApi, Workload};
 
     let api = SimApi::builder()
@@ -289,31 +317,9 @@ async fn the_share_other_clients_take_is_learned_from_the_readings() {
         .latency(Duration::from_millis(200), Duration::ZERO)
         .seed(3)
         .build();
-    let state = RateLimitState::new();
-    let client = ServiceBuilder::new()
-        .layer(preset::anthropic().rate_limit_state(state.clone()))
-        .service(api.clone());
-    let report = Workload::new(300, 16)
-        .models([KEY])
-        .input_tokens(100..=200)
-        .max_tokens(64..=64)
-        .run(client)
-        .await;
-    assert_eq!(report.failed(), 0);
-    let share = state
-        .key_snapshot(&RateLimitKey::new(KEY))
-        .unwrap()
-        .bucket(Dimension::Requests)
-        .unwrap()
-        .others_share();
+    let workload = Workload::new(300, 16).input_tokens(100..=200);
+    let share = learned_others_share(&api, workload, Dimension::Requests).await;
     assert!((0.15..=0.45).contains(&share), "share {share}");
-    let counters = api.counters();
-    assert!(
-        counters.rate_limited() * 100 < counters.received(),
-        "{} of {} refused",
-        counters.rate_limited(),
-        counters.received()
-    );
 }
 
 /// Input tokens bind, the server counts content of varying density (2–5 bytes a token, so each
@@ -323,7 +329,6 @@ async fn the_share_other_clients_take_is_learned_from_the_readings() {
 /// requests are refused either way.
 #[tokio::test(start_paused = true)]
 async fn the_share_other_clients_take_is_told_from_the_reservations_cushion() {
-    use tower_llm_limits::preset;
     use tower_llm_limits_sim::{self as sim, HeaderTiming, InputCounting, SimApi, Workload};
 
     for (others, expected) in [(0.0, 0.0..=0.06), (0.25, 0.15..=0.35)] {
@@ -338,31 +343,9 @@ async fn the_share_other_clients_take_is_told_from_the_reservations_cushion() {
             .latency(Duration::from_millis(800), Duration::ZERO)
             .seed(5)
             .build();
-        let state = RateLimitState::new();
-        let client = ServiceBuilder::new()
-            .layer(preset::anthropic().rate_limit_state(state.clone()))
-            .service(api.clone());
-        let report = Workload::new(400, 24)
-            .models([KEY])
-            .input_tokens(3_000..=6_000)
-            .max_tokens(64..=64)
-            .run(client)
-            .await;
-        assert_eq!(report.failed(), 0);
-        let share = state
-            .key_snapshot(&RateLimitKey::new(KEY))
-            .unwrap()
-            .bucket(Dimension::InputTokens)
-            .unwrap()
-            .others_share();
+        let workload = Workload::new(400, 24).input_tokens(3_000..=6_000);
+        let share = learned_others_share(&api, workload, Dimension::InputTokens).await;
         assert!(expected.contains(&share), "others {others}: share {share}");
-        let counters = api.counters();
-        assert!(
-            counters.rate_limited() * 100 < counters.received(),
-            "others {others}: {} of {} refused",
-            counters.rate_limited(),
-            counters.received()
-        );
     }
 }
 

@@ -39,6 +39,19 @@ fn reply(t: &mut Ticket, snapshot: &RateLimitSnapshot, outcome: Outcome) -> Opti
     })
 }
 
+/// A successful answer with `snapshot`'s readings and `usage` (known with the head); a stream's
+/// head when `streaming`.
+fn answer(t: &mut Ticket, snapshot: &RateLimitSnapshot, usage: Option<Usage>, streaming: bool) {
+    t.complete_with(Reply {
+        snapshot,
+        outcome: &Outcome::success(),
+        received: Instant::now(),
+        usage,
+        input: None,
+        streaming,
+    });
+}
+
 fn level(state: &RateLimitState, d: Dimension) -> u64 {
     state
         .key_snapshot(&key())
@@ -148,14 +161,12 @@ async fn output_over_reservation_is_given_back_by_later_readings() {
     assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
     // A response without headers but with a known usage gives back the rest.
     let mut c = send(&state, Cost::new(1, 0, 1_000), true);
-    c.complete_with(Reply {
-        snapshot: &RateLimitSnapshot::new(),
-        outcome: &Outcome::success(),
-        received: Instant::now(),
-        usage: Some(Usage::new(0, 100)),
-        input: None,
-        streaming: false,
-    });
+    answer(
+        &mut c,
+        &RateLimitSnapshot::new(),
+        Some(Usage::new(0, 100)),
+        false,
+    );
     assert_eq!(level(&state, Dimension::OutputTokens), 6_600);
 }
 
@@ -171,23 +182,9 @@ async fn usage_settles_the_output_reservation_at_the_response() {
     let reading = RateLimitSnapshot::new()
         .with_dialect(Dialect::Anthropic)
         .with(Dimension::OutputTokens, remaining_only(8_000, 8_000));
-    a.complete_with(Reply {
-        snapshot: &reading,
-        outcome: &Outcome::success(),
-        received: Instant::now(),
-        usage: Some(Usage::new(0, 300)),
-        input: None,
-        streaming: false,
-    });
+    answer(&mut a, &reading, Some(Usage::new(0, 300)), false);
     assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
-    b.complete_with(Reply {
-        snapshot: &reading,
-        outcome: &Outcome::success(),
-        received: Instant::now(),
-        usage: Some(Usage::new(0, 1_000)),
-        input: None,
-        streaming: false,
-    });
+    answer(&mut b, &reading, Some(Usage::new(0, 1_000)), false);
     assert_eq!(level(&state, Dimension::OutputTokens), 6_700);
 }
 
@@ -197,27 +194,22 @@ async fn usage_settles_the_output_reservation_at_the_response() {
 /// is known to be counted as produced, a stream's head settles it like a whole answer's.
 #[tokio::test(start_paused = true)]
 async fn a_streams_output_reservation_is_held_until_its_usage() {
-    fn answer(t: &mut Ticket, usage: Option<Usage>, streaming: bool) {
-        t.complete_with(Reply {
-            snapshot: &RateLimitSnapshot::new(),
-            outcome: &Outcome::success(),
-            received: Instant::now(),
-            usage,
-            input: None,
-            streaming,
-        });
-    }
     // Answers that use 300 of their 2,000 teach the share; returns what a head gives back.
     async fn given_back(state: &RateLimitState, streaming: bool) -> u64 {
         for _ in 0..20 {
             tokio::time::advance(Duration::from_secs(5)).await;
             let mut t = send(state, Cost::new(1, 0, 2_000), true);
-            answer(&mut t, Some(Usage::new(0, 300)), false);
+            answer(
+                &mut t,
+                &RateLimitSnapshot::new(),
+                Some(Usage::new(0, 300)),
+                false,
+            );
         }
         tokio::time::advance(Duration::from_secs(60)).await;
         let before = level(state, Dimension::OutputTokens);
         let mut t = send(state, Cost::new(1, 0, 2_000), true);
-        answer(&mut t, None, streaming);
+        answer(&mut t, &RateLimitSnapshot::new(), None, streaming);
         level(state, Dimension::OutputTokens) + 2_000 - before
     }
     let state = RateLimitState::with_limits(Limits::new().output_tokens(8_000));
@@ -236,7 +228,7 @@ async fn a_streams_output_reservation_is_held_until_its_usage() {
     assert!(a.is_admitted());
     let report = a.usage_report();
     a.dispatched();
-    answer(&mut a, None, true);
+    answer(&mut a, &RateLimitSnapshot::new(), None, true);
     let held = level(&state, Dimension::OutputTokens);
     report.report(Usage::new(0, 300));
     assert_eq!(level(&state, Dimension::OutputTokens), held + 1_700);
@@ -268,14 +260,7 @@ async fn a_reading_counts_what_usage_showed_not_what_the_head_settled() {
     let snapshot = RateLimitSnapshot::new()
         .with_dialect(Dialect::Anthropic)
         .with(Dimension::OutputTokens, reading(8_000, 4_000, 20_000));
-    b.complete_with(Reply {
-        snapshot: &snapshot,
-        outcome: &Outcome::success(),
-        received: Instant::now(),
-        usage: Some(Usage::new(0, 500)),
-        input: None,
-        streaming: false,
-    });
+    answer(&mut b, &snapshot, Some(Usage::new(0, 500)), false);
     // Full 27 s from now (20 s, the rounding's 1 s and 6 s): 3,600 used.
     assert_eq!(level(&state, Dimension::OutputTokens), 4_400);
 }
