@@ -240,7 +240,8 @@ async fn usage_corrects_an_estimate_40_percent_low() {
 }
 
 /// An unpredicted 429 raises the margin of the dimension it names at once; a quiet period
-/// lets it fall again.
+/// lets it fall again: what the refusal showed was needed over an hour, the rest within
+/// minutes.
 #[tokio::test(start_paused = true)]
 async fn an_unpredicted_refusal_tightens_and_a_quiet_period_relaxes() {
     let (svc, _) = server(|n| {
@@ -269,10 +270,16 @@ async fn an_unpredicted_refusal_tightens_and_a_quiet_period_relaxes() {
     let raised = margin();
     assert!(raised >= 1_500, "margin {raised}");
     tokio::time::advance(Duration::from_secs(600)).await;
+    let relaxing = margin();
+    assert!(
+        relaxing < raised,
+        "margin {relaxing} after ten quiet minutes"
+    );
+    tokio::time::advance(Duration::from_secs(2 * 3_600)).await;
     let relaxed = margin();
     assert!(
         relaxed < raised / 5,
-        "margin {relaxed} after a quiet period"
+        "margin {relaxed} after two quiet hours"
     );
 }
 

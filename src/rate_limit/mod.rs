@@ -211,7 +211,11 @@
 //! share of the bucket kept free, doubled on each refusal (at most 50 %), decaying with a 300 s
 //! time constant while no refusal comes. Its first step is what the refusal lacked, and at least
 //! the readings' resolution — a second of refill, or the rounding of `remaining` when that is
-//! coarser — since the model cannot be kept closer to the server than that. Refusals of requests sent
+//! coarser — since the model cannot be kept closer to the server than that. What a refusal
+//! showed was needed (the margin it had and what it lacked) decays with a one-hour time constant
+//! instead, like TCP's slow-start threshold: the model's optimism against one server persists,
+//! and a margin back below it within minutes is refused again (refusals about every five
+//! minutes, over 1 % of the attempts of a key sending every few seconds). Refusals of requests sent
 //! before the last raise are the same episode and raise nothing again. A margin is an offset of
 //! the level, not a rate: it costs one delay of `margin / rate`, not throughput, which is why it
 //! may be generous and relax slowly. Each bucket's margin is in

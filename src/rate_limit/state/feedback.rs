@@ -128,12 +128,18 @@ impl Ratio {
 const MARGIN_MAX: f64 = 0.5;
 /// The margin's time constant: without refusals it falls to 1/e in this time.
 pub(crate) const MARGIN_DECAY: Duration = Duration::from_secs(300);
+/// How long the margin a refusal showed was needed is remembered (its time constant): the
+/// model's optimism against one server persists, and a margin that decays below what it needed
+/// within minutes is refused again (one refusal every five minutes is over 1 % of the attempts
+/// of a key sending a request every three seconds).
+const MARGIN_MEMORY: Duration = Duration::from_secs(3_600);
 
 /// A share of a bucket's capacity kept free because the server refused a request the model
 /// said would fit.
 ///
 /// A refusal the model did not predict proves the model optimistic: the margin doubles and
-/// decays exponentially while no refusal comes, like a congestion window after a loss. Its first
+/// decays exponentially while no refusal comes, like a congestion window after a loss; what the
+/// refusal showed was needed decays over an hour ([`MARGIN_MEMORY`]). Its first
 /// step is what the refusal lacked, and at least the resolution of the readings that keep the
 /// model (a second of refill, or the rounding of `remaining`): the model cannot be kept closer
 /// to the server than that. It is at most [`MARGIN_MAX`] of the capacity. It is an offset of the
@@ -144,15 +150,26 @@ pub(crate) const MARGIN_DECAY: Duration = Duration::from_secs(300);
 pub(super) struct Margin {
     share: f64,
     at: Option<Instant>,
+    /// What the last refusal showed the model needed: the margin it had then and what it lacked
+    /// on top, remembered for [`MARGIN_MEMORY`].
+    needed: f64,
+    needed_at: Option<Instant>,
 }
 
 impl Margin {
     /// The share set aside at `now`.
     fn share(&self, now: Instant) -> f64 {
-        let Some(at) = self.at else { return 0.0 };
-        let age = now.saturating_duration_since(at).as_secs_f64();
-        let share = self.share * (-age / MARGIN_DECAY.as_secs_f64()).exp();
-        if share.is_finite() { share } else { 0.0 }
+        let decayed = |share: f64, at: Option<Instant>, tau: Duration| {
+            let Some(at) = at else { return 0.0 };
+            let age = now.saturating_duration_since(at).as_secs_f64();
+            let share = share * (-age / tau.as_secs_f64()).exp();
+            if share.is_finite() { share } else { 0.0 }
+        };
+        decayed(self.share, self.at, MARGIN_DECAY).max(decayed(
+            self.needed,
+            self.needed_at,
+            MARGIN_MEMORY,
+        ))
     }
 
     /// The share set aside at `now`, for a store.
@@ -181,18 +198,24 @@ impl Margin {
     }
 
     /// A refusal: doubles the margin within its bounds — at least `resolution` (the readings'
-    /// resolution, as a share of the capacity), and at least the share the refusal showed
-    /// lacking (`at_least`, when its readings say). Returns the new share.
+    /// resolution, as a share of the capacity), and at least the margin it had plus the share
+    /// the refusal showed lacking (`at_least`, when its readings say), which is remembered for
+    /// [`MARGIN_MEMORY`]. Returns the new share.
     pub(super) fn raise(&mut self, at_least: Option<f64>, resolution: f64, now: Instant) -> f64 {
         let floor = if resolution.is_finite() {
             resolution.clamp(0.0, MARGIN_MAX)
         } else {
             MARGIN_MAX
         };
-        let first = at_least
-            .filter(|s| s.is_finite())
-            .map_or(floor, |s| s.max(floor));
-        self.share = (self.share(now) * 2.0).max(first).clamp(floor, MARGIN_MAX);
+        let at_least = at_least.filter(|s| s.is_finite() && *s >= 0.0);
+        let first = at_least.map_or(floor, |s| s.max(floor));
+        let had = self.share(now);
+        self.needed = (had + at_least.unwrap_or(0.0)).min(MARGIN_MAX);
+        self.needed_at = Some(now);
+        self.share = (had * 2.0)
+            .max(first)
+            .max(self.needed)
+            .clamp(floor, MARGIN_MAX);
         self.at = Some(now);
         self.share
     }
@@ -696,18 +719,27 @@ mod tests {
         assert_eq!(m.get(10_000, now), 500);
         m.raise(None, 0.05, now);
         assert_eq!(m.get(10_000, now), 1_000);
-        m.raise(Some(0.15), 0.05, now);
-        assert_eq!(m.get(10_000, now), 2_000, "doubles, as it lacked less");
-        for _ in 0..5 {
-            m.raise(None, 0.05, now);
-        }
+        m.raise(Some(0.05), 0.05, now);
+        assert_eq!(m.get(10_000, now), 2_000, "doubles: it lacked less");
+        m.raise(Some(0.3), 0.05, now);
+        assert_eq!(m.get(10_000, now), 5_000, "what it had and what it lacked");
+        m.raise(None, 0.05, now);
         assert_eq!(m.get(100, now), 50, "at most half the capacity");
-        let later = now + MARGIN_DECAY;
-        assert!(
-            (18..=19).contains(&m.get(100, later)),
-            "{}",
-            m.get(100, later)
+        // Quiet: the doubling decays within minutes, what the refusals showed was needed (the
+        // 0.5 the last one had) within an hour.
+        let mut quiet = Margin::default();
+        quiet.raise(Some(0.02), 0.01, now);
+        quiet.raise(None, 0.01, now);
+        assert_eq!(quiet.get(10_000, now), 400);
+        let later = now + MARGIN_DECAY * 3;
+        assert_eq!(
+            quiet.get(10_000, later),
+            156,
+            "the needed 0.02, 15 minutes on"
         );
+        let much_later = now + MARGIN_MEMORY * 3;
+        assert_eq!(quiet.get(10_000, much_later), 10);
+        assert_eq!(m.get(100, much_later), 3);
     }
 
     #[tokio::test(start_paused = true)]
