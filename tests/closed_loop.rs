@@ -416,6 +416,74 @@ async fn a_header_less_server_is_started_slowly() {
     );
 }
 
+/// A header-less server whose answers take 15 s and whose bucket, charged when an answer ends,
+/// holds 4 answers and refills one every 10 s; 30 callers. While the key starts, a window of 4
+/// requests is out and each answer lets one more go: the first throttle comes with a few
+/// requests in flight, not every caller's, so the debt they leave is short (paced on the rate
+/// alone: 30 in flight at the first refusal and 16 refusals; with the window 10 and 8).
+#[tokio::test(start_paused = true)]
+async fn a_header_less_key_starts_with_a_window_of_requests_out() {
+    // (level, last refill, in flight, most in flight before the first refusal)
+    let server = Arc::new(std::sync::Mutex::new((4.0_f64, Instant::now(), 0u64, 0u64)));
+    let answered = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let (state, done, count) = (server.clone(), answered.clone(), refused.clone());
+    let svc = service_fn(move |_req: Request<String>| {
+        let (state, done, count) = (state.clone(), done.clone(), count.clone());
+        async move {
+            let admitted = {
+                let mut s = state.lock().unwrap();
+                let now = Instant::now();
+                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() / 10.0).min(4.0);
+                s.1 = now;
+                if s.0 > 0.0 {
+                    s.2 += 1;
+                    if count.load(Ordering::SeqCst) == 0 {
+                        s.3 = s.3.max(s.2);
+                    }
+                    true
+                } else {
+                    false
+                }
+            };
+            if !admitted {
+                count.fetch_add(1, Ordering::SeqCst);
+                return Ok::<_, BoxError>(
+                    Response::builder()
+                        .status(429)
+                        .body(Full::new(Bytes::from_static(b"{}")))?,
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            {
+                // The answer's output is charged as it ends.
+                let mut s = state.lock().unwrap();
+                s.2 -= 1;
+                s.0 -= 1.0;
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        }
+    });
+    let limited = ServiceBuilder::new()
+        .layer(RateLimitLayer::new())
+        .layer(ErrorBodyLayer::new())
+        .service(svc);
+    let callers = (0..30).map(|_| {
+        let limited = limited.clone();
+        Box::pin(async move {
+            for _ in 0..2 {
+                let _ = limited.clone().oneshot(request(100)).await;
+            }
+        })
+    });
+    join_all(callers.collect()).await;
+    let most = server.lock().unwrap().3;
+    assert!(most <= 12, "{most} in flight before the first refusal");
+    let refused = refused.load(Ordering::SeqCst);
+    assert!(refused <= 10, "{refused} refused");
+}
+
 /// A header-less key behind a concurrency cap: a request admitted and held by the cap makes
 /// the next one wait for its send, at no known instant, which is not a projected wait past the
 /// caller's `max_wait` (it would fail at once with `WaitTooLong`); every call completes.

@@ -231,7 +231,10 @@
 //! the gap (to 20 s at most) until a request sent after them is accepted. Before the first
 //! throttle the key starts slowly, as TCP does: one request a second, doubling every 4 s while
 //! the requests really go that fast (a concurrency cap below or few callers freeze the growth),
-//! unpaced once past 256 a second. A server's bucket may hold a minute of refill; callers that send unpaced
+//! unpaced once past 256 a second — and with at most a window of requests out, 4 at first and
+//! one more for each answer (TCP's congestion window): a server charging output as it is
+//! produced admits everything sent before its bucket runs dry and charges it afterwards, so
+//! long answers sent at the rate alone left it minutes in debt at the first throttle. A server's bucket may hold a minute of refill; callers that send unpaced
 //! into it empty it within a second and have every request in flight refused with the first.
 //! The pace counts requests sent, not admitted: while one admitted earlier is still held by a
 //! layer below, the next waits for it.

@@ -353,6 +353,8 @@ const THROTTLE_RECOVERY_MAX: Duration = Duration::from_secs(120);
 const SLOW_START_RATE: f64 = 1.0;
 /// Before the first throttle the rate doubles this often.
 const SLOW_START_DOUBLING: Duration = Duration::from_secs(4);
+/// The requests a starting key may have out at once before its first answer.
+const SLOW_START_WINDOW: u64 = 4;
 /// Past this rate (reached after about half a minute) a slow start ends: the key is not limited
 /// until a throttle comes.
 pub(super) const SLOW_START_END: f64 = 256.0;
@@ -403,6 +405,9 @@ pub(super) struct Throttle {
     streak: u32,
     /// Dispatches before the last refusal counted in the streak.
     streak_seq: u64,
+    /// While starting: how many requests may be out at once, one more for each accepted
+    /// answer (TCP's congestion window in slow start).
+    window: u64,
 }
 
 /// The most doublings of the gap a streak of refusals brings.
@@ -421,6 +426,7 @@ impl Throttle {
             next_at: now,
             streak: 0,
             streak_seq: seq,
+            window: u64::MAX,
         }
     }
 
@@ -436,6 +442,7 @@ impl Throttle {
             next_at,
             streak: 0,
             streak_seq: seq,
+            window: u64::MAX,
         };
         let k = Duration::from_secs_f64(t.recovery());
         t.cut_at = now.checked_sub(k).unwrap_or(now);
@@ -452,7 +459,17 @@ impl Throttle {
             next_at: now,
             streak: 0,
             streak_seq: seq,
+            window: SLOW_START_WINDOW,
         }
+    }
+
+    /// Whether `in_flight` requests fill the window of a starting key: the next waits for an
+    /// answer. A server that charges output as it is produced admits everything sent before its
+    /// bucket runs dry and charges it afterwards; the rate alone let 27 callers' long answers
+    /// (3,000 output tokens each, 14 s) put a 20,000-a-minute bucket four minutes in debt
+    /// before the first throttle, and calls waited past their deadlines.
+    pub(super) fn window_full(&self, in_flight: usize) -> bool {
+        self.slow_start && in_flight as u64 >= self.window
     }
 
     /// Whether no throttle has come yet (the rate only grows).
@@ -523,6 +540,9 @@ impl Throttle {
     pub(super) fn accepted(&mut self, seq: u64) {
         if seq > self.streak_seq {
             self.streak = 0;
+        }
+        if self.slow_start {
+            self.window = self.window.saturating_add(1);
         }
     }
 

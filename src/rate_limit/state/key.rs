@@ -293,7 +293,12 @@ impl KeyState {
     /// earlier is still held by a layer below (a concurrency cap), the next waits for it to go
     /// (its send wakes the queue; a caller's `max_wait` still bounds the wait).
     pub(super) fn held_back(&self) -> bool {
-        self.held > 0 && self.paced_on_throttles()
+        self.paced_on_throttles()
+            && (self.held > 0
+                || self
+                    .throttle
+                    .as_ref()
+                    .is_some_and(|t| t.window_full(self.in_flight)))
     }
 
     /// Whether the key is paced on a rate learned from throttles (no rate-limit headers).
