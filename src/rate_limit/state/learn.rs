@@ -442,7 +442,7 @@ impl KeyState {
         };
         let mut seen = server;
         seen.set_full_at(hi_at);
-        self.buckets.server_reading(d, seen);
+        self.buckets.server_reading(d, seen, dispatched);
         let old = target.full_at();
         // How far off the model was, as evidence of what other clients take: measured from the
         // middle of what the readings allow, so that the edges' tolerances do not bias it.
