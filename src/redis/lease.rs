@@ -163,6 +163,9 @@ pub(super) struct KeyLease {
     urgent: bool,
     /// Whether a settlement has read the key's shared state since the buckets were opened.
     joined: bool,
+    /// Whether the key paced alone (Redis unreachable) since its last settlement: what it sent
+    /// then is in none of its reports.
+    alone: bool,
     opened_at: Instant,
     /// What the fleet knows besides the buckets (see [`Fleet`]).
     fleet: Fleet,
@@ -403,6 +406,7 @@ impl RedisBuckets {
                 closed: false,
                 urgent: false,
                 joined: false,
+                alone: mode != Mode::Shared,
                 opened_at: now,
                 fleet: Fleet::new(now),
             }),
@@ -665,6 +669,9 @@ struct FleetAsk {
     model: Option<Model>,
     seen_version: u64,
     demand: u64,
+    /// Where this process's reports start: 0 they go on, 1 a key new here, 2 back from pacing
+    /// alone.
+    start: u8,
 }
 
 /// What one settlement answers besides the buckets.
@@ -716,6 +723,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
             st.urgent = false;
             let closing = st.closed;
             let joined = st.joined;
+            let alone = st.alone;
             // An active key reads what the fleet knows (a cooldown, margins) at least this
             // often, even when its lease needs nothing.
             let refresh = now.saturating_duration_since(st.active_at) < inner.refresh
@@ -794,6 +802,11 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                 margins: [-1; 4],
                 seen_version: f.seen_version,
                 demand: f.demand,
+                start: match (joined, alone) {
+                    (_, true) => 2,
+                    (false, false) => 1,
+                    (true, false) => 0,
+                },
                 ..FleetAsk::default()
             };
             if mode == Mode::Shared {
@@ -894,6 +907,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                     }
                     let first_join = !st.joined;
                     st.joined = true;
+                    st.alone = false;
                     st.fleet.read(&fleet_ask, fleet, received, first_join);
                     if closing {
                         return;
@@ -914,6 +928,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                         }
                     }
                     st.mode = mode;
+                    st.alone = true;
                     not_before = later(Instant::now(), inner.retry_every);
                 }
             }
@@ -1088,7 +1103,8 @@ async fn settle(
     invocation
         .arg(model)
         .arg(fleet.demand)
-        .arg(demand_lifetime(inner.lease).as_micros() as u64);
+        .arg(demand_lifetime(inner.lease).as_micros() as u64)
+        .arg(fleet.start);
     for a in asks {
         invocation
             .arg(a.cap)

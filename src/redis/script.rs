@@ -13,7 +13,9 @@ use std::sync::LazyLock;
 /// 6 its argument (raise: µs from now; clear: the cooldown version the process saw end), 7 the
 /// margins' time constant (µs), 8–11 margin per dimension in millionths of the capacity (−1: no
 /// news), 12 the model (JSON, empty: no news), 13 this process's demand (requests waiting or in
-/// flight), 14 how long a demand counts without being renewed (µs). Then, per dimension
+/// flight), 14 how long a demand counts without being renewed (µs), 15 where this process's
+/// reports start (0: they go on; 1: a key new here, that held and sent nothing before; 2: back
+/// from pacing alone, having sent what no report holds). Then, per dimension
 /// (requests, input, output, tokens), ten numbers: `cap` (0 = no news: keep the shared one),
 /// `window` (µs), `want` (units to lease; −1: a lease's worth of the shared rate), `debt` (units
 /// spent beyond the lease, charged unconditionally), `back` (unused lease returned), `used`
@@ -28,11 +30,11 @@ use std::sync::LazyLock;
 /// bucket is full again, µs on Redis's own clock, `TIME`; GCRA: `level = c − (f − now)·c/w`),
 /// `m<d>`/`a<d>` (margin, millionths, set at `a<d>`, decaying), `g<d>:<id>` (a process's credit,
 /// below); `cd` (cooldown end, µs), `cv` (its version), `mv`/`mw`/`mb` (model version, writer,
-/// JSON). The demand hash holds per process `demand:at:count` and its last `REPORTS`
+/// JSON), `born` (when Redis began keeping the key; 0 when a new fleet made it). The demand hash holds per process `demand:at:count` and its last `REPORTS`
 /// settlements, newest first, each `t` then per dimension `z:hb:h:c`: when it settled, since
 /// when it had held `hb` before it (`held`, reached at `z`), what it held after (`held − back +
 /// granted`) and the units charged to it so far (grants and debts; `count`: its settlements
-/// since its entry was made).
+/// since its entry was made, from `REPORTS` on when what it held before its first is unknown).
 ///
 /// A raised cooldown is also published on `{prefix}:{<key>}:cooldown` (`version:µs left`),
 /// which every process subscribes to. While a cooldown runs nothing is granted; a margin is kept
@@ -48,6 +50,7 @@ use std::sync::LazyLock;
 /// (millionths).
 pub(super) const SETTLE: &str = r#"
 local t = redis.call('TIME')
+local function fmt(x) return string.format('%.0f', x) end
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local k = KEYS[1]
 local ttl = tonumber(ARGV[1])
@@ -96,12 +99,21 @@ if ARGV[12] ~= '' then
   redis.call('HSET', k, 'mv', mv, 'mw', me, 'mb', ARGV[12])
 end
 local cooling = cd > now
+local start = tonumber(ARGV[15])
+local fresh = tonumber(ARGV[14])
+-- When Redis began keeping this key (`born`): made by a process that held and sent nothing
+-- before (a new fleet), the reports cover every process from the start (0); made by any other
+-- (Redis forgot the key: a restart, an expiry), processes that sent since may not have reported
+-- yet, until `fresh` has passed (a process that does not settle that long counts as gone).
+local born = tonumber(redis.call('HGET', k, 'born'))
+if not born then
+  if start == 1 then born = 0 else born = now end
+  redis.call('HSET', k, 'born', fmt(born))
+end
 -- Demand: each process's requests waiting or in flight, renewed by its settlements, and its
 -- last settlements (when, what it held after, what was charged to it so far).
 local dk = KEYS[2]
 local REPORTS = 4
-local function fmt(x) return string.format('%.0f', x) end
-local fresh = tonumber(ARGV[14])
 local mine = tonumber(ARGV[13])
 local all = redis.call('HGETALL', dk)
 local total, active = mine, 1
@@ -122,6 +134,14 @@ for i = 1, #all, 2 do
     procs[#procs + 1] = { all[i], v, f }
   end
 end
+-- A process back from pacing alone sent what no report holds: its reports start over. Its count
+-- starts above `REPORTS` when what it held before its first report is unknown (back from pacing
+-- alone, or forgotten by Redis): a reading older than its reports is then of no use.
+if start ~= 0 then before = {} end
+local count0 = before[3]
+if not count0 then
+  if start == 1 then count0 = 0 else count0 = REPORTS end
+end
 procs[#procs + 1] = { me, mine, before }
 -- What process `f` held of dimension `d` at `tr` and was charged since: units that reached the
 -- server after a reading taken at `tr`, or have yet to. Between two settlements a holding only
@@ -129,11 +149,15 @@ procs[#procs + 1] = { me, mine, before }
 -- the process held after its latest settlement before `tr`, or, once it had fallen to what it
 -- held at the next one (`z` ≤ `tr`), that. The charges since are the difference of its running
 -- count. `nxt`: the settlement under way (`z`, `hb`), for the process settling. A process whose
--- entry began after `tr` held nothing before; nil when its kept settlements do not reach back
--- to `tr`.
+-- reports began after `tr` held nothing before if they began with it; nil when they do not
+-- reach back to `tr` (or there are none: a process settling for the first time since it paced
+-- alone or Redis forgot it).
 local function owed(f, d, tr, nxt)
   local kept = math.floor((#f - 3) / 17)
-  if kept <= 0 then return 0 end
+  if kept <= 0 then
+    if count0 == 0 and nxt then return 0 end
+    return nil
+  end
   local charged = f[8 + 4 * d]
   for j = 0, kept - 1 do
     local b = 4 + 17 * j
@@ -160,7 +184,7 @@ if total > 0 then share = math.floor(1000000 * mine / total) elseif active > 0 t
 local out = {}
 local held_after = {}
 for d = 0, 3 do
-  local a = 15 + d * 10
+  local a = 16 + d * 10
   local cap, win = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local want, debt = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local back, used = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
@@ -193,9 +217,10 @@ for d = 0, 3 do
     -- charged since (`owed`), and this settlement's debt; never lowered (spending is charged
     -- here before it happens). The reading's own resolution is in it already: it is the latest
     -- `full_at` the limiter finds the reading allows. Skipped when a process's kept
-    -- settlements do not reach back to the reading.
-    if seen_used >= 0 then
-      local tr = now - seen_age
+    -- settlements do not reach back to the reading, or when some process may have sent
+    -- without reporting since (within `fresh` of Redis forgetting the key).
+    local tr = now - seen_age
+    if seen_used >= 0 and tr >= born + fresh then
       local u = seen_used + debt
       for _, p in ipairs(procs) do
         local nxt = nil
@@ -269,7 +294,7 @@ for d = 0, 3 do
   end
 end
 -- This settlement's report, then the previous ones (newest first, `REPORTS` in all).
-local entry = { fmt(mine), fmt(now), fmt((before[3] or 0) + 1), fmt(now) }
+local entry = { fmt(mine), fmt(now), fmt(count0 + 1), fmt(now) }
 for d = 0, 3 do
   entry[#entry + 1] = fmt(since_z[d])
   entry[#entry + 1] = fmt(since_hb[d])
