@@ -104,7 +104,11 @@
 //!   restarted Redis learns the level from the first answer. A reading older than the
 //!   settlements Redis keeps of some process is dropped, as is one older than half the time
 //!   Redis keeps a demand or in the units of another limit (a configured ceiling below the
-//!   server's). (Measured: four processes sharing 100 requests a second, with a head start of
+//!   server's). So is one older than a process's first report when what it held before is
+//!   unknown: a process back from pacing alone (Redis unreachable) starts its reports over, and
+//!   one Redis forgot (a restart) too; and for the time Redis keeps a demand after it began
+//!   keeping a key again (a restart, an expiry), no reading is used at all, since processes
+//!   still pacing alone are in no report yet. (Measured: four processes sharing 100 requests a second, with a head start of
 //!   1.2 s, spent 0.98 of the server's refill from its start; bounding each process's holding by
 //!   its largest lease of the last seconds, 0.95–0.97.)
 
@@ -126,10 +130,14 @@
 //!   sent for 1.5 s more without the push). Where the subscription is refused (no RESP3) or lost,
 //!   each process adopts the cooldown at its next round trip (within
 //!   [`refresh`](RedisStoreBuilder::refresh), sooner when its lease runs low). A re-check
-//!   answered in any process ends it for all, at their next round trip. A Redis restart forgets it, and the processes
-//!   give it back: a settlement that finds the versions Redis keeps lower than it read before
-//!   sends the cooldown its limiter still honours, the fleet's margins as it last read them and
-//!   its model.
+//!   answered in any process (see [`RECHECK_INTERVAL`](crate::rate_limit::RECHECK_INTERVAL))
+//!   ends it in Redis; the others adopt the end with their next round trip, and their waiting
+//!   requests go at their own next decision. The end is not pushed: a process's waiting
+//!   requests sleep until the cooldown's end or their own re-check and would not look at news
+//!   before, and since the raise is pushed, every process's re-check goes within milliseconds of
+//!   the others'. A Redis restart forgets the cooldown, and the processes give it back: a
+//!   settlement that finds the versions Redis keeps lower than it read before sends the cooldown
+//!   its limiter still honours, the fleet's margins as it last read them and its model.
 //! - **Margins: the fleet's answer to an unpredicted 429.** A refusal the model did not predict
 //!   raises the limiter's margin (see [`Store::is_shared`]); the store sends it at once and Redis
 //!   keeps that share of every shared bucket free for all processes, decaying as the limiter's
