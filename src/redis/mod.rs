@@ -108,9 +108,10 @@
 //!   unknown: a process back from pacing alone (Redis unreachable) starts its reports over, and
 //!   one Redis forgot (a restart) too; and for the time Redis keeps a demand after it began
 //!   keeping a key again (a restart, an expiry), no reading is used at all, since processes
-//!   still pacing alone are in no report yet. (Measured: four processes sharing 100 requests a second, with a head start of
-//!   1.2 s, spent 0.98 of the server's refill from its start; bounding each process's holding by
-//!   its largest lease of the last seconds, 0.95–0.97.)
+//!   still pacing alone are in no report yet. (Measured: four processes sharing 100 requests a
+//!   second, with a head start of 1.2 s, spent 0.958–0.982 of the server's refill from its start,
+//!   0.979 in most runs; bounding each process's holding by its largest lease of the last
+//!   seconds, 0.947–0.971.)
 
 //! # What the fleet learns together
 //!
