@@ -89,11 +89,13 @@ pub trait Buckets: Send + fmt::Debug {
 
     /// What a server's reading says of `dimension`: the server's own bucket (its limit and
     /// window), at the latest `full_at` the reading allows, with what this process sent since
-    /// taken off — the server's level, at its most pessimistic. A shared store may raise the
-    /// shared level to it, less what the fleet holds and the reading cannot count (default:
-    /// ignored; the limiter corrects its own buckets with the reading either way).
-    fn server_reading(&mut self, dimension: Dimension, server: Bucket) {
-        let _ = (dimension, server);
+    /// taken off — the server's level, at its most pessimistic. `sent` is when the request the
+    /// reading answers was dispatched (the reading was taken between then and now). A shared
+    /// store may raise the shared level to it, less what the fleet held and the reading cannot
+    /// count (default: ignored; the limiter corrects its own buckets with the reading either
+    /// way).
+    fn server_reading(&mut self, dimension: Dimension, server: Bucket, sent: Instant) {
+        let _ = (dimension, server, sent);
     }
 
     /// This process's demand on the key: requests waiting or in flight. A shared store divides

@@ -53,11 +53,11 @@ struct Dim {
     refundable_at: Instant,
     /// The local bucket while Redis is unreachable.
     local: Option<Bucket>,
-    /// Redis's count of the units granted to the fleet, as the last settlement read it.
-    grants_seen: u64,
-    /// The server's last reading (its bucket at the reading's most pessimistic) and the count of
-    /// grants read before it, to send with the next settlement.
-    reading: Option<(Bucket, u64, Instant)>,
+    /// When the lease last fell (a spend, or the server saying there is less).
+    fell_at: Instant,
+    /// The server's last reading (its bucket at the reading's most pessimistic), the earliest
+    /// instant it may count from and when it came, to send with the next settlement.
+    reading: Option<(Bucket, Instant, Instant)>,
 }
 
 impl Dim {
@@ -73,7 +73,7 @@ impl Dim {
             refundable: 0,
             refundable_at: now,
             local: None,
-            grants_seen: 0,
+            fell_at: now,
             reading: None,
         }
     }
@@ -163,6 +163,9 @@ pub(super) struct KeyLease {
     urgent: bool,
     /// Whether a settlement has read the key's shared state since the buckets were opened.
     joined: bool,
+    /// Whether the key paced alone (Redis unreachable) since its last settlement: what it sent
+    /// then is in none of its reports.
+    alone: bool,
     opened_at: Instant,
     /// What the fleet knows besides the buckets (see [`Fleet`]).
     fleet: Fleet,
@@ -403,6 +406,7 @@ impl RedisBuckets {
                 closed: false,
                 urgent: false,
                 joined: false,
+                alone: mode != Mode::Shared,
                 opened_at: now,
                 fleet: Fleet::new(now),
             }),
@@ -516,6 +520,9 @@ impl Buckets for RedisBuckets {
                     // Spent (a charge) or the server says there is less: both come off the lease.
                     let units = dim.units(b.full_at() - shown.full_at());
                     dim.lease = dim.lease.saturating_sub(to_i64(units));
+                    if units > 0 {
+                        dim.fell_at = now;
+                    }
                     if matches!(dimension, Dimension::OutputTokens | Dimension::Tokens) {
                         dim.decay_refundable(now);
                         dim.refundable = dim.refundable.saturating_add(units).min(dim.cap);
@@ -615,12 +622,17 @@ impl Buckets for RedisBuckets {
         self.shared.lock().fleet.demand = requests as u64;
     }
 
-    fn server_reading(&mut self, dimension: Dimension, server: Bucket) {
+    fn server_reading(&mut self, dimension: Dimension, server: Bucket, sent: Instant) {
         let now = Instant::now();
         let mut st = self.shared.lock();
         if st.mode == Mode::Shared {
-            let d = &mut st.dims[dimension.index()];
-            d.reading = Some((server, d.grants_seen, now));
+            // The server counted the request between its dispatch and now; what another process
+            // sent up to one network crossing earlier may have reached it after: the reading
+            // counts what was sent before the dispatch less the request's round trip, at best.
+            let from = sent
+                .checked_sub(now.saturating_duration_since(sent))
+                .unwrap_or(sent);
+            st.dims[dimension.index()].reading = Some((server, from, now));
         }
     }
 }
@@ -636,12 +648,14 @@ struct Ask {
     debt: u64,
     back: u64,
     used: u64,
-    /// Units of the lease held now.
+    /// Units of the lease held now, and output reserved lately that may come back to it.
     held: u64,
-    /// The server's units used as its last reading says, now (−1: no reading), and the count of
-    /// grants read before that reading.
+    /// µs since the lease last fell: it held `held` since.
+    held_for_us: u64,
+    /// The server's units used as its last reading says, now (−1: no reading), and the µs since
+    /// the earliest instant that reading may count from, as Redis's clock will see it.
     seen_used: i64,
-    seen_grants: u64,
+    seen_age_us: u64,
 }
 
 /// What one settlement sends besides the buckets.
@@ -655,6 +669,9 @@ struct FleetAsk {
     model: Option<Model>,
     seen_version: u64,
     demand: u64,
+    /// Where this process's reports start: 0 they go on, 1 a key new here, 2 back from pacing
+    /// alone.
+    start: u8,
 }
 
 /// What one settlement answers besides the buckets.
@@ -680,6 +697,9 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
     let mut first = true;
     let subscription = Arc::new(std::sync::atomic::AtomicU8::new(SUB_NONE));
     let mut settled_at = Instant::now();
+    // The longest recent round trip to Redis (decaying by an eighth per settlement): a bound on
+    // how much later than it was sent a settlement runs there.
+    let mut round_trip = Duration::ZERO;
     loop {
         let Some(sh) = shared.upgrade() else { return };
         let closed = sh.lock().closed;
@@ -703,6 +723,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
             st.urgent = false;
             let closing = st.closed;
             let joined = st.joined;
+            let alone = st.alone;
             // An active key reads what the fleet knows (a cooldown, margins) at least this
             // often, even when its lease needs nothing.
             let refresh = now.saturating_duration_since(st.active_at) < inner.refresh
@@ -747,15 +768,25 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                         ask.want = d.target - held;
                     }
                     ask.used = d.cap;
-                    ask.held = held;
-                    // A reading younger than half the span of the peaks Redis keeps (see
-                    // `demand_lifetime`), in the units of the shared bucket.
-                    if let Some((b, n, at)) = d.reading.take()
+                    // What this process holds, and since when (Redis reads it as of the
+                    // settlement's arrival, a little later: it then claims the holding from
+                    // later than it began, which only counts more). Output reserved lately may
+                    // come back before the next settlement (only output dimensions keep any).
+                    d.decay_refundable(now);
+                    ask.held = held.saturating_add(d.refundable);
+                    ask.held_for_us = micros(now.saturating_duration_since(d.fell_at));
+                    // A reading younger than the time Redis keeps a process's demand (see
+                    // `demand_lifetime`), in the units of the shared bucket. Its age as Redis
+                    // will see it: this settlement reaches Redis up to a round trip later.
+                    if let Some((b, from, at)) = d.reading.take()
                         && now.saturating_duration_since(at) <= demand_lifetime(inner.lease) / 2
                         && (b.capacity(), b.window()) == (d.cap, d.window)
                     {
                         ask.seen_used = to_i64(d.cap.saturating_sub(b.level(now)));
-                        ask.seen_grants = n;
+                        ask.seen_age_us = micros(
+                            now.saturating_duration_since(from)
+                                .saturating_add(round_trip),
+                        );
                     }
                 } else {
                     // Degraded: probe Redis, publishing the limits again.
@@ -771,6 +802,11 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                 margins: [-1; 4],
                 seen_version: f.seen_version,
                 demand: f.demand,
+                start: match (joined, alone) {
+                    (_, true) => 2,
+                    (false, false) => 1,
+                    (true, false) => 0,
+                },
                 ..FleetAsk::default()
             };
             if mode == Mode::Shared {
@@ -816,6 +852,11 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
             return;
         };
         let received = Instant::now();
+        if result.is_ok() {
+            round_trip = received
+                .saturating_duration_since(now)
+                .max(round_trip - round_trip / 8);
+        }
         settled_at = received;
         not_before = later(received, min_gap);
         let shared_now = {
@@ -831,8 +872,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                             d.local = None;
                             d.shown = None;
                         }
-                        let [granted, cap, window_us, wait_us, grants] = reply;
-                        d.grants_seen = grants;
+                        let [granted, cap, window_us, wait_us] = reply;
                         if cap > 0 && window_us > 0 {
                             if ask.cap > 0 || !d.announce {
                                 d.announce = false;
@@ -867,6 +907,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                     }
                     let first_join = !st.joined;
                     st.joined = true;
+                    st.alone = false;
                     st.fleet.read(&fleet_ask, fleet, received, first_join);
                     if closing {
                         return;
@@ -887,6 +928,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                         }
                     }
                     st.mode = mode;
+                    st.alone = true;
                     not_before = later(Instant::now(), inner.retry_every);
                 }
             }
@@ -1033,7 +1075,7 @@ async fn settle(
     keys: &[String; 2],
     asks: &[Ask; 4],
     fleet: &FleetAsk,
-) -> Result<([[u64; 5]; 4], FleetReply), ()> {
+) -> Result<([[u64; 4]; 4], FleetReply), ()> {
     let mut invocation = SCRIPT.key(&keys[0]);
     invocation.key(&keys[1]);
     let window_ms = asks
@@ -1061,7 +1103,8 @@ async fn settle(
     invocation
         .arg(model)
         .arg(fleet.demand)
-        .arg(demand_lifetime(inner.lease).as_micros() as u64);
+        .arg(demand_lifetime(inner.lease).as_micros() as u64)
+        .arg(fleet.start);
     for a in asks {
         invocation
             .arg(a.cap)
@@ -1071,8 +1114,9 @@ async fn settle(
             .arg(a.back)
             .arg(a.used)
             .arg(a.held)
+            .arg(a.held_for_us)
             .arg(a.seen_used)
-            .arg(a.seen_grants);
+            .arg(a.seen_age_us);
     }
     let mut conn: ConnectionManager = inner.conn.clone();
     inner.ops.fetch_add(1, Ordering::Relaxed);
@@ -1097,12 +1141,11 @@ async fn settle(
         Some(redis::Value::SimpleString(s)) => s.clone(),
         _ => String::new(),
     };
-    let mut out = [[0u64; 5]; 4];
+    let mut out = [[0u64; 4]; 4];
     for (d, o) in out.iter_mut().enumerate() {
-        for (j, x) in o.iter_mut().take(4).enumerate() {
+        for (j, x) in o.iter_mut().enumerate() {
             *x = int(d * 4 + j);
         }
-        o[4] = int(27 + d);
     }
     let model = text(24);
     let fleet = FleetReply {
@@ -1129,6 +1172,11 @@ fn settle_tick(lease: Duration) -> Duration {
 /// How long a process's demand counts in Redis without being renewed by a settlement.
 fn demand_lifetime(lease: Duration) -> Duration {
     lease.saturating_mul(8).max(Duration::from_secs(2))
+}
+
+/// `d` in whole µs, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// `v` as an `i64`, saturating at `i64::MAX` (`as` would wrap a large server number negative).

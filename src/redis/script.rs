@@ -13,35 +13,44 @@ use std::sync::LazyLock;
 /// 6 its argument (raise: µs from now; clear: the cooldown version the process saw end), 7 the
 /// margins' time constant (µs), 8–11 margin per dimension in millionths of the capacity (−1: no
 /// news), 12 the model (JSON, empty: no news), 13 this process's demand (requests waiting or in
-/// flight), 14 how long a demand counts without being renewed (µs). Then, per dimension
-/// (requests, input, output, tokens), nine numbers: `cap` (0 = no news: keep the shared one),
+/// flight), 14 how long a demand counts without being renewed (µs), 15 where this process's
+/// reports start (0: they go on; 1: a key new here, that held and sent nothing before; 2: back
+/// from pacing alone, having sent what no report holds). Then, per dimension
+/// (requests, input, output, tokens), ten numbers: `cap` (0 = no news: keep the shared one),
 /// `window` (µs), `want` (units to lease; −1: a lease's worth of the shared rate), `debt` (units
 /// spent beyond the lease, charged unconditionally), `back` (unused lease returned), `used`
 /// (units used, to initialise a bucket Redis does not know, e.g. after a restart), `held` (units
-/// of lease this process holds), `seen` (the server's units used as a reading of this process
-/// says, now; −1: none), `seen_n` (the count of grants this process read before that reading).
+/// this process holds or may get back before its next settlement: its lease, and output it
+/// reserved lately), `held_for` (µs since its holding last fell to `held`: it spent nothing
+/// since), `seen` (the server's units used as a reading of this process says, now; −1: none),
+/// `seen_age` (µs since the earliest instant that reading may count from, a bound on the round
+/// trip to Redis included).
 ///
 /// The hash holds per dimension `c<d>` (capacity), `w<d>` (window, µs), `f<d>` (the instant the
 /// bucket is full again, µs on Redis's own clock, `TIME`; GCRA: `level = c − (f − now)·c/w`),
-/// `m<d>`/`a<d>` (margin, millionths, set at `a<d>`, decaying), `n<d>` (units granted so far),
-/// `g<d>:<id>` (a process's credit, below); `cd` (cooldown end, µs), `cv` (its version),
-/// `mv`/`mw`/`mb` (model version, writer, JSON). The demand hash holds per process
-/// `demand:at:since:p0..p3:q0..q3`: its demand, when it was reported, and the most it held of
-/// each dimension since `since` (`p`) and in the period before (`q`).
+/// `m<d>`/`a<d>` (margin, millionths, set at `a<d>`, decaying), `g<d>:<id>` (a process's credit,
+/// below); `cd` (cooldown end, µs), `cv` (its version), `mv`/`mw`/`mb` (model version, writer,
+/// JSON), `born` (when Redis began keeping the key; 0 when a new fleet made it). The demand hash holds per process `demand:at:count` and its last `REPORTS`
+/// settlements, newest first, each `t` then per dimension `z:hb:h:c`: when it settled, since
+/// when it had held `hb` before it (`held`, reached at `z`), what it held after (`held − back +
+/// granted`) and the units charged to it so far (grants and debts; `count`: its settlements
+/// since its entry was made, from `REPORTS` on when what it held before its first is unknown).
 ///
 /// A raised cooldown is also published on `{prefix}:{<key>}:cooldown` (`version:µs left`),
-/// which every process subscribes to. While a cooldown runs nothing is granted; a margin is kept free in every grant; a reading
-/// raises the level (never lowers it); while the shared bucket is below half full, a process is
-/// granted at most its credit (its share of the demand times the shared rate, since it last
-/// spent it) and its share of what the level holds beyond every process's credit (see the
-/// module docs). Returns a flat array: per dimension `granted, capacity, window_us, wait_us`
+/// which every process subscribes to. While a cooldown runs nothing is granted; a margin is kept
+/// free in every grant; a reading raises the level (never lowers it) to the server's less what
+/// every process held at the reading's instant and was charged since (see the module docs);
+/// while the shared bucket is below half full, a process is granted at most its credit (its
+/// share of the demand times the shared rate, since it last spent it) and its share of what the
+/// level holds beyond every process's credit (see the module docs). Returns a flat array: per dimension `granted, capacity, window_us, wait_us`
 /// (16 numbers; `wait_us` is how long until a useful part of what was not granted is there),
 /// then the cooldown's remaining µs (0: none), its version, the four margins (millionths,
 /// decayed to now), the model version, its writer, the model (empty unless newer than seen and
 /// written by another process), the processes with demand, this process's share of the demand
-/// (millionths), and per dimension the count of grants (`n<d>`).
+/// (millionths).
 pub(super) const SETTLE: &str = r#"
 local t = redis.call('TIME')
+local function fmt(x) return string.format('%.0f', x) end
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local k = KEYS[1]
 local ttl = tonumber(ARGV[1])
@@ -90,10 +99,21 @@ if ARGV[12] ~= '' then
   redis.call('HSET', k, 'mv', mv, 'mw', me, 'mb', ARGV[12])
 end
 local cooling = cd > now
--- Demand: each process's requests waiting or in flight, renewed by its settlements, and the
--- most it held of each dimension lately (`pat`: since when; `p`: that peak; `q`: the one before).
-local dk = KEYS[2]
+local start = tonumber(ARGV[15])
 local fresh = tonumber(ARGV[14])
+-- When Redis began keeping this key (`born`): made by a process that held and sent nothing
+-- before (a new fleet), the reports cover every process from the start (0); made by any other
+-- (Redis forgot the key: a restart, an expiry), processes that sent since may not have reported
+-- yet, until `fresh` has passed (a process that does not settle that long counts as gone).
+local born = tonumber(redis.call('HGET', k, 'born'))
+if not born then
+  if start == 1 then born = 0 else born = now end
+  redis.call('HSET', k, 'born', fmt(born))
+end
+-- Demand: each process's requests waiting or in flight, renewed by its settlements, and its
+-- last settlements (when, what it held after, what was charged to it so far).
+local dk = KEYS[2]
+local REPORTS = 4
 local mine = tonumber(ARGV[13])
 local all = redis.call('HGETALL', dk)
 local total, active = mine, 1
@@ -114,23 +134,66 @@ for i = 1, #all, 2 do
     procs[#procs + 1] = { all[i], v, f }
   end
 end
-procs[#procs + 1] = { me, mine, before }
--- The most a process may have held since `fresh` ago, of dimension `d`.
-local function held_lately(f, d)
-  return math.max(f[4 + d] or 0, f[8 + d] or 0)
+-- A process back from pacing alone sent what no report holds: its reports start over. Its count
+-- starts above `REPORTS` when what it held before its first report is unknown (back from pacing
+-- alone, or forgotten by Redis): a reading older than its reports is then of no use.
+if start ~= 0 then before = {} end
+local count0 = before[3]
+if not count0 then
+  if start == 1 then count0 = 0 else count0 = REPORTS end
 end
+procs[#procs + 1] = { me, mine, before }
+-- What process `f` held of dimension `d` at `tr` and was charged since: units that reached the
+-- server after a reading taken at `tr`, or have yet to. Between two settlements a holding only
+-- falls (a process spends it; grants and debts come at settlements): at `tr` it is at most what
+-- the process held after its latest settlement before `tr`, or, once it had fallen to what it
+-- held at the next one (`z` ≤ `tr`), that. The charges since are the difference of its running
+-- count. `nxt`: the settlement under way (`z`, `hb`), for the process settling. A process whose
+-- reports began after `tr` held nothing before if they began with it; nil when they do not
+-- reach back to `tr` (or there are none: a process settling for the first time since it paced
+-- alone or Redis forgot it).
+local function owed(f, d, tr, nxt)
+  local kept = math.floor((#f - 3) / 17)
+  if kept <= 0 then
+    if count0 == 0 and nxt then return 0 end
+    return nil
+  end
+  local charged = f[8 + 4 * d]
+  for j = 0, kept - 1 do
+    local b = 4 + 17 * j
+    if f[b] <= tr then
+      local held = f[b + 3 + 4 * d]
+      local z, hb
+      if j > 0 then
+        local nb = 4 + 17 * (j - 1)
+        z, hb = f[nb + 1 + 4 * d], f[nb + 2 + 4 * d]
+      elseif nxt then
+        z, hb = nxt[1], nxt[2]
+      end
+      if z and z <= tr then held = math.min(held, hb) end
+      return held + charged - f[b + 4 + 4 * d]
+    end
+  end
+  if (f[3] or 0) <= kept then return charged end
+  return nil
+end
+local since_z, since_hb = {}, {}
+local charged_after = {}
 local share = 1000000
 if total > 0 then share = math.floor(1000000 * mine / total) elseif active > 0 then share = math.floor(1000000 / active) end
 local out = {}
 local held_after = {}
 for d = 0, 3 do
-  local a = 15 + d * 9
+  local a = 16 + d * 10
   local cap, win = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local want, debt = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local back, used = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local held, seen_used, seen_n = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-  local n = tonumber(redis.call('HGET', k, 'n' .. d)) or 0
+  local held, held_for = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local seen_used, seen_age = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
   held_after[d] = math.max(0, held - back)
+  charged_after[d] = (before[8 + 4 * d] or 0) + debt
+  -- Since when this process held `held` (not before its last settlement).
+  since_z[d], since_hb[d] = math.max(now - held_for, before[4] or 0), held
   local b = redis.call('HMGET', k, 'c' .. d, 'w' .. d, 'f' .. d)
   local scap, swin, full = tonumber(b[1]), tonumber(b[2]), tonumber(b[3])
   if cap > 0 and win > 0 then
@@ -150,20 +213,26 @@ for d = 0, 3 do
     full = full + debt * per
     full = math.max(now, full - back * per)
     -- A server's reading (its units used, now, at its most pessimistic): the shared level is
-    -- raised to it, less what the fleet may have held when it was taken (each process's most
-    -- held lately), what was granted since (`n<d>` counts every grant) and a thousandth of the
-    -- capacity for what reached the server after the reading though sent before it; never
-    -- lowered (spending is charged here before it happens). The reading's own resolution is
-    -- in it already: it is the latest `full_at` the limiter finds the reading allows.
-    if seen_used >= 0 then
-      local hold = 0
-      for _, p in ipairs(procs) do hold = hold + held_lately(p[3], d) end
-      hold = hold + held
-      local since = n - seen_n
-      if since < 0 then since = n end
-      local u = seen_used + hold + since + math.max(1, math.ceil(scap / 1000))
-      local reading = now + u * per
-      if reading < full then full = reading end
+    -- raised to it, less what every process held at the reading's earliest instant and was
+    -- charged since (`owed`), and this settlement's debt; never lowered (spending is charged
+    -- here before it happens). The reading's own resolution is in it already: it is the latest
+    -- `full_at` the limiter finds the reading allows. Skipped when a process's kept
+    -- settlements do not reach back to the reading, or when some process may have sent
+    -- without reporting since (within `fresh` of Redis forgetting the key).
+    local tr = now - seen_age
+    if seen_used >= 0 and tr >= born + fresh then
+      local u = seen_used + debt
+      for _, p in ipairs(procs) do
+        local nxt = nil
+        if p[1] == me then nxt = { since_z[d], since_hb[d] } end
+        local o = owed(p[3], d, tr, nxt)
+        if not o then u = nil break end
+        u = u + o
+      end
+      if u then
+        local reading = now + u * per
+        if reading < full then full = reading end
+      end
     end
     local keep = margin[d] * scap / 1000000
     local level = math.floor(scap - keep - (full - now) / per)
@@ -211,9 +280,8 @@ for d = 0, 3 do
       end
     end
     full = full + granted * per
-    n = n + granted
     held_after[d] = held_after[d] + granted
-    redis.call('HSET', k, 'n' .. d, string.format('%.0f', n))
+    charged_after[d] = charged_after[d] + granted
     if granted < want then
       wait = math.max(wait, math.ceil(math.max(0, (full - now) - (scap - keep - need) * per)))
       if cooling then wait = math.max(wait, cd - now) end
@@ -224,19 +292,20 @@ for d = 0, 3 do
   else
     out[o], out[o + 1], out[o + 2], out[o + 3] = 0, 0, 0, 0
   end
-  out[28 + d] = n
 end
-local pat, p, q = before[3], {}, {}
+-- This settlement's report, then the previous ones (newest first, `REPORTS` in all).
+local entry = { fmt(mine), fmt(now), fmt(count0 + 1), fmt(now) }
 for d = 0, 3 do
-  p[d], q[d] = before[4 + d] or 0, before[8 + d] or 0
+  entry[#entry + 1] = fmt(since_z[d])
+  entry[#entry + 1] = fmt(since_hb[d])
+  entry[#entry + 1] = fmt(held_after[d])
+  entry[#entry + 1] = fmt(charged_after[d])
 end
-if (not pat) or now - pat > fresh then
-  pat = now
-  for d = 0, 3 do p[d], q[d] = 0, p[d] end
+local kept = math.max(0, math.floor((#before - 3) / 17))
+for j = 0, math.min(kept, REPORTS - 1) - 1 do
+  for i = 0, 16 do entry[#entry + 1] = fmt(before[4 + 17 * j + i]) end
 end
-for d = 0, 3 do p[d] = math.max(p[d], held_after[d]) end
-redis.call('HSET', dk, me, string.format('%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f:%.0f',
-  mine, now, pat, p[0], p[1], p[2], p[3], q[0], q[1], q[2], q[3]))
+redis.call('HSET', dk, me, table.concat(entry, ':'))
 redis.call('PEXPIRE', dk, ttl)
 redis.call('PEXPIRE', k, ttl)
 local left = 0

@@ -464,7 +464,7 @@ impl KeyState {
         };
         let mut seen = server;
         seen.set_full_at(hi_at);
-        self.buckets.server_reading(d, seen);
+        self.buckets.server_reading(d, seen, dispatched);
         let old = target.full_at();
         // How far off the model was, as evidence of what other clients take (see [`Others`]):
         // the middle of what the readings allow against what the model expects — its level
