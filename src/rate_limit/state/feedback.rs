@@ -138,11 +138,12 @@ const MARGIN_MEMORY: Duration = Duration::from_secs(3_600);
 /// said would fit.
 ///
 /// A refusal the model did not predict proves the model optimistic: the margin doubles and
-/// decays exponentially while no refusal comes, like a congestion window after a loss; what the
-/// refusal showed was needed decays over an hour ([`MARGIN_MEMORY`]). Its first
-/// step is what the refusal lacked, and at least the resolution of the readings that keep the
-/// model (a second of refill, or the rounding of `remaining`): the model cannot be kept closer
-/// to the server than that. It is at most [`MARGIN_MAX`] of the capacity. It is an offset of the
+/// decays exponentially while no refusal comes, like a congestion window after a loss, while
+/// what the refusal showed was needed decays over an hour ([`MARGIN_MEMORY`]), like TCP's
+/// slow-start threshold. The first step is what the refusal lacked, and at least the resolution
+/// of the readings that keep the model (a second of refill, or the rounding of `remaining`): the
+/// model cannot be kept closer to the server than that. The margin is at most [`MARGIN_MAX`] of
+/// the capacity. It is an offset of the
 /// bucket's level, not a rate: while the bucket is the binding one requests still leave at its
 /// refill rate, so a margin costs one delay of `margin / rate`, not throughput. Kept as a share,
 /// it follows the capacity when a limit changes.
