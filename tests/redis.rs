@@ -186,6 +186,13 @@ async fn redis_outage_falls_back_to_local_and_recovers() {
         "429 share from {settled:.2} s: {}",
         run.share_429_in(settled, 14.0)
     );
+    // And flows: refusals met while the processes paced alone do not keep the restarted shared
+    // bucket shut (at least half the refill from then on).
+    let after = run.ok_in(settled, 14.0) as f64;
+    assert!(
+        after >= 0.5 * (14.0 - settled) * RPM as f64 / 60.0,
+        "{after} ok from {settled:.2} s"
+    );
     drop(server);
 }
 

@@ -166,6 +166,8 @@ pub(super) struct KeyLease {
     /// Whether the key paced alone (Redis unreachable) since its last settlement: what it sent
     /// then is in none of its reports.
     alone: bool,
+    /// When a settlement last found Redis again after the key paced alone.
+    back_at: Option<Instant>,
     opened_at: Instant,
     /// What the fleet knows besides the buckets (see [`Fleet`]).
     fleet: Fleet,
@@ -407,6 +409,7 @@ impl RedisBuckets {
                 urgent: false,
                 joined: false,
                 alone: mode != Mode::Shared,
+                back_at: None,
                 opened_at: now,
                 fleet: Fleet::new(now),
             }),
@@ -553,16 +556,24 @@ impl Buckets for RedisBuckets {
         let now = Instant::now();
         let mut st = self.shared.lock();
         let shared = st.mode == Mode::Shared;
+        // Back from pacing alone less than a demand's lifetime ago, the refusals this process
+        // meets answer what the fleet sent alone (in no report yet: the script skips readings
+        // then for the same reason), not the shared model.
+        let aftermath = st
+            .back_at
+            .is_some_and(|t| now < later(t, demand_lifetime(self.inner.lease)));
         let f = &mut st.fleet;
         // Margins raised here since the last call, beyond the fleet's: news for every process,
-        // at once. Raised while Redis was unreachable (the processes pacing alone meet the
-        // server's refusals of their sum), they say nothing of the shared model: not sent.
+        // at once. Raised while Redis was unreachable or in the aftermath (the processes pacing
+        // alone meet the server's refusals of their sum), they say nothing of the shared model:
+        // not sent. Sent, they would keep the restarted shared bucket shut while it refills
+        // through them.
         let mut urgent = false;
         for (i, m) in learned.margins.iter().enumerate() {
             let raised = m.is_finite() && *m > f.local_margins[i] * 1.05 + 1e-3;
             f.local_margins[i] = if m.is_finite() { *m } else { 0.0 };
             let fleet = f.margin(i, now).max(f.margin_out[i].unwrap_or(0.0));
-            if shared && raised && *m > fleet * 1.05 + 1e-3 {
+            if shared && !aftermath && raised && *m > fleet * 1.05 + 1e-3 {
                 f.margin_out[i] = Some(m.min(0.5));
                 urgent = true;
             }
@@ -904,6 +915,7 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                     }
                     if was != Mode::Shared {
                         st.looked = true;
+                        st.back_at = Some(received);
                     }
                     let first_join = !st.joined;
                     st.joined = true;

@@ -217,21 +217,29 @@ for d = 0, 3 do
     -- charged since (`owed`), and this settlement's debt; never lowered (spending is charged
     -- here before it happens). The reading's own resolution is in it already: it is the latest
     -- `full_at` the limiter finds the reading allows. Skipped when a process's kept
-    -- settlements do not reach back to the reading, or when some process may have sent
-    -- without reporting since (within `fresh` of Redis forgetting the key).
+    -- settlements do not reach back to the reading. While some process may have sent without
+    -- reporting (within `fresh` of Redis forgetting the key: processes still pacing alone), a
+    -- reading only lowers the level, to the server's less what is known owed: the server
+    -- counted at least that, and what the processes pacing alone sent is in no report.
     local tr = now - seen_age
-    if seen_used >= 0 and tr >= born + fresh then
+    if seen_used >= 0 then
+      local raise = tr >= born + fresh
       local u = seen_used + debt
       for _, p in ipairs(procs) do
         local nxt = nil
         if p[1] == me then nxt = { since_z[d], since_hb[d] } end
         local o = owed(p[3], d, tr, nxt)
-        if not o then u = nil break end
-        u = u + o
+        if o then
+          u = u + o
+        elseif raise then
+          u = nil
+          break
+        end
       end
       if u then
         local reading = now + u * per
-        if reading < full then full = reading end
+        if raise and reading < full then full = reading end
+        if (not raise) and reading > full then full = reading end
       end
     end
     local keep = margin[d] * scap / 1000000

@@ -134,6 +134,15 @@ pub(crate) const MARGIN_DECAY: Duration = Duration::from_secs(300);
 /// of a key sending a request every three seconds).
 const MARGIN_MEMORY: Duration = Duration::from_secs(3_600);
 
+/// `share` set at `at`, decayed exponentially with time constant `tau` until `now` (0 when never
+/// set or when the arithmetic overflows).
+fn decayed(share: f64, at: Option<Instant>, tau: Duration, now: Instant) -> f64 {
+    let Some(at) = at else { return 0.0 };
+    let age = now.saturating_duration_since(at).as_secs_f64();
+    let share = share * (-age / tau.as_secs_f64()).exp();
+    if share.is_finite() { share } else { 0.0 }
+}
+
 /// A share of a bucket's capacity kept free because the server refused a request the model
 /// said would fit.
 ///
@@ -160,22 +169,17 @@ pub(super) struct Margin {
 impl Margin {
     /// The share set aside at `now`.
     fn share(&self, now: Instant) -> f64 {
-        let decayed = |share: f64, at: Option<Instant>, tau: Duration| {
-            let Some(at) = at else { return 0.0 };
-            let age = now.saturating_duration_since(at).as_secs_f64();
-            let share = share * (-age / tau.as_secs_f64()).exp();
-            if share.is_finite() { share } else { 0.0 }
-        };
-        decayed(self.share, self.at, MARGIN_DECAY).max(decayed(
-            self.needed,
-            self.needed_at,
-            MARGIN_MEMORY,
-        ))
+        self.share_at(now)
+            .max(decayed(self.needed, self.needed_at, MARGIN_MEMORY, now))
     }
 
-    /// The share set aside at `now`, for a store.
+    /// The share set aside at `now`, for a store: the doubling part only. What a refusal
+    /// showed was needed stays this process's memory. An adopting process takes a share as its
+    /// own from the moment it adopts it, so a slowly decaying share would be re-adopted at full
+    /// strength across the fleet, and a refusal taken while pacing alone during a store outage
+    /// would keep the restarted shared bucket shut for an hour.
     pub(super) fn share_at(&self, now: Instant) -> f64 {
-        self.share(now)
+        decayed(self.share, self.at, MARGIN_DECAY, now)
     }
 
     /// Adopts a share learned elsewhere when it is larger than this one's at `now`.
@@ -757,6 +761,11 @@ mod tests {
             quiet.get(10_000, later),
             156,
             "the needed 0.02, 15 minutes on"
+        );
+        assert!(
+            quiet.share_at(later) < 0.0021,
+            "a store gets only the doubling, decayed: {}",
+            quiet.share_at(later)
         );
         let much_later = now + MARGIN_MEMORY * 3;
         assert_eq!(quiet.get(10_000, much_later), 10);
