@@ -279,8 +279,12 @@
 //! keeps the place of its first arrival, so a refused request's retry goes before the calls
 //! that arrived after it instead of waiting the whole queue again (behind a queue minutes deep,
 //! that second wait ran calls past their deadline). On a key paced on throttles alone (no
-//! rate-limit headers) a retry queues at the back: a server in debt refuses in runs, and at
-//! the front one call would take every refusal of a run and exhaust its retries.
+//! rate-limit headers) a retry queues behind as many waiting calls as refusals came in a row,
+//! and one more: a server in debt refuses in runs, and at the front one call would take every
+//! refusal of a run and exhaust its retries; at the back it waited the whole queue again.
+//! (Header-less sweep points of seeds 0–5, `goodput -- --sweep --seed N --point P`: at the
+//! back, 2 calls of 48 points failed, one past its 10-minute deadline; now none, for 484
+//! throttles of 20,377 attempts against 467 of 20,360.)
 //!
 //! **Maximum wait** ([`RateLimitLayer::max_wait`], or a request's [`MaxWait`]): when a request is
 //! queued its admission instant is projected from the cost queued ahead of it plus its own (exact

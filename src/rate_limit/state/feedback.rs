@@ -540,6 +540,11 @@ impl Throttle {
         }
     }
 
+    /// Refusals in a row so far (see `streak`).
+    pub(super) fn streak(&self) -> u32 {
+        self.streak
+    }
+
     /// The server accepted the request of dispatch `seq`: one sent after the last refusal ends
     /// the streak.
     pub(super) fn accepted(&mut self, seq: u64) {

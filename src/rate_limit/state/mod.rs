@@ -362,10 +362,11 @@ impl RateLimitState {
         let cell = self.cell(key);
         let now = Instant::now();
         // The call's place in the queue: its first attempt's arrival (see `CallPlace`).
-        let order = match place.and_then(CallPlace::get) {
+        let retry = place.and_then(CallPlace::get);
+        let order = match retry {
             Some(order) => order,
             None => {
-                let order = self.shared.arrivals.fetch_add(1, Ordering::Relaxed);
+                let order = self.shared.arrivals.fetch_add(2, Ordering::Relaxed);
                 if let Some(p) = place {
                     p.set(order);
                 }
@@ -378,12 +379,21 @@ impl RateLimitState {
         let (charge, raw) = st.charge_of(cost, exact);
         let class = priority.class();
         // A key paced on throttles alone is refused in runs while the server is in debt: there
-        // a retry queues at the back, so that the refusals fall on other calls' first attempts
-        // rather than on this call's last.
-        let order = if st.paced_on_throttles() {
-            self.shared.arrivals.fetch_add(1, Ordering::Relaxed)
-        } else {
-            order
+        // a retry queues behind as many waiting calls as refusals came in a row, and one more,
+        // so that the refusals fall on other calls' first attempts rather than on this call's
+        // last, without waiting the whole queue again (orders are even: the odd one after a
+        // waiting call's is free).
+        let order = match &st.throttle {
+            Some(t) if retry.is_some() && st.paced_on_throttles() => {
+                let behind = t.streak() as usize + 1;
+                let back = self.shared.arrivals.fetch_add(2, Ordering::Relaxed);
+                st.queue
+                    .keys()
+                    .filter(|k| k.0 == class)
+                    .nth(behind - 1)
+                    .map_or(back, |k| (k.1 | 1).min(back))
+            }
+            _ => order,
         };
         let mut id = (class, order);
         // Fast path: nobody of the same or a higher class waits ahead of this call.
@@ -418,7 +428,7 @@ impl RateLimitState {
         if st.queue.contains_key(&id) {
             // Two attempts of one call waiting at once (a caller that clones requests, with
             // their extensions, and sends the copies together): the later one takes a new place.
-            id = (class, self.shared.arrivals.fetch_add(1, Ordering::Relaxed));
+            id = (class, self.shared.arrivals.fetch_add(2, Ordering::Relaxed));
         }
         st.queue.insert(
             id,

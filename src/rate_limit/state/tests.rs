@@ -523,3 +523,48 @@ async fn a_refusal_with_the_output_bucket_empty_keeps_output_counted_as_produced
     );
     assert_eq!(counted_as_produced(&state), Some(true));
 }
+
+/// On a key paced on throttles alone, a refused call's retry queues behind as many waiting
+/// calls as refusals came in a row and one more: not at the front (a server in debt refuses in
+/// runs, which would all fall on this call's attempts), nor at the back (behind a queue minutes
+/// deep, the second wait ran calls past a 10-minute deadline in the sweep).
+#[tokio::test(start_paused = true)]
+async fn a_header_less_retry_queues_behind_the_refusals_run_not_the_whole_queue() {
+    let state = RateLimitState::builder().build();
+    let place = CallPlace::default();
+    let enter = |place: Option<&CallPlace>| {
+        state
+            .enter(
+                &key(),
+                Cost::new(1, 10, 10),
+                true,
+                Priority::Interactive,
+                None,
+                place,
+            )
+            .unwrap()
+    };
+    let mut first = enter(Some(&place));
+    assert!(first.is_admitted(), "the probe goes");
+    first.dispatched();
+    reply(
+        &mut first,
+        &RateLimitSnapshot::default(),
+        Outcome::new(OutcomeKind::RateLimited),
+    );
+    // The first may go at once (its paced slot); the others wait, a gap apart.
+    let (_gone, waiting): (Vec<Ticket>, Vec<Ticket>) =
+        (0..6).map(|_| enter(None)).partition(Ticket::is_admitted);
+    assert!(waiting.len() >= 5, "paced: {} wait", waiting.len());
+    let retry = enter(Some(&place));
+    let order = |t: &Ticket| match t.phase {
+        Phase::Queued { id, .. } => id,
+        _ => panic!("not queued: {t:?}"),
+    };
+    let ids: Vec<_> = waiting.iter().map(order).collect();
+    let r = order(&retry);
+    assert!(
+        r > ids[0] && r < ids[1],
+        "behind one waiting call: {r:?} in {ids:?}"
+    );
+}
