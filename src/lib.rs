@@ -13,7 +13,7 @@
 //!
 //! [`preset::anthropic`] stacks every layer in the right order with the SDKs' defaults; put it in
 //! front of any `tower::Service<http::Request<B>>` client (hyper-util's `Client`,
-//! [`reqwest::ReqwestService`](crate::reqwest) with the `reqwest` feature, …). Here the client is
+//! `reqwest::ReqwestService` with the `reqwest` feature, …). Here the client is
 //! the simulated API of the companion crate `tower-llm-limits-sim` (like `tower-test` beside
 //! `tower`), on tokio's paused clock:
 //!

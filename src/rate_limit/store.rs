@@ -126,6 +126,11 @@ pub struct Learned {
     /// For a key whose server sends no rate-limit headers, the request rate per second learned
     /// from its throttles.
     pub throttle_rate: Option<f64>,
+    /// How the server charges output, once a response proved it (see
+    /// [`KeySnapshot::output_counted_as_produced`](crate::rate_limit::KeySnapshot::output_counted_as_produced)):
+    /// `Some(true)` counted as produced, `Some(false)` `max_tokens` reserved at admission,
+    /// `None` no proof yet.
+    pub output_counted_as_produced: Option<bool>,
 }
 
 /// A learned ratio with its spread (in log space, so "twice too high" and "half too low" weigh

@@ -235,6 +235,7 @@ impl Fleet {
                     input: None,
                     output: None,
                     throttle_rate: None,
+                    output_counted_as_produced: None,
                 })
             }
         }
@@ -270,13 +271,16 @@ impl Fleet {
 
 /// What the learned model looks like in Redis (`mb`, JSON): limits (units, window in µs), the
 /// two ratios (log mean, log variance, samples), the throttle rate (the fleet's: requests per
-/// second across all processes).
+/// second across all processes), the output accounting once proved (absent in a model written
+/// by an older version: no proof).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Model {
     limits: [Option<(u64, u64)>; 4],
     input: Option<(f64, f64, u32)>,
     output: Option<(f64, f64, u32)>,
     throttle: Option<f64>,
+    #[serde(default)]
+    counted_as_produced: Option<bool>,
 }
 
 impl Model {
@@ -291,6 +295,7 @@ impl Model {
             input: e(l.input),
             output: e(l.output),
             throttle: l.throttle_rate.map(|r| r / share.max(1e-3)),
+            counted_as_produced: l.output_counted_as_produced,
         }
     }
 
@@ -1077,6 +1082,7 @@ impl Fleet {
                 .as_ref()
                 .and_then(|m| m.throttle)
                 .map(|r| r * self.share),
+            output_counted_as_produced: fresh.as_ref().and_then(|m| m.counted_as_produced),
         });
     }
 }
@@ -1251,6 +1257,7 @@ mod tests {
             input: None,
             output: None,
             throttle_rate: Some(10.0),
+            output_counted_as_produced: Some(true),
         };
         // A process with a quarter of the fleet's demand paced at 10/s: the fleet, at 40/s.
         let model = Model::of(&learned, 0.25);
@@ -1267,6 +1274,13 @@ mod tests {
         fleet.read(&FleetAsk::default(), reply, now, false);
         let news = fleet.news.take().expect("news");
         assert_eq!(news.throttle_rate, Some(20.0));
+        // The output accounting goes with the model; one written before it existed has none.
+        assert_eq!(news.output_counted_as_produced, Some(true));
+        let old: Model = serde_json::from_str(
+            r#"{"limits":[null,null,null,null],"input":null,"output":null,"throttle":2.0}"#,
+        )
+        .expect("an older model");
+        assert_eq!(old.counted_as_produced, None);
     }
 
     /// After a Redis restart (the versions it keeps are lower than read before), a process gives
@@ -1291,6 +1305,7 @@ mod tests {
                 input: None,
                 output: None,
                 throttle_rate: None,
+                output_counted_as_produced: None,
             },
             1.0,
         ));

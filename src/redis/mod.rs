@@ -149,9 +149,12 @@
 //!   sent alone, not the shared model, and a margin kept free of a restarted, empty shared
 //!   bucket held every process for its whole refill (measured: 15 s without a request after a
 //!   restart, four processes sharing 20 requests a second).
-//! - **The model** (limits, the input and output ratios, a throttle rate for a server without
-//!   rate-limit headers) is published with each settlement once it changed; newest wins, and
-//!   every process adopts another's at its next settlement. A throttle rate (a server without
+//! - **The model** (limits, the input and output ratios, the output accounting once a response
+//!   proved it, a throttle rate for a server without rate-limit headers) is published with each
+//!   settlement once it changed; newest wins, and every process adopts another's at its next
+//!   settlement (the output accounting only while it has no proof of its own: a process joining
+//!   a fleet whose server counts output as produced does not start by reserving `max_tokens`).
+//!   A throttle rate (a server without
 //!   rate-limit headers) is kept as the fleet's: a process publishes the rate it reached divided
 //!   by its share of the fleet's demand, and adopts the fleet's times its own share, so the
 //!   processes together pace at the rate one learned for all.

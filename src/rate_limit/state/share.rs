@@ -14,6 +14,11 @@ impl KeyState {
             input: (self.input.samples() > 0).then(|| self.input.estimate()),
             output: (self.output.samples() > 0).then(|| self.output.estimate()),
             throttle_rate: self.throttle.as_ref().map(|t| t.rate(now)),
+            output_counted_as_produced: match self.accounting.counting {
+                OutputCounting::Unknown => None,
+                OutputCounting::AsProduced => Some(true),
+                OutputCounting::Reserved => Some(false),
+            },
         }
     }
 
@@ -25,8 +30,9 @@ impl KeyState {
 
     /// Adopts what the store brings from other processes: the server's limits (a process
     /// joining paces from its first request), the fleet's cooldown (set by a refusal anywhere,
-    /// ended by a re-check answered anywhere), larger margins, how the server counts, the
-    /// throttle rate.
+    /// ended by a re-check answered anywhere), larger margins, how the server counts (input and
+    /// output ratios, and the output accounting another process proved while this one has no
+    /// proof), the throttle rate.
     pub(super) fn adopt(&mut self, key: &RateLimitKey, now: Instant) {
         let demand = self.queue.len() + self.in_flight;
         self.buckets.demand(demand);
@@ -75,6 +81,13 @@ impl KeyState {
         }
         if let Some(e) = l.output {
             self.output.adopt(e);
+        }
+        if self.accounting.counting == OutputCounting::Unknown {
+            match l.output_counted_as_produced {
+                Some(true) => self.accounting.counting = OutputCounting::AsProduced,
+                Some(false) => self.accounting.counting = OutputCounting::Reserved,
+                None => {}
+            }
         }
         if let Some(rate) = l.throttle_rate.filter(|r| r.is_finite() && *r > 0.0) {
             let known = self.throttle.as_ref().map(|t| t.rate(now));
@@ -191,6 +204,12 @@ mod tests {
             log_var: 0.0,
             samples: 20,
         });
+        assert_eq!(
+            published.output_counted_as_produced, None,
+            "nothing proved yet"
+        );
+        // Another process proved output counted as produced.
+        post.output_counted_as_produced = Some(true);
         lock(&board.0).post = Some(post);
         let waiting = enter(&b);
         assert!(
@@ -204,6 +223,7 @@ mod tests {
             Some(Some(50))
         );
         assert!((snap.input_correction() - 1.5).abs() < 1e-9);
+        assert_eq!(snap.output_counted_as_produced(), Some(true));
         drop(waiting);
         // Another process's re-check was answered: the fleet's cooldown ended.
         let mut ended = published;
