@@ -349,4 +349,4 @@ pub use state::{
     BucketSnapshot, DEFAULT_COOLDOWN, DEFAULT_MAX_KEYS, KeySnapshot, RECHECK_INTERVAL,
     RateLimitState, RateLimitStateBuilder, STARTUP_PROBES,
 };
-pub use store::{Buckets, Estimate, Learned, MemoryStore, Store};
+pub use store::{Buckets, Estimate, Learned, MemoryStore, ServerReading, Store};

@@ -87,15 +87,12 @@ pub trait Buckets: Send + fmt::Debug {
         None
     }
 
-    /// What a server's reading says of `dimension`: the server's own bucket (its limit and
-    /// window), at the latest `full_at` the reading allows, with what this process sent since
-    /// taken off — the server's level, at its most pessimistic. `sent` is when the request the
-    /// reading answers was dispatched (the reading was taken between then and now). A shared
-    /// store may raise the shared level to it, less what the fleet held and the reading cannot
-    /// count (default: ignored; the limiter corrects its own buckets with the reading either
-    /// way).
-    fn server_reading(&mut self, dimension: Dimension, server: Bucket, sent: Instant) {
-        let _ = (dimension, server, sent);
+    /// What a server's reading says of `dimension` (see [`ServerReading`]). A shared store may
+    /// raise the shared level to its most pessimistic end, less what the fleet held and the
+    /// reading cannot count, or lower it to its most optimistic end (default: ignored; the
+    /// limiter corrects its own buckets with the reading either way).
+    fn server_reading(&mut self, dimension: Dimension, reading: ServerReading) {
+        let _ = (dimension, reading);
     }
 
     /// This process's demand on the key: requests waiting or in flight. A shared store divides
@@ -103,6 +100,23 @@ pub trait Buckets: Send + fmt::Debug {
     fn demand(&mut self, requests: usize) {
         let _ = requests;
     }
+}
+
+/// What a server's reading says of one of its buckets, for [`Buckets::server_reading`]: the
+/// server's own bucket (its limit and window) with what this process sent since taken off, at
+/// both ends of what the reading allows (its values are rounded and its instant is unknown:
+/// computed at admission or when the answer was sent).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ServerReading {
+    /// At its most pessimistic: the latest instant the bucket is full again that the reading
+    /// allows (the most the server may have used).
+    pub most_used: Bucket,
+    /// At its most optimistic: the earliest such instant (the server has used at least this).
+    pub least_used: Bucket,
+    /// When the request the reading answers was dispatched (the reading was taken between then
+    /// and now).
+    pub sent: Instant,
 }
 
 /// What a key's limiter learned besides its buckets' levels, as of one instant: the model a

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::rate_limit::{Bucket, Buckets, Estimate, Learned, RateLimitKey};
+use crate::rate_limit::{Bucket, Buckets, Estimate, Learned, RateLimitKey, ServerReading};
 use crate::signals::Dimension;
 
 use super::script::SCRIPT;
@@ -55,9 +55,10 @@ struct Dim {
     local: Option<Bucket>,
     /// When the lease last fell (a spend, or the server saying there is less).
     fell_at: Instant,
-    /// The server's last reading (its bucket at the reading's most pessimistic), the earliest
-    /// instant it may count from and when it came, to send with the next settlement.
-    reading: Option<(Bucket, Instant, Instant)>,
+    /// The server's last reading (its bucket at the reading's most pessimistic and most
+    /// optimistic ends), the earliest instant it may count from and when it came, to send with
+    /// the next settlement.
+    reading: Option<(Bucket, Bucket, Instant, Instant)>,
 }
 
 impl Dim {
@@ -638,7 +639,12 @@ impl Buckets for RedisBuckets {
         self.shared.lock().fleet.demand = requests as u64;
     }
 
-    fn server_reading(&mut self, dimension: Dimension, server: Bucket, sent: Instant) {
+    fn server_reading(&mut self, dimension: Dimension, reading: ServerReading) {
+        let ServerReading {
+            most_used,
+            least_used,
+            sent,
+        } = reading;
         let now = Instant::now();
         let mut st = self.shared.lock();
         if st.mode == Mode::Shared {
@@ -648,7 +654,7 @@ impl Buckets for RedisBuckets {
             let from = sent
                 .checked_sub(now.saturating_duration_since(sent))
                 .unwrap_or(sent);
-            st.dims[dimension.index()].reading = Some((server, from, now));
+            st.dims[dimension.index()].reading = Some((most_used, least_used, from, now));
         }
     }
 }
@@ -671,6 +677,7 @@ struct Ask {
     /// The server's units used as its last reading says, now (−1: no reading), and the µs since
     /// the earliest instant that reading may count from, as Redis's clock will see it.
     seen_used: i64,
+    seen_least: i64,
     seen_age_us: u64,
 }
 
@@ -794,11 +801,12 @@ async fn settle_loop(shared: std::sync::Weak<Shared>, inner: Arc<Inner>, keys: [
                     // A reading younger than the time Redis keeps a process's demand (see
                     // `demand_lifetime`), in the units of the shared bucket. Its age as Redis
                     // will see it: this settlement reaches Redis up to a round trip later.
-                    if let Some((b, from, at)) = d.reading.take()
+                    if let Some((b, least, from, at)) = d.reading.take()
                         && now.saturating_duration_since(at) <= demand_lifetime(inner.lease) / 2
                         && (b.capacity(), b.window()) == (d.cap, d.window)
                     {
                         ask.seen_used = to_i64(d.cap.saturating_sub(b.level(now)));
+                        ask.seen_least = to_i64(d.cap.saturating_sub(least.level(now)));
                         ask.seen_age_us = micros(
                             now.saturating_duration_since(from)
                                 .saturating_add(round_trip),
@@ -1134,6 +1142,7 @@ async fn settle(
             .arg(a.held)
             .arg(a.held_for_us)
             .arg(a.seen_used)
+            .arg(a.seen_least)
             .arg(a.seen_age_us);
     }
     let mut conn: ConnectionManager = inner.conn.clone();

@@ -16,13 +16,14 @@ use std::sync::LazyLock;
 /// flight), 14 how long a demand counts without being renewed (µs), 15 where this process's
 /// reports start (0: they go on; 1: a key new here, that held and sent nothing before; 2: back
 /// from pacing alone, having sent what no report holds). Then, per dimension
-/// (requests, input, output, tokens), ten numbers: `cap` (0 = no news: keep the shared one),
+/// (requests, input, output, tokens), eleven numbers: `cap` (0 = no news: keep the shared one),
 /// `window` (µs), `want` (units to lease; −1: a lease's worth of the shared rate), `debt` (units
 /// spent beyond the lease, charged unconditionally), `back` (unused lease returned), `used`
 /// (units used, to initialise a bucket Redis does not know, e.g. after a restart), `held` (units
 /// this process holds or may get back before its next settlement: its lease, and output it
 /// reserved lately), `held_for` (µs since its holding last fell to `held`: it spent nothing
-/// since), `seen` (the server's units used as a reading of this process says, now; −1: none),
+/// since), `seen` (the server's units used as a reading of this process says, now, at its most
+/// pessimistic; −1: none), `seen_least` (the same at its most optimistic: used at least),
 /// `seen_age` (µs since the earliest instant that reading may count from, a bound on the round
 /// trip to Redis included).
 ///
@@ -184,12 +185,13 @@ if total > 0 then share = math.floor(1000000 * mine / total) elseif active > 0 t
 local out = {}
 local held_after = {}
 for d = 0, 3 do
-  local a = 16 + d * 10
+  local a = 16 + d * 11
   local cap, win = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local want, debt = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local back, used = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   local held, held_for = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
-  local seen_used, seen_age = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+  local seen_used, seen_least = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+  local seen_age = tonumber(ARGV[a + 10])
   held_after[d] = math.max(0, held - back)
   charged_after[d] = (before[8 + 4 * d] or 0) + debt
   -- Since when this process held `held` (not before its last settlement).
@@ -219,28 +221,27 @@ for d = 0, 3 do
     -- `full_at` the limiter finds the reading allows. Skipped when a process's kept
     -- settlements do not reach back to the reading. While some process may have sent without
     -- reporting (within `fresh` of Redis forgetting the key: processes still pacing alone), a
-    -- reading only lowers the level, to the server's less what is known owed: the server
-    -- counted at least that, and what the processes pacing alone sent is in no report.
+    -- reading only lowers the level, to the server's at its most optimistic (`seen_least`):
+    -- the server counted at least that, and what the processes pacing alone sent is in no
+    -- report. Nothing is added for what the fleet holds: `owed` bounds it from above, and
+    -- counted here it would keep the level below the server's.
     local tr = now - seen_age
-    if seen_used >= 0 then
-      local raise = tr >= born + fresh
+    if seen_used >= 0 and tr >= born + fresh then
       local u = seen_used + debt
       for _, p in ipairs(procs) do
         local nxt = nil
         if p[1] == me then nxt = { since_z[d], since_hb[d] } end
         local o = owed(p[3], d, tr, nxt)
-        if o then
-          u = u + o
-        elseif raise then
-          u = nil
-          break
-        end
+        if not o then u = nil break end
+        u = u + o
       end
       if u then
         local reading = now + u * per
-        if raise and reading < full then full = reading end
-        if (not raise) and reading > full then full = reading end
+        if reading < full then full = reading end
       end
+    elseif seen_used >= 0 then
+      local reading = now + math.min(seen_least, seen_used) * per
+      if reading > full then full = reading end
     end
     local keep = margin[d] * scap / 1000000
     local level = math.floor(scap - keep - (full - now) / per)

@@ -462,9 +462,17 @@ impl KeyState {
                 shift((lo, hi), missing_dispatch)
             }
         };
-        let mut seen = server;
-        seen.set_full_at(hi_at);
-        self.buckets.server_reading(d, seen, dispatched);
+        let (mut most_used, mut least_used) = (server, server);
+        most_used.set_full_at(hi_at);
+        least_used.set_full_at(lo_at.min(hi_at));
+        self.buckets.server_reading(
+            d,
+            ServerReading {
+                most_used,
+                least_used,
+                sent: dispatched,
+            },
+        );
         let old = target.full_at();
         // How far off the model was, as evidence of what other clients take (see [`Others`]):
         // the middle of what the readings allow against what the model expects — its level

@@ -44,7 +44,7 @@ use super::RateLimitKey;
 use super::bucket::{Bucket, add, sub};
 use super::config::{CallPlace, Limits, Priority, RampUp};
 use super::error::{CostExceedsLimit, WaitTooLong};
-use super::store::{Buckets, Learned, MemoryStore, Store};
+use super::store::{Buckets, Learned, MemoryStore, ServerReading, Store};
 
 /// The default bound on the number of keys a state keeps.
 pub const DEFAULT_MAX_KEYS: usize = 1024;
