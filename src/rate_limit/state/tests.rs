@@ -13,6 +13,20 @@ fn send(state: &RateLimitState, cost: Cost, exact: bool) -> Ticket {
     t
 }
 
+/// Enters a small request (one request, 10 tokens each way) as the attempt of a call at `place`.
+fn enter_small(state: &RateLimitState, place: Option<&CallPlace>) -> Ticket {
+    state
+        .enter(
+            &key(),
+            Cost::new(1, 10, 10),
+            true,
+            Priority::Interactive,
+            None,
+            place,
+        )
+        .unwrap()
+}
+
 /// Sends `cost` when it is admitted at once; else gives the place back and lets 100 ms
 /// pass.
 async fn send_or_wait(state: &RateLimitState, cost: Cost, exact: bool) -> Option<Ticket> {
@@ -89,16 +103,7 @@ async fn probe_then_limits_learned_from_anthropic_headers() {
     let others: Vec<Ticket> = (1..STARTUP_PROBES)
         .map(|_| send(&state, Cost::new(1, 0, 0), true))
         .collect();
-    let waiting = state
-        .enter(
-            &key(),
-            Cost::new(1, 10, 10),
-            true,
-            Priority::Interactive,
-            None,
-            None,
-        )
-        .unwrap();
+    let waiting = enter_small(&state, None);
     assert!(!waiting.is_admitted());
     let snapshot = RateLimitSnapshot::new()
         .with_dialect(Dialect::Anthropic)
@@ -532,18 +537,7 @@ async fn a_refusal_with_the_output_bucket_empty_keeps_output_counted_as_produced
 async fn a_header_less_retry_queues_behind_the_refusals_run_not_the_whole_queue() {
     let state = RateLimitState::builder().build();
     let place = CallPlace::default();
-    let enter = |place: Option<&CallPlace>| {
-        state
-            .enter(
-                &key(),
-                Cost::new(1, 10, 10),
-                true,
-                Priority::Interactive,
-                None,
-                place,
-            )
-            .unwrap()
-    };
+    let enter = |place: Option<&CallPlace>| enter_small(&state, place);
     let mut first = enter(Some(&place));
     assert!(first.is_admitted(), "the probe goes");
     first.dispatched();
