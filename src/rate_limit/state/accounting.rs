@@ -65,6 +65,27 @@ pub(crate) enum OutputCounting {
     Reserved,
 }
 
+impl OutputCounting {
+    /// As the snapshot and a store say it: `Some(true)` counted as produced, `Some(false)`
+    /// `max_tokens` reserved, `None` no proof.
+    pub(super) fn as_produced(self) -> Option<bool> {
+        match self {
+            OutputCounting::Unknown => None,
+            OutputCounting::AsProduced => Some(true),
+            OutputCounting::Reserved => Some(false),
+        }
+    }
+
+    /// The belief [`as_produced`](Self::as_produced) says.
+    pub(super) fn proved(as_produced: Option<bool>) -> Self {
+        match as_produced {
+            None => OutputCounting::Unknown,
+            Some(true) => OutputCounting::AsProduced,
+            Some(false) => OutputCounting::Reserved,
+        }
+    }
+}
+
 /// The output accounting a key has learned, and the evidence for it.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Accounting {

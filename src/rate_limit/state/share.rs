@@ -14,11 +14,7 @@ impl KeyState {
             input: (self.input.samples() > 0).then(|| self.input.estimate()),
             output: (self.output.samples() > 0).then(|| self.output.estimate()),
             throttle_rate: self.throttle.as_ref().map(|t| t.rate(now)),
-            output_counted_as_produced: match self.accounting.counting {
-                OutputCounting::Unknown => None,
-                OutputCounting::AsProduced => Some(true),
-                OutputCounting::Reserved => Some(false),
-            },
+            output_counted_as_produced: self.accounting.counting.as_produced(),
         }
     }
 
@@ -83,11 +79,7 @@ impl KeyState {
             self.output.adopt(e);
         }
         if self.accounting.counting == OutputCounting::Unknown {
-            match l.output_counted_as_produced {
-                Some(true) => self.accounting.counting = OutputCounting::AsProduced,
-                Some(false) => self.accounting.counting = OutputCounting::Reserved,
-                None => {}
-            }
+            self.accounting.counting = OutputCounting::proved(l.output_counted_as_produced);
         }
         if let Some(rate) = l.throttle_rate.filter(|r| r.is_finite() && *r > 0.0) {
             let known = self.throttle.as_ref().map(|t| t.rate(now));

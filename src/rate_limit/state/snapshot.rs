@@ -30,11 +30,7 @@ impl KeyCell {
             input_correction: st.input.mean(),
             input_reservation: st.input.high(),
             output_share: st.output.mean(),
-            output_counted_as_produced: match st.accounting.counting {
-                OutputCounting::Unknown => None,
-                OutputCounting::AsProduced => Some(true),
-                OutputCounting::Reserved => Some(false),
-            },
+            output_counted_as_produced: st.accounting.counting.as_produced(),
             throttle_rate: st
                 .throttle
                 .as_ref()
