@@ -674,8 +674,9 @@ struct Ask {
     held: u64,
     /// µs since the lease last fell: it held `held` since.
     held_for_us: u64,
-    /// The server's units used as its last reading says, now (−1: no reading), and the µs since
-    /// the earliest instant that reading may count from, as Redis's clock will see it.
+    /// The server's units used as its last reading says, now, at its most pessimistic (−1: no
+    /// reading) and at its most optimistic, and the µs since the earliest instant that reading
+    /// may count from, as Redis's clock will see it.
     seen_used: i64,
     seen_least: i64,
     seen_age_us: u64,
