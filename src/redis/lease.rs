@@ -563,8 +563,9 @@ impl Buckets for RedisBuckets {
         let mut st = self.shared.lock();
         let shared = st.mode == Mode::Shared;
         // Back from pacing alone less than a demand's lifetime ago, the refusals this process
-        // meets answer what the fleet sent alone (in no report yet: the script skips readings
-        // then for the same reason), not the shared model.
+        // meets answer what the fleet sent alone (in no report yet: after a restart the script
+        // lets readings only lower the shared level then, for the same reason), not the shared
+        // model.
         let aftermath = st
             .back_at
             .is_some_and(|t| now < later(t, demand_lifetime(self.inner.lease)));

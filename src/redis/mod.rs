@@ -89,32 +89,33 @@
 //!   released to the true figure come back (at most what this process reserved in the last
 //!   window). Refunds of requests and input tokens (a 429, a cancellation) stay spent.
 //! - **The server's level raises the shared one.** Each reading also goes, with the next
-//!   settlement, to Redis as the server's units used (the limiter's most pessimistic reading of
-//!   it, this process's sends since taken off). Redis raises the shared level to it — never
-//!   lowers it — less what the reading cannot count: what every process held, unspent, at the
-//!   reading's instant, and what was charged to it since (both may reach the server later). A
-//!   process's holding only falls between its settlements, so each settlement reports what the
-//!   process held after the previous one, what it holds now and since when (its last spend),
-//!   and Redis keeps a process's last four: its holding at the reading's instant is at most what
-//!   it held after its last settlement before it, or, once it had fallen to what it held at the
-//!   next one, that. The reading's instant is taken early: the request's dispatch less its round
-//!   trip (what another process sent before it may still have been on its way), and the round
-//!   trip to Redis. So a fleet whose server had budget before its first request (a head start,
-//!   a quiet night) spends it instead of waiting a window for the shared bucket to refill, and a
-//!   restarted Redis learns the level from the first answer. A reading older than the
-//!   settlements Redis keeps of some process is dropped, as is one older than half the time
-//!   Redis keeps a demand or in the units of another limit (a configured ceiling below the
-//!   server's). So is one older than a process's first report when what it held before is
-//!   unknown: a process back from pacing alone (Redis unreachable) starts its reports over, and
-//!   one Redis forgot (a restart) too; and for the time Redis keeps a demand after it began
-//!   keeping a key again (a restart, an expiry), a reading only **lowers** the shared level, to
-//!   the server's at the reading's most optimistic end: processes still pacing alone are in no
-//!   report yet, so the shared level can be above the server's, never safely raised. Nothing is
-//!   added there for what the processes hold: what each held is known from above only, and
-//!   counting it kept the fleet 3 % below the server's refill over the outage run. (Measured: four processes sharing 100 requests a
-//!   second, with a head start of 1.2 s, spent 0.958–0.982 of the server's refill from its start,
-//!   0.979 in most runs; bounding each process's holding by its largest lease of the last
-//!   seconds, 0.947–0.971.)
+//!   settlement, to Redis as the server's units used (the limiter's most pessimistic reading of it,
+//!   this process's sends since taken off). Redis raises the shared level to it — outside the
+//!   window after a restart below, never lowers it — less what the reading cannot count: what every
+//!   process held, unspent, at the reading's instant, and what was charged to it since (both may
+//!   reach the server later). A process's holding only falls between its settlements, so each
+//!   settlement reports what the process held after the previous one, what it holds now and since
+//!   when (its last spend), and Redis keeps a process's last four: its holding at the reading's
+//!   instant is at most what it held after its last settlement before it, or, once it had fallen to
+//!   what it held at the next one, that. The reading's instant is taken early: the request's
+//!   dispatch less its round trip (what another process sent before it may still have been on its
+//!   way), and the round trip to Redis. So a fleet whose server had budget before its first request
+//!   (a head start, a quiet night) spends it instead of waiting a window for the shared bucket to
+//!   refill, and a restarted Redis learns the level from its first answers (see the next point). A
+//!   reading older than the settlements Redis keeps of some process is dropped, as is one older
+//!   than half the time Redis keeps a demand or in the units of another limit (a configured ceiling
+//!   below the server's). So is one older than a process's first report when what it held before is
+//!   unknown: a process back from pacing alone (Redis unreachable) starts its reports over, and one
+//!   Redis forgot (a restart) too. (Measured: four processes sharing 100 requests a second, with a
+//!   head start of 1.2 s, spent 0.958–0.982 of the server's refill from its start, 0.979 in most
+//!   runs; bounding each process's holding by its largest lease of the last seconds, 0.947–0.971.)
+//! - **After a restart the server's level lowers the shared one.** For the time Redis keeps a
+//!   demand after it began keeping a key again (a restart, an expiry), processes still pacing
+//!   alone are in no report yet: the shared level can be above the server's and is never raised
+//!   then. A reading instead **lowers** it, to the server's at the reading's most optimistic end
+//!   (the server counted at least that). Nothing is added for what the processes hold: what
+//!   each held is known from above only, and counting it kept the fleet 3 % below the server's
+//!   refill over the outage run.
 
 //! # What the fleet learns together
 //!
@@ -156,10 +157,10 @@
 //!   settlement once it changed; newest wins, and every process adopts another's at its next
 //!   settlement (the output accounting only while it has no proof of its own: a process joining
 //!   a fleet whose server counts output as produced does not start by reserving `max_tokens`).
-//!   A throttle rate (a server without
-//!   rate-limit headers) is kept as the fleet's: a process publishes the rate it reached divided
-//!   by its share of the fleet's demand, and adopts the fleet's times its own share, so the
-//!   processes together pace at the rate one learned for all.
+//!   A throttle rate (a server without rate-limit headers) is kept as the fleet's: a process
+//!   publishes the rate it reached divided by its share of the fleet's demand, and adopts the
+//!   fleet's times its own share, so the processes together pace at the rate one learned for
+//!   all.
 //!
 //! # When Redis is slow or down
 //!
