@@ -386,12 +386,14 @@ impl RateLimitState {
         let order = match &st.throttle {
             Some(t) if retry.is_some() && st.paced_on_throttles() => {
                 let behind = t.streak() as usize + 1;
-                let back = self.shared.arrivals.fetch_add(2, Ordering::Relaxed);
                 st.queue
                     .keys()
                     .filter(|k| k.0 == class)
                     .nth(behind - 1)
-                    .map_or(back, |k| (k.1 | 1).min(back))
+                    .map_or_else(
+                        || self.shared.arrivals.fetch_add(2, Ordering::Relaxed),
+                        |k| k.1 | 1,
+                    )
             }
             _ => order,
         };
